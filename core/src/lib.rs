@@ -1,0 +1,13 @@
+//! selfheal-core: the types every part of selfheal agrees on, and no I/O.
+//!
+//! The agent produces [`schema::Record`]s, the aggregator consumes them and the trainer learns from
+//! them; all three compute features with the same [`features`] code so that what a model saw in
+//! training is exactly what it sees on the node (no train/serve skew). Nothing here touches the
+//! file system, the network or the clock: callers pass time and data in.
+
+pub mod family;
+pub mod features;
+pub mod schema;
+
+pub use family::{Family, Metric};
+pub use schema::{Envelope, Payload, PodRef, Record, RecordId, Subject};
