@@ -1,1 +1,70 @@
-fn main() {}
+//! `selfheal`: the one binary. It parses arguments, starts logging and hands over to a library's
+//! `run`; everything else lives in the workspace crates.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "selfheal",
+    version,
+    about = "A Kubernetes fleet that notices its own failures and repairs them"
+)]
+struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "SELFHEAL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent: collect, normalize, score and forward.
+    Agent(selfheal_agent::cli::AgentArgs),
+    /// Train, score, evaluate and publish models.
+    #[command(subcommand)]
+    Model(selfheal_model_export::cli::ModelCommand),
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("SELFHEAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr: stdout belongs to commands that print records.
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Agent(args) => selfheal_agent::cli::main(args),
+        Command::Model(cmd) => selfheal_model_export::cli::main(cmd),
+    }
+}

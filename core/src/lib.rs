@@ -7,6 +7,8 @@
 
 pub mod family;
 pub mod features;
+pub mod forest;
+pub mod model;
 pub mod schema;
 
 pub use family::{Family, Metric};

@@ -1,0 +1,299 @@
+//! Agent configuration, in two steps: [`AgentConfig`] is what the file and the environment say
+//! (serde, unknown fields refused); [`Settings`] is the validated form the agent runs on.
+//! Anything wrong fails at start, naming the field, before any work begins.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file (`--config`), then environment
+//! variables `SELFHEAL_AGENT_<FIELD>` with `__` between nested fields, e.g.
+//! `SELFHEAL_AGENT_INTERVAL_SECS=1` or `SELFHEAL_AGENT_PODS__SOURCE=none`.
+
+use crate::pods::PodsConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The agent's configuration as written by the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This node's name. Defaults to the `NODE_NAME` environment variable (set from the downward
+    /// API in the DaemonSet), then to the host name read from the proc root.
+    pub node_name: Option<String>,
+    /// Seconds between collection cycles.
+    pub interval_secs: f64,
+    /// Where the host's procfs is mounted (`/host/proc` in the DaemonSet).
+    pub proc_root: PathBuf,
+    /// Where the host's sysfs is mounted (`/host/sys` in the DaemonSet).
+    pub sys_root: PathBuf,
+    /// The cgroup hierarchy root; defaults to `<sys_root>/fs/cgroup`.
+    pub cgroup_root: Option<PathBuf>,
+    /// Address of the HTTP server for `/metrics` and `/healthz`.
+    pub listen_addr: String,
+    /// Network interfaces left out of node traffic. A trailing `*` matches any suffix. Pod
+    /// veths and overlay devices are excluded by default so traffic is not counted twice.
+    pub exclude_net_devices: Vec<String>,
+    /// Block devices left out of node disk traffic (same pattern rules). Partitions are always
+    /// left out (only devices under `<sys_root>/block` count), as are loop and ram devices.
+    pub exclude_disk_devices: Vec<String>,
+    /// Seconds allowed after SIGTERM to finish the cycle and flush before exiting; keep it below
+    /// the pod's `terminationGracePeriodSeconds`.
+    pub shutdown_grace_secs: f64,
+    /// Pod identity source.
+    pub pods: PodsConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node_name: None,
+            interval_secs: 5.0,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            cgroup_root: None,
+            listen_addr: "0.0.0.0:9477".into(),
+            exclude_net_devices: [
+                "lo",
+                "veth*",
+                "cali*",
+                "cilium_*",
+                "lxc*",
+                "flannel*",
+                "cni*",
+                "docker*",
+                "br-*",
+                "vxlan*",
+                "tunl*",
+                "kube-*",
+                "genev_sys_*",
+                "weave*",
+                "virbr*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            exclude_disk_devices: ["loop*", "ram*", "zram*", "sr*", "fd*"]
+                .map(String::from)
+                .to_vec(),
+            shutdown_grace_secs: 10.0,
+            pods: PodsConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used. The message always names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed into [`AgentConfig`].
+    #[error("invalid agent configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A field parsed but its value is not acceptable.
+    #[error("invalid agent configuration: field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's name.
+    pub node_name: String,
+    /// Time between cycles.
+    pub interval: Duration,
+    /// Host procfs root.
+    pub proc_root: PathBuf,
+    /// Host sysfs root.
+    pub sys_root: PathBuf,
+    /// cgroup hierarchy root.
+    pub cgroup_root: PathBuf,
+    /// HTTP listen address.
+    pub listen_addr: SocketAddr,
+    /// Excluded network interface patterns.
+    pub exclude_net_devices: Vec<String>,
+    /// Excluded block device patterns.
+    pub exclude_disk_devices: Vec<String>,
+    /// Grace period after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Pod identity source.
+    pub pods: PodsConfig,
+}
+
+impl AgentConfig {
+    /// Loads defaults, then `file` (if any), then `SELFHEAL_AGENT_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(AgentConfig::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(ConfigError::Invalid {
+                    field: "--config",
+                    reason: format!("{} is not a readable file", f.display()),
+                });
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("SELFHEAL_AGENT_").split("__"));
+        fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))
+    }
+
+    /// Checks every field and resolves defaults that depend on the host.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let positive = |field: &'static str, v: f64, max: f64| {
+            if v.is_finite() && v > 0.0 && v <= max {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("must be a number of seconds in (0, {max}], got {v}"),
+                })
+            }
+        };
+        let interval = positive("interval_secs", self.interval_secs, 3600.0)?;
+        if interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                field: "interval_secs",
+                reason: format!("must be at least 0.1 s, got {}", self.interval_secs),
+            });
+        }
+        let shutdown_grace = positive("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?;
+        let listen_addr =
+            self.listen_addr
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    field: "listen_addr",
+                    reason: format!("{:?} is not an address:port ({e})", self.listen_addr),
+                })?;
+        if !self.proc_root.join("stat").is_file() {
+            return Err(ConfigError::Invalid {
+                field: "proc_root",
+                reason: format!(
+                    "{} has no `stat` file: not a procfs",
+                    self.proc_root.display()
+                ),
+            });
+        }
+        let cgroup_root = self
+            .cgroup_root
+            .clone()
+            .unwrap_or_else(|| self.sys_root.join("fs/cgroup"));
+        let node_name = match self.node_name.clone().filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => match std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+                Some(n) => n,
+                None => std::fs::read_to_string(self.proc_root.join("sys/kernel/hostname"))
+                    .map(|s| s.trim().to_owned())
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| ConfigError::Invalid {
+                        field: "node_name",
+                        reason: "not set, NODE_NAME is empty and the host name is unreadable"
+                            .into(),
+                    })?,
+            },
+        };
+        for (field, pats) in [
+            ("exclude_net_devices", &self.exclude_net_devices),
+            ("exclude_disk_devices", &self.exclude_disk_devices),
+        ] {
+            if let Some(bad) = pats
+                .iter()
+                .find(|p| p.is_empty() || p[..p.len() - 1].contains('*'))
+            {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("pattern {bad:?}: only a trailing `*` is supported"),
+                });
+            }
+        }
+        Ok(Settings {
+            node_name,
+            interval,
+            proc_root: self.proc_root,
+            sys_root: self.sys_root,
+            cgroup_root,
+            listen_addr,
+            exclude_net_devices: self.exclude_net_devices,
+            exclude_disk_devices: self.exclude_disk_devices,
+            shutdown_grace,
+            pods: self.pods,
+        })
+    }
+}
+
+/// True when `name` matches `pattern` (exact, or prefix when the pattern ends in `*`).
+pub fn matches_pattern(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str) -> Result<Settings, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.write_all(toml.as_bytes()).expect("write");
+        AgentConfig::load(Some(f.path()))?.validate()
+    }
+
+    #[test]
+    fn defaults_validate_on_this_host() {
+        let s = load_str("").expect("defaults are valid");
+        assert_eq!(s.interval, Duration::from_secs(5));
+        assert!(!s.node_name.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = load_str("intervall_secs = 3")
+            .expect_err("typo must fail")
+            .to_string();
+        assert!(err.contains("intervall_secs"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let err = load_str("interval_secs = -1")
+            .expect_err("negative")
+            .to_string();
+        assert!(err.contains("`interval_secs`"), "{err}");
+        let err = load_str("interval_secs = \"fast\"")
+            .expect_err("string")
+            .to_string();
+        assert!(err.contains("interval_secs"), "{err}");
+        let err = load_str("listen_addr = \"nowhere\"")
+            .expect_err("addr")
+            .to_string();
+        assert!(err.contains("`listen_addr`"), "{err}");
+        let err = load_str("proc_root = \"/nonexistent\"")
+            .expect_err("proc")
+            .to_string();
+        assert!(err.contains("`proc_root`"), "{err}");
+        let err = load_str("exclude_net_devices = [\"*eth\"]")
+            .expect_err("glob")
+            .to_string();
+        assert!(err.contains("`exclude_net_devices`"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let err = AgentConfig::load(Some(Path::new("/nonexistent/agent.toml")))
+            .expect_err("missing")
+            .to_string();
+        assert!(err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(matches_pattern("veth*", "veth12ab"));
+        assert!(matches_pattern("lo", "lo"));
+        assert!(!matches_pattern("lo", "lo0"));
+        assert!(!matches_pattern("veth*", "eth0"));
+    }
+}

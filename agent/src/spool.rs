@@ -1,0 +1,1 @@
+//! Placeholder: the durable on-disk spool (issue 4) lands here.
