@@ -178,9 +178,10 @@ fn a_pod_that_vanishes_between_discovery_and_read_is_not_an_error() {
     let pods = r.discover();
     assert_eq!(pods.len(), 2);
     std::fs::remove_dir_all(dir.path().join(&pods[0].rel)).expect("remove");
-    let mut buf = String::new();
+    let mut buf = Vec::new();
     let mut errors = Vec::new();
-    let sample = r.read(&pods[0], &mut buf, &mut errors);
+    let mut cache = selfheal_agent::cgroup::PodCache::default();
+    let sample = r.read(&pods[0], &mut cache, &mut buf, &mut errors);
     assert_eq!(sample.memory_current, None);
     assert!(!errors.is_empty());
     // What the collector checks before counting the errors:

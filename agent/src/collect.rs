@@ -5,9 +5,10 @@
 //! The result is a [`Snapshot`] of raw counters; [`crate::normalize`] turns two of them into
 //! records. Errors are returned with the snapshot, never raised: one bad file costs one metric.
 
-use crate::cgroup::{CgroupError, CgroupReader, PodCgroup, PodCgroupSample};
+use crate::cgroup::{CgroupError, CgroupReader, PodCache, PodCgroup, PodCgroupSample};
 use crate::config::Settings;
 use crate::procfs::{CollectError, NetCounters, NodeCollector, NodeSnapshot, read_pid_net_dev};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// One pod's raw reading.
@@ -50,7 +51,9 @@ pub struct Collector {
     cgroups: Option<CgroupReader>,
     proc_root: PathBuf,
     host_netns: Option<PathBuf>,
-    buf: String,
+    /// Per-pod state kept between cycles (limits, a process); only pods of the last cycle.
+    cache: HashMap<String, PodCache>,
+    buf: Vec<u8>,
 }
 
 impl Collector {
@@ -75,7 +78,8 @@ impl Collector {
                 cgroups,
                 proc_root,
                 host_netns,
-                buf: String::with_capacity(8 * 1024),
+                cache: HashMap::new(),
+                buf: Vec::with_capacity(8 * 1024),
             },
             err,
         )
@@ -90,10 +94,12 @@ impl Collector {
     pub fn collect(&mut self, ts_ms: i64, mono_secs: f64, errs: &mut CycleErrors) -> Snapshot {
         let node = self.node.collect(&mut errs.errors);
         let mut pods = Vec::new();
+        let mut cache = HashMap::with_capacity(self.cache.len());
         if let Some(cg) = &self.cgroups {
             for pod in cg.discover() {
                 let mut pod_errors = Vec::new();
-                let sample = cg.read(&pod, &mut self.buf, &mut pod_errors);
+                let mut pc = self.cache.remove(&pod.uid).unwrap_or_default();
+                let sample = cg.read(&pod, &mut pc, &mut self.buf, &mut pod_errors);
                 if !pod_errors.is_empty() && !cg.exists(&pod) {
                     // Deleted while we read it: the pod is gone, its series go with it.
                     errs.pods_vanished += 1;
@@ -106,9 +112,15 @@ impl Collector {
                         return None;
                     }
                     let mut ignore = Vec::new();
-                    // The process may exit between listing and reading; not worth an error.
-                    read_pid_net_dev(&self.proc_root, pid, &mut self.buf, &mut ignore)
+                    // The process may exit between listing and reading; not worth an error,
+                    // but another process of the pod is looked for next cycle.
+                    let net = read_pid_net_dev(&self.proc_root, pid, &mut self.buf, &mut ignore);
+                    if net.is_none() {
+                        pc.forget_pid();
+                    }
+                    net
                 });
+                cache.insert(pod.uid.clone(), pc);
                 pods.push(PodSnapshot {
                     cgroup: pod,
                     sample,
@@ -116,6 +128,7 @@ impl Collector {
                 });
             }
         }
+        self.cache = cache;
         Snapshot {
             ts_ms,
             mono_secs,
