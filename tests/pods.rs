@@ -566,6 +566,15 @@ async fn gone_410_relists_with_the_rotated_token() {
     assert!(s.watch_errors_total >= 1, "{s:?}");
     assert_eq!(s.list_errors_total, 0, "the new token was read: {s:?}");
     assert_eq!(double.store().tokens_seen(), ["token-1", "token-2"]);
+    let requests = double.store().requests();
+    assert!(
+        requests[0].ends_with("&resourceVersion=0"),
+        "the first list may come from the cache: {requests:?}"
+    );
+    assert!(
+        requests.contains(&"GET /api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a".to_owned()),
+        "after 410 the list is a consistent read: {requests:?}"
+    );
     w.shutdown().await;
 }
 
@@ -648,5 +657,26 @@ async fn kubelet_source_polls_pods_and_serves_relist_requests() {
     })
     .await;
     assert_eq!(w.stats().relists_total, 2);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn relist_requests_coalesce_and_wait_for_the_minimum_interval() {
+    let double = KubeDouble::with_pod_list(&pod_list_fixture());
+    let started = Instant::now();
+    let w = Running::start(&double, PodSource::Api, |c| c.min_relist_interval_secs = 1);
+    w.until("first list", |d, _| d.is_synced()).await;
+    // A burst of unknown cgroups in one cycle.
+    for _ in 0..5 {
+        w.directory.read().request_relist();
+    }
+    w.until("one re-list", |_, s| s.relists_total == 2).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "re-listed before min_relist_interval_secs"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = w.stats();
+    assert_eq!((s.relists_total, s.relist_requests_total), (2, 1), "{s:?}");
     w.shutdown().await;
 }

@@ -44,6 +44,8 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// Longest wait between retries after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Largest watch event accepted; etcd caps objects at 1.5 MiB, so this is a broken stream.
+const MAX_EVENT_BYTES: usize = 16 << 20;
 /// First wait after a failure.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -329,13 +331,18 @@ pub struct PodStats {
 
 /// A plain copy of [`PodStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub struct PodStatsSnapshot {
+    /// See [`PodStats::list_errors_total`].
     pub list_errors_total: u64,
+    /// See [`PodStats::watch_errors_total`].
     pub watch_errors_total: u64,
+    /// See [`PodStats::relists_total`].
     pub relists_total: u64,
+    /// See [`PodStats::watch_events_total`].
     pub watch_events_total: u64,
+    /// See [`PodStats::relist_requests_total`].
     pub relist_requests_total: u64,
+    /// See [`PodStats::pods_known`].
     pub pods_known: u64,
 }
 
@@ -421,6 +428,17 @@ pub enum PodsError {
         #[source]
         source: serde_json::Error,
     },
+    /// A watch event grew beyond any real object's size without a line end.
+    #[error("watch event exceeds {0} bytes without a line end")]
+    EventTooLarge(usize),
+    /// The base URL is not usable.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as configured.
+        url: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// The watch stream went silent for longer than the server was asked to keep it open.
     #[error("watch stream silent for {0:?}")]
     Stalled(Duration),
@@ -432,7 +450,10 @@ impl PodsError {
     /// time, but logs this so operators know which ones need them.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PodsError::CaBundle { .. } | PodsError::Client(_) | PodsError::Decode { .. } => false,
+            PodsError::CaBundle { .. }
+            | PodsError::Client(_)
+            | PodsError::Decode { .. }
+            | PodsError::InvalidUrl { .. } => false,
             PodsError::Status { status, .. } => {
                 // 401 heals itself when a rotated token is picked up; 403 needs RBAC.
                 *status == 401 || *status == 408 || *status == 429 || *status >= 500
@@ -441,7 +462,8 @@ impl PodsError {
             PodsError::Token { .. }
             | PodsError::Request { .. }
             | PodsError::Gone(_)
-            | PodsError::Stalled(_) => true,
+            | PodsError::Stalled(_)
+            | PodsError::EventTooLarge(_) => true,
         }
     }
 }
@@ -651,6 +673,31 @@ pub fn parse_pod_list(body: &[u8]) -> Result<(Vec<PodInfo>, Option<String>), Pod
 
 // ---- The watcher -------------------------------------------------------------------------
 
+/// Which request a failure came from; decides the counter and the log event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    List,
+    Watch,
+}
+
+/// A pass of a source that ended in an error.
+#[derive(Debug)]
+struct Failure {
+    error: PodsError,
+    phase: Phase,
+    /// A list succeeded earlier in this pass, so the source was healthy: restart the backoff.
+    progressed: bool,
+}
+
+/// What the watcher carries from one pass to the next.
+#[derive(Debug, Default)]
+struct PassState {
+    /// When the last list was attempted, for rate-limiting requested re-lists.
+    last_list: Option<Instant>,
+    /// The next list must be a consistent read, not one served from the API server's cache.
+    consistent_list: bool,
+}
+
 /// How one pass of a source ended without error.
 enum Ended {
     /// Shutdown was signalled.
@@ -685,10 +732,9 @@ impl PodWatcher {
             PodSource::Api => config.resolved_api_url().unwrap_or_default(),
             PodSource::Kubelet => config.kubelet_url.clone(),
         };
-        let base = Url::parse(&url).map_err(|e| PodsError::Status {
+        let base = Url::parse(&url).map_err(|e| PodsError::InvalidUrl {
             url: url.clone(),
-            status: 0,
-            message: format!("invalid URL: {e}"),
+            reason: e.to_string(),
         })?;
         let request_timeout = Duration::from_secs(config.request_timeout_secs);
         let mut builder = reqwest::Client::builder()
@@ -696,6 +742,11 @@ impl PodWatcher {
             .user_agent(concat!("selfheal-agent/", env!("CARGO_PKG_VERSION")));
         if base.scheme() == "https" {
             if config.insecure_skip_tls_verify {
+                tracing::warn!(
+                    event = "PodSourceInsecure",
+                    url = %base,
+                    "TLS verification is off for the pod source (insecure_skip_tls_verify)"
+                );
                 builder = builder.danger_accept_invalid_certs(true);
             } else {
                 builder = builder.tls_certs_only(load_ca(&config.ca_file)?);
@@ -733,30 +784,43 @@ impl PodWatcher {
     /// Never returns an error: failures are logged, counted and retried with backoff.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = MIN_BACKOFF;
-        let mut last_list: Option<Instant> = None;
+        let mut state = PassState::default();
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let pass = match self.source {
-                PodSource::Api => self.list_and_watch(&mut shutdown, &mut last_list).await,
-                _ => self.poll_kubelet(&mut shutdown, &mut last_list).await,
+                PodSource::Api => self.list_and_watch(&mut shutdown, &mut state).await,
+                _ => self.poll_kubelet(&mut shutdown, &mut state).await,
             };
             match pass {
                 Ok(Ended::Shutdown) => return,
                 Ok(Ended::StreamEnd) => backoff = MIN_BACKOFF,
-                Err((err, progressed)) => {
-                    if progressed {
+                Err(failure) => {
+                    if failure.progressed {
                         backoff = MIN_BACKOFF;
                     }
-                    tracing::warn!(
-                        event = "PodSourceError",
-                        source_kind = ?self.source,
-                        retryable = err.is_retryable(),
-                        retry_in_ms = backoff.as_millis() as u64,
-                        error = %ErrorChain(&err),
-                        "pod source failed; retrying"
-                    );
+                    let err = &failure.error;
+                    // After 410 Gone the cache served a version too old: read from etcd once.
+                    state.consistent_list |= matches!(err, PodsError::Gone(_));
+                    let counter = match failure.phase {
+                        Phase::List => &self.stats.list_errors_total,
+                        Phase::Watch => &self.stats.watch_errors_total,
+                    };
+                    inc(counter);
+                    let retry_in_ms = backoff.as_millis() as u64;
+                    let retryable = err.is_retryable();
+                    let error = ErrorChain(err);
+                    match failure.phase {
+                        Phase::List => tracing::warn!(
+                            event = "PodListError", source_kind = ?self.source, retryable,
+                            retry_in_ms, error = %error, "listing pods failed; retrying"
+                        ),
+                        Phase::Watch => tracing::warn!(
+                            event = "PodWatchError", source_kind = ?self.source, retryable,
+                            retry_in_ms, error = %error, "pod watch failed; listing again"
+                        ),
+                    }
                     if sleep_or_shutdown(backoff, &mut shutdown).await {
                         return;
                     }
@@ -811,11 +875,7 @@ impl PodWatcher {
     }
 
     /// GETs a PodList and replaces the directory with it.
-    async fn list(
-        &self,
-        url: Url,
-        last_list: &mut Option<Instant>,
-    ) -> Result<Option<String>, PodsError> {
+    async fn list(&self, url: Url, state: &mut PassState) -> Result<Option<String>, Failure> {
         let result = async {
             let resp = self.get(url.clone(), Some(self.request_timeout)).await?;
             let body = resp.bytes().await.map_err(|source| PodsError::Request {
@@ -825,8 +885,12 @@ impl PodWatcher {
             parse_pod_list(&body)
         }
         .await;
-        *last_list = Some(Instant::now());
-        let (pods, rv) = result.inspect_err(|_| inc(&self.stats.list_errors_total))?;
+        state.last_list = Some(Instant::now());
+        let (pods, rv) = result.map_err(|error| Failure {
+            error,
+            phase: Phase::List,
+            progressed: false,
+        })?;
         let n = pods.len();
         self.directory.write().replace(pods, rv.clone());
         self.stats.pods_known.store(n as u64, Ordering::Relaxed);
@@ -848,18 +912,18 @@ impl PodWatcher {
     async fn poll_kubelet(
         &self,
         shutdown: &mut watch::Receiver<bool>,
-        last_list: &mut Option<Instant>,
-    ) -> Result<Ended, (PodsError, bool)> {
+        state: &mut PassState,
+    ) -> Result<Ended, Failure> {
         let url = self.url("/pods", &[]);
         let mut progressed = false;
         loop {
-            self.list(url.clone(), last_list)
+            self.list(url.clone(), state)
                 .await
-                .map_err(|e| (e, progressed))?;
+                .map_err(|f| Failure { progressed, ..f })?;
             progressed = true;
             tokio::select! {
                 _ = tokio::time::sleep(self.resync) => {}
-                _ = self.relist_requested(*last_list) => {}
+                _ = self.relist_requested(state.last_list) => {}
                 _ = shutdown_signalled(shutdown) => return Ok(Ended::Shutdown),
             }
         }
@@ -868,35 +932,42 @@ impl PodWatcher {
     async fn list_and_watch(
         &self,
         shutdown: &mut watch::Receiver<bool>,
-        last_list: &mut Option<Instant>,
-    ) -> Result<Ended, (PodsError, bool)> {
+        state: &mut PassState,
+    ) -> Result<Ended, Failure> {
         let selector = format!("spec.nodeName={}", self.node_name);
-        let list_url = self.url("/api/v1/pods", &[("fieldSelector", &selector)]);
+        // resourceVersion=0 lets the API server answer from its watch cache instead of etcd,
+        // which matters when every node of a large fleet re-lists; after a 410 the cache was
+        // behind, so that one list goes to etcd.
+        let consistent = std::mem::take(&mut state.consistent_list);
+        let mut query = vec![("fieldSelector", selector.as_str())];
+        if !consistent {
+            query.push(("resourceVersion", "0"));
+        }
+        let list_url = self.url("/api/v1/pods", &query);
         let mut rv = self
-            .list(list_url, last_list)
+            .list(list_url, state)
             .await
-            .map_err(|e| (e, false))?
+            .inspect_err(|_| state.consistent_list = consistent)?
             .unwrap_or_default();
-        let timeout_secs = self.resync.as_secs().to_string();
-        let watch_url = |rv: &str| {
-            self.url(
-                "/api/v1/pods",
-                &[
-                    ("fieldSelector", &selector),
-                    ("watch", "true"),
-                    ("resourceVersion", rv),
-                    ("allowWatchBookmarks", "true"),
-                    ("timeoutSeconds", &timeout_secs),
-                ],
-            )
+        let watch_failed = |error| Failure {
+            error,
+            phase: Phase::Watch,
+            progressed: true,
         };
-        let mut resp = self
-            .get(watch_url(&rv), None)
-            .await
-            .inspect_err(|_| inc(&self.stats.watch_errors_total))
-            .map_err(|e| (e, true))?;
+        let timeout_secs = self.resync.as_secs().to_string();
+        let watch_url = self.url(
+            "/api/v1/pods",
+            &[
+                ("fieldSelector", &selector),
+                ("watch", "true"),
+                ("resourceVersion", &rv),
+                ("allowWatchBookmarks", "true"),
+                ("timeoutSeconds", &timeout_secs),
+            ],
+        );
+        let mut resp = self.get(watch_url, None).await.map_err(watch_failed)?;
         let silence = self.resync + self.request_timeout;
-        let relist = self.relist_requested(*last_list);
+        let relist = self.relist_requested(state.last_list);
         tokio::pin!(relist);
         let mut buf: Vec<u8> = Vec::new();
         loop {
@@ -914,17 +985,17 @@ impl PodWatcher {
                 Ok(Ok(None)) => return Ok(Ended::StreamEnd),
                 Ok(Ok(Some(c))) => Ok(c),
             }
-            .inspect_err(|_| inc(&self.stats.watch_errors_total))
-            .map_err(|e| (e, true))?;
+            .map_err(watch_failed)?;
             buf.extend_from_slice(&chunk);
             while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                self.apply_event(&line, &mut rv)
-                    .inspect_err(|_| inc(&self.stats.watch_errors_total))
-                    .map_err(|e| (e, true))?;
+                self.apply_event(&line, &mut rv).map_err(watch_failed)?;
+            }
+            if buf.len() > MAX_EVENT_BYTES {
+                return Err(watch_failed(PodsError::EventTooLarge(buf.len())));
             }
         }
     }
@@ -1011,7 +1082,7 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
 }
 
 /// Displays an error with its causes, `a: b: c`, for one-line logs.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+struct ErrorChain<'a>(&'a (dyn std::error::Error + Send + Sync + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1159,6 +1230,31 @@ mod tests {
         let stats = watcher.stats().snapshot();
         assert_eq!(stats.watch_events_total, 3);
         assert_eq!(stats.pods_known, 8);
+    }
+
+    #[test]
+    fn https_sources_need_a_readable_ca_unless_told_not_to_verify() {
+        let https = |ca_file: &str, insecure| PodsConfig {
+            source: PodSource::Kubelet,
+            kubelet_url: "https://127.0.0.1:10250".into(),
+            ca_file: PathBuf::from(ca_file),
+            insecure_skip_tls_verify: insecure,
+            ..PodsConfig::default()
+        };
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/kube/ca.crt");
+        assert!(PodWatcher::new(&https(ca, false), "n").is_ok());
+        let err =
+            PodWatcher::new(&https("/nonexistent/ca.crt", false), "n").expect_err("missing CA");
+        assert!(matches!(err, PodsError::CaBundle { .. }) && !err.is_retryable());
+        let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let err = PodWatcher::new(&https(not_pem, false), "n").expect_err("not a PEM bundle");
+        assert!(matches!(err, PodsError::CaBundle { .. }), "{err}");
+        assert!(PodWatcher::new(&https("/nonexistent/ca.crt", true), "n").is_ok());
+        let none = PodsConfig {
+            source: PodSource::None,
+            ..PodsConfig::default()
+        };
+        assert!(PodWatcher::new(&none, "n").expect("none").is_none());
     }
 
     #[test]
