@@ -175,6 +175,19 @@ fn kubectl_prints_a_namespace_as_the_server_side_table() {
     assert_eq!(out.lines().count(), 9, "{out}");
     assert_eq!(row(&out, "kube-system")[1], "kube-apiserver-node-a");
 
+    let out = stdout_ok(&kubectl(&double, &["get", "namespaces", "-o", "name"]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "namespace/batch",
+            "namespace/default",
+            "namespace/kube-system",
+            "namespace/legacy",
+            "namespace/monitoring",
+            "namespace/shop",
+        ]
+    );
+
     let out = stdout_ok(&kubectl(&double, &["get", "pods", "-n", "default"]));
     assert_eq!(row(&out, "debug")[1..4], ["0/1", "CrashLoopBackOff", "5"]);
 

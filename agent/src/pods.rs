@@ -58,7 +58,9 @@ pub enum PodSource {
     Auto,
     /// The API server: list and watch this node's pods.
     Api,
-    /// The kubelet's `/pods` endpoint, polled.
+    /// The kubelet's `/pods` endpoint, polled. The kubelet authorizes `/pods` as `get` on
+    /// `nodes/proxy` (or `nodes/pods` with the `KubeletFineGrainedAuthz` feature), which is
+    /// broader than the `api` source's get/list/watch on pods: prefer `api`.
     Kubelet,
     /// No pod identity: records carry only the UID from the cgroup path.
     None,
@@ -114,9 +116,9 @@ impl Default for PodsConfig {
 
 /// A [`PodsConfig`] value that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid agent configuration: field `pods.{field}`: {reason}")]
+#[error("invalid agent configuration: field `{field}`: {reason}")]
 pub struct PodsConfigError {
-    /// Field name inside `pods`.
+    /// Dotted path of the field from the agent config root, e.g. `pods.resync_secs`.
     pub field: &'static str,
     /// What is wrong with it.
     pub reason: String,
@@ -150,37 +152,37 @@ impl PodsConfig {
         let bad = |field, reason: String| Err(PodsConfigError { field, reason });
         if !(1..=86_400).contains(&self.resync_secs) {
             return bad(
-                "resync_secs",
+                "pods.resync_secs",
                 format!("must be in 1..=86400, got {}", self.resync_secs),
             );
         }
         if !(1..=600).contains(&self.request_timeout_secs) {
             return bad(
-                "request_timeout_secs",
+                "pods.request_timeout_secs",
                 format!("must be in 1..=600, got {}", self.request_timeout_secs),
             );
         }
         if self.min_relist_interval_secs > 3600 {
             return bad(
-                "min_relist_interval_secs",
+                "pods.min_relist_interval_secs",
                 format!(
                     "must be at most 3600, got {}",
                     self.min_relist_interval_secs
                 ),
             );
         }
-        check_url("kubelet_url", &self.kubelet_url)?;
+        check_url("pods.kubelet_url", &self.kubelet_url)?;
         if let Some(u) = &self.api_url {
-            check_url("api_url", u)?;
+            check_url("pods.api_url", u)?;
         }
         if self.resolved_source() == PodSource::Api && self.resolved_api_url().is_none() {
             return bad(
-                "api_url",
+                "pods.api_url",
                 "source is `api` but api_url is unset and KUBERNETES_SERVICE_HOST is empty".into(),
             );
         }
         if self.token_file.as_os_str().is_empty() {
-            return bad("token_file", "must not be empty".into());
+            return bad("pods.token_file", "must not be empty".into());
         }
         Ok(())
     }
@@ -1284,28 +1286,28 @@ mod tests {
                 resync_secs: 0,
                 ..base.clone()
             }),
-            "resync_secs"
+            "pods.resync_secs"
         );
         assert_eq!(
             field(PodsConfig {
                 request_timeout_secs: 0,
                 ..base.clone()
             }),
-            "request_timeout_secs"
+            "pods.request_timeout_secs"
         );
         assert_eq!(
             field(PodsConfig {
                 kubelet_url: "127.0.0.1:10250".into(),
                 ..base.clone()
             }),
-            "kubelet_url"
+            "pods.kubelet_url"
         );
         assert_eq!(
             field(PodsConfig {
                 api_url: Some("ftp://x".into()),
                 ..base.clone()
             }),
-            "api_url"
+            "pods.api_url"
         );
         let msg = PodsConfig {
             resync_secs: 0,
