@@ -693,3 +693,36 @@ async fn relist_requests_coalesce_and_wait_for_the_minimum_interval() {
     assert_eq!((s.relists_total, s.relist_requests_total), (2, 1), "{s:?}");
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn sync_once_fills_the_directory_without_watching() {
+    let double = KubeDouble::with_pod_list(&pod_list_fixture());
+    let config = PodsConfig {
+        source: PodSource::Api,
+        api_url: Some(double.url()),
+        token_file: "/nonexistent/token".into(),
+        ..PodsConfig::default()
+    };
+    let watcher = PodWatcher::new(&config, "node-a")
+        .expect("watcher builds")
+        .expect("source is not none");
+    assert_eq!(watcher.sync_once().await.expect("one list"), 7);
+    assert!(watcher.directory().get(WEB_UID).is_some());
+    assert!(
+        double
+            .store()
+            .requests()
+            .iter()
+            .all(|r| !r.contains("watch"))
+    );
+    assert!(
+        double.store().tokens_seen().is_empty(),
+        "no token file, no token"
+    );
+
+    let mut double = double;
+    double.stop();
+    let err = watcher.sync_once().await.expect_err("server gone");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(watcher.stats().snapshot().list_errors_total, 1);
+}

@@ -246,6 +246,13 @@ pub struct PodDirectory {
 }
 
 impl PodDirectory {
+    /// A directory holding exactly `pods`, as if just listed (for one-shot runs and tests).
+    pub fn from_pods(pods: impl IntoIterator<Item = PodInfo>) -> PodDirectory {
+        let mut dir = PodDirectory::default();
+        dir.replace(pods.into_iter().collect(), None);
+        dir
+    }
+
     /// The pod with this UID, if known. Accepts the systemd cgroup driver's spelling too
     /// (`_` in place of `-`).
     pub fn get(&self, uid: &str) -> Option<&PodInfo> {
@@ -780,6 +787,29 @@ impl PodWatcher {
     /// The watcher's counters.
     pub fn stats(&self) -> Arc<PodStats> {
         self.stats.clone()
+    }
+
+    /// Lists once and fills the directory, without watching: for `selfheal agent --once`, which
+    /// needs names for one cycle. Returns the number of pods known. Counts a failure in
+    /// [`PodStats::list_errors_total`].
+    pub async fn sync_once(&self) -> Result<usize, PodsError> {
+        let url = match self.source {
+            PodSource::Api => {
+                let selector = format!("spec.nodeName={}", self.node_name);
+                self.url(
+                    "/api/v1/pods",
+                    &[("fieldSelector", &selector), ("resourceVersion", "0")],
+                )
+            }
+            _ => self.url("/pods", &[]),
+        };
+        match self.list(url, &mut PassState::default()).await {
+            Ok(_) => Ok(self.directory.read().len()),
+            Err(failure) => {
+                inc(&self.stats.list_errors_total);
+                Err(failure.error)
+            }
+        }
     }
 
     /// Lists and watches (or polls) until `shutdown` becomes true or its sender is dropped.
