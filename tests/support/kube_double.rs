@@ -574,10 +574,10 @@ async fn handle(
         ["api", version] => resource_list(&defs, "", version),
         ["apis", group, version] => resource_list(&defs, group, version),
         ["api", version, rest @ ..] => {
-            resource_request(&store, &defs, "", version, rest, &query, headers).await
+            resource_request(&store, &defs, "", version, rest, &query, headers)
         }
         ["apis", group, version, rest @ ..] => {
-            resource_request(&store, &defs, group, version, rest, &query, headers).await
+            resource_request(&store, &defs, group, version, rest, &query, headers)
         }
         _ => status_error(
             404,
@@ -638,7 +638,7 @@ fn resource_list(defs: &[ResourceDef], group: &str, version: &str) -> Response {
     )
 }
 
-async fn resource_request(
+fn resource_request(
     store: &Arc<Store>,
     defs: &[ResourceDef],
     group: &str,
