@@ -287,6 +287,11 @@ impl PodDirectory {
         self.synced
     }
 
+    /// The API server resource version the content reflects (`None` for the kubelet source).
+    pub fn resource_version(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+
     /// All known pods, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &PodInfo> {
         self.pods.values()
@@ -1256,6 +1261,7 @@ mod tests {
         assert_eq!(rv, "1252");
         watcher.apply_event(next(), &mut rv).expect("BOOKMARK");
         assert_eq!(rv, "1260");
+        assert_eq!(watcher.directory().read().resource_version(), Some("1260"));
         let err = watcher.apply_event(next(), &mut rv).expect_err("ERROR 410");
         assert!(matches!(err, PodsError::Gone(_)), "{err}");
         assert!(err.is_retryable());
