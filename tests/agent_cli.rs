@@ -155,3 +155,65 @@ fn serves_metrics_and_health_then_stops_gracefully_on_sigterm() {
         assert!(messages.contains(&m), "{m} not logged: {messages:?}");
     }
 }
+
+#[test]
+fn once_names_pods_after_the_api_servers_pod_list() {
+    use crate::support::{cgroup_fixture, fixture, kube_double::KubeDouble};
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("kube/pods.json")).expect("pods.json"),
+    )
+    .expect("PodList JSON");
+    let double = KubeDouble::with_pod_list(&list);
+    let cg = tempfile::tempdir().expect("tempdir");
+    // Cgroups for a Deployment's pod, a StatefulSet's pod, and one the API does not know.
+    let web = "0f6c1d3a-2b4e-4c8a-9e71-5a2d7c4b8e01";
+    let db = "3c9e2a71-5f0d-4b6e-8a13-7d2c9b4e6f02";
+    let stranger = "99999999-0000-4000-8000-000000000000";
+    for (i, uid) in [web, db, stranger].into_iter().enumerate() {
+        cgroup_fixture::write_v2_pod(cg.path(), uid, i, 1);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = write_file(dir.path(), "token", "test-token\n");
+    let out = selfheal()
+        .args(["agent", "--once", "--once-gap-ms", "100"])
+        .env("SELFHEAL_AGENT_NODE_NAME", "node-a")
+        .env("SELFHEAL_AGENT_CGROUP_ROOT", cg.path())
+        .env("SELFHEAL_AGENT_PODS__SOURCE", "api")
+        .env("SELFHEAL_AGENT_PODS__API_URL", double.url())
+        .env("SELFHEAL_AGENT_PODS__TOKEN_FILE", &token)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    let mut keys = std::collections::BTreeMap::new();
+    for line in stdout.lines() {
+        let env: Envelope = serde_json::from_str(line).expect("envelope");
+        if let Subject::Pod(p) = &env.record().subject {
+            keys.insert(p.uid.clone(), env.record().subject.workload_key("node-a"));
+        }
+    }
+    assert_eq!(
+        keys.get(web).map(String::as_str),
+        Some("shop/Deployment/web")
+    );
+    assert_eq!(
+        keys.get(db).map(String::as_str),
+        Some("shop/StatefulSet/db")
+    );
+    assert_eq!(
+        keys.get(stranger).map(String::as_str),
+        Some("pod-uid/99999999-0000-4000-8000-000000000000")
+    );
+    assert!(
+        double
+            .store()
+            .tokens_seen()
+            .iter()
+            .any(|t| t == "test-token"),
+        "the agent authenticates with the token file"
+    );
+}

@@ -6,3 +6,4 @@ mod support;
 mod agent_cgroup_real;
 mod agent_cli;
 mod agent_collect;
+mod pods;

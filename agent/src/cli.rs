@@ -2,7 +2,7 @@
 
 use crate::collect::CycleErrors;
 use crate::config::AgentConfig;
-use crate::pods::PodDirectory;
+use crate::pods::{PodWatcher, SharedPodDirectory};
 use crate::run::{Output, Pipeline, run};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
@@ -64,11 +64,20 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let settings = AgentConfig::load(args.config.as_deref())?.validate()?;
     if args.once {
         let mut pipeline = Pipeline::new(&settings);
-        let pods = PodDirectory::default();
+        let pods = match PodWatcher::new(&settings.pods, &settings.node_name)? {
+            Some(w) => {
+                let n = runtime()?
+                    .block_on(w.sync_once())
+                    .context("cannot list the pods on this node")?;
+                tracing::info!(pods = n, "PodsListed");
+                w.directory()
+            }
+            None => SharedPodDirectory::default(),
+        };
         let mut errs = CycleErrors::default();
-        let _ = pipeline.cycle(&pods, &mut errs);
+        let _ = pipeline.cycle(&pods.read(), &mut errs);
         std::thread::sleep(Duration::from_millis(args.once_gap_ms.max(1)));
-        let records = pipeline.cycle(&pods, &mut errs);
+        let records = pipeline.cycle(&pods.read(), &mut errs);
         for e in &errs.errors {
             tracing::warn!(error = %e, "CollectError");
         }

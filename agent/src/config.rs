@@ -224,6 +224,10 @@ impl AgentConfig {
                 reason: format!("{} must be a plain relative path", bad.display()),
             });
         }
+        self.pods.validate().map_err(|e| ConfigError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        })?;
         Ok(Settings {
             node_name,
             interval,

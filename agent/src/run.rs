@@ -4,7 +4,7 @@
 use crate::collect::{Collector, CycleErrors};
 use crate::config::Settings;
 use crate::normalize::Normalizer;
-use crate::pods::PodDirectory;
+use crate::pods::{PodDirectory, PodStatsSnapshot, PodWatcher, PodsError, SharedPodDirectory};
 use crate::procfs::CollectError;
 use crate::server::{Health, serve};
 use crate::telemetry::{AgentMetrics, ErrorLabels, FamilyLabels};
@@ -27,6 +27,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod identity source could not be set up (bad URL, unreadable CA file).
+    #[error("cannot start the pod watcher")]
+    Pods(#[source] PodsError),
     /// Writing records to the output failed (e.g. stdout closed).
     #[error("cannot write records")]
     Output(#[source] std::io::Error),
@@ -189,7 +192,20 @@ pub async fn run(
     })?;
     tracing::info!(%addr, node = %settings.node_name, interval_secs = settings.interval.as_secs_f64(), "AgentStarted");
 
-    let pods = PodDirectory::default();
+    let watcher = PodWatcher::new(&settings.pods, &settings.node_name).map_err(AgentError::Pods)?;
+    let (pods, pod_stats) = match watcher {
+        Some(w) => {
+            let dir = w.directory();
+            let stats = w.stats();
+            tokio::spawn(w.run(shutdown.clone()));
+            (dir, Some(stats))
+        }
+        None => {
+            tracing::info!("PodIdentityDisabled");
+            (SharedPodDirectory::default(), None)
+        }
+    };
+    let mut prev_pod_stats = PodStatsSnapshot::default();
     let mut pipeline = Pipeline::new(&settings);
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -204,7 +220,28 @@ pub async fn run(
         }
         let t0 = std::time::Instant::now();
         let mut errs = CycleErrors::default();
-        let records = pipeline.cycle(&pods, &mut errs);
+        let records = {
+            let dir = pods.read();
+            let records = pipeline.cycle(&dir, &mut errs);
+            if pipeline.last_pods().1 > 0 && dir.is_synced() {
+                // A pod started since the last list: ask for a (rate-limited) re-list.
+                dir.request_relist();
+            }
+            records
+        };
+        if let Some(stats) = &pod_stats {
+            let now = stats.snapshot();
+            metrics
+                .pod_list_errors
+                .inc_by(now.list_errors_total - prev_pod_stats.list_errors_total);
+            metrics
+                .pod_watch_errors
+                .inc_by(now.watch_errors_total - prev_pod_stats.watch_errors_total);
+            metrics
+                .pod_relists
+                .inc_by(now.relists_total - prev_pod_stats.relists_total);
+            prev_pod_stats = now;
+        }
         metrics.cycle_duration.observe(t0.elapsed().as_secs_f64());
         report_errors(&metrics, &errs, &mut warned);
         for r in &records {

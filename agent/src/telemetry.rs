@@ -52,6 +52,12 @@ pub struct AgentMetrics {
     pub counter_resets: Counter,
     /// Values dropped for not being finite.
     pub non_finite_values: Counter,
+    /// Failed pod lists (API server or kubelet).
+    pub pod_list_errors: Counter,
+    /// Failed or broken pod watches.
+    pub pod_watch_errors: Counter,
+    /// Full re-lists of pods.
+    pub pod_relists: Counter,
     /// Unix time of the last completed cycle, seconds.
     pub last_cycle_timestamp: Gauge<f64, AtomicU64>,
 }
@@ -74,6 +80,9 @@ impl AgentMetrics {
             counter_resets: Counter::default(),
             non_finite_values: Counter::default(),
             last_cycle_timestamp: Gauge::default(),
+            pod_list_errors: Counter::default(),
+            pod_watch_errors: Counter::default(),
+            pod_relists: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +131,21 @@ impl AgentMetrics {
             "non_finite_values",
             "Values dropped for not being finite numbers",
             m.non_finite_values.clone(),
+        );
+        registry.register(
+            "pod_list_errors",
+            "Failed pod lists from the API server or kubelet",
+            m.pod_list_errors.clone(),
+        );
+        registry.register(
+            "pod_watch_errors",
+            "Failed or broken pod watches",
+            m.pod_watch_errors.clone(),
+        );
+        registry.register(
+            "pod_relists",
+            "Full re-lists of pods",
+            m.pod_relists.clone(),
         );
         registry.register(
             "last_cycle_timestamp_seconds",

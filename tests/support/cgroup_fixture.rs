@@ -20,12 +20,20 @@ fn write(path: &Path, text: &str) {
 /// Writes a v2 systemd-driver tree with `pods` burstable pods under `root`. `tick` scales the
 /// counters so two calls with different ticks look like two readings.
 pub fn write_v2_pods(root: &Path, pods: usize, tick: u64) {
+    for i in 0..pods {
+        write_v2_pod(root, &pod_uid(i), i, tick);
+    }
+}
+
+/// Writes one burstable pod with UID `uid` into a v2 systemd-driver tree under `root`; `i`
+/// varies its values a little.
+pub fn write_v2_pod(root: &Path, uid: &str, i: usize, tick: u64) {
     write(
         &root.join("cgroup.controllers"),
         "cpuset cpu io memory pids\n",
     );
-    for i in 0..pods {
-        let u = pod_uid(i).replace('-', "_");
+    {
+        let u = uid.replace('-', "_");
         let d = root
             .join("kubepods.slice/kubepods-burstable.slice")
             .join(format!("kubepods-burstable-pod{u}.slice"));

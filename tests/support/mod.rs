@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cgroup_fixture;
+pub mod kube_double;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
