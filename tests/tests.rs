@@ -6,4 +6,5 @@ mod support;
 mod agent_cgroup_real;
 mod agent_cli;
 mod agent_collect;
+mod manifests;
 mod pods;

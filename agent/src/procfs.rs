@@ -379,6 +379,7 @@ pub struct NodeCollector {
     sys_root: PathBuf,
     exclude_net: Vec<String>,
     exclude_disk: Vec<String>,
+    net_dev: &'static str,
     buf: Vec<u8>,
 }
 
@@ -390,7 +391,15 @@ impl NodeCollector {
         exclude_net: Vec<String>,
         exclude_disk: Vec<String>,
     ) -> Self {
+        // `<proc>/net` is `<proc>/self/net`: the reader's own network namespace, which in a
+        // DaemonSet pod is the pod's. The host's is the one its init process lives in.
+        let net_dev = if proc_root.join("1/net/dev").is_file() {
+            "1/net/dev"
+        } else {
+            "net/dev"
+        };
         NodeCollector {
+            net_dev,
             proc_root,
             sys_root,
             exclude_net,
@@ -430,7 +439,7 @@ impl NodeCollector {
         }
         let exclude_net = std::mem::take(&mut self.exclude_net);
         snap.net = self.read(
-            "net/dev",
+            self.net_dev,
             |t| parse_net_dev(t, |n| !exclude_net.iter().any(|p| matches_pattern(p, n))),
             errors,
         );
