@@ -201,14 +201,14 @@ impl CgroupReader {
                     for e in inner.filter_map(Result::ok) {
                         let n = e.file_name();
                         let Some(n) = n.to_str() else { continue };
-                        if let Some(uid) = pod_uid_from_name(n) {
-                            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                                out.push(PodCgroup {
-                                    uid,
-                                    qos,
-                                    rel: kp.join(name).join(n),
-                                });
-                            }
+                        if let Some(uid) = pod_uid_from_name(n)
+                            && e.file_type().is_ok_and(|t| t.is_dir())
+                        {
+                            out.push(PodCgroup {
+                                uid,
+                                qos,
+                                rel: kp.join(name).join(n),
+                            });
                         }
                     }
                 }

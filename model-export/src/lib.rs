@@ -4,3 +4,4 @@
 //! publishing. The feature code is `selfheal_core::features`, shared with the agent.
 
 pub mod cli;
+pub mod onnx;
