@@ -90,12 +90,11 @@ fn serves_metrics_and_health_then_stops_gracefully_on_sigterm() {
     let mut agent = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let metrics = loop {
-        if let Some((200, body)) = http_get(port, "/metrics") {
-            if body.contains("selfheal_agent_cycles_total 2")
-                || body.contains("selfheal_agent_cycles_total 3")
-            {
-                break body;
-            }
+        if let Some((200, body)) = http_get(port, "/metrics")
+            && (body.contains("selfheal_agent_cycles_total 2")
+                || body.contains("selfheal_agent_cycles_total 3"))
+        {
+            break body;
         }
         assert!(
             Instant::now() < deadline,

@@ -181,10 +181,10 @@ impl Store {
             object,
         };
         inner.history.push_back(change.clone());
-        if inner.history.len() > 10_000 {
-            if let Some(old) = inner.history.pop_front() {
-                inner.compacted = old.rv;
-            }
+        if inner.history.len() > 10_000
+            && let Some(old) = inner.history.pop_front()
+        {
+            inner.compacted = old.rv;
         }
         // No receiver is fine: nobody is watching.
         let _ = self.changes.send(change);
