@@ -32,12 +32,18 @@ pub enum OutputFormat {
 
 /// `selfheal agent <command>`.
 #[derive(Debug, Subcommand)]
-pub enum AgentCommand {}
+pub enum AgentCommand {
+    /// Inspect or drain the on-disk spool.
+    #[command(subcommand)]
+    Spool(crate::spool::cli::SpoolCommand),
+}
 
 /// Runs `selfheal agent`.
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if let Some(cmd) = args.command {
-        match cmd {}
+        return match cmd {
+            AgentCommand::Spool(c) => crate::spool::cli::main(c),
+        };
     }
     let _settings = AgentConfig::load(args.config.as_deref())?.validate()?;
     Ok(ExitCode::SUCCESS)
