@@ -49,14 +49,14 @@ pub enum RecordOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The service asked us to slow down: back off, then send again.
-    #[error("sink throttled the call")]
+    #[error("sink throttled the call: {0}")]
     Throttled(#[source] BoxError),
     /// A fault that may pass (network, timeout, server error, missing stream or permission that
     /// an operator can fix): back off, then send again. Records wait in the spool meanwhile.
-    #[error("sink call failed (retryable)")]
+    #[error("sink call failed (retryable): {0}")]
     Transient(#[source] BoxError),
     /// The service refused the content itself: sending it again cannot succeed.
-    #[error("sink refused the batch")]
+    #[error("sink refused the batch: {0}")]
     Rejected(#[source] BoxError),
 }
 
@@ -384,11 +384,11 @@ impl<S: Sink> Forwarder<S> {
                         let n = pending.len() as u64;
                         add(&self.stats.records_rejected, n);
                         self.spool.stats().count_drop(DropReason::Rejected, n);
-                        tracing::error!(sink = self.sink.name(), records = n, error = ?e, "ForwardBatchRejected");
+                        tracing::error!(sink = self.sink.name(), records = n, error = %e, "ForwardBatchRejected");
                         return true;
                     }
                     add(&self.stats.records_retried, pending.len() as u64);
-                    tracing::warn!(sink = self.sink.name(), attempt, error = ?e, "ForwardCallError");
+                    tracing::warn!(sink = self.sink.name(), attempt, error = %e, "ForwardCallError");
                 }
             }
             attempt = attempt.saturating_add(1);
