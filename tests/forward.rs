@@ -368,3 +368,80 @@ async fn a_forwarder_killed_during_an_outage_replays_its_spool_on_restart() {
     assert_eq!(counts.len(), 300);
     assert_all_arrived(&counts, 0..300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_sink_posts_batches_and_retries_server_errors() {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use selfheal_agent::forward::http::{CONTENT_TYPE, HttpConfig, HttpSink, decode_batch};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Ingest {
+        calls: std::sync::atomic::AtomicU64,
+        ids: Mutex<Vec<u128>>,
+    }
+    async fn ingest(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+        // The first two calls fail as an overloaded server would.
+        if s.calls.fetch_add(1, Ordering::Relaxed) < 2 {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        if headers
+            .get("content-type")
+            .is_none_or(|v| v != CONTENT_TYPE)
+        {
+            return StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        }
+        let Ok(records) = decode_batch(&body) else {
+            return StatusCode::BAD_REQUEST;
+        };
+        let mut ids = s.ids.lock().expect("lock");
+        for r in records {
+            match decode_wire(r) {
+                Ok(env) => ids.push(env.record().id.as_u128()),
+                Err(_) => return StatusCode::BAD_REQUEST,
+            }
+        }
+        StatusCode::NO_CONTENT
+    }
+    let state = Arc::new(Ingest::default());
+    let app = axum::Router::new()
+        .route("/ingest", axum::routing::post(ingest))
+        .with_state(Arc::clone(&state));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ingest");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = open_spool(tmp.path(), 1 << 20);
+    let sink = HttpSink::from_config(&HttpConfig {
+        url: format!("http://{addr}/ingest"),
+        connect_timeout_ms: 1000,
+    })
+    .expect("http sink");
+    let fwd = Forwarder::new(
+        Arc::clone(&spool),
+        sink,
+        test_forward_config().validate().expect("settings"),
+    );
+    let stats = fwd.stats();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(fwd.run(rx, Duration::from_secs(5)));
+    for i in 0..1200 {
+        spool.push(&envelope(i)).expect("spooled");
+    }
+    wait_until("1200 records posted", Duration::from_secs(30), || {
+        stats.records_sent.load(Ordering::Relaxed) == 1200
+    })
+    .await;
+    stop.send_replace(true);
+    task.await.expect("forwarder ends");
+    server.abort();
+    assert_eq!(stats.call_errors.load(Ordering::Relaxed), 2);
+    let mut ids = state.ids.lock().expect("lock").clone();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..1200).collect::<Vec<_>>());
+}

@@ -16,6 +16,9 @@
 //! anomaly segment. Every drop is counted by [`DropReason`]. Corrupt or torn frames are skipped and
 //! counted, never fatal; a write error (a full disk included) drops that record, counted, and the
 //! spool carries on.
+//!
+//! One process owns a spool directory at a time (the agent, or `selfheal agent spool drain` while
+//! the agent is stopped); `inspect` only reads.
 
 pub mod cli;
 mod frame;
@@ -743,16 +746,21 @@ impl Spool {
         state.segments[last].len += need;
         state.unacked += 1;
         inner.total_bytes += need;
-        let sync = match inner.settings.fsync {
-            FsyncPolicy::Always => true,
-            FsyncPolicy::Interval => inner.last_sync.elapsed() >= inner.settings.fsync_interval,
-            FsyncPolicy::Never => false,
+        let to_sync: &[Lane] = match inner.settings.fsync {
+            FsyncPolicy::Always => std::slice::from_ref(&Lane::ALL[lane.idx()]),
+            // Both lanes: the other lane's last records must not wait for its next append.
+            FsyncPolicy::Interval if inner.last_sync.elapsed() >= inner.settings.fsync_interval => {
+                &Lane::ALL
+            }
+            FsyncPolicy::Interval | FsyncPolicy::Never => &[],
         };
-        if sync {
+        if !to_sync.is_empty() {
             inner.last_sync = Instant::now();
-            let state = &inner.lanes[lane.idx()];
+        }
+        for l in to_sync {
+            let state = &inner.lanes[l.idx()];
             if let Err(e) = state.writer.sync_data() {
-                // The record is in the kernel's cache; only a host crash could still lose it.
+                // The record is in the kernel's cache; only a host crash could lose it now.
                 self.io_event(&state.dir, "fsync", &e);
             }
         }
@@ -951,9 +959,11 @@ impl Spool {
                         self.skip_region(state, len as u64);
                     }
                     frame::Scanned::Incomplete { .. } => {
-                        if state.read.offset + (buf.len() - pos) as u64 >= seg_len {
-                            // The segment ends inside this frame: it was cut short.
-                            self.skip_region(state, (buf.len() - pos) as u64);
+                        let at_end = state.read.offset + (buf.len() - pos) as u64 >= seg_len;
+                        // The segment ends inside this frame, or the file is shorter than we
+                        // knew (cut under us): nothing more can be read from it.
+                        if at_end || pos == 0 {
+                            self.skip_region(state, seg_len - state.read.offset);
                         }
                         break;
                     }

@@ -321,3 +321,37 @@ fn config_is_validated_naming_the_field() {
     let parsed: Result<SpoolConfig, _> = serde_json::from_str(r#"{"max_byte": 1}"#);
     assert!(parsed.is_err(), "unknown fields are refused");
 }
+
+#[test]
+fn a_full_disk_is_counted_and_the_spool_carries_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(settings(tmp.path(), 1 << 20, 4096)).expect("open");
+    // 33 frames of 123 bytes fill the first 4 KiB segment; the next one rotates.
+    for i in 0..33 {
+        spool
+            .append(Lane::Sample, "k", &rec(i, 100))
+            .expect("append");
+    }
+    // The next segment is a device that always answers ENOSPC, as a full disk does.
+    let active = seg_files(tmp.path(), Lane::Sample).len() as u64 - 1;
+    std::os::unix::fs::symlink(
+        "/dev/full",
+        seg_path(&tmp.path().join("sample"), active + 1),
+    )
+    .expect("symlink");
+    for i in 33..43 {
+        assert_eq!(
+            spool.append(Lane::Sample, "k", &rec(i, 100)),
+            Err(DropReason::Io)
+        );
+    }
+    assert_eq!(spool.stats().dropped(DropReason::Io), 10);
+    assert!(spool.stats().io_errors.load(Ordering::Relaxed) >= 10);
+    // The other lane and everything spooled before still work.
+    spool
+        .append(Lane::Anomaly, "k", &rec(99, 100))
+        .expect("append");
+    let got: Vec<u64> = drain(&spool).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(got[0], 99);
+    assert_eq!(&got[1..], &(0..33).collect::<Vec<_>>()[..]);
+}
