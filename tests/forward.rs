@@ -445,3 +445,54 @@ async fn the_http_sink_posts_batches_and_retries_server_errors() {
     ids.sort_unstable();
     assert_eq!(ids, (0..1200).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_the_spool_within_the_grace_period_and_no_longer() {
+    let moto = Moto::start();
+    create_stream(&kinesis_client(&moto.endpoint()), "flush", 1).await;
+    let proxy = TcpProxy::start(([127, 0, 0, 1], moto.port).into()).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = open_spool(tmp.path(), 1 << 20);
+    // Reachable: everything queued at shutdown is flushed before the task ends.
+    let (_stats, stop, task) = spawn_forwarder(&spool, &proxy.endpoint(), "flush");
+    for i in 0..1000 {
+        spool.push(&envelope(i)).expect("spooled");
+    }
+    stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("flushed within the grace period")
+        .expect("forwarder ends");
+    assert_eq!(spool.depth(), 0);
+    assert_all_arrived(&ids_on_stream(&moto.endpoint(), "flush").await, 0..1000);
+
+    // Unreachable: the task still ends when the grace period is over, and keeps the records.
+    proxy.set(Mode::BlackHole);
+    for i in 1000..1100 {
+        spool.push(&envelope(i)).expect("spooled");
+    }
+    let sink = KinesisSink::new(kinesis_client(&proxy.endpoint()), "flush".into());
+    let fwd = Forwarder::new(
+        Arc::clone(&spool),
+        sink,
+        test_forward_config().validate().expect("settings"),
+    );
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(fwd.run(rx, Duration::from_millis(1500)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the grace period bounds shutdown")
+        .expect("forwarder ends");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "it kept trying for the grace period"
+    );
+    assert_eq!(
+        spool.depth(),
+        100,
+        "undelivered records stay queued for the next start"
+    );
+}
