@@ -904,7 +904,7 @@ impl Spool {
                 break;
             };
             let remaining = (seg_len - state.read.offset) as usize;
-            let mut chunk_len = remaining.min(READ_CHUNK.max(max_bytes - *bytes + 64));
+            let mut chunk_len = remaining.min(READ_CHUNK);
             let buf = loop {
                 let buf = match read_at(file, state.read.offset, chunk_len) {
                     Ok(b) => b,
@@ -1091,6 +1091,8 @@ pub struct Inspection {
 
 /// Scans a spool directory without changing it.
 pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
+    // A typo in --dir must not look like an empty spool.
+    fs::metadata(dir).map_err(io_err(dir))?;
     let mut out = Inspection::default();
     for lane in Lane::ALL {
         let lane_dir = dir.join(lane.as_str());
