@@ -6,5 +6,6 @@ mod support;
 mod agent_cgroup_real;
 mod agent_cli;
 mod agent_collect;
+mod forward;
 mod manifests;
 mod pods;

@@ -45,7 +45,11 @@ pub enum OutputFormat {
 
 /// `selfheal agent <command>`.
 #[derive(Debug, Subcommand)]
-pub enum AgentCommand {}
+pub enum AgentCommand {
+    /// Inspect or drain the on-disk spool.
+    #[command(subcommand)]
+    Spool(crate::spool::cli::SpoolCommand),
+}
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // One thread: the agent's work is a few milliseconds per interval, and every extra worker
@@ -59,7 +63,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs `selfheal agent`.
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if let Some(cmd) = args.command {
-        match cmd {}
+        return match cmd {
+            AgentCommand::Spool(c) => crate::spool::cli::main(c),
+        };
     }
     let settings = AgentConfig::load(args.config.as_deref())?.validate()?;
     if args.once {

@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 pub mod cgroup_fixture;
+pub mod faultproxy;
 pub mod kube_double;
+pub mod moto;
+pub mod netproxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

@@ -1,1 +1,0 @@
-//! Placeholder: the durable on-disk spool (issue 4) lands here.

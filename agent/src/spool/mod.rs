@@ -1,0 +1,1134 @@
+//! The durable on-disk spool between the scorer and the forwarder: a bounded write-ahead log of
+//! wire records, so a Kinesis outage or an agent restart loses nothing that matters.
+//!
+//! The pipeline [`Spool::push`]es every [`Envelope`] it wants shipped; the forwarder
+//! ([`crate::forward`]) takes [`Batch`]es with [`Spool::read_batch`] and calls [`Spool::ack`]
+//! only once the sink accepted them, so delivery is at-least-once (consumers de-duplicate by
+//! `Record.id`).
+//!
+//! On disk, `<dir>/anomaly/` and `<dir>/sample/` are two *lanes* (priority classes), each a
+//! sequence of append-only segment files `<seq>.seg` of [`frame`]d records and an `ack`
+//! checkpoint (`<seq> <offset>`, replaced atomically) marking what the sink has accepted. A
+//! restart replays from the checkpoint. Segments wholly behind the checkpoint are deleted.
+//!
+//! The spool is bounded by `max_bytes`. When full, a new sampled normal record is dropped; a new
+//! anomaly evicts the oldest sample segments first, and only when no samples remain the oldest
+//! anomaly segment. Every drop is counted by [`DropReason`]. Corrupt or torn frames are skipped and
+//! counted, never fatal; a write error (a full disk included) drops that record, counted, and the
+//! spool carries on.
+//!
+//! One process owns a spool directory at a time (the agent, or `selfheal agent spool drain` while
+//! the agent is stopped); `inspect` only reads.
+
+pub mod cli;
+mod frame;
+
+pub use frame::MAX_RECORD_BYTES;
+
+use selfheal_core::schema::{Envelope, Payload, encode_wire};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+/// Kinesis refuses partition keys longer than this many characters.
+pub const MAX_PARTITION_KEY_LEN: usize = 256;
+
+/// Spool settings as written by the user (the `spool` section of the agent configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the segments and checkpoints, created if absent. In the DaemonSet a hostPath,
+    /// so queued records outlive the pod.
+    pub dir: PathBuf,
+    /// Most bytes the spool keeps on disk, both lanes together. Past it, samples are dropped or
+    /// evicted first (see the module docs).
+    pub max_bytes: u64,
+    /// A segment is closed and the next one started when a record would take it past this size;
+    /// eviction frees space one segment at a time.
+    pub segment_bytes: u64,
+    /// When appended records are forced to stable storage.
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`: most milliseconds between two fsyncs.
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("/var/lib/selfheal/spool"),
+            max_bytes: 256 * 1024 * 1024,
+            segment_bytes: 8 * 1024 * 1024,
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 1000,
+        }
+    }
+}
+
+/// When the spool calls fsync. Records are written to the kernel at once in every mode, so a
+/// killed agent loses nothing; fsync guards against losing the host (power, kernel panic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every record and checkpoint: safest, slowest.
+    Always,
+    /// At most every `fsync_interval_ms`, on the next append.
+    Interval,
+    /// Never; the kernel writes back on its own schedule.
+    Never,
+}
+
+/// The two priority classes; each is a directory of its own segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Anomalies: read first, evicted last.
+    Anomaly,
+    /// Sampled normal records: dropped or evicted first when the spool is full.
+    Sample,
+}
+
+impl Lane {
+    /// Both lanes, in read priority order.
+    pub const ALL: [Lane; 2] = [Lane::Anomaly, Lane::Sample];
+
+    /// The lane a payload belongs in.
+    pub fn of(payload: &Payload) -> Lane {
+        match payload {
+            Payload::Anomaly(_) => Lane::Anomaly,
+            Payload::Sample { .. } => Lane::Sample,
+        }
+    }
+
+    /// The lane's directory name and label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Anomaly => "anomaly",
+            Lane::Sample => "sample",
+        }
+    }
+
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a record was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A new sampled normal record arrived while the spool was full.
+    SampleFull,
+    /// A queued sampled normal record was evicted to make room for an anomaly.
+    SampleEvicted,
+    /// A queued anomaly was evicted to make room for a newer one (no samples were left).
+    AnomalyEvicted,
+    /// The record (wire bytes plus partition key) is over [`MAX_RECORD_BYTES`], its key over
+    /// [`MAX_PARTITION_KEY_LEN`], or it is larger than the whole spool.
+    TooLarge,
+    /// The envelope could not be encoded.
+    Encode,
+    /// Writing failed (a full disk included).
+    Io,
+    /// The sink refused the record for good (not retryable).
+    Rejected,
+}
+
+impl DropReason {
+    /// Every reason, for exporting counters.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::SampleFull,
+        DropReason::SampleEvicted,
+        DropReason::AnomalyEvicted,
+        DropReason::TooLarge,
+        DropReason::Encode,
+        DropReason::Io,
+        DropReason::Rejected,
+    ];
+
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SampleFull => "sample_full",
+            DropReason::SampleEvicted => "sample_evicted",
+            DropReason::AnomalyEvicted => "anomaly_evicted",
+            DropReason::TooLarge => "too_large",
+            DropReason::Encode => "encode",
+            DropReason::Io => "io",
+            DropReason::Rejected => "rejected",
+        }
+    }
+}
+
+/// Live counters and gauges, shared with telemetry (plain atomics: read them any time).
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    appended: [AtomicU64; 2],
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Records acknowledged by the sink.
+    pub acked_records: AtomicU64,
+    /// Corrupt or torn regions skipped while reading or recovering.
+    pub corrupt_regions: AtomicU64,
+    /// Bytes in those regions.
+    pub corrupt_bytes: AtomicU64,
+    /// Write, fsync or checkpoint errors (each also logged).
+    pub io_errors: AtomicU64,
+    /// Records queued and not yet acknowledged (in flight included).
+    pub depth_records: AtomicU64,
+    /// Bytes of segment files on disk.
+    pub depth_bytes: AtomicU64,
+}
+
+impl SpoolStats {
+    /// Records appended to `lane` since start.
+    pub fn appended(&self, lane: Lane) -> u64 {
+        self.appended[lane.idx()].load(Ordering::Relaxed)
+    }
+
+    /// Records lost for `reason` since start.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Records lost for any reason since start.
+    pub fn dropped_total(&self) -> u64 {
+        DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
+    }
+
+    /// Counts `n` records lost for `reason`.
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Why the spool cannot start or be inspected. Once running, errors are events (counted and
+/// logged), never returned.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The configuration is unusable; names the field.
+    #[error("invalid spool configuration: field `{field}`: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A directory or file of the spool could not be created or read.
+    #[error("spool I/O on {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Validated spool settings.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Spool directory.
+    pub dir: PathBuf,
+    /// Byte bound.
+    pub max_bytes: u64,
+    /// Segment size.
+    pub segment_bytes: u64,
+    /// fsync policy.
+    pub fsync: FsyncPolicy,
+    /// fsync interval for [`FsyncPolicy::Interval`].
+    pub fsync_interval: Duration,
+}
+
+impl SpoolConfig {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<SpoolSettings, SpoolError> {
+        let invalid = |field, reason: String| Err(SpoolError::Invalid { field, reason });
+        if self.dir.as_os_str().is_empty() {
+            return invalid("spool.dir", "must not be empty".into());
+        }
+        if self.segment_bytes < 4096 {
+            return invalid(
+                "spool.segment_bytes",
+                format!("must be at least 4096, got {}", self.segment_bytes),
+            );
+        }
+        // Eviction frees whole segments: with fewer than four the bound would be coarse.
+        if self.max_bytes < 4 * self.segment_bytes {
+            return invalid(
+                "spool.max_bytes",
+                format!(
+                    "must be at least 4 × segment_bytes ({}), got {}",
+                    4 * self.segment_bytes,
+                    self.max_bytes
+                ),
+            );
+        }
+        if self.fsync == FsyncPolicy::Interval && self.fsync_interval_ms == 0 {
+            return invalid(
+                "spool.fsync_interval_ms",
+                "must be positive with fsync = \"interval\"".into(),
+            );
+        }
+        Ok(SpoolSettings {
+            dir: self.dir.clone(),
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            fsync: self.fsync,
+            fsync_interval: Duration::from_millis(self.fsync_interval_ms),
+        })
+    }
+}
+
+/// One record handed to the forwarder.
+#[derive(Debug, Clone)]
+pub struct SpooledRecord {
+    /// Its lane.
+    pub lane: Lane,
+    /// Partition key (workload identity).
+    pub partition_key: String,
+    /// The wire record (`encode_wire` output).
+    pub data: Vec<u8>,
+    /// When it was spooled, unix milliseconds.
+    pub appended_ms: i64,
+}
+
+/// Records read together; acknowledge them with [`Spool::ack`] once the sink took them all.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The records, anomalies first.
+    pub records: Vec<SpooledRecord>,
+    /// Per lane: the position after the last record read, if any was.
+    ends: [Option<Pos>; 2],
+    /// Per lane: how many records.
+    counts: [u64; 2],
+}
+
+impl Batch {
+    /// No records.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Appends a batch read after this one (the linger top-up); acknowledge the result once.
+    pub fn merge(&mut self, later: Batch) {
+        self.records.extend(later.records);
+        for i in 0..2 {
+            if later.ends[i].is_some() {
+                self.ends[i] = later.ends[i];
+            }
+            self.counts[i] += later.counts[i];
+        }
+    }
+
+    /// Bytes of wire data plus partition keys.
+    pub fn bytes(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| r.data.len() + r.partition_key.len())
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+struct Pos {
+    seq: u64,
+    offset: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct LaneState {
+    lane: Lane,
+    dir: PathBuf,
+    /// Oldest first; the last one is the active segment `writer` appends to.
+    segments: VecDeque<Segment>,
+    writer: File,
+    reader: Option<(u64, File)>,
+    read: Pos,
+    acked: Pos,
+    /// Records not yet acknowledged.
+    unacked: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: SpoolSettings,
+    lanes: [LaneState; 2],
+    total_bytes: u64,
+    last_sync: Instant,
+}
+
+/// The spool. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Spool {
+    inner: Mutex<Inner>,
+    stats: Arc<SpoolStats>,
+    notify: Notify,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.seg"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        if let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+fn read_checkpoint(dir: &Path) -> Option<Pos> {
+    let text = fs::read_to_string(dir.join("ack")).ok()?;
+    let mut it = text.split_whitespace();
+    let seq = it.next()?.parse().ok()?;
+    let offset = it.next()?.parse().ok()?;
+    Some(Pos { seq, offset })
+}
+
+/// What a scan of one segment file found.
+#[derive(Debug, Default)]
+struct ScanSummary {
+    records: u64,
+    oldest_ms: Option<i64>,
+    corrupt_regions: u64,
+    corrupt_bytes: u64,
+    /// Offset of a torn final frame, if the file ends inside one.
+    torn_at: Option<u64>,
+}
+
+fn scan_bytes(buf: &[u8], from: usize) -> ScanSummary {
+    let mut s = ScanSummary::default();
+    let mut pos = from;
+    while pos < buf.len() {
+        match frame::scan_at(buf, pos) {
+            frame::Scanned::Frame(f) => {
+                s.records += 1;
+                s.oldest_ms = Some(s.oldest_ms.map_or(f.appended_ms, |o| o.min(f.appended_ms)));
+                pos = f.offset + f.len;
+            }
+            frame::Scanned::Corrupt { offset, len } => {
+                s.corrupt_regions += 1;
+                s.corrupt_bytes += len as u64;
+                pos = offset + len;
+            }
+            frame::Scanned::Incomplete { offset } => {
+                s.torn_at = Some(offset as u64);
+                break;
+            }
+        }
+    }
+    s
+}
+
+impl LaneState {
+    fn open(root: &Path, lane: Lane, stats: &SpoolStats) -> Result<LaneState, SpoolError> {
+        let dir = root.join(lane.as_str());
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let seqs = list_segments(&dir)?;
+        let checkpoint = read_checkpoint(&dir);
+        let mut acked = checkpoint.unwrap_or(Pos {
+            seq: seqs.first().copied().unwrap_or(0),
+            offset: 0,
+        });
+        let mut segments = VecDeque::new();
+        let mut unacked = 0;
+        for &seq in &seqs {
+            let path = seg_path(&dir, seq);
+            if seq < acked.seq {
+                // Acknowledged before a crash that came before its deletion.
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "SpoolSegmentDeleteError");
+                }
+                continue;
+            }
+            let buf = fs::read(&path).map_err(io_err(&path))?;
+            let from = if seq == acked.seq {
+                (acked.offset as usize).min(buf.len())
+            } else {
+                0
+            };
+            let summary = scan_bytes(&buf, from);
+            let mut len = buf.len() as u64;
+            if let Some(torn) = summary.torn_at {
+                // A crash mid-write: cut the partial frame so the file ends on a boundary.
+                tracing::warn!(path = %path.display(), offset = torn, "SpoolTornTailTruncated");
+                stats.corrupt_regions.fetch_add(1, Ordering::Relaxed);
+                stats.corrupt_bytes.fetch_add(len - torn, Ordering::Relaxed);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                f.set_len(torn).map_err(io_err(&path))?;
+                len = torn;
+            }
+            if summary.corrupt_regions > 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    regions = summary.corrupt_regions,
+                    bytes = summary.corrupt_bytes,
+                    "SpoolCorruptRegionsFound"
+                );
+            }
+            unacked += summary.records;
+            segments.push_back(Segment { seq, len });
+        }
+        // The checkpoint may point at a segment evicted before the restart: resume at the next.
+        match segments.front() {
+            Some(first) if first.seq > acked.seq => {
+                acked = Pos {
+                    seq: first.seq,
+                    offset: 0,
+                }
+            }
+            Some(first) if first.seq == acked.seq => acked.offset = acked.offset.min(first.len),
+            _ => {}
+        }
+        // Always append to a fresh segment: never write after bytes of unknown state.
+        let next_seq = seqs.last().map_or(0, |s| s + 1).max(acked.seq);
+        let writer = create_segment(&dir, next_seq)?;
+        segments.push_back(Segment {
+            seq: next_seq,
+            len: 0,
+        });
+        if segments.len() == 1 {
+            acked = Pos {
+                seq: next_seq,
+                offset: 0,
+            };
+        }
+        Ok(LaneState {
+            lane,
+            dir,
+            segments,
+            writer,
+            reader: None,
+            read: acked,
+            acked,
+            unacked,
+        })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    fn active(&self) -> &Segment {
+        // Invariant: a lane always has an active segment (open and rotate push one first).
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let seq = self.active().seq + 1;
+        let path = seg_path(&self.dir, seq);
+        self.writer = OpenOptions::new().create(true).append(true).open(&path)?;
+        self.segments.push_back(Segment { seq, len: 0 });
+        Ok(())
+    }
+
+    fn segment_len(&self, seq: u64) -> Option<u64> {
+        self.segments.iter().find(|s| s.seq == seq).map(|s| s.len)
+    }
+
+    fn next_seq_after(&self, seq: u64) -> Option<u64> {
+        self.segments.iter().map(|s| s.seq).find(|&s| s > seq)
+    }
+
+    fn write_checkpoint(&self, sync: bool) -> io::Result<()> {
+        let tmp = self.dir.join("ack.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(format!("{} {}\n", self.acked.seq, self.acked.offset).as_bytes())?;
+        if sync {
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, self.dir.join("ack"))
+    }
+
+    /// Deletes segments wholly behind the checkpoint; returns the bytes freed.
+    fn delete_acked_segments(&mut self) -> u64 {
+        let mut freed = 0;
+        while self.segments.len() > 1 && self.segments[0].seq < self.acked.seq {
+            let seg = self.segments.pop_front().map_or(0, |s| {
+                remove_segment(&self.dir, s.seq);
+                s.len
+            });
+            freed += seg;
+        }
+        freed
+    }
+}
+
+fn create_segment(dir: &Path, seq: u64) -> Result<File, SpoolError> {
+    let path = seg_path(dir, seq);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err(&path))
+}
+
+fn remove_segment(dir: &Path, seq: u64) {
+    let path = seg_path(dir, seq);
+    if let Err(e) = fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "SpoolSegmentDeleteError");
+    }
+}
+
+/// Reads `len` bytes at `offset`, or fewer at the end of the file.
+fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// How much to read from a segment at once.
+const READ_CHUNK: usize = 256 * 1024;
+
+impl Spool {
+    /// Opens (or creates) the spool in `settings.dir`, recovering from whatever a crash left:
+    /// torn tails are cut, acknowledged segments deleted, unacknowledged records queued again.
+    pub fn open(settings: SpoolSettings) -> Result<Spool, SpoolError> {
+        fs::create_dir_all(&settings.dir).map_err(io_err(&settings.dir))?;
+        let stats = Arc::new(SpoolStats::default());
+        let lanes = [
+            LaneState::open(&settings.dir, Lane::Anomaly, &stats)?,
+            LaneState::open(&settings.dir, Lane::Sample, &stats)?,
+        ];
+        let total_bytes = lanes.iter().map(LaneState::bytes).sum();
+        let unacked: u64 = lanes.iter().map(|l| l.unacked).sum();
+        stats.depth_bytes.store(total_bytes, Ordering::Relaxed);
+        stats.depth_records.store(unacked, Ordering::Relaxed);
+        if unacked > 0 {
+            tracing::info!(records = unacked, bytes = total_bytes, "SpoolReplayQueued");
+        }
+        Ok(Spool {
+            inner: Mutex::new(Inner {
+                settings,
+                lanes,
+                total_bytes,
+                last_sync: Instant::now(),
+            }),
+            stats,
+            notify: Notify::new(),
+        })
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Arc<SpoolStats> {
+        &self.stats
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; carry on with it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Encodes and spools an envelope in its lane, keyed by its workload identity. A record
+    /// that cannot be kept is counted by reason and returned as `Err`; nothing else to do.
+    pub fn push(&self, env: &Envelope) -> Result<(), DropReason> {
+        let record = env.record();
+        let key = record.subject.workload_key(&record.node);
+        let lane = Lane::of(&env.payload);
+        match encode_wire(env) {
+            Ok(wire) => self.append(lane, &key, &wire),
+            Err(e) => {
+                tracing::warn!(error = %e, id = %record.id, "SpoolEncodeError");
+                self.stats.count_drop(DropReason::Encode, 1);
+                Err(DropReason::Encode)
+            }
+        }
+    }
+
+    /// Spools one wire record in `lane` under `partition_key`.
+    pub fn append(&self, lane: Lane, partition_key: &str, wire: &[u8]) -> Result<(), DropReason> {
+        let result = self.append_inner(lane, partition_key, wire);
+        match result {
+            Ok(()) => {
+                self.stats.appended[lane.idx()].fetch_add(1, Ordering::Relaxed);
+                self.notify.notify_one();
+            }
+            Err(reason) => {
+                tracing::trace!(
+                    lane = lane.as_str(),
+                    reason = reason.as_str(),
+                    "SpoolRecordDropped"
+                );
+                self.stats.count_drop(reason, 1);
+            }
+        }
+        result
+    }
+
+    fn append_inner(&self, lane: Lane, key: &str, wire: &[u8]) -> Result<(), DropReason> {
+        if key.len() > MAX_PARTITION_KEY_LEN || key.len() + wire.len() > MAX_RECORD_BYTES {
+            return Err(DropReason::TooLarge);
+        }
+        let framed = frame::encode(now_ms(), key, wire);
+        let need = framed.len() as u64;
+        let mut inner = self.lock();
+        if need > inner.settings.max_bytes {
+            return Err(DropReason::TooLarge);
+        }
+        while inner.total_bytes + need > inner.settings.max_bytes {
+            if lane == Lane::Sample {
+                return Err(DropReason::SampleFull);
+            }
+            // Evict samples before anomalies; `evict_oldest` fails only when a lane is empty.
+            if !self.evict_oldest(&mut inner, Lane::Sample)
+                && !self.evict_oldest(&mut inner, Lane::Anomaly)
+            {
+                return Err(DropReason::TooLarge);
+            }
+        }
+        let segment_bytes = inner.settings.segment_bytes;
+        let state = &mut inner.lanes[lane.idx()];
+        let active_len = state.active().len;
+        if active_len > 0 && active_len + need > segment_bytes {
+            if let Err(e) = state.rotate() {
+                self.io_event(&state.dir, "rotate", &e);
+                return Err(DropReason::Io);
+            }
+        }
+        let active_len = state.active().len;
+        if let Err(e) = state.writer.write_all(&framed) {
+            // A partial write would leave a torn frame: cut back to the last whole one.
+            let _ = state.writer.set_len(active_len);
+            self.io_event(&state.dir, "write", &e);
+            return Err(DropReason::Io);
+        }
+        let last = state.segments.len() - 1;
+        state.segments[last].len += need;
+        state.unacked += 1;
+        inner.total_bytes += need;
+        let to_sync: &[Lane] = match inner.settings.fsync {
+            FsyncPolicy::Always => std::slice::from_ref(&Lane::ALL[lane.idx()]),
+            // Both lanes: the other lane's last records must not wait for its next append.
+            FsyncPolicy::Interval if inner.last_sync.elapsed() >= inner.settings.fsync_interval => {
+                &Lane::ALL
+            }
+            FsyncPolicy::Interval | FsyncPolicy::Never => &[],
+        };
+        if !to_sync.is_empty() {
+            inner.last_sync = Instant::now();
+        }
+        for l in to_sync {
+            let state = &inner.lanes[l.idx()];
+            if let Err(e) = state.writer.sync_data() {
+                // The record is in the kernel's cache; only a host crash could lose it now.
+                self.io_event(&state.dir, "fsync", &e);
+            }
+        }
+        self.publish_depth(&inner);
+        Ok(())
+    }
+
+    fn io_event(&self, dir: &Path, op: &'static str, e: &io::Error) {
+        self.stats.io_errors.fetch_add(1, Ordering::Relaxed);
+        let disk_full = e.kind() == io::ErrorKind::StorageFull;
+        tracing::warn!(dir = %dir.display(), op, disk_full, error = %e, "SpoolIoError");
+    }
+
+    fn publish_depth(&self, inner: &Inner) {
+        self.stats
+            .depth_bytes
+            .store(inner.total_bytes, Ordering::Relaxed);
+        self.stats.depth_records.store(
+            inner.lanes.iter().map(|l| l.unacked).sum(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Evicts the oldest segment of `lane`, counting its unread records as dropped. Returns
+    /// false when the lane holds no bytes.
+    fn evict_oldest(&self, inner: &mut Inner, lane: Lane) -> bool {
+        let state = &mut inner.lanes[lane.idx()];
+        if state.bytes() == 0 {
+            return false;
+        }
+        if state.segments.len() == 1 {
+            // Only the active segment holds data: start a new one so this one can go.
+            if let Err(e) = state.rotate() {
+                self.io_event(&state.dir, "rotate", &e);
+                return false;
+            }
+        }
+        let Some(seg) = state.segments.pop_front() else {
+            return false;
+        };
+        let unread = if state.read.seq > seg.seq {
+            0
+        } else {
+            let from = if state.read.seq == seg.seq {
+                state.read.offset
+            } else {
+                0
+            };
+            match fs::read(seg_path(&state.dir, seg.seq)) {
+                Ok(buf) => scan_bytes(&buf, (from as usize).min(buf.len())).records,
+                Err(_) => 0,
+            }
+        };
+        remove_segment(&state.dir, seg.seq);
+        if state.reader.as_ref().is_some_and(|(s, _)| *s == seg.seq) {
+            state.reader = None;
+        }
+        let next = state.segments.front().map_or(seg.seq + 1, |s| s.seq);
+        let next = Pos {
+            seq: next,
+            offset: 0,
+        };
+        state.read = state.read.max(next);
+        state.acked = state.acked.max(next);
+        state.unacked = state.unacked.saturating_sub(unread);
+        inner.total_bytes -= seg.len;
+        let reason = match lane {
+            Lane::Sample => DropReason::SampleEvicted,
+            Lane::Anomaly => DropReason::AnomalyEvicted,
+        };
+        self.stats.count_drop(reason, unread);
+        tracing::warn!(
+            lane = lane.as_str(),
+            records = unread,
+            bytes = seg.len,
+            "SpoolSegmentEvicted"
+        );
+        true
+    }
+
+    /// Takes the next records not yet handed out, anomalies first, up to `max_records` and
+    /// `max_bytes` (wire data plus partition keys; a single larger record still comes alone).
+    pub fn read_batch(&self, max_records: usize, max_bytes: usize) -> Batch {
+        let mut inner = self.lock();
+        let mut batch = Batch::default();
+        let mut bytes = 0usize;
+        for lane in Lane::ALL {
+            let state = &mut inner.lanes[lane.idx()];
+            self.read_lane(state, &mut batch, &mut bytes, max_records, max_bytes);
+        }
+        batch
+    }
+
+    fn read_lane(
+        &self,
+        state: &mut LaneState,
+        batch: &mut Batch,
+        bytes: &mut usize,
+        max_records: usize,
+        max_bytes: usize,
+    ) {
+        let lane = state.lane;
+        // Each pass either takes records, skips bytes, or moves to the next segment, so the loop
+        // ends; the bound is a guard against a broken invariant, not a limit in practice.
+        for _ in 0..1_000_000 {
+            if batch.records.len() >= max_records || *bytes >= max_bytes {
+                break;
+            }
+            let Some(seg_len) = state.segment_len(state.read.seq) else {
+                // The read position's segment is gone (evicted): move to the next one.
+                match state.next_seq_after(state.read.seq) {
+                    Some(seq) => state.read = Pos { seq, offset: 0 },
+                    None => break,
+                }
+                continue;
+            };
+            if state.read.offset >= seg_len {
+                match state.next_seq_after(state.read.seq) {
+                    Some(seq) => {
+                        state.read = Pos { seq, offset: 0 };
+                        batch.ends[lane.idx()] = Some(state.read);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let seq = state.read.seq;
+            if state.reader.as_ref().is_none_or(|(s, _)| *s != seq) {
+                let path = seg_path(&state.dir, seq);
+                match File::open(&path) {
+                    Ok(f) => state.reader = Some((seq, f)),
+                    Err(e) => {
+                        self.io_event(&state.dir, "open", &e);
+                        self.skip_region(state, seg_len - state.read.offset);
+                        batch.ends[lane.idx()] = Some(state.read);
+                        continue;
+                    }
+                }
+            }
+            let Some((_, file)) = state.reader.as_ref() else {
+                break;
+            };
+            let remaining = (seg_len - state.read.offset) as usize;
+            let mut chunk_len = remaining.min(READ_CHUNK);
+            let buf = loop {
+                let buf = match read_at(file, state.read.offset, chunk_len) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.io_event(&state.dir, "read", &e);
+                        Vec::new()
+                    }
+                };
+                // A frame longer than the chunk: read once more, large enough for any frame.
+                let whole = frame::HEADER_LEN + frame::MAX_BODY_LEN;
+                if buf.len() == chunk_len
+                    && chunk_len < remaining
+                    && chunk_len < whole
+                    && matches!(frame::scan_at(&buf, 0), frame::Scanned::Incomplete { .. })
+                {
+                    chunk_len = remaining.min(whole);
+                    continue;
+                }
+                break buf;
+            };
+            if buf.is_empty() {
+                // Unreadable or shorter than we thought: give up on the rest of the segment.
+                self.skip_region(state, remaining as u64);
+                batch.ends[lane.idx()] = Some(state.read);
+                continue;
+            }
+            let mut pos = 0;
+            while pos < buf.len() {
+                if batch.records.len() >= max_records {
+                    break;
+                }
+                match frame::scan_at(&buf, pos) {
+                    frame::Scanned::Frame(f) => {
+                        let size = f.key.len() + f.wire.len();
+                        if !batch.records.is_empty() && *bytes + size > max_bytes {
+                            *bytes = max_bytes; // full
+                            break;
+                        }
+                        *bytes += size;
+                        batch.records.push(SpooledRecord {
+                            lane,
+                            partition_key: f.key.to_owned(),
+                            data: f.wire.to_vec(),
+                            appended_ms: f.appended_ms,
+                        });
+                        batch.counts[lane.idx()] += 1;
+                        pos = f.offset + f.len;
+                        state.read.offset += f.len as u64;
+                    }
+                    frame::Scanned::Corrupt { offset, len } => {
+                        pos = offset + len;
+                        self.skip_region(state, len as u64);
+                    }
+                    frame::Scanned::Incomplete { .. } => {
+                        let at_end = state.read.offset + (buf.len() - pos) as u64 >= seg_len;
+                        // The segment ends inside this frame, or the file is shorter than we
+                        // knew (cut under us): nothing more can be read from it.
+                        if at_end || pos == 0 {
+                            self.skip_region(state, seg_len - state.read.offset);
+                        }
+                        break;
+                    }
+                }
+            }
+            batch.ends[lane.idx()] = Some(state.read);
+        }
+    }
+
+    fn skip_region(&self, state: &mut LaneState, len: u64) {
+        self.stats.corrupt_regions.fetch_add(1, Ordering::Relaxed);
+        self.stats.corrupt_bytes.fetch_add(len, Ordering::Relaxed);
+        tracing::warn!(
+            lane = state.lane.as_str(),
+            segment = state.read.seq,
+            offset = state.read.offset,
+            bytes = len,
+            "SpoolCorruptRegionSkipped"
+        );
+        state.read.offset += len;
+    }
+
+    /// Marks a batch as delivered: moves each lane's checkpoint past it and deletes segments
+    /// left wholly behind. Batches must be acknowledged in the order they were read.
+    pub fn ack(&self, batch: &Batch) {
+        let mut inner = self.lock();
+        let sync = inner.settings.fsync != FsyncPolicy::Never;
+        let mut freed = 0;
+        for lane in Lane::ALL {
+            let Some(end) = batch.ends[lane.idx()] else {
+                continue;
+            };
+            let state = &mut inner.lanes[lane.idx()];
+            let mut end = end.max(state.acked);
+            state.unacked = state.unacked.saturating_sub(batch.counts[lane.idx()]);
+            // A fully read active segment: start a new one so the old one can be deleted now
+            // rather than when it fills up.
+            let active = state.active();
+            if end.seq == active.seq && end.offset >= active.len && active.len > 0 {
+                match state.rotate() {
+                    Ok(()) => {
+                        end = Pos {
+                            seq: state.active().seq,
+                            offset: 0,
+                        };
+                        state.read = state.read.max(end);
+                    }
+                    Err(e) => self.io_event(&state.dir, "rotate", &e),
+                }
+            } else if state
+                .segment_len(end.seq)
+                .is_some_and(|len| end.offset >= len)
+            {
+                if let Some(seq) = state.next_seq_after(end.seq) {
+                    end = Pos { seq, offset: 0 };
+                }
+            }
+            state.acked = end;
+            if let Err(e) = state.write_checkpoint(sync) {
+                self.io_event(&state.dir, "checkpoint", &e);
+            }
+            freed += state.delete_acked_segments();
+        }
+        inner.total_bytes -= freed;
+        self.stats
+            .acked_records
+            .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+        self.publish_depth(&inner);
+    }
+
+    /// Records not yet acknowledged (read or not).
+    pub fn depth(&self) -> u64 {
+        self.lock().lanes.iter().map(|l| l.unacked).sum()
+    }
+
+    /// True when every queued record has been handed out by [`Spool::read_batch`].
+    pub fn fully_read(&self) -> bool {
+        let inner = self.lock();
+        inner.lanes.iter().all(|l| {
+            let last = l.active();
+            l.read.seq == last.seq && l.read.offset >= last.len
+        })
+    }
+
+    /// Waits until a record is appended after the last wake-up.
+    pub async fn appended(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Forces appended records to stable storage (at shutdown).
+    pub fn sync(&self) {
+        let inner = self.lock();
+        for state in &inner.lanes {
+            if let Err(e) = state.writer.sync_data() {
+                self.io_event(&state.dir, "fsync", &e);
+            }
+        }
+    }
+}
+
+/// What `selfheal agent spool inspect` shows about one lane.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LaneInspection {
+    /// Segment files present.
+    pub segments: usize,
+    /// Unacknowledged records (valid frames after the checkpoint).
+    pub records: u64,
+    /// Bytes of segment files.
+    pub bytes: u64,
+    /// When the oldest unacknowledged record was spooled, unix milliseconds.
+    pub oldest_ms: Option<i64>,
+    /// Corrupt or torn regions that reading will skip.
+    pub corrupt_regions: u64,
+}
+
+/// A read-only look at a spool directory (for operators; safe while the agent runs, though the
+/// numbers may then be a moment old).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Inspection {
+    /// Anomaly lane.
+    pub anomaly: LaneInspection,
+    /// Sample lane.
+    pub sample: LaneInspection,
+}
+
+/// Scans a spool directory without changing it.
+pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
+    // A typo in --dir must not look like an empty spool.
+    fs::metadata(dir).map_err(io_err(dir))?;
+    let mut out = Inspection::default();
+    for lane in Lane::ALL {
+        let lane_dir = dir.join(lane.as_str());
+        if !lane_dir.is_dir() {
+            continue;
+        }
+        let acked = read_checkpoint(&lane_dir).unwrap_or_default();
+        let mut li = LaneInspection::default();
+        for seq in list_segments(&lane_dir)? {
+            if seq < acked.seq {
+                continue;
+            }
+            let path = seg_path(&lane_dir, seq);
+            let buf = fs::read(&path).map_err(io_err(&path))?;
+            let from = if seq == acked.seq {
+                (acked.offset as usize).min(buf.len())
+            } else {
+                0
+            };
+            let s = scan_bytes(&buf, from);
+            li.segments += 1;
+            li.bytes += buf.len() as u64;
+            li.records += s.records;
+            li.corrupt_regions += s.corrupt_regions + u64::from(s.torn_at.is_some());
+            li.oldest_ms = match (li.oldest_ms, s.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        match lane {
+            Lane::Anomaly => out.anomaly = li,
+            Lane::Sample => out.sample = li,
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
