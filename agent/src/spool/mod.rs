@@ -729,11 +729,12 @@ impl Spool {
         let segment_bytes = inner.settings.segment_bytes;
         let state = &mut inner.lanes[lane.idx()];
         let active_len = state.active().len;
-        if active_len > 0 && active_len + need > segment_bytes {
-            if let Err(e) = state.rotate() {
-                self.io_event(&state.dir, "rotate", &e);
-                return Err(DropReason::Io);
-            }
+        if active_len > 0
+            && active_len + need > segment_bytes
+            && let Err(e) = state.rotate()
+        {
+            self.io_event(&state.dir, "rotate", &e);
+            return Err(DropReason::Io);
         }
         let active_len = state.active().len;
         if let Err(e) = state.writer.write_all(&framed) {
@@ -1016,10 +1017,9 @@ impl Spool {
             } else if state
                 .segment_len(end.seq)
                 .is_some_and(|len| end.offset >= len)
+                && let Some(seq) = state.next_seq_after(end.seq)
             {
-                if let Some(seq) = state.next_seq_after(end.seq) {
-                    end = Pos { seq, offset: 0 };
-                }
+                end = Pos { seq, offset: 0 };
             }
             state.acked = end;
             if let Err(e) = state.write_checkpoint(sync) {
