@@ -19,6 +19,14 @@ use std::time::Duration;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// The tests here load the machine on purpose (a busy loop, a UDP flood) and measure: one at a
+/// time, so that one's load is not the other's noise.
+static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn machine() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A pod cgroup created for the test, removed (with its processes killed) on drop.
 struct RealPod {
     uid: String,
@@ -134,6 +142,7 @@ fn pod_metric(out: &str, uid: &str, family: Family, metric: Metric) -> Option<f6
 
 #[test]
 fn real_cgroups_cpu_memory_and_removal() {
+    let _machine = machine();
     let mut pod = match RealPod::create("collect") {
         Ok(p) => p,
         Err(why) => {
@@ -239,4 +248,167 @@ fn real_cgroups_cpu_memory_and_removal() {
         "series of a removed pod must disappear"
     );
     assert_eq!(pipeline.normalizer().series_count(), series_with_pod - 1);
+}
+
+/// A pair of network namespaces joined by a veth, made for one test and deleted on drop: the
+/// pod's namespace and a peer it can send to. Nothing leaves them.
+struct NetnsPair {
+    pod: String,
+    peer: String,
+}
+
+impl NetnsPair {
+    fn create() -> Result<NetnsPair, String> {
+        let id = std::process::id();
+        let pair = NetnsPair {
+            pod: format!("selfheal-pod-{id}"),
+            peer: format!("selfheal-peer-{id}"),
+        };
+        let (a, b) = (format!("shp{id}"), format!("shq{id}"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &pair.pod],
+            vec!["netns", "add", &pair.peer],
+            vec!["link", "add", &a, "type", "veth", "peer", "name", &b],
+            vec!["link", "set", &a, "netns", &pair.pod],
+            vec!["link", "set", &b, "netns", &pair.peer],
+            vec!["-n", &pair.pod, "addr", "add", "169.254.77.1/30", "dev", &a],
+            vec![
+                "-n",
+                &pair.peer,
+                "addr",
+                "add",
+                "169.254.77.2/30",
+                "dev",
+                &b,
+            ],
+            vec!["-n", &pair.pod, "link", "set", &a, "up"],
+            vec!["-n", &pair.peer, "link", "set", &b, "up"],
+        ];
+        for step in steps {
+            let out = Command::new("ip")
+                .args(&step)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn tx_bytes(pid: u32, dev_prefix: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).expect("net/dev");
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.trim().starts_with(dev_prefix))
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .nth(8)
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("tx_bytes")
+        })
+        .sum()
+}
+
+#[test]
+fn real_pod_traffic_is_read_from_the_pods_network_namespace() {
+    let _machine = machine();
+    let mut pod = match RealPod::create("net") {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED pod network test: {why}");
+            return;
+        }
+    };
+    let ns = match NetnsPair::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED pod network test: cannot create network namespaces: {why}");
+            return;
+        }
+    };
+    // A bounded UDP flood from the pod's namespace to its peer (90 s at most).
+    let flooder = pod.spawn(&format!(
+        "ip netns exec {} python3 -c 'import socket,time\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         p=bytes(1400); end=time.time()+90\n\
+         while time.time()<end:\n    s.sendto(p,(\"169.254.77.2\",9))'",
+        ns.pod
+    ));
+    let dev = format!("shp{}", std::process::id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tx_bytes(flooder, &dev) < 1 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "node_name = \"test-node\"\nkubepods_paths = [\"{}/kubepods\"]\n",
+            pod.parent
+        ),
+    );
+    let b0 = tx_bytes(flooder, &dev);
+    let t0 = std::time::Instant::now();
+    let out = selfheal()
+        .args(["agent", "--once", "--once-gap-ms", "2000", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run agent");
+    let truth = (tx_bytes(flooder, &dev) - b0) as f64 / t0.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    let tx = pod_metric(&stdout, &pod.uid, Family::Traffic, Metric::NetTxBytesPerSec)
+        .expect("the pod's traffic is reported");
+    eprintln!(
+        "agent: pod sends {:.1} MB/s; the interface's own counter: {:.1} MB/s",
+        tx / 1e6,
+        truth / 1e6
+    );
+    assert!(
+        truth > 1e6,
+        "the flood is too slow to measure ({truth} B/s)"
+    );
+    assert!(
+        (tx - truth).abs() <= 0.25 * truth,
+        "agent {tx} vs interface {truth}"
+    );
+    // The node's traffic is the host namespace's: the flood is not counted there.
+    let node_tx = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Envelope>(l).expect("envelope"))
+        .find_map(|e| {
+            let r = e.record();
+            (r.subject == Subject::Node && r.family == Family::Traffic)
+                .then(|| r.values.get(&Metric::NetTxBytesPerSec).copied())
+                .flatten()
+        })
+        .expect("node traffic");
+    assert!(
+        node_tx < 0.5 * truth,
+        "node tx {node_tx} counts the pod's flood {truth}"
+    );
 }
