@@ -1,1 +1,7 @@
+//! End-to-end tests of selfheal: the binary and its libraries against real procfs, real cgroups,
+//! recorded fixture trees, and real peers (moto, kubectl, onnxruntime) started by the tests
+//! themselves.
 
+mod support;
+
+mod score;
