@@ -6,12 +6,15 @@
 //! operator names in tract's public op register ([`register`]), so `model.onnx` stays plain ONNX
 //! that onnxruntime runs too (see `selfheal_model_export::onnx` for the graph we write).
 //!
-//! Layout: every tree is renumbered in depth-first preorder into one `branches` array of 16-byte
-//! records (feature, threshold, true child, false child); a child reference with [`LEAF`] set is
-//! an index into the leaf table instead. Renumbering proves the trees finite: each child sits after
-//! its parent, a node reached twice is refused, so no file can make the walk loop. Evaluation is
-//! batch-major: for a block of rows, tree after tree, so one tree's nodes stay in cache while the
-//! block walks it.
+//! Layout: every tree is renumbered in depth-first preorder into one array of 16-byte records
+//! (feature, threshold, true child, false child), children indexed directly. A leaf is a record
+//! whose two children are itself, so a walk that reaches a leaf early just stays there: each tree
+//! is walked a fixed number of steps (its depth) with no test for leaves and no unpredictable
+//! branch, and eight rows walk a tree side by side so their memory loads overlap. Renumbering also
+//! proves the trees finite (each child is placed after its parent and a node reached twice is
+//! refused), so no file can make a walk loop or index out of bounds. Evaluation is batch-major:
+//! for a block of rows, tree after tree, so one tree's records stay in cache while the block
+//! walks it.
 //!
 //! Registered here:
 //! * `TreeEnsembleClassifier`: int64 class labels, `SUM` of leaf weights, optional `base_values`,
@@ -26,10 +29,12 @@ use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-/// Set on a child reference that names a leaf rather than a branch.
-const LEAF: u32 = 1 << 31;
+/// Marks a record that is a branch in [`FlatEnsemble::leaf_of`].
+const NOT_LEAF: u32 = u32::MAX;
 /// Rows walked together through one tree (keeps a block's accumulators in L1).
 const ROW_BLOCK: usize = 64;
+/// Rows walking one tree side by side: independent load chains the CPU overlaps.
+const LANES: usize = 8;
 
 /// How a branch compares `x[feature]` with its threshold to choose its *true* child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,16 +74,16 @@ impl Mode {
     }
 }
 
-/// One internal node: 16 bytes, so four share a cache line.
+/// One node: 16 bytes, so four share a cache line. `children[0]` is taken when the comparison
+/// holds, `children[1]` otherwise; a leaf's children are the leaf itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Branch {
+struct Record {
     feature: u32,
     threshold: f32,
-    on_true: u32,
-    on_false: u32,
+    children: [u32; 2],
 }
 
-/// Branch behaviour beyond `x <= threshold, NaN goes false`; absent when every branch is plain.
+/// Record behaviour beyond `x <= threshold, NaN goes false`; absent when every branch is plain.
 #[derive(Debug, Clone, PartialEq)]
 struct BranchModes {
     modes: Vec<Mode>,
@@ -88,19 +93,28 @@ struct BranchModes {
 /// A tree ensemble flattened for evaluation: the sums of leaf weights per row and target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlatEnsemble {
-    branches: Vec<Branch>,
+    records: Vec<Record>,
+    /// Per record: its index in the leaf table, or [`NOT_LEAF`].
+    leaf_of: Vec<u32>,
     /// `None` on the fast path: every branch is `BRANCH_LEQ` and NaN follows the comparison.
     modes: Option<BranchModes>,
-    /// Child reference of each tree's root.
+    /// Record of each tree's root.
     roots: Vec<u32>,
+    /// Steps from each tree's root to its deepest leaf.
+    depths: Vec<u32>,
     /// Leaf `i` credits `leaf_weights[leaf_start[i]..leaf_start[i + 1]]` to the matching targets.
     leaf_start: Vec<u32>,
     leaf_targets: Vec<u32>,
     leaf_weights: Vec<f32>,
     n_targets: usize,
-    /// One more than the largest feature index read: the narrowest input this ensemble accepts.
+    /// The narrowest input this ensemble accepts: one more than the largest feature index read,
+    /// and at least 1 because a leaf record reads (and ignores) feature 0.
     min_input_width: usize,
 }
+
+/// A node waiting to be placed: (ONNX node, its depth, the parent's child slot that must point
+/// at it: (record, 0 for true | 1 for false)).
+type Pending = (usize, u32, Option<(usize, usize)>);
 
 /// The standard node and leaf attributes, named after the operator's prefix (`class_` or
 /// `target_`).
@@ -246,14 +260,16 @@ impl FlatEnsemble {
         );
 
         let mut flat = FlatEnsemble {
-            branches: Vec::new(),
+            records: Vec::new(),
+            leaf_of: Vec::new(),
             modes: None,
             roots: Vec::with_capacity(roots_by_tree.len()),
+            depths: Vec::with_capacity(roots_by_tree.len()),
             leaf_start: vec![0],
             leaf_targets: Vec::new(),
             leaf_weights: Vec::new(),
             n_targets,
-            min_input_width: 0,
+            min_input_width: 1,
         };
         let mut modes = BranchModes {
             modes: Vec::new(),
@@ -261,9 +277,10 @@ impl FlatEnsemble {
         };
         let mut visited = vec![false; n];
         for &(_, root) in &roots_by_tree {
-            let root_ref =
+            flat.roots.push(flat.records.len() as u32);
+            let depth =
                 flat.add_subtree(raw, &index, &contributions, root, &mut visited, &mut modes)?;
-            flat.roots.push(root_ref);
+            flat.depths.push(depth);
         }
         ensure!(
             visited.iter().all(|&v| v),
@@ -274,7 +291,7 @@ impl FlatEnsemble {
         Ok(flat)
     }
 
-    /// Appends the subtree under ONNX node `top` in preorder; returns its child reference.
+    /// Appends the subtree under ONNX node `top` in preorder (its root first); returns its depth.
     fn add_subtree(
         &mut self,
         raw: &RawEnsemble<'_>,
@@ -284,10 +301,9 @@ impl FlatEnsemble {
         visited: &mut [bool],
         modes: &mut BranchModes,
     ) -> TractResult<u32> {
-        // (ONNX node, slot to patch with its reference: (branch, is_true_child)).
-        let mut stack: Vec<(usize, Option<(usize, bool)>)> = vec![(top, None)];
-        let mut top_ref = None;
-        while let Some((i, parent)) = stack.pop() {
+        let mut stack: Vec<Pending> = vec![(top, 0, None)];
+        let mut max_depth = 0;
+        while let Some((i, depth, parent)) = stack.pop() {
             ensure!(
                 !visited[i],
                 "tree {} node {} is reached twice (a cycle or a shared subtree)",
@@ -295,52 +311,57 @@ impl FlatEnsemble {
                 raw.node_ids[i]
             );
             visited[i] = true;
-            let reference = match raw.modes[i] {
+            max_depth = max_depth.max(depth);
+            let at = self.records.len();
+            ensure!(at < NOT_LEAF as usize, "too many tree nodes");
+            match raw.modes[i] {
                 Some(mode) => {
-                    let at = self.branches.len();
-                    ensure!(at < LEAF as usize, "too many branch nodes");
                     let feature = raw.feature_ids[i];
                     ensure!(
                         (0..i64::from(u32::MAX)).contains(&feature),
                         "feature id {feature} out of range"
                     );
                     self.min_input_width = self.min_input_width.max(feature as usize + 1);
-                    self.branches.push(Branch {
+                    self.records.push(Record {
                         feature: feature as u32,
                         threshold: raw.values[i],
-                        on_true: 0,
-                        on_false: 0,
+                        children: [0, 0],
                     });
+                    self.leaf_of.push(NOT_LEAF);
                     modes.modes.push(mode);
                     modes
                         .nan_true
                         .push(raw.nan_true.get(i).copied().unwrap_or(false));
                     let tree = raw.tree_ids[i];
                     // Push false first so the true child follows its parent directly.
-                    for (child, is_true) in [(raw.false_ids[i], false), (raw.true_ids[i], true)] {
+                    for (child, slot) in [(raw.false_ids[i], 1), (raw.true_ids[i], 0)] {
                         let c = index[&(tree, child)];
-                        stack.push((c, Some((at, is_true))));
+                        stack.push((c, depth + 1, Some((at, slot))));
                     }
-                    at as u32
                 }
                 None => {
                     let leaf = self.leaf_start.len() - 1;
-                    ensure!(leaf < LEAF as usize, "too many leaves");
                     for &(target, weight) in contributions.get(&i).into_iter().flatten() {
                         self.leaf_targets.push(target);
                         self.leaf_weights.push(weight);
                     }
                     self.leaf_start.push(self.leaf_weights.len() as u32);
-                    leaf as u32 | LEAF
+                    self.records.push(Record {
+                        feature: 0,
+                        threshold: 0.0,
+                        children: [at as u32; 2],
+                    });
+                    self.leaf_of.push(leaf as u32);
+                    // A leaf compares like a plain branch; both ways lead back to itself.
+                    modes.modes.push(Mode::Leq);
+                    modes.nan_true.push(false);
                 }
-            };
-            match parent {
-                None => top_ref = Some(reference),
-                Some((p, true)) => self.branches[p].on_true = reference,
-                Some((p, false)) => self.branches[p].on_false = reference,
+            }
+            if let Some((p, slot)) = parent {
+                self.records[p].children[slot] = at as u32;
             }
         }
-        top_ref.ok_or_else(|| format_err!("empty tree"))
+        Ok(max_depth)
     }
 
     /// Number of trees.
@@ -370,52 +391,81 @@ impl FlatEnsemble {
         let mut start = 0;
         while start < n_rows {
             let end = (start + ROW_BLOCK).min(n_rows);
-            for &root in &self.roots {
-                for r in start..end {
-                    let row = &rows[r * width..(r + 1) * width];
-                    let leaf = match &self.modes {
-                        None => self.walk_plain(root, row),
-                        Some(modes) => self.walk_general(root, row, modes),
-                    };
-                    let acc = &mut out[r * self.n_targets..(r + 1) * self.n_targets];
-                    let (from, to) = (
-                        self.leaf_start[leaf] as usize,
-                        self.leaf_start[leaf + 1] as usize,
-                    );
-                    for k in from..to {
-                        acc[self.leaf_targets[k] as usize] += self.leaf_weights[k];
+            for (&root, &depth) in self.roots.iter().zip(&self.depths) {
+                let mut r = start;
+                while r < end {
+                    // Eight rows side by side while there are eight; the tail one at a time.
+                    let lanes = if end - r >= LANES { LANES } else { 1 };
+                    let group = &rows[r * width..(r + lanes) * width];
+                    let mut leaves = [0u32; LANES];
+                    if lanes == LANES {
+                        leaves = self.walk_group::<LANES>(root, depth, group, width);
+                    } else {
+                        leaves[0] = self.walk_group::<1>(root, depth, group, width)[0];
                     }
+                    for (k, &at) in leaves[..lanes].iter().enumerate() {
+                        let leaf = self.leaf_of[at as usize] as usize;
+                        let acc = &mut out[(r + k) * self.n_targets..(r + k + 1) * self.n_targets];
+                        let (from, to) = (
+                            self.leaf_start[leaf] as usize,
+                            self.leaf_start[leaf + 1] as usize,
+                        );
+                        for j in from..to {
+                            acc[self.leaf_targets[j] as usize] += self.leaf_weights[j];
+                        }
+                    }
+                    r += lanes;
                 }
             }
             start = end;
         }
     }
 
-    /// The leaf `row` reaches from `at` when every branch is `x <= threshold` (NaN goes false).
-    #[inline]
-    fn walk_plain(&self, mut at: u32, row: &[f32]) -> usize {
-        while at & LEAF == 0 {
-            let b = &self.branches[at as usize];
-            at = if row[b.feature as usize] <= b.threshold {
-                b.on_true
-            } else {
-                b.on_false
-            };
+    /// The record (a leaf) each of the `L` rows of `rows` reaches in the tree at `root`.
+    #[inline(always)]
+    fn walk_group<const L: usize>(
+        &self,
+        root: u32,
+        depth: u32,
+        rows: &[f32],
+        width: usize,
+    ) -> [u32; L] {
+        match &self.modes {
+            None => self.walk::<L>(root, depth, rows, width, |_, rec, x| {
+                // NaN fails the comparison and goes to the false child, as ONNX says.
+                1 - usize::from(x <= rec.threshold)
+            }),
+            Some(m) => self.walk::<L>(root, depth, rows, width, |i, rec, x| {
+                let go_true =
+                    (x.is_nan() && m.nan_true[i]) || m.modes[i].goes_true(x, rec.threshold);
+                usize::from(!go_true)
+            }),
         }
-        (at & !LEAF) as usize
     }
 
-    #[inline]
-    fn walk_general(&self, mut at: u32, row: &[f32], modes: &BranchModes) -> usize {
-        while at & LEAF == 0 {
-            let i = at as usize;
-            let b = &self.branches[i];
-            let x = row[b.feature as usize];
-            let go_true =
-                (x.is_nan() && modes.nan_true[i]) || modes.modes[i].goes_true(x, b.threshold);
-            at = if go_true { b.on_true } else { b.on_false };
+    /// Walks `L` rows (`rows`, `width` features each) through the tree at `root` for `depth`
+    /// steps and returns the record each ends on: its leaf, since no leaf is deeper than `depth`
+    /// and a leaf leads to itself. `slot` picks the child (0 true, 1 false) from the record's
+    /// index, the record and the feature value.
+    #[inline(always)]
+    fn walk<const L: usize>(
+        &self,
+        root: u32,
+        depth: u32,
+        rows: &[f32],
+        width: usize,
+        slot: impl Fn(usize, &Record, f32) -> usize,
+    ) -> [u32; L] {
+        let mut at = [root; L];
+        for _ in 0..depth {
+            for (k, at) in at.iter_mut().enumerate() {
+                let i = *at as usize;
+                let rec = &self.records[i];
+                let x = rows[k * width + rec.feature as usize];
+                *at = rec.children[slot(i, rec, x)];
+            }
         }
-        (at & !LEAF) as usize
+        at
     }
 }
 
@@ -723,4 +773,110 @@ pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     register(&mut onnx.op_register);
     onnx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::AttributeProto;
+    use tract_onnx::pb::attribute_proto::AttributeType;
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn floats(name: &str, v: &[f32]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Floats as i32,
+            floats: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Two trees, node ids deliberately not in preorder. Tree 0:
+    /// `5: x0 < 1 (NaN true)` → `7` leaf {c0: 1, c1: 0.5} | `2: x1 >= 0` → `9` leaf {c1: 2} |
+    /// `0` leaf {c0: 3}. Tree 1 is a single leaf {c1: 10}.
+    fn mixed_modes(true_of_2: i64) -> NodeProto {
+        let strings = |v: &[&str]| AttributeProto {
+            name: "nodes_modes".into(),
+            r#type: AttributeType::Strings as i32,
+            strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        };
+        NodeProto {
+            op_type: "TreeEnsembleClassifier".into(),
+            attribute: vec![
+                ints("nodes_treeids", &[0, 0, 0, 0, 0, 1]),
+                ints("nodes_nodeids", &[0, 2, 5, 7, 9, 0]),
+                ints("nodes_featureids", &[0, 1, 0, 0, 0, 0]),
+                floats("nodes_values", &[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]),
+                strings(&["LEAF", "BRANCH_GTE", "BRANCH_LT", "LEAF", "LEAF", "LEAF"]),
+                ints("nodes_truenodeids", &[0, true_of_2, 7, 0, 0, 0]),
+                ints("nodes_falsenodeids", &[0, 0, 2, 0, 0, 0]),
+                ints("nodes_missing_value_tracks_true", &[0, 0, 1, 0, 0, 0]),
+                ints("class_treeids", &[0, 0, 0, 0, 1]),
+                ints("class_nodeids", &[7, 7, 9, 0, 0]),
+                ints("class_ids", &[0, 1, 1, 0, 1]),
+                floats("class_weights", &[1.0, 0.5, 2.0, 3.0, 10.0]),
+                ints("classlabels_int64s", &[0, 1]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn general_modes_missing_values_and_multi_class_leaves() {
+        let node = mixed_modes(9);
+        let raw = RawEnsemble::parse(&node, "class").expect("parse");
+        let flat = FlatEnsemble::build(&raw, 2).expect("build");
+        assert!(
+            flat.modes.is_some(),
+            "mixed modes must take the general path"
+        );
+        let rows = [0.5, 7.0, 1.0, 0.0, 2.0, -1.0, f32::NAN, 0.0];
+        let mut out = vec![0.0; 8];
+        flat.accumulate(&rows, 2, &mut out);
+        assert_eq!(out, [1.0, 10.5, 0.0, 12.0, 3.0, 10.0, 1.0, 10.5]);
+    }
+
+    #[test]
+    fn eight_lane_groups_and_the_tail_agree_with_single_rows() {
+        let node = mixed_modes(9);
+        let raw = RawEnsemble::parse(&node, "class").expect("parse");
+        let flat = FlatEnsemble::build(&raw, 2).expect("build");
+        let rows: Vec<f32> = (0..2 * 21).map(|i| ((i * 7) % 5) as f32 - 1.5).collect();
+        let mut batch = vec![0.0; 2 * 21];
+        flat.accumulate(&rows, 2, &mut batch);
+        for r in 0..21 {
+            let mut one = vec![0.0; 2];
+            flat.accumulate(&rows[r * 2..r * 2 + 2], 2, &mut one);
+            assert_eq!(one, batch[r * 2..r * 2 + 2], "row {r}");
+        }
+    }
+
+    #[test]
+    fn a_cycle_is_refused() {
+        // Node 2's true child is its own parent, 5.
+        let node = mixed_modes(5);
+        let raw = RawEnsemble::parse(&node, "class").expect("parse");
+        let err = FlatEnsemble::build(&raw, 2).expect_err("cycle");
+        assert!(
+            err.to_string().contains("root") || err.to_string().contains("twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_child_is_refused() {
+        let node = mixed_modes(42);
+        let raw = RawEnsemble::parse(&node, "class").expect("parse");
+        let err = FlatEnsemble::build(&raw, 2).expect_err("missing node");
+        assert!(err.to_string().contains("missing node 42"), "{err}");
+    }
 }
