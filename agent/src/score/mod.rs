@@ -17,7 +17,7 @@ use selfheal_core::features::FEATURE_SCHEMA_VERSION;
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -101,12 +101,26 @@ fn onnx_error(e: TractError) -> ScoreError {
     ScoreError::Onnx(e.into())
 }
 
-/// A loaded, checked model, ready to score. Cheap to share between threads (`&self` methods).
-#[derive(Debug, Clone)]
+/// A loaded, checked model, ready to score. Shareable between threads (`&self` methods).
+#[derive(Debug)]
 pub struct Scorer {
     manifest: ModelManifest,
     plan: Arc<TypedRunnableModel>,
     n_features: usize,
+    /// A run state kept between calls: spawning one allocates per node, which would dominate a
+    /// single-row score. A caller that finds it busy (another thread scoring) spawns its own.
+    idle_state: Mutex<Option<TypedSimpleState>>,
+}
+
+impl Clone for Scorer {
+    fn clone(&self) -> Self {
+        Scorer {
+            manifest: self.manifest.clone(),
+            plan: self.plan.clone(),
+            n_features: self.n_features,
+            idle_state: Mutex::new(None),
+        }
+    }
 }
 
 impl Scorer {
@@ -189,6 +203,7 @@ impl Scorer {
             manifest,
             plan,
             n_features: spec,
+            idle_state: Mutex::new(None),
         })
     }
 
@@ -214,10 +229,23 @@ impl Scorer {
         }
         let input = Tensor::from_shape(&[n_rows, self.n_features], rows)
             .map_err(|e| ScoreError::Run(e.into()))?;
-        let outputs = self
-            .plan
+        // Take the idle state if nobody holds it; a poisoned lock only means a panic elsewhere
+        // while it was held, and the state is rebuilt on the next error anyway.
+        let cached = self
+            .idle_state
+            .try_lock()
+            .ok()
+            .and_then(|mut idle| idle.take());
+        let mut state = match cached {
+            Some(state) => state,
+            None => self.plan.spawn().map_err(|e| ScoreError::Run(e.into()))?,
+        };
+        let outputs = state
             .run(tvec!(input.into_tvalue()))
             .map_err(|e| ScoreError::Run(e.into()))?;
+        if let Ok(mut idle) = self.idle_state.try_lock() {
+            *idle = Some(state);
+        }
         let scores = outputs[0]
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
@@ -251,3 +279,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+// The agent scores from several tasks: a Scorer must stay shareable between threads.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Scorer>();
+};
