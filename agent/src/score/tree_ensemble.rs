@@ -14,7 +14,7 @@
 //! proves the trees finite (each child is placed after its parent and a node reached twice is
 //! refused), so no file can make a walk loop or index out of bounds. Evaluation is batch-major:
 //! for a block of rows, tree after tree, so one tree's records stay in cache while the block
-//! walks it. A single row (or a batch's last few) walks eight trees side by side instead, which
+//! walks it. A single row (or a batch's last few) walks sixteen trees side by side instead, which
 //! overlaps the cache misses that dominate one sample's latency.
 //!
 //! Registered here:
@@ -36,6 +36,8 @@ const NOT_LEAF: u32 = u32::MAX;
 const ROW_BLOCK: usize = 64;
 /// Rows walking one tree side by side: independent load chains the CPU overlaps.
 const LANES: usize = 8;
+/// Trees one row walks side by side when it has no other rows to share a tree with.
+const TREE_LANES: usize = 16;
 
 /// How a branch compares `x[feature]` with its threshold to choose its *true* child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,7 +393,7 @@ impl FlatEnsemble {
         assert_eq!(rows.len(), n_rows * width, "rows and outputs disagree");
         let nt = self.n_targets;
         // Rows in groups of eight walk each tree side by side; the rest (a single row, the tail
-        // of a batch) walk eight trees side by side instead.
+        // of a batch) walk sixteen trees side by side instead.
         let grouped = n_rows / LANES * LANES;
         let row_offsets: [usize; LANES] = std::array::from_fn(|k| k * width);
         let mut start = 0;
@@ -411,18 +413,18 @@ impl FlatEnsemble {
         for r in grouped..n_rows {
             let row = &rows[r * width..(r + 1) * width];
             let acc = &mut out[r * nt..(r + 1) * nt];
-            let mut trees = self
+            let trees = self
                 .roots
-                .chunks_exact(LANES)
-                .zip(self.depths.chunks_exact(LANES));
-            for (roots, depths) in &mut trees {
-                let at: [u32; LANES] = std::array::from_fn(|k| roots[k]);
+                .chunks_exact(TREE_LANES)
+                .zip(self.depths.chunks_exact(TREE_LANES));
+            for (roots, depths) in trees {
+                let at: [u32; TREE_LANES] = std::array::from_fn(|k| roots[k]);
                 let steps = depths.iter().copied().max().unwrap_or(0);
-                for leaf in self.walk_modes(at, steps, row, [0; LANES]) {
+                for leaf in self.walk_modes(at, steps, row, [0; TREE_LANES]) {
                     self.credit(leaf, acc);
                 }
             }
-            let rest = self.roots.len() / LANES * LANES;
+            let rest = self.roots.len() / TREE_LANES * TREE_LANES;
             for (&root, &depth) in self.roots[rest..].iter().zip(&self.depths[rest..]) {
                 let [leaf] = self.walk_modes([root], depth, row, [0]);
                 self.credit(leaf, acc);
