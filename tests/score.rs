@@ -328,3 +328,29 @@ fn batch_of_the_wrong_width_is_an_error_not_a_panic() {
     assert!(matches!(err, ScoreError::BatchShape { .. }), "{err:?}");
     assert!(scorer.score_batch(&[], 0).expect("empty batch").is_empty());
 }
+
+#[test]
+fn model_with_another_output_shape_is_refused() {
+    use prost::Message;
+    let err = load_damaged(|dir| {
+        // A valid ONNX graph that also exposes the classifier's [N, 2] output: not a score.
+        let path = dir.join(MODEL_FILE);
+        let bytes = std::fs::read(&path).expect("read model");
+        let mut model =
+            tract_onnx::pb::ModelProto::decode(bytes.as_slice()).expect("decode exported model");
+        let graph = model.graph.as_mut().expect("graph");
+        let mut extra = graph.output[0].clone();
+        extra.name = "probabilities".into();
+        graph.output.push(extra);
+        let changed = model.encode_to_vec();
+        std::fs::write(&path, &changed).expect("write model");
+        let mut manifest = read_manifest(dir);
+        manifest.model_sha256 = sha256_hex(&changed);
+        write_manifest(dir, &manifest);
+    });
+    assert!(matches!(err, ScoreError::Onnx(_)), "{err:?}");
+    assert!(
+        format!("{:?}", err).contains("one output"),
+        "error must say what is wrong: {err:?}"
+    );
+}

@@ -168,6 +168,12 @@ impl Scorer {
         let mut inference = tree_ensemble::onnx()
             .model_for_read(&mut &model[..])
             .map_err(onnx_error)?;
+        let n_inputs = inference.input_outlets().map_err(onnx_error)?.len();
+        if n_inputs != 1 {
+            return Err(ScoreError::Onnx(
+                format!("expected one input (the features), the model has {n_inputs}").into(),
+            ));
+        }
         let declared = inference
             .input_fact(0)
             .map_err(onnx_error)?
@@ -188,12 +194,17 @@ impl Scorer {
             .map_err(onnx_error)?;
         let typed = inference.into_optimized().map_err(onnx_error)?;
         let outputs = typed.output_outlets().map_err(onnx_error)?;
-        let out = typed.outlet_fact(outputs[0]).map_err(onnx_error)?;
-        if outputs.len() != 1
-            || out.datum_type != f32::datum_type()
-            || out.rank() != 2
-            || out.shape[1] != 1.to_dim()
-        {
+        let [output] = outputs else {
+            return Err(ScoreError::Onnx(
+                format!(
+                    "expected one output (the score), the model has {}",
+                    outputs.len()
+                )
+                .into(),
+            ));
+        };
+        let out = typed.outlet_fact(*output).map_err(onnx_error)?;
+        if out.datum_type != f32::datum_type() || out.rank() != 2 || out.shape[1] != 1.to_dim() {
             return Err(ScoreError::Onnx(
                 format!("expected one f32 [N, 1] score output, got {out:?}").into(),
             ));
