@@ -105,20 +105,60 @@ fn onnx_error(e: TractError) -> ScoreError {
 #[derive(Debug)]
 pub struct Scorer {
     manifest: ModelManifest,
-    plan: Arc<TypedRunnableModel>,
     n_features: usize,
-    /// A run state kept between calls: spawning one allocates per node, which would dominate a
-    /// single-row score. A caller that finds it busy (another thread scoring) spawns its own.
-    idle_state: Mutex<Option<TypedSimpleState>>,
+    /// The graph for batches of any size.
+    batch: PlanWithState,
+    /// The same graph with the batch fixed at one row: no symbol to resolve per call.
+    single: PlanWithState,
+}
+
+/// A runnable plan and one run state kept between calls: spawning a state allocates per node,
+/// which would dominate a single-row score. A caller that finds the state busy (another thread
+/// scoring) spawns its own.
+#[derive(Debug)]
+struct PlanWithState {
+    plan: Arc<TypedRunnableModel>,
+    idle: Mutex<Option<TypedSimpleState>>,
+}
+
+impl PlanWithState {
+    fn new(plan: Arc<TypedRunnableModel>) -> Self {
+        PlanWithState {
+            plan,
+            idle: Mutex::new(None),
+        }
+    }
+
+    /// Runs the plan on `input` and returns its first output as a vector.
+    fn run(&self, input: Tensor) -> Result<Vec<f32>, ScoreError> {
+        let run_error = |e: TractError| ScoreError::Run(e.into());
+        // A poisoned lock only means a panic elsewhere while it was held: just spawn a state.
+        let cached = self.idle.try_lock().ok().and_then(|mut idle| idle.take());
+        let mut state = match cached {
+            Some(state) => state,
+            None => self.plan.spawn().map_err(run_error)?,
+        };
+        let outputs = state.run(tvec!(input.into_tvalue())).map_err(run_error)?;
+        if let Ok(mut idle) = self.idle.try_lock() {
+            *idle = Some(state);
+        }
+        let scores = outputs
+            .first()
+            .ok_or_else(|| ScoreError::Run("model returned no output".into()))?
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
+            .map_err(run_error)?;
+        Ok(scores)
+    }
 }
 
 impl Clone for Scorer {
     fn clone(&self) -> Self {
         Scorer {
             manifest: self.manifest.clone(),
-            plan: self.plan.clone(),
             n_features: self.n_features,
-            idle_state: Mutex::new(None),
+            batch: PlanWithState::new(self.batch.plan.clone()),
+            single: PlanWithState::new(self.single.plan.clone()),
         }
     }
 }
@@ -188,6 +228,7 @@ impl Scorer {
                 declared.map_or("undeclared".into(), |w| w.to_string()),
             ));
         }
+        let mut single = inference.clone();
         let batch = inference.symbols.sym("N");
         inference
             .set_input_fact(0, f32::fact([batch.to_dim(), spec.to_dim()]).into())
@@ -209,12 +250,19 @@ impl Scorer {
                 format!("expected one f32 [N, 1] score output, got {out:?}").into(),
             ));
         }
-        let plan = typed.into_runnable().map_err(onnx_error)?;
+        let batch = typed.into_runnable().map_err(onnx_error)?;
+        single
+            .set_input_fact(0, f32::fact([1, spec]).into())
+            .map_err(onnx_error)?;
+        let single = single
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(onnx_error)?;
         Ok(Scorer {
             manifest,
-            plan,
             n_features: spec,
-            idle_state: Mutex::new(None),
+            batch: PlanWithState::new(batch),
+            single: PlanWithState::new(single),
         })
     }
 
@@ -240,33 +288,21 @@ impl Scorer {
         }
         let input = Tensor::from_shape(&[n_rows, self.n_features], rows)
             .map_err(|e| ScoreError::Run(e.into()))?;
-        // Take the idle state if nobody holds it; a poisoned lock only means a panic elsewhere
-        // while it was held, and the state is rebuilt on the next error anyway.
-        let cached = self
-            .idle_state
-            .try_lock()
-            .ok()
-            .and_then(|mut idle| idle.take());
-        let mut state = match cached {
-            Some(state) => state,
-            None => self.plan.spawn().map_err(|e| ScoreError::Run(e.into()))?,
-        };
-        let outputs = state
-            .run(tvec!(input.into_tvalue()))
-            .map_err(|e| ScoreError::Run(e.into()))?;
-        if let Ok(mut idle) = self.idle_state.try_lock() {
-            *idle = Some(state);
-        }
-        let scores = outputs[0]
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
-            .map_err(|e| ScoreError::Run(e.into()))?;
-        Ok(scores)
+        self.batch.run(input)
     }
 
-    /// Scores one feature vector.
+    /// Scores one feature vector (through a plan specialised for one row).
     pub fn score_one(&self, row: &[f32]) -> Result<f32, ScoreError> {
-        let scores = self.score_batch(row, 1)?;
+        if row.len() != self.n_features {
+            return Err(ScoreError::BatchShape {
+                len: row.len(),
+                n_rows: 1,
+                n_features: self.n_features,
+            });
+        }
+        let input = Tensor::from_shape(&[1, self.n_features], row)
+            .map_err(|e| ScoreError::Run(e.into()))?;
+        let scores = self.single.run(input)?;
         scores
             .first()
             .copied()
