@@ -1,5 +1,6 @@
 //! End-to-end tests of selfheal: the binary and its libraries against real procfs, real cgroups,
-//! recorded fixture trees, and real peers (moto, kubectl) started by the tests themselves.
+//! recorded fixture trees, and real peers (moto, kubectl, onnxruntime) started by the tests
+//! themselves.
 
 mod support;
 
@@ -9,3 +10,4 @@ mod agent_collect;
 mod forward;
 mod manifests;
 mod pods;
+mod score;

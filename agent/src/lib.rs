@@ -2,8 +2,9 @@
 //!
 //! A data path of typed stages: [`procfs`] and [`cgroup`] **collect** raw counters from the host,
 //! [`pods`] names cgroups after their pods, [`normalize`] turns two readings into schema-v1
-//! records and features, `score` runs the family models, and `forward` ships anomalies and a
-//! sample of normal records through the [`spool`] ([`forward`] drains it to Kinesis or HTTP). [`config`] loads and validates settings,
+//! records and features, [`score`] runs the family models, and `forward` ships anomalies and a
+//! sample of normal records through the [`spool`] ([`forward`] drains it to Kinesis or HTTP).
+//! [`config`] loads and validates settings,
 //! [`telemetry`] and [`server`] expose `/metrics` and `/healthz`, and [`run`] ties it together
 //! with one shutdown signal.
 
@@ -16,6 +17,7 @@ pub mod normalize;
 pub mod pods;
 pub mod procfs;
 pub mod run;
+pub mod score;
 pub mod server;
 pub mod spool;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 
 pub mod cgroup_fixture;
 pub mod faultproxy;
+pub mod forest;
 pub mod kube_double;
 pub mod moto;
 pub mod netproxy;
@@ -30,10 +31,16 @@ pub fn selfheal() -> Command {
 
 /// The Python interpreter of the test venv (`$SELFHEAL_PYTHON`, else `.venv/bin/python`).
 pub fn python() -> PathBuf {
-    match std::env::var_os("SELFHEAL_PYTHON") {
+    let py = match std::env::var_os("SELFHEAL_PYTHON") {
         Some(p) => PathBuf::from(p),
         None => repo_root().join(".venv/bin/python"),
-    }
+    };
+    assert!(
+        py.is_file(),
+        "{} not found: run scripts/test.sh, which installs the test tools",
+        py.display()
+    );
+    py
 }
 
 /// A tool installed in the test venv next to its Python; panics with the fix when missing.

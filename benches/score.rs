@@ -1,0 +1,176 @@
+//! Scoring on the node: one sample and a 10,000-row batch through a 100-tree (ψ = 256, depth ≤ 8)
+//! isolation forest exported to ONNX and run by the agent's tract scorer, plus model load time.
+//! Then the same file in onnxruntime and a scikit-learn IsolationForest of the same size, run by
+//! `scripts/onnx_score.py bench`, with the ratios. Targets: ≤ 5 µs per single sample,
+//! ≥ 500,000 samples/s in batch on one core, load ≤ 50 ms.
+//!
+//! `cargo bench --bench score` (peers need the test venv: `scripts/test.sh`, or point
+//! `SELFHEAL_PYTHON` at a Python with `scripts/requirements-test.txt` installed).
+
+#[path = "../tests/support/forest.rs"]
+mod forest;
+
+use criterion::{Criterion, Throughput};
+use selfheal_agent::score::Scorer;
+use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
+use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
+use selfheal_model_export::onnx::write_model_dir;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const N_FEATURES: usize = 8;
+const BATCH: usize = 10_000;
+
+fn write_model(dir: &Path) -> Vec<f32> {
+    let (forest, _) = forest::standard_forest(42, N_FEATURES);
+    let features = FeatureSpec {
+        schema_version: FEATURE_SCHEMA_VERSION,
+        signals: (0..N_FEATURES).map(|i| format!("f{i}")).collect(),
+        value: true,
+        delta: false,
+        windows: vec![],
+        mean: false,
+        std: false,
+        zscore: false,
+    };
+    let manifest = ModelManifest {
+        family: "bench".into(),
+        version: "1".into(),
+        feature_names: features.names(),
+        features,
+        threshold: 0.6,
+        alarm: AlarmRule::default(),
+        n_trees: forest.trees.len(),
+        max_samples: forest.max_samples,
+        seed: 42,
+        training_data_sha256: String::new(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        model_sha256: String::new(),
+    };
+    write_model_dir(dir, &forest, manifest).expect("write model dir");
+    let mut rng = forest::Rng::new(9);
+    forest::dataset(&mut rng, BATCH, N_FEATURES)
+}
+
+fn benches(c: &mut Criterion, dir: &Path, rows: &[f32]) {
+    let scorer = Scorer::load(dir).expect("load model");
+    let mut group = c.benchmark_group("score");
+    group.bench_function("load_100_trees", |b| {
+        b.iter(|| Scorer::load(black_box(dir)).expect("load model"))
+    });
+    let mut i = 0;
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("single_row", |b| {
+        b.iter(|| {
+            i = (i + 1) % BATCH;
+            let row = &rows[i * N_FEATURES..(i + 1) * N_FEATURES];
+            scorer.score_one(black_box(row)).expect("score")
+        })
+    });
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(20);
+    group.bench_function("batch_10000", |b| {
+        b.iter(|| scorer.score_batch(black_box(rows), BATCH).expect("score"))
+    });
+    group.finish();
+}
+
+/// Mean seconds per call of `f` over about `budget`.
+fn per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed() < budget {
+        f();
+        calls += 1;
+    }
+    start.elapsed().as_secs_f64() / f64::from(calls.max(1))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("SELFHEAL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+}
+
+fn peers(dir: &Path, rows: &[f32]) {
+    let scorer = Scorer::load(dir).expect("load model");
+    let load = per_call(Duration::from_secs(1), || {
+        Scorer::load(dir).expect("load model");
+    });
+    let mut i = 0;
+    let single = per_call(Duration::from_secs(1), || {
+        i = (i + 1) % BATCH;
+        black_box(
+            scorer
+                .score_one(&rows[i * N_FEATURES..(i + 1) * N_FEATURES])
+                .expect("score"),
+        );
+    });
+    let batch = per_call(Duration::from_secs(2), || {
+        black_box(scorer.score_batch(rows, BATCH).expect("score"));
+    });
+
+    let rows_path = dir.join("rows.f32");
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&rows_path, bytes).expect("write rows");
+    let py = python();
+    let out = std::process::Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_score.py"))
+        .arg("bench")
+        .arg(dir.join(MODEL_FILE))
+        .arg(&rows_path)
+        .arg(N_FEATURES.to_string())
+        .args(["100", "256"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/test.sh", py.display()));
+    assert!(
+        out.status.success(),
+        "peer bench failed (run scripts/test.sh to install onnxruntime and scikit-learn): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("peer JSON");
+    let secs = |k: &str| peer[k].as_f64().expect("peer timing");
+
+    println!("\nScoring, 100 trees, psi 256, {N_FEATURES} features, one core:");
+    println!(
+        "  selfheal (tract + fast kernel): load {:.2} ms, single row {:.2} µs, batch {:.0} samples/s",
+        load * 1e3,
+        single * 1e6,
+        BATCH as f64 / batch
+    );
+    for (name, one, many) in [
+        ("onnxruntime", "ort_single_row_s", "ort_batch_10000_s"),
+        (
+            "scikit-learn",
+            "sklearn_single_row_s",
+            "sklearn_batch_10000_s",
+        ),
+    ] {
+        println!(
+            "  {name}: single row {:.2} µs ({:.1}x selfheal), batch {:.0} samples/s ({:.1}x slower)",
+            secs(one) * 1e6,
+            secs(one) / single,
+            BATCH as f64 / secs(many),
+            secs(many) / batch
+        );
+    }
+    println!(
+        "  onnxruntime session load {:.2} ms; versions {}",
+        secs("ort_load_s") * 1e3,
+        peer["versions"]
+    );
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rows = write_model(dir.path());
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c, dir.path(), &rows);
+    c.final_summary();
+    // `cargo test --benches` runs this binary in test mode: skip the slow peer comparison there.
+    if !std::env::args().any(|a| a == "--test") {
+        peers(dir.path(), &rows);
+    }
+}

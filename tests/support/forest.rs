@@ -1,0 +1,137 @@
+//! Deterministic random isolation forests and data, for scoring tests and benches.
+//!
+//! Not a trainer (that is `selfheal_model_export`'s job): this grows isolation trees the textbook
+//! way (random feature, random split between the sub-sample's min and max, until the point is
+//! alone or the depth limit ⌈log2 ψ⌉ is reached) just well enough to give forests of realistic
+//! shape — ~100 trees, depth ~8, ψ = 256 — whose leaves carry `depth + c(n)`. Shared with
+//! `benches/score.rs` through `#[path]`.
+
+#![allow(dead_code)]
+
+use selfheal_core::forest::{IsolationForest, Node, Tree, average_path_length};
+
+/// splitmix64: tiny, fast and good enough to make test data; seeded so every run is identical.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Roughly normal (sum of uniforms), mean 0, sd 1.
+    pub fn normalish(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+    }
+}
+
+/// `n_rows × n_features` row-major data: mostly a correlated blob, 2% scattered outliers.
+pub fn dataset(rng: &mut Rng, n_rows: usize, n_features: usize) -> Vec<f32> {
+    let mut rows = Vec::with_capacity(n_rows * n_features);
+    for _ in 0..n_rows {
+        let outlier = rng.unit() < 0.02;
+        let common = rng.normalish();
+        for f in 0..n_features {
+            let x = if outlier {
+                (rng.unit() - 0.5) * 20.0
+            } else {
+                common * (1.0 + f as f64 * 0.1) + rng.normalish() * 0.5 + f as f64
+            };
+            rows.push(x as f32);
+        }
+    }
+    rows
+}
+
+/// Grows an isolation forest of `n_trees` trees on sub-samples of `max_samples` rows of `rows`.
+pub fn grow_forest(
+    rng: &mut Rng,
+    rows: &[f32],
+    n_features: usize,
+    n_trees: usize,
+    max_samples: usize,
+) -> IsolationForest {
+    let n_rows = rows.len() / n_features;
+    let psi = max_samples.min(n_rows);
+    let depth_limit = (psi as f64).log2().ceil() as usize;
+    let trees = (0..n_trees)
+        .map(|_| {
+            let sample: Vec<usize> = (0..psi).map(|_| rng.below(n_rows)).collect();
+            let mut nodes = Vec::new();
+            grow(rng, rows, n_features, &sample, 0, depth_limit, &mut nodes);
+            Tree { nodes }
+        })
+        .collect();
+    IsolationForest {
+        n_features,
+        max_samples: psi,
+        trees,
+    }
+}
+
+/// Appends the subtree over `sample` in preorder (children after their parent, as
+/// `IsolationForest::validate` requires) and returns its index.
+fn grow(
+    rng: &mut Rng,
+    rows: &[f32],
+    n_features: usize,
+    sample: &[usize],
+    depth: usize,
+    depth_limit: usize,
+    nodes: &mut Vec<Node>,
+) -> u32 {
+    let at = nodes.len();
+    let leaf = Node::Leaf {
+        path_length: depth as f64 + average_path_length(sample.len() as f64),
+    };
+    nodes.push(leaf);
+    if sample.len() <= 1 || depth >= depth_limit {
+        return at as u32;
+    }
+    let feature = rng.below(n_features);
+    let (lo, hi) = sample.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &r| {
+        let x = rows[r * n_features + feature];
+        (lo.min(x), hi.max(x))
+    });
+    if lo >= hi {
+        return at as u32;
+    }
+    let threshold = lo + (hi - lo) * rng.unit() as f32;
+    let (left, right): (Vec<usize>, Vec<usize>) = sample
+        .iter()
+        .partition(|&&r| rows[r * n_features + feature] <= threshold);
+    let left = grow(rng, rows, n_features, &left, depth + 1, depth_limit, nodes);
+    let right = grow(rng, rows, n_features, &right, depth + 1, depth_limit, nodes);
+    nodes[at] = Node::Split {
+        feature: feature as u32,
+        threshold,
+        left,
+        right,
+    };
+    at as u32
+}
+
+/// A forest of realistic size: 100 trees, ψ = 256, depth ≤ 8, grown on `n_features` features.
+pub fn standard_forest(seed: u64, n_features: usize) -> (IsolationForest, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let train = dataset(&mut rng, 4096, n_features);
+    let forest = grow_forest(&mut rng, &train, n_features, 100, 256);
+    (forest, train)
+}
