@@ -4,6 +4,7 @@
 //! `cargo bench --bench quality` prints a markdown table (the one in docs/benchmarks.md).
 //! Data: `$SELFHEAL_DATA`, else `shared/data` beside the repository, else /work/shared/data.
 //! Python: `$SELFHEAL_PYTHON`, else `.venv/bin/python` (install with `scripts/test.sh`).
+//! `SELFHEAL_LOG=info` shows progress and per-series results on stderr.
 //! `SELFHEAL_QUALITY_CONFIG=FILE.json` replaces the configuration (a `TrainConfig`), for
 //! exploring; `SELFHEAL_QUALITY_BASELINE=0` skips the baseline.
 
@@ -79,6 +80,13 @@ fn row(name: &str, m: &Metrics) -> String {
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; any other argument (a filter) is accepted and ignored.
+    // Progress and per-series lines go to stderr at SELFHEAL_LOG=info.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SELFHEAL_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let root = data_root();
     let cfg = match std::env::var_os("SELFHEAL_QUALITY_CONFIG") {
         Some(p) => {

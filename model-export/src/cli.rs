@@ -7,7 +7,9 @@
 
 use crate::artifact::{read_model_dir, sha256_files, write_model_dir};
 use crate::dataset::{Windows, read_input, read_labels, read_series};
-use crate::detect::{ThresholdRule, TrainConfig, train_model};
+use crate::detect::{
+    DEFAULT_ALARM, DEFAULT_CONTAMINATION, ThresholdRule, TrainConfig, train_model,
+};
 use crate::eval::Counts;
 use crate::train::ForestParams;
 use anyhow::{Context, Result, bail};
@@ -64,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Share of training points expected anomalous; sets the threshold without labels.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = DEFAULT_CONTAMINATION)]
     pub contamination: f64,
     /// With --labels: share of each series held back to choose the threshold on.
     #[arg(long, default_value_t = 0.3)]
@@ -73,10 +75,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2.5)]
     pub max_false_alarm_events_per_1000: f64,
     /// Alarm rule: alarms needed ...
-    #[arg(long, default_value_t = AlarmRule::default().k)]
+    #[arg(long, default_value_t = DEFAULT_ALARM.k)]
     pub alarm_k: u32,
     /// ... out of this many consecutive samples.
-    #[arg(long, default_value_t = AlarmRule::default().n)]
+    #[arg(long, default_value_t = DEFAULT_ALARM.n)]
     pub alarm_n: u32,
     /// Feature spec as JSON (a `FeatureSpec`; its `signals` are replaced by the input's
     /// columns). Default: the standard spec.
