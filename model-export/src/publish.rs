@@ -151,3 +151,88 @@ pub fn latest_version(store: &Path, family: &str) -> Result<String, PublishError
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     Ok(text.trim().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfheal_core::features::FeatureSpec;
+    use selfheal_core::model::{AlarmRule, ModelManifest};
+    use sha2::{Digest, Sha256};
+
+    /// A model directory whose `model.onnx` is `bytes` and whose manifest claims `sha`.
+    fn model_dir(root: &Path, version: &str, bytes: &[u8], sha: Option<String>) -> PathBuf {
+        let dir = root.join(format!("model-{version}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(MODEL_FILE), bytes).expect("write model");
+        let spec = FeatureSpec::standard(vec!["a".into()]);
+        let manifest = ModelManifest {
+            family: "cpu".into(),
+            version: version.into(),
+            feature_names: spec.names(),
+            features: spec,
+            threshold: 0.6,
+            alarm: AlarmRule::default(),
+            n_trees: 1,
+            max_samples: 256,
+            seed: 0,
+            training_data_sha256: String::new(),
+            created_at: "2026-11-25T00:00:00Z".into(),
+            model_sha256: sha.unwrap_or_else(|| hex::encode(Sha256::digest(bytes))),
+        };
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            serde_json::to_vec(&manifest).expect("json"),
+        )
+        .expect("write manifest");
+        dir
+    }
+
+    #[test]
+    fn versions_land_verified_and_latest_follows() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        let to = store.to_str().expect("utf-8");
+        let v1 = model_dir(tmp.path(), "v1", b"one", None);
+        let dest = publish(&v1, to).expect("publish v1");
+        assert_eq!(dest, store.join("cpu/v1"));
+        assert_eq!(std::fs::read(dest.join(MODEL_FILE)).expect("model"), b"one");
+        assert_eq!(latest_version(&store, "cpu").expect("latest"), "v1");
+        let v2 = model_dir(tmp.path(), "v2", b"two", None);
+        publish(&v2, to).expect("publish v2");
+        assert_eq!(latest_version(&store, "cpu").expect("latest"), "v2");
+        assert!(matches!(publish(&v1, to), Err(PublishError::Exists(_))));
+        // No temporary file or directory is left behind.
+        let mut names: Vec<String> = std::fs::read_dir(store.join("cpu"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["latest", "v1", "v2"]);
+    }
+
+    #[test]
+    fn a_model_that_fails_its_checksum_is_not_published() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        let bad = model_dir(tmp.path(), "v1", b"one", Some("00".repeat(32)));
+        assert!(matches!(
+            publish(&bad, store.to_str().expect("utf-8")),
+            Err(PublishError::Checksum { .. })
+        ));
+        assert!(!store.join("cpu/v1").exists());
+        assert!(!store.join("cpu/latest").exists());
+    }
+
+    #[test]
+    fn s3_and_unsafe_names_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let m = model_dir(tmp.path(), "v1", b"one", None);
+        let e = publish(&m, "s3://bucket/models").expect_err("s3");
+        assert!(e.to_string().contains("S3 is not supported yet"), "{e}");
+        let evil = model_dir(tmp.path(), "..", b"one", None);
+        assert!(matches!(
+            publish(&evil, tmp.path().join("s").to_str().expect("utf-8")),
+            Err(PublishError::BadName { .. })
+        ));
+    }
+}
