@@ -1,1 +1,11 @@
+//! End-to-end tests of selfheal: the binary and its libraries against real procfs, real cgroups,
+//! recorded fixture trees, and real peers (moto, kubectl) started by the tests themselves.
+
+mod support;
+
+mod agent_cgroup_real;
+mod agent_cli;
+mod agent_collect;
+mod manifests;
 mod model;
+mod pods;

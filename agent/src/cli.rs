@@ -1,9 +1,15 @@
 //! `selfheal agent ...`: the binary's edge for the agent (the one place here that uses anyhow).
 
+use crate::collect::CycleErrors;
 use crate::config::AgentConfig;
+use crate::pods::{PodWatcher, SharedPodDirectory};
+use crate::run::{Output, Pipeline, run};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// `selfheal agent` arguments.
 #[derive(Debug, Args)]
@@ -12,12 +18,19 @@ pub struct AgentArgs {
     /// TOML configuration file; `SELFHEAL_AGENT_*` environment variables override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Run one collection cycle, print the normalized records and exit.
+    /// Run one collection cycle (two readings, `--once-gap-ms` apart, since rates need two),
+    /// print the normalized records and exit.
     #[arg(long)]
     pub once: bool,
-    /// Output format for `--once`.
-    #[arg(long, value_enum, default_value = "json", requires = "once")]
+    /// Time between the two readings of `--once`.
+    #[arg(long, default_value_t = 1000, requires = "once")]
+    pub once_gap_ms: u64,
+    /// Output format for printed records.
+    #[arg(long, value_enum, default_value = "json")]
     pub format: OutputFormat,
+    /// While running, also print every cycle's records to stdout.
+    #[arg(long, conflicts_with = "once")]
+    pub print: bool,
     /// Agent maintenance commands.
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
@@ -34,11 +47,79 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {}
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // One thread: the agent's work is a few milliseconds per interval, and every extra worker
+    // thread costs memory on every node.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Runs `selfheal agent`.
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if let Some(cmd) = args.command {
         match cmd {}
     }
-    let _settings = AgentConfig::load(args.config.as_deref())?.validate()?;
+    let settings = AgentConfig::load(args.config.as_deref())?.validate()?;
+    if args.once {
+        let mut pipeline = Pipeline::new(&settings);
+        let pods = match PodWatcher::new(&settings.pods, &settings.node_name)? {
+            Some(w) => {
+                let n = runtime()?
+                    .block_on(w.sync_once())
+                    .context("cannot list the pods on this node")?;
+                tracing::info!(pods = n, "PodsListed");
+                w.directory()
+            }
+            None => SharedPodDirectory::default(),
+        };
+        let mut errs = CycleErrors::default();
+        let _ = pipeline.cycle(&pods.read(), &mut errs);
+        std::thread::sleep(Duration::from_millis(args.once_gap_ms.max(1)));
+        let records = pipeline.cycle(&pods.read(), &mut errs);
+        for e in &errs.errors {
+            tracing::warn!(error = %e, "CollectError");
+        }
+        let mut out = Output::JsonLines(Box::new(std::io::BufWriter::new(std::io::stdout())));
+        out.write(records)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let output = if args.print {
+        Output::JsonLines(Box::new(std::io::stdout()))
+    } else {
+        Output::Discard
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("ShutdownRequested");
+            let _ = tx.send(true);
+        });
+        run(settings, output, rx).await
+    })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process still dies on SIGTERM, just without a flush.
+            tracing::error!("SignalHandlerError");
+            std::future::pending::<()>().await;
+        }
+    }
 }

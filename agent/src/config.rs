@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub sys_root: PathBuf,
     /// The cgroup hierarchy root; defaults to `<sys_root>/fs/cgroup`.
     pub cgroup_root: Option<PathBuf>,
+    /// Pod cgroup hierarchy roots, relative to each cgroup hierarchy: `kubepods.slice` for the
+    /// kubelet's systemd driver, `kubepods` for its cgroupfs driver.
+    pub kubepods_paths: Vec<PathBuf>,
     /// Address of the HTTP server for `/metrics` and `/healthz`.
     pub listen_addr: String,
     /// Network interfaces left out of node traffic. A trailing `*` matches any suffix. Pod
@@ -52,6 +55,7 @@ impl Default for AgentConfig {
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
             cgroup_root: None,
+            kubepods_paths: vec![PathBuf::from("kubepods.slice"), PathBuf::from("kubepods")],
             listen_addr: "0.0.0.0:9477".into(),
             exclude_net_devices: [
                 "lo",
@@ -85,7 +89,7 @@ impl Default for AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or environment could not be read or parsed into [`AgentConfig`].
-    #[error("invalid agent configuration: {0}")]
+    #[error("invalid agent configuration")]
     Parse(#[from] Box<figment::Error>),
     /// A field parsed but its value is not acceptable.
     #[error("invalid agent configuration: field `{field}`: {reason}")]
@@ -110,6 +114,8 @@ pub struct Settings {
     pub sys_root: PathBuf,
     /// cgroup hierarchy root.
     pub cgroup_root: PathBuf,
+    /// Pod cgroup roots relative to each hierarchy.
+    pub kubepods_paths: Vec<PathBuf>,
     /// HTTP listen address.
     pub listen_addr: SocketAddr,
     /// Excluded network interface patterns.
@@ -208,12 +214,27 @@ impl AgentConfig {
                 });
             }
         }
+        if let Some(bad) = self.kubepods_paths.iter().find(|p| {
+            p.is_absolute()
+                || p.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        }) {
+            return Err(ConfigError::Invalid {
+                field: "kubepods_paths",
+                reason: format!("{} must be a plain relative path", bad.display()),
+            });
+        }
+        self.pods.validate().map_err(|e| ConfigError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        })?;
         Ok(Settings {
             node_name,
             interval,
             proc_root: self.proc_root,
             sys_root: self.sys_root,
             cgroup_root,
+            kubepods_paths: self.kubepods_paths,
             listen_addr,
             exclude_net_devices: self.exclude_net_devices,
             exclude_disk_devices: self.exclude_disk_devices,
@@ -236,10 +257,33 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn load_str(toml: &str) -> Result<Settings, ConfigError> {
+    /// The error with its causes, as the binary prints it.
+    struct Chain(ConfigError);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut src = std::error::Error::source(&self.0);
+            while let Some(s) = src {
+                write!(f, ": {s}")?;
+                src = s.source();
+            }
+            Ok(())
+        }
+    }
+
+    impl std::fmt::Debug for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            std::fmt::Display::fmt(self, f)
+        }
+    }
+
+    fn load_str(toml: &str) -> Result<Settings, Chain> {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(toml.as_bytes()).expect("write");
-        AgentConfig::load(Some(f.path()))?.validate()
+        AgentConfig::load(Some(f.path()))
+            .and_then(AgentConfig::validate)
+            .map_err(Chain)
     }
 
     #[test]

@@ -1,1 +1,286 @@
-//! Placeholder.
+//! The agent's main loop: every interval, collect → normalize → hand records to the output;
+//! serve `/metrics` and `/healthz`; on shutdown finish the cycle in hand, flush, and return.
+
+use crate::collect::{Collector, CycleErrors};
+use crate::config::Settings;
+use crate::normalize::Normalizer;
+use crate::pods::{PodDirectory, PodStatsSnapshot, PodWatcher, PodsError, SharedPodDirectory};
+use crate::procfs::CollectError;
+use crate::server::{Health, serve};
+use crate::telemetry::{AgentMetrics, ErrorLabels, FamilyLabels};
+use selfheal_core::schema::{Envelope, Payload, Record};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The HTTP listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pod identity source could not be set up (bad URL, unreadable CA file).
+    #[error("cannot start the pod watcher")]
+    Pods(#[source] PodsError),
+    /// Writing records to the output failed (e.g. stdout closed).
+    #[error("cannot write records")]
+    Output(#[source] std::io::Error),
+}
+
+/// Where records go. The forwarding stage (Kinesis, HTTP) plugs in here.
+pub enum Output {
+    /// Drop them (metrics only).
+    Discard,
+    /// One JSON envelope per line, as a sampled record with probability 1.
+    JsonLines(Box<dyn Write + Send>),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Output::Discard => "Output::Discard",
+            Output::JsonLines(_) => "Output::JsonLines",
+        })
+    }
+}
+
+impl Output {
+    /// Writes a cycle's records.
+    pub fn write(&mut self, records: Vec<Record>) -> Result<(), AgentError> {
+        match self {
+            Output::Discard => Ok(()),
+            Output::JsonLines(w) => {
+                for record in records {
+                    let env = Envelope::new(Payload::Sample {
+                        record,
+                        inclusion_probability: 1.0,
+                    });
+                    serde_json::to_writer(&mut *w, &env)
+                        .map_err(|e| AgentError::Output(e.into()))?;
+                    w.write_all(b"\n").map_err(AgentError::Output)?;
+                }
+                w.flush().map_err(AgentError::Output)
+            }
+        }
+    }
+
+    /// Flushes anything buffered.
+    pub fn flush(&mut self) -> Result<(), AgentError> {
+        match self {
+            Output::Discard => Ok(()),
+            Output::JsonLines(w) => w.flush().map_err(AgentError::Output),
+        }
+    }
+}
+
+fn file_label(e: &CollectError) -> String {
+    let path = match e {
+        CollectError::Read { path, .. } | CollectError::Parse { path, .. } => path,
+    };
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// Logs and counts a cycle's errors: one line per failed file, at WARN the first time a file
+/// fails and at DEBUG after, so a permanently missing file does not flood the log.
+fn report_errors(
+    metrics: &AgentMetrics,
+    errs: &CycleErrors,
+    first: &mut std::collections::HashSet<String>,
+) {
+    for e in &errs.errors {
+        let file = file_label(e);
+        let key = format!("{}:{file}", e.kind());
+        metrics
+            .collect_errors
+            .get_or_create(&ErrorLabels {
+                kind: e.kind(),
+                file: file.clone(),
+            })
+            .inc();
+        if first.len() < 1024 && first.insert(key) {
+            tracing::warn!(error = %e, source = ?std::error::Error::source(e).map(|s| s.to_string()), "CollectError");
+        } else {
+            tracing::debug!(error = %e, "CollectError");
+        }
+    }
+    metrics.pods_vanished.inc_by(errs.pods_vanished);
+}
+
+/// The collect → normalize part of the loop, usable on its own (`--once`, benches, tests).
+#[derive(Debug)]
+pub struct Pipeline {
+    collector: Collector,
+    normalizer: Normalizer,
+    started: Instant,
+    last_pods: (usize, usize),
+}
+
+impl Pipeline {
+    /// A pipeline for `settings`. A host without a cgroup hierarchy is reported and collects
+    /// node metrics only.
+    pub fn new(settings: &Settings) -> Self {
+        let (collector, err) = Collector::new(settings);
+        if let Some(e) = err {
+            tracing::warn!(error = %e, "CgroupUnavailable");
+        } else if let Some(cg) = collector.cgroups() {
+            tracing::info!(mode = ?cg.mode(), root = %cg.root().display(), "CgroupDetected");
+        }
+        Pipeline {
+            collector,
+            normalizer: Normalizer::new(settings.node_name.clone()),
+            started: Instant::now(),
+            last_pods: (0, 0),
+        }
+    }
+
+    /// Pods found in the last cycle, and how many of them the pod directory did not know.
+    pub fn last_pods(&self) -> (usize, usize) {
+        self.last_pods
+    }
+
+    /// One cycle: read everything, turn it into records.
+    pub fn cycle(&mut self, pods: &PodDirectory, errs: &mut CycleErrors) -> Vec<Record> {
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mono = self.started.elapsed().as_secs_f64();
+        let snap = self.collector.collect(ts_ms, mono, errs);
+        let unresolved = snap
+            .pods
+            .iter()
+            .filter(|p| pods.get(&p.cgroup.uid).is_none())
+            .count();
+        self.last_pods = (snap.pods.len(), unresolved);
+        self.normalizer.normalize(snap, pods)
+    }
+
+    /// The normalizer, for its statistics.
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(
+    settings: Settings,
+    mut output: Output,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let metrics = Arc::new(AgentMetrics::new());
+    let health = Arc::new(Health::new(settings.interval * 3));
+    let (addr, server) = serve(
+        settings.listen_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| AgentError::Bind {
+        addr: settings.listen_addr,
+        source,
+    })?;
+    tracing::info!(%addr, node = %settings.node_name, interval_secs = settings.interval.as_secs_f64(), "AgentStarted");
+
+    let watcher = PodWatcher::new(&settings.pods, &settings.node_name).map_err(AgentError::Pods)?;
+    let (pods, pod_stats) = match watcher {
+        Some(w) => {
+            let dir = w.directory();
+            let stats = w.stats();
+            tokio::spawn(w.run(shutdown.clone()));
+            (dir, Some(stats))
+        }
+        None => {
+            tracing::info!("PodIdentityDisabled");
+            (SharedPodDirectory::default(), None)
+        }
+    };
+    let mut prev_pod_stats = PodStatsSnapshot::default();
+    let mut pipeline = Pipeline::new(&settings);
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut warned = std::collections::HashSet::new();
+    let mut prev_resets = 0;
+    let mut prev_non_finite = 0;
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let t0 = std::time::Instant::now();
+        let mut errs = CycleErrors::default();
+        let records = {
+            let dir = pods.read();
+            let records = pipeline.cycle(&dir, &mut errs);
+            if pipeline.last_pods().1 > 0 && dir.is_synced() {
+                // A pod started since the last list: ask for a (rate-limited) re-list.
+                dir.request_relist();
+            }
+            records
+        };
+        if let Some(stats) = &pod_stats {
+            let now = stats.snapshot();
+            metrics
+                .pod_list_errors
+                .inc_by(now.list_errors_total - prev_pod_stats.list_errors_total);
+            metrics
+                .pod_watch_errors
+                .inc_by(now.watch_errors_total - prev_pod_stats.watch_errors_total);
+            metrics
+                .pod_relists
+                .inc_by(now.relists_total - prev_pod_stats.relists_total);
+            prev_pod_stats = now;
+        }
+        metrics.cycle_duration.observe(t0.elapsed().as_secs_f64());
+        report_errors(&metrics, &errs, &mut warned);
+        for r in &records {
+            metrics
+                .records
+                .get_or_create(&FamilyLabels {
+                    family: r.family.as_str(),
+                })
+                .inc();
+        }
+        let stats = pipeline.normalizer().stats();
+        metrics
+            .counter_resets
+            .inc_by(stats.counter_resets - prev_resets);
+        metrics
+            .non_finite_values
+            .inc_by(stats.non_finite - prev_non_finite);
+        prev_resets = stats.counter_resets;
+        prev_non_finite = stats.non_finite;
+        let (n_pods, unresolved) = pipeline.last_pods();
+        metrics.pods.set(n_pods as i64);
+        metrics.pods_unresolved.set(unresolved as i64);
+        metrics
+            .series
+            .set(pipeline.normalizer().series_count() as i64);
+        if let Err(e) = output.write(records) {
+            break Err(e);
+        }
+        metrics.cycles.inc();
+        metrics.last_cycle_timestamp.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        health.cycle_done();
+    };
+    tracing::info!("AgentStopping");
+    let flushed = output.flush();
+    let _ = tokio::time::timeout(settings.shutdown_grace, server).await;
+    tracing::info!("AgentStopped");
+    result.and(flushed)
+}

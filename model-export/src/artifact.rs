@@ -55,14 +55,14 @@ pub enum ArtifactError {
         /// What disagrees.
         what: String,
     },
-    /// The ONNX exporter failed.
-    #[error("writing model.onnx into {dir}")]
+    /// The ONNX exporter failed, or could not write the directory.
+    #[error("writing model.onnx and manifest.json into {dir}")]
     Export {
         /// The model directory.
         dir: PathBuf,
         /// The cause.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Box<crate::onnx::WriteModelError>,
     },
 }
 
@@ -101,10 +101,10 @@ pub fn sha256_file(path: &Path) -> Result<String, ArtifactError> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-/// Writes `detector` into `dir` (created if needed): `forest.json`, `model.onnx` and
-/// `manifest.json`, the manifest last so a reader never sees a manifest without its model.
-/// `manifest` carries everything but `model_sha256`, which is filled in here; the manifest
-/// written is returned.
+/// Writes `detector` into `dir` (created if needed): `forest.json`, then `model.onnx` and
+/// `manifest.json` through [`crate::onnx::write_model_dir`] (manifest last, so a reader never
+/// sees a manifest without its model). `manifest` carries everything but `model_sha256`, which
+/// is filled in there; the manifest written is returned.
 pub fn write_model_dir(
     dir: &Path,
     detector: &Detector,
@@ -117,16 +117,14 @@ pub fn write_model_dir(
         source,
     })?;
     std::fs::write(&forest_path, json).map_err(io(&forest_path))?;
-    // model.onnx: the exporter lands with the ONNX work; until then the manifest has no model
-    // checksum and agents will refuse the directory, as they should.
+    // The exporter writes model.onnx, then the manifest with its checksum, each atomically.
     manifest.model_sha256 = String::new();
-    let path = dir.join(MANIFEST_FILE);
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|source| ArtifactError::Json {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&path, json).map_err(io(&path))?;
-    Ok(manifest)
+    crate::onnx::write_model_dir(dir, &detector.forest, manifest).map_err(|source| {
+        ArtifactError::Export {
+            dir: dir.to_owned(),
+            source: Box::new(source),
+        }
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ArtifactError> {

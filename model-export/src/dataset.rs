@@ -347,14 +347,14 @@ pub fn read_input(path: &Path) -> Result<Vec<Series>, DataError> {
     let mut out: Vec<Series> = Vec::with_capacity(files.len());
     for f in files {
         let s = read_series(&f)?;
-        if let Some(first) = out.first() {
-            if first.columns != s.columns {
-                return Err(DataError::ColumnMismatch {
-                    path: f,
-                    expected: first.columns.clone(),
-                    found: s.columns,
-                });
-            }
+        if let Some(first) = out.first()
+            && first.columns != s.columns
+        {
+            return Err(DataError::ColumnMismatch {
+                path: f,
+                expected: first.columns.clone(),
+                found: s.columns,
+            });
         }
         out.push(s);
     }
@@ -521,10 +521,10 @@ pub fn windows_for(labels: &LabelWindows, series: &Series) -> Result<Windows, Da
     for &(start, end) in ws {
         let first = ts.iter().position(|&t| t >= start);
         let last = ts.iter().rposition(|&t| t <= end);
-        if let (Some(a), Some(b)) = (first, last) {
-            if a <= b {
-                ranges.push((a, b));
-            }
+        if let (Some(a), Some(b)) = (first, last)
+            && a <= b
+        {
+            ranges.push((a, b));
         }
     }
     Ok(Windows::new(ranges))

@@ -237,13 +237,13 @@ pub fn train_model(
     if spec.is_empty() {
         return Err(DetectError::NoFeatures);
     }
-    if let Some(l) = labels {
-        if l.len() != series.len() {
-            return Err(DetectError::LabelCount {
-                labels: l.len(),
-                series: series.len(),
-            });
-        }
+    if let Some(l) = labels
+        && l.len() != series.len()
+    {
+        return Err(DetectError::LabelCount {
+            labels: l.len(),
+            series: series.len(),
+        });
     }
     let check = |name, value: f64| {
         if value > 0.0 && value < 1.0 {

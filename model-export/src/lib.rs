@@ -16,6 +16,7 @@ pub mod cli;
 pub mod dataset;
 pub mod detect;
 pub mod eval;
+pub mod onnx;
 pub mod publish;
 pub mod quality;
 pub mod train;

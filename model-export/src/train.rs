@@ -272,18 +272,7 @@ fn unit(rng: &mut Pcg64) -> f64 {
 /// The largest `f32` that is `<= t`, so that `x <= t` ⟺ `x <= result` for every `f32` `x`.
 fn f32_at_or_below(t: f64) -> f32 {
     let r = t as f32;
-    if f64::from(r) <= t {
-        return r;
-    }
-    // One step towards negative infinity (`f32::next_down`, stable only since Rust 1.86).
-    let bits = r.to_bits();
-    if r == 0.0 {
-        -f32::from_bits(1)
-    } else if r > 0.0 {
-        f32::from_bits(bits - 1)
-    } else {
-        f32::from_bits(bits + 1)
-    }
+    if f64::from(r) <= t { r } else { r.next_down() }
 }
 
 #[cfg(test)]

@@ -1,0 +1,539 @@
+//! ONNX export of an [`IsolationForest`], and the model directory the agents load.
+//!
+//! The trainer (elsewhere in this crate) grows a forest; this module writes it as a standard ONNX
+//! graph that both onnxruntime and tract (the agent's `score` stage) run, and writes the model
+//! directory (`model.onnx` + `manifest.json`) that `publish` ships.
+//!
+//! # The graph
+//!
+//! ```text
+//! features f32[N, F]
+//!   └─ ai.onnx.ml.TreeEnsembleClassifier   leaf weight = leaf path length (depth + c(n_leaf))
+//!        ├─ label    i64[N]                 (unused)
+//!        └─ probabilities f32[N, 2]         column 1 = Σ_trees path length
+//!   └─ Slice(axis 1, [1, 2))                total path length f32[N, 1]
+//!   └─ Mul(-ln 2 / (trees · c(ψ)))
+//!   └─ Exp                                  score f32[N, 1] = 2^(-E[h(x)] / c(ψ))
+//! ```
+//!
+//! A classifier rather than a regressor because tract 0.23 ships `TreeEnsembleClassifier` only.
+//! Every leaf credits class 0 and two class labels are declared: both runtimes then take the
+//! ONNX "binary" layout, `[1 - s, s]`, so column 1 is the plain sum `s`.
+//!
+//! `score` is [`IsolationForest::score`]: in (0, 1], higher is more anomalous, about 0.5 is
+//! ordinary. It is the *negation* of scikit-learn's `IsolationForest.score_samples` (which is
+//! `-score`); no `Neg` node is written because the agent compares the positive score against the
+//! manifest's threshold.
+
+use prost::Message;
+use selfheal_core::forest::{ForestError, IsolationForest, Node, average_path_length};
+use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tract_onnx::pb;
+
+/// Name of the graph input: features, f32 `[N, n_features]`.
+pub const INPUT_NAME: &str = "features";
+/// Name of the graph output: anomaly score, f32 `[N, 1]`.
+pub const OUTPUT_NAME: &str = "score";
+/// Opset of the default ONNX domain (`Slice` with tensor inputs needs ≥ 10).
+pub const ONNX_OPSET: i64 = 13;
+/// Opset of the `ai.onnx.ml` domain.
+pub const ONNX_ML_OPSET: i64 = 3;
+/// ONNX IR version written (IR 8 goes with opset 13..=17; every onnxruntime since 1.10 reads it).
+const IR_VERSION: i64 = 8;
+/// Domain of the tree-ensemble operators.
+const ML_DOMAIN: &str = "ai.onnx.ml";
+
+/// Why a forest could not be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxExportError {
+    /// The forest fails [`IsolationForest::validate`].
+    #[error("forest is not valid")]
+    InvalidForest(#[source] ForestError),
+    /// A tree has more nodes than an ONNX node id (i64) or our kernels (u32) can address.
+    #[error("tree {tree} has {nodes} nodes, more than a tree may have")]
+    TreeTooLarge {
+        /// Tree index.
+        tree: usize,
+        /// Its node count.
+        nodes: usize,
+    },
+}
+
+/// Why a model directory could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteModelError {
+    /// The forest could not be exported.
+    #[error("exporting the forest to ONNX")]
+    Export(#[from] OnnxExportError),
+    /// The manifest describes another feature vector than the forest scores.
+    #[error(
+        "manifest lists {manifest_features} features ({spec_features} from its feature spec), \
+         the forest scores {forest_features}"
+    )]
+    FeatureCountMismatch {
+        /// `manifest.feature_names.len()`.
+        manifest_features: usize,
+        /// `manifest.features.len()`.
+        spec_features: usize,
+        /// `forest.n_features`.
+        forest_features: usize,
+    },
+    /// The manifest disagrees with the forest about its trees or sub-sample size.
+    #[error(
+        "manifest says {manifest_trees} trees and max_samples {manifest_max_samples}, \
+         the forest has {forest_trees} and {forest_max_samples}"
+    )]
+    ForestMismatch {
+        /// `manifest.n_trees`.
+        manifest_trees: usize,
+        /// `manifest.max_samples`.
+        manifest_max_samples: usize,
+        /// Trees in the forest.
+        forest_trees: usize,
+        /// `forest.max_samples`.
+        forest_max_samples: usize,
+    },
+    /// The manifest could not be serialized.
+    #[error("serializing the manifest")]
+    Manifest(#[source] serde_json::Error),
+    /// A file could not be written or renamed into place.
+    #[error("writing {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes `forest` as a standard ONNX model (see the module docs for the graph) and returns the
+/// serialized protobuf.
+pub fn export_forest(forest: &IsolationForest) -> Result<Vec<u8>, OnnxExportError> {
+    forest.validate().map_err(OnnxExportError::InvalidForest)?;
+    let ensemble = tree_ensemble_node(forest)?;
+
+    let c = average_path_length(forest.max_samples as f64);
+    // score = 2^(-mean/c) = exp(-ln2 · total / (trees · c)). With ψ ≤ 1 every path is 0 and the
+    // reference scores 1.0: a factor of 0 gives exp(0) = 1 without dividing by zero.
+    let factor = if c == 0.0 {
+        0.0
+    } else {
+        -std::f64::consts::LN_2 / (forest.trees.len() as f64 * c)
+    };
+
+    let slice = pb::NodeProto {
+        name: "total_path_length".into(),
+        op_type: "Slice".into(),
+        input: vec![
+            "probabilities".into(),
+            "slice_starts".into(),
+            "slice_ends".into(),
+            "slice_axes".into(),
+        ],
+        output: vec!["total_path_length".into()],
+        ..Default::default()
+    };
+    let mul = pb::NodeProto {
+        name: "exponent".into(),
+        op_type: "Mul".into(),
+        input: vec!["total_path_length".into(), "path_factor".into()],
+        output: vec!["exponent".into()],
+        ..Default::default()
+    };
+    let exp = pb::NodeProto {
+        name: "score".into(),
+        op_type: "Exp".into(),
+        input: vec!["exponent".into()],
+        output: vec![OUTPUT_NAME.into()],
+        ..Default::default()
+    };
+
+    let graph = pb::GraphProto {
+        name: "isolation_forest".into(),
+        doc_string: "Isolation forest anomaly score 2^(-E[h(x)]/c(psi)); higher is more \
+                     anomalous. scikit-learn's score_samples is -score."
+            .into(),
+        node: vec![ensemble, slice, mul, exp],
+        initializer: vec![
+            int64_tensor("slice_starts", &[1]),
+            int64_tensor("slice_ends", &[2]),
+            int64_tensor("slice_axes", &[1]),
+            pb::TensorProto {
+                name: "path_factor".into(),
+                data_type: pb::tensor_proto::DataType::Float as i32,
+                dims: vec![],
+                float_data: vec![factor as f32],
+                ..Default::default()
+            },
+        ],
+        input: vec![value_info(INPUT_NAME, forest.n_features as i64)],
+        output: vec![value_info(OUTPUT_NAME, 1)],
+        ..Default::default()
+    };
+
+    let model = pb::ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: ONNX_OPSET,
+            },
+            pb::OperatorSetIdProto {
+                domain: ML_DOMAIN.into(),
+                version: ONNX_ML_OPSET,
+            },
+        ],
+        producer_name: "selfheal".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph),
+        metadata_props: vec![
+            metadata("n_trees", forest.trees.len().to_string()),
+            metadata("max_samples", forest.max_samples.to_string()),
+            metadata("n_features", forest.n_features.to_string()),
+        ],
+        ..Default::default()
+    };
+    Ok(model.encode_to_vec())
+}
+
+/// The `TreeEnsembleClassifier` node: one entry per forest node, in tree order, node ids equal
+/// to the indices in [`selfheal_core::forest::Tree::nodes`].
+fn tree_ensemble_node(forest: &IsolationForest) -> Result<pb::NodeProto, OnnxExportError> {
+    let n_nodes: usize = forest.trees.iter().map(|t| t.nodes.len()).sum();
+    let mut tree_ids = Vec::with_capacity(n_nodes);
+    let mut node_ids = Vec::with_capacity(n_nodes);
+    let mut feature_ids = Vec::with_capacity(n_nodes);
+    let mut values = Vec::with_capacity(n_nodes);
+    let mut modes: Vec<Vec<u8>> = Vec::with_capacity(n_nodes);
+    let mut true_ids = Vec::with_capacity(n_nodes);
+    let mut false_ids = Vec::with_capacity(n_nodes);
+    let mut leaf_tree_ids = Vec::new();
+    let mut leaf_node_ids = Vec::new();
+    let mut leaf_weights = Vec::new();
+
+    for (t, tree) in forest.trees.iter().enumerate() {
+        if tree.nodes.len() > u32::MAX as usize {
+            return Err(OnnxExportError::TreeTooLarge {
+                tree: t,
+                nodes: tree.nodes.len(),
+            });
+        }
+        for (i, node) in tree.nodes.iter().enumerate() {
+            tree_ids.push(t as i64);
+            node_ids.push(i as i64);
+            match *node {
+                Node::Split {
+                    feature,
+                    threshold,
+                    left,
+                    right,
+                } => {
+                    feature_ids.push(i64::from(feature));
+                    values.push(threshold);
+                    modes.push(b"BRANCH_LEQ".to_vec());
+                    true_ids.push(i64::from(left));
+                    false_ids.push(i64::from(right));
+                }
+                Node::Leaf { path_length } => {
+                    feature_ids.push(0);
+                    values.push(0.0);
+                    modes.push(b"LEAF".to_vec());
+                    true_ids.push(0);
+                    false_ids.push(0);
+                    leaf_tree_ids.push(t as i64);
+                    leaf_node_ids.push(i as i64);
+                    leaf_weights.push(path_length as f32);
+                }
+            }
+        }
+    }
+    let n_leaves = leaf_weights.len();
+
+    Ok(pb::NodeProto {
+        name: "path_lengths".into(),
+        op_type: "TreeEnsembleClassifier".into(),
+        domain: ML_DOMAIN.into(),
+        input: vec![INPUT_NAME.into()],
+        output: vec!["label".into(), "probabilities".into()],
+        attribute: vec![
+            ints_attr("classlabels_int64s", vec![0, 1]),
+            ints_attr("nodes_treeids", tree_ids),
+            ints_attr("nodes_nodeids", node_ids),
+            ints_attr("nodes_featureids", feature_ids),
+            floats_attr("nodes_values", values),
+            strings_attr("nodes_modes", modes),
+            ints_attr("nodes_truenodeids", true_ids),
+            ints_attr("nodes_falsenodeids", false_ids),
+            ints_attr("class_treeids", leaf_tree_ids),
+            ints_attr("class_nodeids", leaf_node_ids),
+            ints_attr("class_ids", vec![0; n_leaves]),
+            floats_attr("class_weights", leaf_weights),
+            string_attr("post_transform", b"NONE"),
+        ],
+        ..Default::default()
+    })
+}
+
+fn ints_attr(name: &str, ints: Vec<i64>) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints,
+        ..Default::default()
+    }
+}
+
+fn floats_attr(name: &str, floats: Vec<f32>) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Floats as i32,
+        floats,
+        ..Default::default()
+    }
+}
+
+fn strings_attr(name: &str, strings: Vec<Vec<u8>>) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Strings as i32,
+        strings,
+        ..Default::default()
+    }
+}
+
+fn string_attr(name: &str, s: &[u8]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::String as i32,
+        s: s.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int64_tensor(name: &str, values: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        dims: vec![values.len() as i64],
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A float32 `[N, width]` value with a symbolic batch dimension.
+fn value_info(name: &str, width: i64) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![
+                        Dimension {
+                            value: Some(Value::DimParam("N".into())),
+                            ..Default::default()
+                        },
+                        Dimension {
+                            value: Some(Value::DimValue(width)),
+                            ..Default::default()
+                        },
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn metadata(key: &str, value: String) -> pb::StringStringEntryProto {
+    pb::StringStringEntryProto {
+        key: key.into(),
+        value,
+    }
+}
+
+/// Lower-case hex sha256 of `bytes`, as [`ModelManifest::model_sha256`] holds it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes the model directory `dir` (created if missing): `model.onnx`, then `manifest.json`
+/// with `model_sha256` filled in. Returns the manifest as written.
+///
+/// `manifest.model_sha256` is ignored and replaced. Each file is written to a temporary file in
+/// `dir`, synced, then renamed over its final name, and the manifest goes last: an agent that
+/// watches `dir` never sees a manifest whose checksum names a half-written model (it may see a new
+/// model with the old manifest, which fails the checksum and is refused until the manifest lands).
+pub fn write_model_dir(
+    dir: &Path,
+    forest: &IsolationForest,
+    mut manifest: ModelManifest,
+) -> Result<ModelManifest, WriteModelError> {
+    if manifest.feature_names.len() != forest.n_features
+        || manifest.features.len() != forest.n_features
+    {
+        return Err(WriteModelError::FeatureCountMismatch {
+            manifest_features: manifest.feature_names.len(),
+            spec_features: manifest.features.len(),
+            forest_features: forest.n_features,
+        });
+    }
+    if manifest.n_trees != forest.trees.len() || manifest.max_samples != forest.max_samples {
+        return Err(WriteModelError::ForestMismatch {
+            manifest_trees: manifest.n_trees,
+            manifest_max_samples: manifest.max_samples,
+            forest_trees: forest.trees.len(),
+            forest_max_samples: forest.max_samples,
+        });
+    }
+    let model = export_forest(forest)?;
+    manifest.model_sha256 = sha256_hex(&model);
+    let mut json = serde_json::to_vec_pretty(&manifest).map_err(WriteModelError::Manifest)?;
+    json.push(b'\n');
+
+    std::fs::create_dir_all(dir).map_err(|source| WriteModelError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write_atomically(&dir.join(MODEL_FILE), &model)?;
+    write_atomically(&dir.join(MANIFEST_FILE), &json)?;
+    Ok(manifest)
+}
+
+/// Writes `bytes` to `path` through a synced temporary sibling and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WriteModelError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| WriteModelError::Io { path, source }
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfheal_core::features::FeatureSpec;
+    use selfheal_core::forest::Tree;
+    use selfheal_core::model::AlarmRule;
+
+    fn stump() -> IsolationForest {
+        IsolationForest {
+            n_features: 2,
+            max_samples: 256,
+            trees: vec![Tree {
+                nodes: vec![
+                    Node::Split {
+                        feature: 1,
+                        threshold: 0.5,
+                        left: 1,
+                        right: 2,
+                    },
+                    Node::Leaf { path_length: 1.0 },
+                    Node::Leaf {
+                        path_length: 1.0 + average_path_length(255.0),
+                    },
+                ],
+            }],
+        }
+    }
+
+    fn manifest(spec: FeatureSpec, forest: &IsolationForest) -> ModelManifest {
+        ModelManifest {
+            family: "cpu".into(),
+            version: "1".into(),
+            feature_names: spec.names(),
+            features: spec,
+            threshold: 0.6,
+            alarm: AlarmRule::default(),
+            n_trees: forest.trees.len(),
+            max_samples: forest.max_samples,
+            seed: 7,
+            training_data_sha256: sha256_hex(b""),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            model_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn export_is_a_decodable_model_with_the_documented_graph() {
+        let bytes = export_forest(&stump()).expect("valid forest");
+        let model = pb::ModelProto::decode(bytes.as_slice()).expect("decodes");
+        let graph = model.graph.expect("graph");
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["TreeEnsembleClassifier", "Slice", "Mul", "Exp"]);
+        assert_eq!(graph.input[0].name, INPUT_NAME);
+        assert_eq!(graph.output[0].name, OUTPUT_NAME);
+        let weights = graph.node[0]
+            .attribute
+            .iter()
+            .find(|a| a.name == "class_weights")
+            .expect("class_weights");
+        assert_eq!(weights.floats.len(), 2);
+    }
+
+    #[test]
+    fn invalid_forest_is_refused() {
+        let mut f = stump();
+        f.n_features = 1;
+        assert!(matches!(
+            export_forest(&f),
+            Err(OnnxExportError::InvalidForest(
+                ForestError::FeatureOutOfRange { .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn model_dir_manifest_names_the_model_checksum() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let forest = stump();
+        let spec = FeatureSpec {
+            value: true,
+            delta: true,
+            windows: vec![],
+            ..FeatureSpec::standard(vec!["cpu".into()])
+        };
+        let written = write_model_dir(dir.path(), &forest, manifest(spec, &forest))
+            .expect("model dir written");
+        let model = std::fs::read(dir.path().join(MODEL_FILE)).expect("model.onnx");
+        assert_eq!(written.model_sha256, sha256_hex(&model));
+        let json = std::fs::read(dir.path().join(MANIFEST_FILE)).expect("manifest.json");
+        let read: ModelManifest = serde_json::from_slice(&json).expect("manifest parses");
+        assert_eq!(read, written);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn model_dir_refuses_a_manifest_for_other_features() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let forest = stump();
+        let m = manifest(FeatureSpec::standard(vec!["cpu".into()]), &forest);
+        assert!(matches!(
+            write_model_dir(dir.path(), &forest, m),
+            Err(WriteModelError::FeatureCountMismatch { .. })
+        ));
+        assert!(!dir.path().join(MODEL_FILE).exists());
+    }
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotent; silent unless something fails) and runs every check
+# CI runs: formatting, clippy with warnings denied, and the whole test suite.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh -- FILTER  only tests matching FILTER (after the checks)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Re-runs are incremental: the build lives outside the clone.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/selfheal/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+quiet() {
+  if ! "$@" >"$log" 2>&1; then
+    echo "scripts/test.sh: '$*' failed:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+}
+
+# Debian packages the tests drive for real.
+missing=()
+command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  quiet apt-get update
+  quiet apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# Python tools (moto, onnxruntime, scikit-learn, ...) in a venv under the ignored .venv/,
+# rebuilt only when the pinned list changes.
+req=scripts/requirements-test.txt
+if [ ! -x .venv/bin/python ] || ! cmp -s "$req" .venv/.installed-requirements; then
+  quiet python3 -m venv .venv
+  quiet .venv/bin/python -m pip install --disable-pip-version-check -q -r "$req"
+  cp "$req" .venv/.installed-requirements
+fi
+export SELFHEAL_PYTHON="$PWD/.venv/bin/python"
+
+quiet cargo fmt --all -- --check
+quiet cargo clippy --workspace --all-targets -- -D warnings
+filter=()
+if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
+cargo test --workspace -q -- "${filter[@]}"
