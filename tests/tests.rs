@@ -9,5 +9,6 @@ mod agent_cli;
 mod agent_collect;
 mod forward;
 mod manifests;
+mod model;
 mod pods;
 mod score;

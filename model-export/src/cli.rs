@@ -1,13 +1,317 @@
 //! `selfheal model ...`: the binary's edge for model work (may use anyhow).
+//!
+//! `train` reads series and labels ([`crate::dataset`]), trains a detector ([`crate::detect`])
+//! and writes a model directory ([`crate::artifact`]); `score` and `eval` run a model directory
+//! on a CSV exactly as the agent decides (same features, threshold and k-of-n rule); `publish`
+//! versions a model directory into a store ([`crate::publish`]).
 
-use clap::Subcommand;
+use crate::artifact::{read_model_dir, sha256_files, write_model_dir};
+use crate::dataset::{Windows, read_input, read_labels, read_series};
+use crate::detect::{
+    DEFAULT_ALARM, DEFAULT_CONTAMINATION, ThresholdRule, TrainConfig, train_model,
+};
+use crate::eval::Counts;
+use crate::train::ForestParams;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
+use selfheal_core::model::{AlarmRule, ModelManifest};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// `selfheal model` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum ModelCommand {}
+pub enum ModelCommand {
+    /// Train an isolation-forest detector on a CSV file or a directory of them.
+    Train(TrainArgs),
+    /// Score a CSV with a model: one score and one 0/1 alarm per row.
+    Score(ScoreArgs),
+    /// Evaluate a model on a labelled CSV: precision, recall, F1, windows hit, false alarms.
+    Eval(EvalArgs),
+    /// Publish a model directory into a versioned store (`<family>/<version>/` and `latest`).
+    Publish(PublishArgs),
+}
+
+/// `selfheal model train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Metric family (or series name) the model is for; names the store directory.
+    #[arg(long)]
+    pub family: String,
+    /// A CSV (or SMD `.txt`) file, or a directory of them with identical columns.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Label windows (NAB JSON) or SMD point labels; enables the best-F1 threshold.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Model directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model version; default: UTC creation time and a digest of the forest.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Number of trees.
+    #[arg(long, default_value_t = 100)]
+    pub trees: usize,
+    /// Sub-sample size per tree (ψ).
+    #[arg(long, default_value_t = 256)]
+    pub max_samples: usize,
+    /// Maximum tree depth; default ceil(log2 ψ).
+    #[arg(long)]
+    pub max_depth: Option<usize>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Share of training points expected anomalous; sets the threshold without labels.
+    #[arg(long, default_value_t = DEFAULT_CONTAMINATION)]
+    pub contamination: f64,
+    /// With --labels: share of each series held back to choose the threshold on.
+    #[arg(long, default_value_t = 0.3)]
+    pub validation_fraction: f64,
+    /// With --labels: false-alarm ceiling for the threshold, in events per 1000 points.
+    #[arg(long, default_value_t = 2.5)]
+    pub max_false_alarm_events_per_1000: f64,
+    /// Alarm rule: alarms needed ...
+    #[arg(long, default_value_t = DEFAULT_ALARM.k)]
+    pub alarm_k: u32,
+    /// ... out of this many consecutive samples.
+    #[arg(long, default_value_t = DEFAULT_ALARM.n)]
+    pub alarm_n: u32,
+    /// Feature spec as JSON (a `FeatureSpec`; its `signals` are replaced by the input's
+    /// columns). Default: the standard spec.
+    #[arg(long)]
+    pub features: Option<PathBuf>,
+}
+
+/// `selfheal model score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// CSV (or SMD `.txt`) to score.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output CSV: `[timestamp,]score,alarm`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `selfheal model eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// CSV (or SMD `.txt`) file, or a directory of them (metrics pooled over the files).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Label windows (NAB JSON) or SMD point labels.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Print the metrics as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `selfheal model publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Model directory to publish.
+    pub model_dir: PathBuf,
+    /// Store: a directory (`s3://bucket/prefix` is not supported yet).
+    #[arg(long)]
+    pub to: String,
+}
 
 /// Runs a `selfheal model` subcommand.
-pub fn main(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
-    match cmd {}
+pub fn main(cmd: ModelCommand) -> Result<ExitCode> {
+    match cmd {
+        ModelCommand::Train(a) => train(a),
+        ModelCommand::Score(a) => score(a),
+        ModelCommand::Eval(a) => eval(a),
+        ModelCommand::Publish(a) => {
+            let dest = crate::publish::publish(&a.model_dir, &a.to)
+                .with_context(|| format!("publishing {}", a.model_dir.display()))?;
+            println!("{}", dest.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn input_files(input: &Path) -> Result<Vec<PathBuf>> {
+    if !input.is_dir() {
+        return Ok(vec![input.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(input).with_context(|| format!("reading {}", input.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|e| e == "csv" || e == "txt") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn train(a: TrainArgs) -> Result<ExitCode> {
+    let series = read_input(&a.input)?;
+    let labels = match &a.labels {
+        Some(p) => Some(
+            series
+                .iter()
+                .map(|s| read_labels(p, s))
+                .collect::<Result<Vec<Windows>, _>>()?,
+        ),
+        None => None,
+    };
+    let features = match &a.features {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<FeatureSpec>(&text)
+                .with_context(|| format!("{}: not a feature spec", p.display()))?
+        }
+        None => FeatureSpec::standard(Vec::new()),
+    };
+    if features.schema_version != FEATURE_SCHEMA_VERSION {
+        bail!(
+            "feature spec schema_version {} differs from this build's {FEATURE_SCHEMA_VERSION}",
+            features.schema_version
+        );
+    }
+    let cfg = TrainConfig {
+        forest: ForestParams {
+            n_trees: a.trees,
+            max_samples: a.max_samples,
+            max_depth: a.max_depth,
+            seed: a.seed,
+        },
+        features,
+        alarm: AlarmRule {
+            k: a.alarm_k,
+            n: a.alarm_n,
+        },
+        threshold: if a.labels.is_some() {
+            ThresholdRule::BestF1 {
+                validation_fraction: a.validation_fraction,
+                max_false_alarm_events_per_1000: a.max_false_alarm_events_per_1000,
+                fallback_contamination: a.contamination,
+            }
+        } else {
+            ThresholdRule::Contamination(a.contamination)
+        },
+    };
+    let (detector, report) = train_model(&series, labels.as_deref(), &cfg)?;
+    let now = OffsetDateTime::now_utc();
+    let created_at = now.format(&Rfc3339)?;
+    let forest_json = serde_json::to_vec(&detector.forest)?;
+    let version = match a.version {
+        Some(v) => v,
+        None => {
+            use sha2::Digest;
+            let digest = hex::encode(sha2::Sha256::digest(&forest_json));
+            format!(
+                "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second(),
+                &digest[..8]
+            )
+        }
+    };
+    let manifest = ModelManifest {
+        family: a.family,
+        version,
+        feature_names: detector.spec.names(),
+        features: detector.spec.clone(),
+        threshold: detector.threshold,
+        alarm: detector.alarm,
+        n_trees: detector.forest.trees.len(),
+        max_samples: detector.forest.max_samples,
+        seed: a.seed,
+        training_data_sha256: sha256_files(&input_files(&a.input)?)?,
+        created_at,
+        model_sha256: String::new(),
+    };
+    let manifest = write_model_dir(&a.out, &detector, manifest)?;
+    if let Some(m) = report.validation {
+        tracing::info!(
+            f1 = m.f1,
+            precision = m.precision,
+            recall = m.recall,
+            false_alarm_events_per_1000 = m.false_alarm_events_per_1000,
+            "validation at chosen threshold"
+        );
+    }
+    tracing::info!(out = %a.out.display(), version = %manifest.version, threshold = manifest.threshold, "model written");
+    println!("{}", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score(a: ScoreArgs) -> Result<ExitCode> {
+    let (detector, _) =
+        read_model_dir(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
+    let series = read_series(&a.input)?;
+    if series.columns != detector.spec.signals {
+        bail!(
+            "{}: columns {:?} differ from the model's signals {:?}",
+            a.input.display(),
+            series.columns,
+            detector.spec.signals
+        );
+    }
+    let scored = detector.run(&series)?;
+    let file =
+        std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let ts = series.timestamps.as_deref();
+    writeln!(
+        w,
+        "{}score,alarm",
+        if ts.is_some() { "timestamp," } else { "" }
+    )?;
+    for (i, (s, al)) in scored.scores.iter().zip(&scored.alarms).enumerate() {
+        if let Some(ts) = ts {
+            write!(w, "{},", ts[i])?;
+        }
+        writeln!(w, "{s},{}", u8::from(*al))?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let alarmed = scored.alarms.iter().filter(|&&x| x).count();
+    tracing::info!(rows = scored.scores.len(), alarmed, out = %a.out.display(), "scored");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let (detector, _) =
+        read_model_dir(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
+    let mut counts = Counts::default();
+    for series in read_input(&a.input)? {
+        if series.columns != detector.spec.signals {
+            bail!(
+                "{}: columns {:?} differ from the model's signals {:?}",
+                series.name,
+                series.columns,
+                detector.spec.signals
+            );
+        }
+        let windows = read_labels(&a.labels, &series)?;
+        let scored = detector.run(&series)?;
+        counts.add(&Counts::of(&scored.alarms, &windows));
+    }
+    let m = counts.metrics();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        print!("{m}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

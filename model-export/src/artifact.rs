@@ -1,0 +1,180 @@
+//! Model directories: writing a trained [`Detector`] and reading it back.
+//!
+//! A model directory holds `manifest.json` (`selfheal_core::model::ModelManifest`), `model.onnx`
+//! (written by the ONNX exporter) and `forest.json`, the same forest as data. `forest.json` is
+//! what `selfheal model score|eval` run through the reference scorer
+//! `IsolationForest::score`, which the ONNX graph reproduces by construction; it also lets tests
+//! and tools compare forests without an ONNX runtime.
+
+use crate::detect::Detector;
+use selfheal_core::features::FEATURE_SCHEMA_VERSION;
+use selfheal_core::forest::{ForestError, IsolationForest};
+use selfheal_core::model::{MANIFEST_FILE, ModelManifest};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// File name of the forest as JSON in a model directory.
+pub const FOREST_FILE: &str = "forest.json";
+
+/// A model directory that cannot be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// A file could not be read or written.
+    #[error("{path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file that is not the JSON it should be.
+    #[error("{path}: invalid JSON")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A forest that fails structural validation.
+    #[error("{path}: invalid forest")]
+    Forest {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: ForestError,
+    },
+    /// Manifest and forest disagree, or the manifest is of another feature schema.
+    #[error("{dir}: {what}")]
+    Mismatch {
+        /// The model directory.
+        dir: PathBuf,
+        /// What disagrees.
+        what: String,
+    },
+    /// The ONNX exporter failed, or could not write the directory.
+    #[error("writing model.onnx and manifest.json into {dir}")]
+    Export {
+        /// The model directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<crate::onnx::WriteModelError>,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+    move |source| ArtifactError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// sha256 (hex) of the files' bytes, in the order given; each file's name (without directory)
+/// and length are hashed before its bytes, so renaming or splitting data changes the digest.
+pub fn sha256_files(paths: &[PathBuf]) -> Result<String, ArtifactError> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    for p in paths {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        h.update(name.unwrap_or_default().as_bytes());
+        let meta = std::fs::metadata(p).map_err(io(p))?;
+        h.update(meta.len().to_le_bytes());
+        let mut f = std::fs::File::open(p).map_err(io(p))?;
+        loop {
+            let n = f.read(&mut buf).map_err(io(p))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 (hex) of one file.
+pub fn sha256_file(path: &Path) -> Result<String, ArtifactError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Writes `detector` into `dir` (created if needed): `forest.json`, then `model.onnx` and
+/// `manifest.json` through [`crate::onnx::write_model_dir`] (manifest last, so a reader never
+/// sees a manifest without its model). `manifest` carries everything but `model_sha256`, which
+/// is filled in there; the manifest written is returned.
+pub fn write_model_dir(
+    dir: &Path,
+    detector: &Detector,
+    mut manifest: ModelManifest,
+) -> Result<ModelManifest, ArtifactError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let forest_path = dir.join(FOREST_FILE);
+    let json = serde_json::to_vec(&detector.forest).map_err(|source| ArtifactError::Json {
+        path: forest_path.clone(),
+        source,
+    })?;
+    std::fs::write(&forest_path, json).map_err(io(&forest_path))?;
+    // The exporter writes model.onnx, then the manifest with its checksum, each atomically.
+    manifest.model_sha256 = String::new();
+    crate::onnx::write_model_dir(dir, &detector.forest, manifest).map_err(|source| {
+        ArtifactError::Export {
+            dir: dir.to_owned(),
+            source: Box::new(source),
+        }
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ArtifactError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| ArtifactError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads the manifest of a model directory.
+pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ArtifactError> {
+    read_json(&dir.join(MANIFEST_FILE))
+}
+
+/// Reads a model directory back into a detector, refusing one whose forest is malformed or
+/// disagrees with its manifest (feature count, names, schema version).
+pub fn read_model_dir(dir: &Path) -> Result<(Detector, ModelManifest), ArtifactError> {
+    let manifest = read_manifest(dir)?;
+    let forest_path = dir.join(FOREST_FILE);
+    let forest: IsolationForest = read_json(&forest_path)?;
+    forest.validate().map_err(|source| ArtifactError::Forest {
+        path: forest_path,
+        source,
+    })?;
+    let mismatch = |what: String| ArtifactError::Mismatch {
+        dir: dir.to_owned(),
+        what,
+    };
+    let spec = &manifest.features;
+    if spec.schema_version != FEATURE_SCHEMA_VERSION {
+        return Err(mismatch(format!(
+            "feature schema {} (this build reads {FEATURE_SCHEMA_VERSION})",
+            spec.schema_version
+        )));
+    }
+    if forest.n_features != spec.len() || manifest.feature_names != spec.names() {
+        return Err(mismatch(format!(
+            "forest has {} features, manifest spec has {}",
+            forest.n_features,
+            spec.len()
+        )));
+    }
+    Ok((
+        Detector {
+            forest,
+            spec: spec.clone(),
+            threshold: manifest.threshold,
+            alarm: manifest.alarm,
+        },
+        manifest,
+    ))
+}

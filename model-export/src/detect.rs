@@ -1,0 +1,380 @@
+//! From series to a detector and back: training a model end to end, scoring, alarming, and
+//! choosing the threshold.
+//!
+//! The decision a trained model takes is exactly the agent's: features from
+//! `selfheal_core::features` (a fresh extractor per series), the reference score
+//! `IsolationForest::score` on the `f32` features, `score >= threshold`, then the k-of-n rule of
+//! `selfheal_core::model::AlarmState`. [`train_model`] grows the forest on
+//! every series' rows (after each series' feature warm-up) and picks the threshold either from a
+//! contamination rate over the training scores or, given labels, as the one that maximizes
+//! point-wise F1 on a held-back validation tail of each series under a false-alarm ceiling.
+
+use crate::dataset::{DataError, Series, Windows, features, spec_for};
+use crate::eval::{Counts, Metrics};
+use crate::train::{FeatureMatrix, ForestParams, TrainError, train_forest};
+use selfheal_core::features::FeatureSpec;
+use selfheal_core::forest::IsolationForest;
+use selfheal_core::model::{AlarmRule, AlarmState};
+use serde::{Deserialize, Serialize};
+
+/// How the alarm threshold is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ThresholdRule {
+    /// The score quantile that leaves this share of training points above it (scikit-learn's
+    /// `contamination`, e.g. 0.01).
+    Contamination(f64),
+    /// With labels: the threshold maximizing point-wise F1 (after the k-of-n rule) on the last
+    /// `validation_fraction` of each series, among those whose false-alarm events per 1000
+    /// points stay at or below `max_false_alarm_events_per_1000`. The forest is grown on the
+    /// rest. Without labels, or when no candidate meets the ceiling, `fallback_contamination`.
+    BestF1 {
+        /// Share of each series held back for validation, in (0, 1).
+        validation_fraction: f64,
+        /// False-alarm ceiling, in events per 1000 points.
+        max_false_alarm_events_per_1000: f64,
+        /// Contamination used when F1 cannot be measured or the ceiling cannot be met.
+        fallback_contamination: f64,
+    },
+}
+
+/// Everything `train_model` needs besides the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Forest shape and seed.
+    pub forest: ForestParams,
+    /// Feature shape; its `signals` are replaced by the input's columns.
+    pub features: FeatureSpec,
+    /// k-of-n rule applied after the threshold.
+    pub alarm: AlarmRule,
+    /// Threshold choice.
+    pub threshold: ThresholdRule,
+}
+
+/// Default contamination: the share of training points scoring at or above the threshold.
+pub const DEFAULT_CONTAMINATION: f64 = 0.03;
+/// Default alarm rule: 6 samples above threshold within the last 60. It ignores short bursts
+/// (fewer than 6 high samples) and holds an alarm for up to 54 samples, so one incident is one
+/// alarm rather than a flapping series of them.
+pub const DEFAULT_ALARM: AlarmRule = AlarmRule { k: 6, n: 60 };
+
+impl Default for TrainConfig {
+    /// The one configuration used for every series in the quality benchmark
+    /// (docs/benchmarks.md, "Detection quality"): 100 trees, ψ = 256, the standard features
+    /// (value, delta, std and z-score over 12 and 60 samples), contamination 0.03, 6-of-60.
+    fn default() -> Self {
+        TrainConfig {
+            forest: ForestParams::default(),
+            features: FeatureSpec::standard(Vec::new()),
+            alarm: DEFAULT_ALARM,
+            threshold: ThresholdRule::Contamination(DEFAULT_CONTAMINATION),
+        }
+    }
+}
+
+/// Training that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// Reading or featurizing data failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Growing the forest failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// The feature spec yields no feature.
+    #[error("the feature spec yields no feature")]
+    NoFeatures,
+    /// A contamination or validation fraction outside (0, 1).
+    #[error("{name} must be in (0, 1), got {value}")]
+    BadFraction {
+        /// Parameter name.
+        name: &'static str,
+        /// Value given.
+        value: f64,
+    },
+    /// Label windows were given for a different number of series.
+    #[error("{labels} label sets for {series} series")]
+    LabelCount {
+        /// Label sets.
+        labels: usize,
+        /// Series.
+        series: usize,
+    },
+}
+
+/// A trained detector: forest, features, threshold and alarm rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detector {
+    /// The forest.
+    pub forest: IsolationForest,
+    /// The features it reads (signals = the input's columns).
+    pub spec: FeatureSpec,
+    /// Alarm when `score >= threshold` (before the k-of-n rule).
+    pub threshold: f64,
+    /// k-of-n rule.
+    pub alarm: AlarmRule,
+}
+
+/// How a threshold was chosen, for the log and the manifest's reader.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdReport {
+    /// `contamination` or `best_f1`.
+    pub method: &'static str,
+    /// Validation metrics at the chosen threshold (best F1 only).
+    pub validation: Option<Metrics>,
+}
+
+/// Scores and alarms for one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// One score per row.
+    pub scores: Vec<f64>,
+    /// One alarm per row, after the k-of-n rule.
+    pub alarms: Vec<bool>,
+}
+
+impl Detector {
+    /// Scores every row of `series` and applies the threshold and the k-of-n rule, as an agent
+    /// watching the series from its first row would.
+    pub fn run(&self, series: &Series) -> Result<Scored, DataError> {
+        let rows = features(series, &self.spec)?;
+        let scores = score_rows(&self.forest, &rows);
+        let alarms = alarms(&scores, self.threshold, self.alarm);
+        Ok(Scored { scores, alarms })
+    }
+}
+
+/// Reference scores of every row.
+pub fn score_rows(forest: &IsolationForest, rows: &FeatureMatrix) -> Vec<f64> {
+    (0..rows.n_rows())
+        .map(|i| forest.score(rows.row(i)))
+        .collect()
+}
+
+/// Alarms of a score series under `threshold` and `rule` (fresh [`AlarmState`]).
+pub fn alarms(scores: &[f64], threshold: f64, rule: AlarmRule) -> Vec<bool> {
+    let mut st = AlarmState::new(rule);
+    scores.iter().map(|&s| st.push(s, threshold)).collect()
+}
+
+/// The score above which a share `contamination` of `scores` lies (linear-interpolated
+/// quantile, as `numpy.percentile` and so scikit-learn's `offset_`).
+pub fn contamination_threshold(scores: &[f64], contamination: f64) -> f64 {
+    if scores.is_empty() {
+        return f64::INFINITY;
+    }
+    let mut s = scores.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = (1.0 - contamination).clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+/// The threshold maximizing pooled point-wise F1 of the alarms (after `rule`) over
+/// `validation` (scores and windows per series), among thresholds whose false-alarm events per
+/// 1000 points are at most `max_events_per_1000`. Candidates are 400 quantiles of the pooled
+/// scores. `None` when nothing is labelled or no candidate meets the ceiling.
+pub fn best_f1_threshold(
+    validation: &[(Vec<f64>, Windows)],
+    rule: AlarmRule,
+    max_events_per_1000: f64,
+) -> Option<(f64, Metrics)> {
+    let mut pooled: Vec<f64> = validation
+        .iter()
+        .flat_map(|(s, _)| s.iter().copied())
+        .collect();
+    if pooled.is_empty() {
+        return None;
+    }
+    pooled.sort_by(f64::total_cmp);
+    let mut candidates: Vec<f64> = (0..400)
+        .map(|i| pooled[(pooled.len() - 1) * i / 399])
+        .collect();
+    candidates.dedup();
+    let mut best: Option<(f64, Metrics)> = None;
+    for t in candidates {
+        let mut c = Counts::default();
+        for (scores, windows) in validation {
+            c.add(&Counts::of(&alarms(scores, t, rule), windows));
+        }
+        if c.labelled_points == 0 {
+            return None;
+        }
+        let m = c.metrics();
+        if m.false_alarm_events_per_1000 > max_events_per_1000 {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(_, b)| m.f1 > b.f1) {
+            best = Some((t, m));
+        }
+    }
+    best
+}
+
+/// Rows of a series used for training: all of them but the feature warm-up, unless the series
+/// is too short to spare it.
+fn training_rows(rows: &FeatureMatrix, warmup: usize) -> FeatureMatrix {
+    if rows.n_rows() > 2 * warmup {
+        rows.slice(warmup..rows.n_rows())
+    } else {
+        rows.clone()
+    }
+}
+
+/// Trains a detector on `series` (all with the same columns), with optional `labels` (one
+/// [`Windows`] per series, in the same order) for [`ThresholdRule::BestF1`].
+pub fn train_model(
+    series: &[Series],
+    labels: Option<&[Windows]>,
+    cfg: &TrainConfig,
+) -> Result<(Detector, ThresholdReport), DetectError> {
+    let Some(first) = series.first() else {
+        return Err(DetectError::Train(TrainError::NoRows));
+    };
+    let spec = spec_for(&cfg.features, first);
+    if spec.is_empty() {
+        return Err(DetectError::NoFeatures);
+    }
+    if let Some(l) = labels
+        && l.len() != series.len()
+    {
+        return Err(DetectError::LabelCount {
+            labels: l.len(),
+            series: series.len(),
+        });
+    }
+    let check = |name, value: f64| {
+        if value > 0.0 && value < 1.0 {
+            Ok(())
+        } else {
+            Err(DetectError::BadFraction { name, value })
+        }
+    };
+    let (validation_fraction, contamination) = match cfg.threshold {
+        ThresholdRule::Contamination(c) => {
+            check("contamination", c)?;
+            (None, c)
+        }
+        ThresholdRule::BestF1 {
+            validation_fraction,
+            fallback_contamination,
+            ..
+        } => {
+            check("validation_fraction", validation_fraction)?;
+            check("fallback_contamination", fallback_contamination)?;
+            (labels.map(|_| validation_fraction), fallback_contamination)
+        }
+    };
+    // Featurize each series once; split off the validation tail when there is one.
+    let mut train = FeatureMatrix::new(spec.len());
+    let mut held_back: Vec<(FeatureMatrix, Windows)> = Vec::new();
+    for (i, s) in series.iter().enumerate() {
+        let rows = features(s, &spec)?;
+        let n = rows.n_rows();
+        let cut = validation_fraction.map_or(n, |f| n - ((n as f64 * f).round() as usize).min(n));
+        train.extend(&training_rows(&rows.slice(0..cut), spec.warmup()));
+        if let (Some(l), true) = (labels, cut < n) {
+            held_back.push((rows.slice(cut..n), l[i].slice(cut..n)));
+        }
+        tracing::info!(series = %s.name, rows = n, training_rows = cut, "featurized");
+    }
+    tracing::info!(
+        rows = train.n_rows(),
+        features = spec.len(),
+        trees = cfg.forest.n_trees,
+        "growing forest"
+    );
+    let forest = train_forest(&train, &cfg.forest)?;
+    let train_scores = score_rows(&forest, &train);
+    let by_contamination = || contamination_threshold(&train_scores, contamination);
+    let (threshold, report) = match (&cfg.threshold, held_back.is_empty()) {
+        (
+            ThresholdRule::BestF1 {
+                max_false_alarm_events_per_1000,
+                ..
+            },
+            false,
+        ) => {
+            let scored: Vec<(Vec<f64>, Windows)> = held_back
+                .iter()
+                .map(|(rows, w)| (score_rows(&forest, rows), w.clone()))
+                .collect();
+            match best_f1_threshold(&scored, cfg.alarm, *max_false_alarm_events_per_1000) {
+                Some((t, m)) => (
+                    t,
+                    ThresholdReport {
+                        method: "best_f1",
+                        validation: Some(m),
+                    },
+                ),
+                None => {
+                    tracing::warn!(
+                        "no labelled validation point or no threshold under the false-alarm \
+                         ceiling; falling back to the contamination threshold"
+                    );
+                    (
+                        by_contamination(),
+                        ThresholdReport {
+                            method: "contamination",
+                            validation: None,
+                        },
+                    )
+                }
+            }
+        }
+        _ => (
+            by_contamination(),
+            ThresholdReport {
+                method: "contamination",
+                validation: None,
+            },
+        ),
+    };
+    tracing::info!(threshold, method = report.method, "threshold chosen");
+    Ok((
+        Detector {
+            forest,
+            spec,
+            threshold,
+            alarm: cfg.alarm,
+        },
+        report,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contamination_quantile_interpolates() {
+        let s: Vec<f64> = (0..=100).map(f64::from).collect();
+        assert_eq!(contamination_threshold(&s, 0.01), 99.0);
+        assert!((contamination_threshold(&s, 0.015) - 98.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn best_f1_respects_the_ceiling() {
+        // Scores: a labelled bump at 10..=14 and a lone unlabelled spike at 30.
+        let mut scores = vec![0.4; 50];
+        for s in &mut scores[10..15] {
+            *s = 0.8;
+        }
+        scores[30] = 0.9;
+        let w = Windows::new(vec![(10, 14)]);
+        let one = AlarmRule { k: 1, n: 1 };
+        let (t, m) = best_f1_threshold(&[(scores.clone(), w.clone())], one, 1000.0).expect("t");
+        assert!(t > 0.4 && t <= 0.8, "{t}");
+        assert_eq!(m.counts.true_positives, 5);
+        // The spike is one false-alarm event in 50 points = 20 per 1000: no threshold that
+        // alarms at all meets a ceiling of 10 with a 1-of-1 rule.
+        assert!(best_f1_threshold(&[(scores.clone(), w.clone())], one, 10.0).is_none());
+        // A 2-of-2 rule silences the lone spike, so the bump can alarm under the ceiling.
+        let two = AlarmRule { k: 2, n: 2 };
+        let (_, m) = best_f1_threshold(&[(scores, w)], two, 10.0).expect("t");
+        assert_eq!(m.counts.false_alarm_events, 0);
+        assert_eq!(m.counts.true_positives, 4);
+    }
+}

@@ -1,0 +1,238 @@
+//! Publishing a model directory into a versioned store that agents pull from.
+//!
+//! Layout: `<store>/<family>/<version>/` (a copy of the model directory) and
+//! `<store>/<family>/latest`, a one-line file naming the newest version. The copy goes into a
+//! temporary directory beside its destination, its `model.onnx` checksum is checked against the
+//! manifest, then it is renamed into place; `latest` is written last, through a temporary file
+//! and a rename, so a reader following `latest` always finds a complete, verified version.
+//! A published version is never overwritten. `s3://` stores come with the forwarding work.
+
+use crate::artifact::{ArtifactError, read_manifest, sha256_file};
+use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE};
+use std::path::{Path, PathBuf};
+
+/// Name of the pointer file in a family's directory.
+pub const LATEST_FILE: &str = "latest";
+
+/// A publish that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The destination is an object store URL, not supported yet.
+    #[error("{0}: publishing to S3 is not supported yet; publish to a directory")]
+    UnsupportedStore(String),
+    /// The model directory could not be read.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// A file could not be copied or written.
+    #[error("{path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `model.onnx` does not match the manifest's checksum (in the source or after copying).
+    #[error("{path}: sha256 {actual} does not match the manifest's {expected:?}")]
+    Checksum {
+        /// The file checked.
+        path: PathBuf,
+        /// Checksum in the manifest.
+        expected: String,
+        /// Checksum of the file.
+        actual: String,
+    },
+    /// That family and version are already in the store.
+    #[error("{0} already exists: versions are never overwritten")]
+    Exists(PathBuf),
+    /// A family or version that is not a single safe path component.
+    #[error("{field} {value:?} is not a valid path component")]
+    BadName {
+        /// `family` or `version`.
+        field: &'static str,
+        /// The value.
+        value: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+    move |source| PublishError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn safe_component(field: &'static str, value: &str) -> Result<(), PublishError> {
+    let ok = !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value != LATEST_FILE
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PublishError::BadName {
+            field,
+            value: value.to_owned(),
+        })
+    }
+}
+
+fn verify(dir: &Path, expected: &str) -> Result<(), PublishError> {
+    let path = dir.join(MODEL_FILE);
+    let actual = sha256_file(&path)?;
+    if actual != expected {
+        return Err(PublishError::Checksum {
+            path,
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Publishes `model_dir` into the store `to`; returns the version directory created.
+pub fn publish(model_dir: &Path, to: &str) -> Result<PathBuf, PublishError> {
+    if to.starts_with("s3://") {
+        return Err(PublishError::UnsupportedStore(to.to_owned()));
+    }
+    let manifest = read_manifest(model_dir)?;
+    safe_component("family", &manifest.family)?;
+    safe_component("version", &manifest.version)?;
+    verify(model_dir, &manifest.model_sha256)?;
+    let family_dir = Path::new(to).join(&manifest.family);
+    std::fs::create_dir_all(&family_dir).map_err(io(&family_dir))?;
+    let dest = family_dir.join(&manifest.version);
+    if dest.exists() {
+        return Err(PublishError::Exists(dest));
+    }
+    let tmp = family_dir.join(format!(".{}.tmp-{}", manifest.version, std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let copied = copy_files(model_dir, &tmp).and_then(|()| verify(&tmp, &manifest.model_sha256));
+    if let Err(e) = copied {
+        // Best effort: a leftover temp dir is harmless (hidden, never read) and reported above.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    let latest = family_dir.join(LATEST_FILE);
+    let latest_tmp = family_dir.join(format!(".{LATEST_FILE}.tmp-{}", std::process::id()));
+    std::fs::write(&latest_tmp, format!("{}\n", manifest.version)).map_err(io(&latest_tmp))?;
+    std::fs::rename(&latest_tmp, &latest).map_err(io(&latest))?;
+    tracing::info!(family = %manifest.family, version = %manifest.version, dest = %dest.display(), "model published");
+    Ok(dest)
+}
+
+/// Copies the regular files of `from` (not subdirectories) into `to`, manifest last.
+fn copy_files(from: &Path, to: &Path) -> Result<(), PublishError> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(from).map_err(io(from))? {
+        let e = e.map_err(io(from))?;
+        if e.file_type().map_err(io(&e.path()))?.is_file() {
+            names.push(e.file_name());
+        }
+    }
+    names.sort_by_key(|n| n == MANIFEST_FILE);
+    for n in names {
+        let src = from.join(&n);
+        std::fs::copy(&src, to.join(&n)).map_err(io(&src))?;
+    }
+    Ok(())
+}
+
+/// The version `latest` names in a store's family directory.
+pub fn latest_version(store: &Path, family: &str) -> Result<String, PublishError> {
+    let path = store.join(family).join(LATEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    Ok(text.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfheal_core::features::FeatureSpec;
+    use selfheal_core::model::{AlarmRule, ModelManifest};
+    use sha2::{Digest, Sha256};
+
+    /// A model directory whose `model.onnx` is `bytes` and whose manifest claims `sha`.
+    fn model_dir(root: &Path, version: &str, bytes: &[u8], sha: Option<String>) -> PathBuf {
+        let dir = root.join(format!("model-{version}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(MODEL_FILE), bytes).expect("write model");
+        let spec = FeatureSpec::standard(vec!["a".into()]);
+        let manifest = ModelManifest {
+            family: "cpu".into(),
+            version: version.into(),
+            feature_names: spec.names(),
+            features: spec,
+            threshold: 0.6,
+            alarm: AlarmRule::default(),
+            n_trees: 1,
+            max_samples: 256,
+            seed: 0,
+            training_data_sha256: String::new(),
+            created_at: "2026-11-25T00:00:00Z".into(),
+            model_sha256: sha.unwrap_or_else(|| hex::encode(Sha256::digest(bytes))),
+        };
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            serde_json::to_vec(&manifest).expect("json"),
+        )
+        .expect("write manifest");
+        dir
+    }
+
+    #[test]
+    fn versions_land_verified_and_latest_follows() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        let to = store.to_str().expect("utf-8");
+        let v1 = model_dir(tmp.path(), "v1", b"one", None);
+        let dest = publish(&v1, to).expect("publish v1");
+        assert_eq!(dest, store.join("cpu/v1"));
+        assert_eq!(std::fs::read(dest.join(MODEL_FILE)).expect("model"), b"one");
+        assert_eq!(latest_version(&store, "cpu").expect("latest"), "v1");
+        let v2 = model_dir(tmp.path(), "v2", b"two", None);
+        publish(&v2, to).expect("publish v2");
+        assert_eq!(latest_version(&store, "cpu").expect("latest"), "v2");
+        assert!(matches!(publish(&v1, to), Err(PublishError::Exists(_))));
+        // No temporary file or directory is left behind.
+        let mut names: Vec<String> = std::fs::read_dir(store.join("cpu"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["latest", "v1", "v2"]);
+    }
+
+    #[test]
+    fn a_model_that_fails_its_checksum_is_not_published() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        let bad = model_dir(tmp.path(), "v1", b"one", Some("00".repeat(32)));
+        assert!(matches!(
+            publish(&bad, store.to_str().expect("utf-8")),
+            Err(PublishError::Checksum { .. })
+        ));
+        assert!(!store.join("cpu/v1").exists());
+        assert!(!store.join("cpu/latest").exists());
+    }
+
+    #[test]
+    fn s3_and_unsafe_names_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let m = model_dir(tmp.path(), "v1", b"one", None);
+        let e = publish(&m, "s3://bucket/models").expect_err("s3");
+        assert!(e.to_string().contains("S3 is not supported yet"), "{e}");
+        let evil = model_dir(tmp.path(), "..", b"one", None);
+        assert!(matches!(
+            publish(&evil, tmp.path().join("s").to_str().expect("utf-8")),
+            Err(PublishError::BadName { .. })
+        ));
+    }
+}
