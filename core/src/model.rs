@@ -95,6 +95,11 @@ impl AlarmState {
         self.history.count_ones() >= self.rule.k
     }
 
+    /// Samples at or above threshold among the last `n`.
+    pub fn alarms_in_window(&self) -> u32 {
+        self.history.count_ones()
+    }
+
     /// Forgets every sample seen, as after a model swap or a gap in the series.
     pub fn reset(&mut self) {
         self.history = 0;

@@ -2,14 +2,15 @@
 //!
 //! A single high score is often noise (a GC pause, a scrape landing on a burst); the model's
 //! [`AlarmRule`] says a series is anomalous only when at least `k` of its last `n` scores reached
-//! the threshold. The `score` stage keeps one [`AlarmState`] per series (subject and family) and
-//! feeds it every score in order.
+//! the threshold. The rule itself is [`selfheal_core::model::AlarmState`], the one the trainer's
+//! offline `score`/`eval` use too, so an evaluation predicts the node's decisions; this wrapper
+//! holds the model's threshold and refuses (rather than silently normalizes) a bad rule from a
+//! manifest. The `score` stage keeps one [`AlarmState`] per series (subject and family).
 
-use selfheal_core::model::AlarmRule;
-use std::collections::VecDeque;
+use selfheal_core::model::{AlarmRule, AlarmState as KOfN};
 
-/// Largest `n` accepted from a manifest: bounds the memory one series can hold.
-pub const MAX_ALARM_WINDOW: u32 = 1024;
+/// Largest `n` accepted from a manifest: the core rule's window.
+pub const MAX_ALARM_WINDOW: u32 = KOfN::MAX_N;
 
 /// An alarm rule that cannot be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,13 +47,11 @@ pub struct AlarmDecision {
     pub alarms_in_window: u32,
 }
 
-/// The last `n` alarm bits of one series.
+/// The k-of-n state of one series under one model's threshold.
 #[derive(Debug, Clone)]
 pub struct AlarmState {
-    rule: AlarmRule,
+    rule: KOfN,
     threshold: f64,
-    window: VecDeque<bool>,
-    alarms: u32,
 }
 
 impl AlarmState {
@@ -60,32 +59,25 @@ impl AlarmState {
     pub fn new(rule: AlarmRule, threshold: f64) -> Result<Self, AlarmRuleError> {
         validate_rule(rule)?;
         Ok(AlarmState {
-            rule,
+            rule: KOfN::new(rule),
             threshold,
-            window: VecDeque::with_capacity(rule.n as usize),
-            alarms: 0,
         })
     }
 
     /// Records the next score of the series. A NaN score counts as no alarm.
     pub fn push(&mut self, score: f32) -> AlarmDecision {
         let alarm = f64::from(score) >= self.threshold;
-        if self.window.len() == self.rule.n as usize && self.window.pop_front() == Some(true) {
-            self.alarms -= 1;
-        }
-        self.window.push_back(alarm);
-        self.alarms += u32::from(alarm);
+        let anomalous = self.rule.push_above(alarm);
         AlarmDecision {
             alarm,
-            anomalous: self.alarms >= self.rule.k,
-            alarms_in_window: self.alarms,
+            anomalous,
+            alarms_in_window: self.rule.alarms_in_window(),
         }
     }
 
     /// Forgets the history (after a gap in the series, or a model change).
     pub fn reset(&mut self) {
-        self.window.clear();
-        self.alarms = 0;
+        self.rule.reset();
     }
 }
 
