@@ -107,6 +107,46 @@ impl Drop for RealPod {
     }
 }
 
+/// Polls `ready` every 100 ms until it holds, failing with `what` after `secs` seconds.
+fn wait_until(secs: u64, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `selfheal agent --once` over the test pod's kubepods tree, two readings `gap_ms` apart,
+/// and returns what it printed.
+fn agent_once(pod: &RealPod, gap_ms: u32) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "node_name = \"test-node\"\nkubepods_paths = [\"{}/kubepods\"]\n",
+            pod.parent
+        ),
+    );
+    let out = selfheal()
+        .args([
+            "agent",
+            "--once",
+            "--once-gap-ms",
+            &gap_ms.to_string(),
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run agent");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
     // Fields after the command name (which may hold spaces) start after the last ')'.
@@ -154,39 +194,14 @@ fn real_cgroups_cpu_memory_and_removal() {
     let burner = pod.spawn("nice -n -10 sh -c 'while :; do :; done'");
     let hog =
         pod.spawn("python3 -c 'import time; b = bytes(range(256)) * (1 << 20); time.sleep(120)'");
-    // Wait (bounded) for the hog to fill its 256 MiB.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while rss_bytes(hog) < 250 << 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the memory hog never filled its memory"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(30, "the memory hog never filled its 256 MiB", || {
+        rss_bytes(hog) >= 250 << 20
+    });
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_file(
-        dir.path(),
-        "agent.toml",
-        &format!(
-            "node_name = \"test-node\"\nkubepods_paths = [\"{}/kubepods\"]\n",
-            pod.parent
-        ),
-    );
     let ticks0 = cpu_ticks(burner);
     let t0 = std::time::Instant::now();
-    let out = selfheal()
-        .args(["agent", "--once", "--once-gap-ms", "3000", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run agent");
+    let stdout = agent_once(&pod, 3000);
     let truth = (cpu_ticks(burner) - ticks0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf8");
 
     let cores = pod_metric(&stdout, &pod.uid, Family::Cpu, Metric::CpuUsageCores)
         .expect("the pod's CPU usage is reported");
@@ -349,38 +364,14 @@ fn real_pod_traffic_is_read_from_the_pods_network_namespace() {
         ns.pod
     ));
     let dev = format!("shp{}", std::process::id());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tx_bytes(flooder, &dev) < 1 << 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the flood never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(20, "the flood never started", || {
+        tx_bytes(flooder, &dev) >= 1 << 20
+    });
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_file(
-        dir.path(),
-        "agent.toml",
-        &format!(
-            "node_name = \"test-node\"\nkubepods_paths = [\"{}/kubepods\"]\n",
-            pod.parent
-        ),
-    );
     let b0 = tx_bytes(flooder, &dev);
     let t0 = std::time::Instant::now();
-    let out = selfheal()
-        .args(["agent", "--once", "--once-gap-ms", "2000", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run agent");
+    let stdout = agent_once(&pod, 2000);
     let truth = (tx_bytes(flooder, &dev) - b0) as f64 / t0.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf8");
     let tx = pod_metric(&stdout, &pod.uid, Family::Traffic, Metric::NetTxBytesPerSec)
         .expect("the pod's traffic is reported");
     eprintln!(

@@ -44,31 +44,23 @@ fn discover(root: &Path) -> (CgroupMode, Vec<(String, QosClass)>) {
 }
 
 #[test]
-fn v2_systemd_fixture_is_parsed_to_the_right_pods() {
-    let (mode, pods) = discover(&fixture("cgroup/v2-systemd"));
-    assert_eq!(mode, CgroupMode::V2);
-    assert_eq!(
-        pods,
-        vec![
-            (GUARANTEED.to_owned(), QosClass::Guaranteed),
-            (BURSTABLE.to_owned(), QosClass::Burstable),
-            (BESTEFFORT.to_owned(), QosClass::BestEffort),
-        ]
-    );
-}
-
-#[test]
-fn v1_cgroupfs_fixture_is_parsed_to_the_right_pods() {
-    let (mode, pods) = discover(&fixture("cgroup/v1-cgroupfs"));
-    assert_eq!(mode, CgroupMode::V1);
-    assert_eq!(
-        pods,
-        vec![
-            (GUARANTEED.to_owned(), QosClass::Guaranteed),
-            (BURSTABLE.to_owned(), QosClass::Burstable),
-            (BESTEFFORT.to_owned(), QosClass::BestEffort),
-        ]
-    );
+fn recorded_fixture_trees_are_parsed_to_the_right_pods() {
+    for (layout, mode) in [
+        ("cgroup/v2-systemd", CgroupMode::V2),
+        ("cgroup/v1-cgroupfs", CgroupMode::V1),
+    ] {
+        let (found, pods) = discover(&fixture(layout));
+        assert_eq!(found, mode, "{layout}");
+        assert_eq!(
+            pods,
+            vec![
+                (GUARANTEED.to_owned(), QosClass::Guaranteed),
+                (BURSTABLE.to_owned(), QosClass::Burstable),
+                (BESTEFFORT.to_owned(), QosClass::BestEffort),
+            ],
+            "{layout}"
+        );
+    }
 }
 
 #[test]
