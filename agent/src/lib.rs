@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod detect;
 pub mod forward;
 pub mod normalize;
 pub mod pods;
