@@ -4,6 +4,7 @@
 //! hot swap of `latest` while cycles run.
 
 use crate::support::forest::{Rng, dataset, grow_forest};
+use crate::support::{KillOnDrop, free_port, http_get, selfheal};
 use selfheal_agent::detect::{
     DetectError, Detector, LATEST_FILE, ModelEvent, ModelRegistry, family_signals,
 };
@@ -12,9 +13,12 @@ use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
 use selfheal_core::forest::IsolationForest;
 use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
 use selfheal_core::schema::{Anomaly, PodRef, Record, RecordId, Subject};
+use selfheal_core::schema::{Envelope, Payload};
 use selfheal_core::{Family, Metric};
 use selfheal_model_export::onnx::{sha256_hex, write_model_dir};
+use std::io::BufRead;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -35,9 +39,12 @@ fn spec(signals: Vec<String>) -> FeatureSpec {
     }
 }
 
-/// A forest over the family's metrics, trained on the blob `dataset` draws.
+/// A forest over `FAMILY`'s metrics, trained on the blob `dataset` draws.
 fn forest(seed: u64) -> IsolationForest {
-    let n = family_signals(FAMILY).len();
+    forest_over(seed, family_signals(FAMILY).len())
+}
+
+fn forest_over(seed: u64, n: usize) -> IsolationForest {
     let mut rng = Rng::new(seed);
     let train = dataset(&mut rng, 4096, n);
     grow_forest(&mut rng, &train, n, 100, 256)
@@ -46,14 +53,36 @@ fn forest(seed: u64) -> IsolationForest {
 /// Writes `<root>/<family>/<version>/` with `signals`, then points `latest` at it (rename, so a
 /// poll sees the old or the new name).
 fn publish(root: &Path, version: &str, forest: &IsolationForest, signals: Vec<String>) {
+    let model = Model {
+        family: FAMILY,
+        threshold: THRESHOLD,
+        alarm: AlarmRule { k: 3, n: 5 },
+    };
+    publish_model(root, &model, version, forest, signals);
+}
+
+/// What differs between the test models besides the forest.
+struct Model {
+    family: Family,
+    threshold: f64,
+    alarm: AlarmRule,
+}
+
+fn publish_model(
+    root: &Path,
+    model: &Model,
+    version: &str,
+    forest: &IsolationForest,
+    signals: Vec<String>,
+) {
     let features = spec(signals);
     let manifest = ModelManifest {
-        family: FAMILY.as_str().into(),
+        family: model.family.as_str().into(),
         version: version.into(),
         feature_names: features.names(),
         features,
-        threshold: THRESHOLD,
-        alarm: AlarmRule { k: 3, n: 5 },
+        threshold: model.threshold,
+        alarm: model.alarm,
         n_trees: forest.trees.len(),
         max_samples: forest.max_samples,
         seed: 1,
@@ -61,13 +90,17 @@ fn publish(root: &Path, version: &str, forest: &IsolationForest, signals: Vec<St
         created_at: "2026-01-01T00:00:00Z".into(),
         model_sha256: String::new(),
     };
-    let family_dir = root.join(FAMILY.as_str());
+    let family_dir = root.join(model.family.as_str());
     write_model_dir(&family_dir.join(version), forest, manifest).expect("write model dir");
-    point_latest(root, version);
+    point_latest_of(root, model.family, version);
 }
 
 fn point_latest(root: &Path, version: &str) {
-    let family_dir = root.join(FAMILY.as_str());
+    point_latest_of(root, FAMILY, version);
+}
+
+fn point_latest_of(root: &Path, family: Family, version: &str) {
+    let family_dir = root.join(family.as_str());
     std::fs::create_dir_all(&family_dir).expect("family dir");
     let tmp = family_dir.join("latest.tmp");
     std::fs::write(&tmp, format!("{version}\n")).expect("write latest");
@@ -336,5 +369,110 @@ fn latest_switched_while_cycles_run_swaps_without_skipping_a_cycle() {
         versions[..first_v2].iter().all(|v| v == "v1")
             && versions[first_v2..].iter().all(|v| v == "v2"),
         "one clean switch from v1 to v2: {versions:?}"
+    );
+}
+
+/// The agent binary with a node CPU model whose threshold every score reaches (1-of-1): every
+/// cycle's node CPU record is an anomaly, so the version in use shows on stdout each cycle.
+#[test]
+fn agent_scores_with_published_models_and_swaps_them_live() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cpu = Model {
+        family: Family::Cpu,
+        threshold: 0.0,
+        alarm: AlarmRule { k: 1, n: 1 },
+    };
+    let n = family_signals(Family::Cpu).len();
+    publish_model(
+        root.path(),
+        &cpu,
+        "v1",
+        &forest_over(1, n),
+        family_signals(Family::Cpu),
+    );
+    let port = free_port();
+    let child = selfheal()
+        .args(["agent", "--print"])
+        .env("SELFHEAL_AGENT_INTERVAL_SECS", "0.2")
+        .env("SELFHEAL_AGENT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("SELFHEAL_AGENT_PODS__SOURCE", "none")
+        .env("SELFHEAL_AGENT_MODELS__MODELS_DIR", root.path())
+        .env("SELFHEAL_AGENT_MODELS__POLL_SECS", "0.2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut agent = KillOnDrop(child);
+    let stdout = agent.0.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let env: Envelope = serde_json::from_str(&line).expect("envelope per line");
+            if let Payload::Anomaly(a) = env.payload
+                && tx.send(a).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let next_anomaly = || {
+        let a = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("an anomaly every cycle");
+        assert_eq!(a.record.family, Family::Cpu);
+        assert_eq!(a.record.subject, Subject::Node);
+        assert_eq!(a.features.len(), n);
+        a.model_version
+    };
+    let wait_for = |version: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while next_anomaly() != version {
+            assert!(Instant::now() < deadline, "{version} never scored");
+        }
+    };
+    wait_for("v1");
+    publish_model(
+        root.path(),
+        &cpu,
+        "v2",
+        &forest_over(2, n),
+        family_signals(Family::Cpu),
+    );
+    wait_for("v2");
+
+    // A v3 over other signals is refused and counted; v2 keeps scoring.
+    let others = (0..n).map(|i| format!("f{i}")).collect();
+    publish_model(root.path(), &cpu, "v3", &forest_over(3, n), others);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Some((200, body)) = http_get(port, "/metrics")
+            && body.contains("selfheal_agent_model_loads_total{family=\"cpu\",result=\"refused\"}")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "refusal never counted");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let in_use = if metrics.contains("version=\"v3\"") {
+        "v3"
+    } else {
+        "v2"
+    };
+    for _ in 0..3 {
+        assert_eq!(next_anomaly(), in_use);
+    }
+    for name in [
+        "selfheal_agent_anomalies_total{family=\"cpu\"}",
+        "selfheal_agent_model_loads_total{family=\"cpu\",result=\"loaded\"}",
+        "selfheal_agent_score_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!(
+            "selfheal_agent_model_info{{family=\"cpu\",version=\"{in_use}\"}} 1"
+        )) && !metrics.contains("version=\"v1\""),
+        "model_info shows only the version in use:\n{metrics}"
     );
 }
