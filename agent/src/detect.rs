@@ -256,6 +256,11 @@ pub fn load_for(family: Family, dir: &Path) -> Result<Scorer, DetectError> {
         dir: dir.to_owned(),
         source,
     })?;
+    check_signals(family, &scorer)?;
+    Ok(scorer)
+}
+
+fn check_signals(family: Family, scorer: &Scorer) -> Result<(), DetectError> {
     let expected = family_signals(family);
     if scorer.manifest().features.signals != expected {
         return Err(DetectError::Signals {
@@ -264,7 +269,7 @@ pub fn load_for(family: Family, dir: &Path) -> Result<Scorer, DetectError> {
             expected,
         });
     }
-    Ok(scorer)
+    Ok(())
 }
 
 /// One (subject, family) series' state.
@@ -305,16 +310,22 @@ impl Detector {
         }
     }
 
-    /// Uses `scorer` for `family` from the next cycle on.
-    pub fn set_model(&mut self, family: Family, scorer: Arc<Scorer>) {
+    /// Uses `scorer` for `family` from the next cycle on, unless its signals are not the
+    /// family's metrics (then the previous model stays).
+    pub fn set_model(&mut self, family: Family, scorer: Arc<Scorer>) -> Result<(), DetectError> {
+        check_signals(family, &scorer)?;
         self.models.insert(family, scorer);
+        Ok(())
     }
 
     /// Applies a poll's events: loaded models replace the old ones, refusals change nothing.
     pub fn apply(&mut self, events: &[ModelEvent]) {
         for e in events {
             if let ModelEvent::Loaded { family, scorer } = e {
-                self.set_model(*family, scorer.clone());
+                // The registry loaded it with `load_for`, which checked the signals already.
+                if let Err(error) = self.set_model(*family, scorer.clone()) {
+                    log_refused(*family, Some(&scorer.manifest().version), &error);
+                }
             }
         }
     }
@@ -379,8 +390,8 @@ impl Detector {
                 );
                 let f = match series.extractor.push(&signals) {
                     Ok(f) => f,
-                    // Signals are the family's metrics and the spec's signals were checked equal
-                    // at load, so the length always matches.
+                    // `set_model` only admits a model whose signals are the family's metrics, and
+                    // the extractor follows the model's spec, so the lengths always match.
                     Err(e) => unreachable!("signals checked at load: {e}"),
                 };
                 rows.extend(f.iter().map(|&x| x as f32));
