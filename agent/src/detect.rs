@@ -11,7 +11,10 @@
 //!
 //! [`Detector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
 //! a ring of the last raw records (the flight recorder). Each cycle it scores every series of a
-//! family in one batch and turns k-of-n alarms into [`Anomaly`] values.
+//! family in one batch and turns k-of-n alarms into [`Anomaly`] values. A series stays anomalous
+//! while `k` alarms remain in its window, and each such cycle's anomaly copies the whole ring:
+//! `benches/detect.rs` measures a quiet 200-pod cycle at ~0.9 ms and one where every pod is
+//! anomalous at ~13 ms, almost all of it those copies.
 
 use crate::score::{AlarmState, ScoreError, Scorer};
 use selfheal_core::family::Family;
