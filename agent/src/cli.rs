@@ -88,7 +88,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(error = %e, "CollectError");
         }
         let mut out = Output::JsonLines(Box::new(std::io::BufWriter::new(std::io::stdout())));
-        out.write(records)?;
+        out.write(records, Vec::new())?;
         return Ok(ExitCode::SUCCESS);
     }
     let output = if args.print {

@@ -6,6 +6,7 @@
 //! variables `SELFHEAL_AGENT_<FIELD>` with `__` between nested fields, e.g.
 //! `SELFHEAL_AGENT_INTERVAL_SECS=1` or `SELFHEAL_AGENT_PODS__SOURCE=none`.
 
+use crate::detect::ModelsConfig;
 use crate::pods::PodsConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -45,6 +46,8 @@ pub struct AgentConfig {
     pub shutdown_grace_secs: f64,
     /// Pod identity source.
     pub pods: PodsConfig,
+    /// Family models to score records with.
+    pub models: ModelsConfig,
 }
 
 impl Default for AgentConfig {
@@ -81,9 +84,13 @@ impl Default for AgentConfig {
                 .to_vec(),
             shutdown_grace_secs: 10.0,
             pods: PodsConfig::default(),
+            models: ModelsConfig::default(),
         }
     }
 }
+
+/// Largest flight recorder per series: bounds memory at pods × families × this many records.
+const MAX_WINDOW_RECORDS: usize = 1000;
 
 /// A configuration that cannot be used. The message always names the field.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +133,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Pod identity source.
     pub pods: PodsConfig,
+    /// Family models (`models.models_dir` checked to be a directory).
+    pub models: ModelsConfig,
 }
 
 impl AgentConfig {
@@ -228,6 +237,22 @@ impl AgentConfig {
             field: e.field,
             reason: e.reason,
         })?;
+        positive("models.poll_secs", self.models.poll_secs, 86400.0)?;
+        if self.models.window_records > MAX_WINDOW_RECORDS {
+            return Err(ConfigError::Invalid {
+                field: "models.window_records",
+                reason: format!(
+                    "must be at most {MAX_WINDOW_RECORDS}, got {}",
+                    self.models.window_records
+                ),
+            });
+        }
+        if let Some(dir) = self.models.models_dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(ConfigError::Invalid {
+                field: "models.models_dir",
+                reason: format!("{} is not a directory", dir.display()),
+            });
+        }
         Ok(Settings {
             node_name,
             interval,
@@ -240,6 +265,7 @@ impl AgentConfig {
             exclude_disk_devices: self.exclude_disk_devices,
             shutdown_grace,
             pods: self.pods,
+            models: self.models,
         })
     }
 }
@@ -323,6 +349,18 @@ mod tests {
             .expect_err("glob")
             .to_string();
         assert!(err.contains("`exclude_net_devices`"), "{err}");
+        let err = load_str("[models]\npoll_secs = 0")
+            .expect_err("poll")
+            .to_string();
+        assert!(err.contains("`models.poll_secs`"), "{err}");
+        let err = load_str("[models]\nmodels_dir = \"/nonexistent\"")
+            .expect_err("dir")
+            .to_string();
+        assert!(err.contains("`models.models_dir`"), "{err}");
+        let err = load_str("[models]\nwindow_records = 100000")
+            .expect_err("window")
+            .to_string();
+        assert!(err.contains("`models.window_records`"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A data path of typed stages: [`procfs`] and [`cgroup`] **collect** raw counters from the host,
 //! [`pods`] names cgroups after their pods, [`normalize`] turns two readings into schema-v1
-//! records and features, [`score`] runs the family models, and `forward` ships anomalies and a
+//! records and features, [`detect`] scores them with the family models ([`score`] runs one model)
+//! and raises anomalies, and `forward` ships anomalies and a
 //! sample of normal records through the [`spool`] ([`forward`] drains it to Kinesis or HTTP).
 //! [`config`] loads and validates settings,
 //! [`telemetry`] and [`server`] expose `/metrics` and `/healthz`, and [`run`] ties it together
@@ -12,6 +13,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod detect;
 pub mod forward;
 pub mod normalize;
 pub mod pods;

@@ -1,17 +1,23 @@
-//! The agent's main loop: every interval, collect → normalize → hand records to the output;
-//! serve `/metrics` and `/healthz`; on shutdown finish the cycle in hand, flush, and return.
+//! The agent's main loop: every interval, collect → normalize → score (`detect`) → hand records
+//! and anomalies to the output; serve `/metrics` and `/healthz`; on shutdown finish the cycle in
+//! hand, flush, and return. Models are polled on a blocking thread and swapped in between cycles.
 
 use crate::collect::{Collector, CycleErrors};
 use crate::config::Settings;
+use crate::detect::{Detector, ModelEvent, ModelRegistry};
 use crate::normalize::Normalizer;
 use crate::pods::{PodDirectory, PodStatsSnapshot, PodWatcher, PodsError, SharedPodDirectory};
 use crate::procfs::CollectError;
 use crate::server::{Health, serve};
-use crate::telemetry::{AgentMetrics, ErrorLabels, FamilyLabels};
-use selfheal_core::schema::{Envelope, Payload, Record};
+use crate::telemetry::{AgentMetrics, ErrorLabels, FamilyLabels, ModelInfoLabels, ModelLoadLabels};
+use selfheal_core::Family;
+use selfheal_core::schema::{Anomaly, Envelope, Payload, Record};
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -53,16 +59,21 @@ impl std::fmt::Debug for Output {
 }
 
 impl Output {
-    /// Writes a cycle's records.
-    pub fn write(&mut self, records: Vec<Record>) -> Result<(), AgentError> {
+    /// Writes a cycle's records, then its anomalies.
+    pub fn write(
+        &mut self,
+        records: Vec<Record>,
+        anomalies: Vec<Anomaly>,
+    ) -> Result<(), AgentError> {
         match self {
             Output::Discard => Ok(()),
             Output::JsonLines(w) => {
-                for record in records {
-                    let env = Envelope::new(Payload::Sample {
-                        record,
-                        inclusion_probability: 1.0,
-                    });
+                let samples = records.into_iter().map(|record| Payload::Sample {
+                    record,
+                    inclusion_probability: 1.0,
+                });
+                for payload in samples.chain(anomalies.into_iter().map(Payload::Anomaly)) {
+                    let env = Envelope::new(payload);
                     serde_json::to_writer(&mut *w, &env)
                         .map_err(|e| AgentError::Output(e.into()))?;
                     w.write_all(b"\n").map_err(AgentError::Output)?;
@@ -171,6 +182,126 @@ impl Pipeline {
     }
 }
 
+/// The score stage as the loop drives it: a [`Detector`], and a [`ModelRegistry`] that is either
+/// idle here or out on a blocking thread being polled.
+#[derive(Debug)]
+struct Scoring {
+    detector: Detector,
+    root: Option<PathBuf>,
+    registry: Option<ModelRegistry>,
+    polling: Option<tokio::task::JoinHandle<(ModelRegistry, Vec<ModelEvent>)>>,
+    poll_every: Duration,
+    next_poll: Instant,
+    versions: HashMap<Family, String>,
+}
+
+impl Scoring {
+    fn new(settings: &Settings) -> Self {
+        let root = settings.models.models_dir.clone();
+        Scoring {
+            detector: Detector::new(settings.models.window_records),
+            registry: root.clone().map(ModelRegistry::new),
+            root,
+            polling: None,
+            poll_every: Duration::from_secs_f64(settings.models.poll_secs),
+            next_poll: Instant::now(),
+            versions: HashMap::new(),
+        }
+    }
+
+    /// Between cycles: starts a poll when one is due, and applies a finished one. With `wait`,
+    /// waits for the poll (at start, so the first cycle is already scored).
+    async fn between_cycles(&mut self, metrics: &AgentMetrics, wait: bool) {
+        if self.polling.is_none()
+            && Instant::now() >= self.next_poll
+            && let Some(mut registry) = self.registry.take()
+        {
+            self.next_poll = Instant::now() + self.poll_every;
+            self.polling = Some(tokio::task::spawn_blocking(move || {
+                let events = registry.poll();
+                (registry, events)
+            }));
+        }
+        if self
+            .polling
+            .as_ref()
+            .is_some_and(|p| wait || p.is_finished())
+            && let Some(poll) = self.polling.take()
+        {
+            match poll.await {
+                Ok((registry, events)) => {
+                    self.registry = Some(registry);
+                    self.apply(&events, metrics);
+                }
+                Err(e) => {
+                    // A panic while loading: start over with a fresh registry (all reloaded).
+                    tracing::error!(error = %e, "ModelPollFailed");
+                    self.registry = self.root.clone().map(ModelRegistry::new);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, events: &[ModelEvent], metrics: &AgentMetrics) {
+        for event in events {
+            let (family, result) = match event {
+                ModelEvent::Loaded { family, scorer } => {
+                    let version = scorer.manifest().version.clone();
+                    if let Some(old) = self.versions.insert(*family, version.clone()) {
+                        metrics.model_info.remove(&ModelInfoLabels {
+                            family: family.as_str(),
+                            version: old,
+                        });
+                    }
+                    metrics
+                        .model_info
+                        .get_or_create(&ModelInfoLabels {
+                            family: family.as_str(),
+                            version,
+                        })
+                        .set(1);
+                    (*family, "loaded")
+                }
+                ModelEvent::Refused { family, .. } => (*family, "refused"),
+            };
+            metrics
+                .model_loads
+                .get_or_create(&ModelLoadLabels {
+                    family: family.as_str(),
+                    result,
+                })
+                .inc();
+        }
+        self.detector.apply(events);
+    }
+
+    /// Scores a cycle's records and counts what happened.
+    fn detect(&mut self, records: &[Record], metrics: &AgentMetrics) -> Vec<Anomaly> {
+        let t0 = std::time::Instant::now();
+        let detection = self.detector.detect(records);
+        metrics.score_duration.observe(t0.elapsed().as_secs_f64());
+        for a in &detection.anomalies {
+            metrics
+                .anomalies
+                .get_or_create(&FamilyLabels {
+                    family: a.record.family.as_str(),
+                })
+                .inc();
+        }
+        for e in &detection.errors {
+            if let crate::detect::DetectError::Score { family, .. } = e {
+                metrics
+                    .score_errors
+                    .get_or_create(&FamilyLabels {
+                        family: family.as_str(),
+                    })
+                    .inc();
+            }
+        }
+        detection.anomalies
+    }
+}
+
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(
     settings: Settings,
@@ -212,12 +343,15 @@ pub async fn run(
     let mut warned = std::collections::HashSet::new();
     let mut prev_resets = 0;
     let mut prev_non_finite = 0;
+    let mut scoring = Scoring::new(&settings);
+    scoring.between_cycles(&metrics, true).await;
     let result = loop {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break Ok(()),
             _ = ticker.tick() => {}
         }
+        scoring.between_cycles(&metrics, false).await;
         let t0 = std::time::Instant::now();
         let mut errs = CycleErrors::default();
         let records = {
@@ -267,7 +401,8 @@ pub async fn run(
         metrics
             .series
             .set(pipeline.normalizer().series_count() as i64);
-        if let Err(e) = output.write(records) {
+        let anomalies = scoring.detect(&records, &metrics);
+        if let Err(e) = output.write(records, anomalies) {
             break Err(e);
         }
         metrics.cycles.inc();

@@ -28,6 +28,24 @@ pub struct FamilyLabels {
     pub family: &'static str,
 }
 
+/// Labels of `selfheal_agent_model_loads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLoadLabels {
+    /// Metric family of the model.
+    pub family: &'static str,
+    /// `loaded` or `refused`.
+    pub result: &'static str,
+}
+
+/// Labels of `selfheal_agent_model_info`: one series per family, set to 1 for the version in use.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelInfoLabels {
+    /// Metric family of the model.
+    pub family: &'static str,
+    /// `manifest.version`.
+    pub version: String,
+}
+
 /// Every metric the agent exposes.
 #[derive(Debug)]
 pub struct AgentMetrics {
@@ -60,6 +78,16 @@ pub struct AgentMetrics {
     pub pod_relists: Counter,
     /// Unix time of the last completed cycle, seconds.
     pub last_cycle_timestamp: Gauge<f64, AtomicU64>,
+    /// Anomalies raised, by family.
+    pub anomalies: Family<FamilyLabels, Counter>,
+    /// Model directories loaded or refused, by family.
+    pub model_loads: Family<ModelLoadLabels, Counter>,
+    /// The model version in use per family (value 1).
+    pub model_info: Family<ModelInfoLabels, Gauge>,
+    /// Batches that failed to score, by family.
+    pub score_errors: Family<FamilyLabels, Counter>,
+    /// Wall time of the score stage of one cycle, seconds.
+    pub score_duration: Histogram,
 }
 
 impl AgentMetrics {
@@ -83,6 +111,13 @@ impl AgentMetrics {
             pod_list_errors: Counter::default(),
             pod_watch_errors: Counter::default(),
             pod_relists: Counter::default(),
+            anomalies: Family::default(),
+            model_loads: Family::default(),
+            model_info: Family::default(),
+            score_errors: Family::default(),
+            score_duration: Histogram::new([
+                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,6 +186,27 @@ impl AgentMetrics {
             "last_cycle_timestamp_seconds",
             "Unix time of the last completed cycle",
             m.last_cycle_timestamp.clone(),
+        );
+        registry.register("anomalies", "Anomalies raised", m.anomalies.clone());
+        registry.register(
+            "model_loads",
+            "Model directories loaded or refused",
+            m.model_loads.clone(),
+        );
+        registry.register(
+            "model_info",
+            "Model version in use per family (value 1)",
+            m.model_info.clone(),
+        );
+        registry.register(
+            "score_errors",
+            "Batches that could not be scored",
+            m.score_errors.clone(),
+        );
+        registry.register(
+            "score_duration_seconds",
+            "Wall time of the score stage of one cycle",
+            m.score_duration.clone(),
         );
         AgentMetrics { registry, ..m }
     }
