@@ -45,4 +45,12 @@ quiet cargo fmt --all -- --check
 quiet cargo clippy --workspace --all-targets -- -D warnings
 filter=()
 if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
-cargo test --workspace -q -- "${filter[@]}"
+results=$(mktemp)
+trap 'rm -f "$log" "$results"' EXIT
+status=0
+cargo test --workspace --no-fail-fast -q -- "${filter[@]}" 2>&1 | tee "$results" || status=$?
+# One closing line for the whole run (cargo prints one per test binary, the last often a crate
+# with no doc-tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+exit "$status"
