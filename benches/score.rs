@@ -12,7 +12,7 @@ mod forest;
 
 use criterion::{Criterion, Throughput};
 use selfheal_agent::score::Scorer;
-use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
+use selfheal_core::features::FeatureSpec;
 use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
 use selfheal_model_export::onnx::write_model_dir;
 use std::hint::black_box;
@@ -24,16 +24,7 @@ const BATCH: usize = 10_000;
 
 fn write_model(dir: &Path) -> Vec<f32> {
     let (forest, _) = forest::standard_forest(42, N_FEATURES);
-    let features = FeatureSpec {
-        schema_version: FEATURE_SCHEMA_VERSION,
-        signals: (0..N_FEATURES).map(|i| format!("f{i}")).collect(),
-        value: true,
-        delta: false,
-        windows: vec![],
-        mean: false,
-        std: false,
-        zscore: false,
-    };
+    let features = FeatureSpec::raw((0..N_FEATURES).map(|i| format!("f{i}")).collect());
     let manifest = ModelManifest {
         family: "bench".into(),
         version: "1".into(),

@@ -9,7 +9,7 @@ use selfheal_agent::detect::{
     DetectError, Detector, LATEST_FILE, ModelEvent, ModelRegistry, family_signals,
 };
 use selfheal_agent::score::ScoreError;
-use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
+use selfheal_core::features::FeatureSpec;
 use selfheal_core::forest::IsolationForest;
 use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
 use selfheal_core::schema::{Anomaly, PodRef, Record, RecordId, Subject};
@@ -27,16 +27,7 @@ const THRESHOLD: f64 = 0.6;
 
 /// A value-only spec over `signals`.
 fn spec(signals: Vec<String>) -> FeatureSpec {
-    FeatureSpec {
-        schema_version: FEATURE_SCHEMA_VERSION,
-        signals,
-        value: true,
-        delta: false,
-        windows: vec![],
-        mean: false,
-        std: false,
-        zscore: false,
-    }
+    FeatureSpec::raw(signals)
 }
 
 /// A forest over `FAMILY`'s metrics, trained on the blob `dataset` draws.

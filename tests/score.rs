@@ -17,16 +17,7 @@ use tract_onnx::prelude::*;
 
 /// A feature spec of exactly `n` raw-value features.
 fn spec(n: usize) -> FeatureSpec {
-    FeatureSpec {
-        schema_version: FEATURE_SCHEMA_VERSION,
-        signals: (0..n).map(|i| format!("f{i}")).collect(),
-        value: true,
-        delta: false,
-        windows: vec![],
-        mean: false,
-        std: false,
-        zscore: false,
-    }
+    FeatureSpec::raw((0..n).map(|i| format!("f{i}")).collect())
 }
 
 fn manifest_for(forest: &IsolationForest) -> ModelManifest {

@@ -485,16 +485,7 @@ mod tests {
 
     #[test]
     fn top_features_without_z_scores_rank_values() {
-        let spec = FeatureSpec {
-            schema_version: FEATURE_SCHEMA_VERSION,
-            signals: vec!["a".into(), "b".into()],
-            value: true,
-            delta: false,
-            windows: vec![],
-            mean: false,
-            std: false,
-            zscore: false,
-        };
+        let spec = FeatureSpec::raw(vec!["a".into(), "b".into()]);
         let top = top_features(&spec, &spec.names(), &[2.0, -3.0]);
         assert_eq!(top, vec![("b".to_owned(), -3.0), ("a".to_owned(), 2.0)]);
     }

@@ -231,6 +231,21 @@ impl FeatureSpec {
         }
     }
 
+    /// Only the raw values of `signals`, no derived features (for models whose inputs are
+    /// already features, and for tests).
+    pub fn raw(signals: Vec<String>) -> Self {
+        FeatureSpec {
+            schema_version: FEATURE_SCHEMA_VERSION,
+            signals,
+            value: true,
+            delta: false,
+            windows: Vec::new(),
+            mean: false,
+            std: false,
+            zscore: false,
+        }
+    }
+
     /// Features per signal.
     pub fn per_signal(&self) -> usize {
         usize::from(self.value)
