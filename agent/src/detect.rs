@@ -456,7 +456,6 @@ pub fn top_features(spec: &FeatureSpec, names: &[String], features: &[f64]) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use selfheal_core::features::FEATURE_SCHEMA_VERSION;
 
     #[test]
     fn top_features_rank_z_scores_by_magnitude() {
