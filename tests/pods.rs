@@ -439,6 +439,21 @@ fn node_a_expected() -> Vec<PodInfo> {
     pods.into_iter().filter(|p| p.uid != NODE_B_UID).collect()
 }
 
+/// Waits (10 s at most) until the watcher has opened a watch on the double, so that changes
+/// made after this arrive as watch events rather than in a list.
+async fn watch_opened(double: &KubeDouble) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !double
+        .store()
+        .requests()
+        .iter()
+        .any(|r| r.contains("watch=true"))
+    {
+        assert!(Instant::now() < deadline, "no watch opened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn api_watcher_names_every_pod_on_its_node() {
     let double = KubeDouble::with_pod_list(&pod_list_fixture());
@@ -489,16 +504,7 @@ async fn watch_events_add_delete_and_count_restarts() {
     let w = Running::start(&double, PodSource::Api, |_| {});
     w.until("first list", |d, _| d.is_synced()).await;
     // Let the watch open before changing anything, so the changes arrive as events.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !double
-        .store()
-        .requests()
-        .iter()
-        .any(|r| r.contains("watch=true"))
-    {
-        assert!(Instant::now() < deadline, "no watch opened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    watch_opened(&double).await;
 
     double
         .store()
@@ -551,16 +557,7 @@ async fn gone_410_relists_with_the_rotated_token() {
     double.store().require_token(Some("token-1"));
     let w = Running::start(&double, PodSource::Api, |_| {});
     w.until("first list", |d, _| d.is_synced()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !double
-        .store()
-        .requests()
-        .iter()
-        .any(|r| r.contains("watch=true"))
-    {
-        assert!(Instant::now() < deadline, "no watch opened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    watch_opened(&double).await;
     // The projected token rotates; the server stops accepting the old one.
     std::fs::write(w.token_file.path(), "token-2\n").expect("rotate token");
     double.store().require_token(Some("token-2"));
@@ -596,16 +593,7 @@ async fn api_server_dying_mid_watch_is_counted_and_recovered_from() {
     let mut double = KubeDouble::with_pod_list(&pod_list_fixture());
     let w = Running::start(&double, PodSource::Api, |_| {});
     w.until("first list", |d, _| d.is_synced()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !double
-        .store()
-        .requests()
-        .iter()
-        .any(|r| r.contains("watch=true"))
-    {
-        assert!(Instant::now() < deadline, "no watch opened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    watch_opened(&double).await;
     double.stop();
     w.until("failures counted", |_, s| s.list_errors_total >= 1)
         .await;
