@@ -14,7 +14,7 @@ use selfheal_agent::detect::{Detector, family_signals};
 use selfheal_agent::score::Scorer;
 use selfheal_core::Family;
 use selfheal_core::features::FeatureSpec;
-use selfheal_core::model::{AlarmRule, ModelManifest};
+use selfheal_core::model::AlarmRule;
 use selfheal_core::schema::{PodRef, Record, RecordId, Subject};
 use selfheal_model_export::onnx::write_model_dir;
 use std::hint::black_box;
@@ -26,20 +26,7 @@ fn detector(threshold: f64, alarm: AlarmRule) -> Detector {
     let features = FeatureSpec::standard(family_signals(Family::Cpu));
     let n = features.len();
     let (forest, _) = forest::standard_forest(7, n);
-    let manifest = ModelManifest {
-        family: "cpu".into(),
-        version: "bench".into(),
-        feature_names: features.names(),
-        features,
-        threshold,
-        alarm,
-        n_trees: forest.trees.len(),
-        max_samples: forest.max_samples,
-        seed: 7,
-        training_data_sha256: String::new(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        model_sha256: String::new(),
-    };
+    let manifest = forest::manifest(&forest, features, "cpu", "bench", threshold, alarm);
     let dir = tempfile::tempdir().expect("tempdir");
     write_model_dir(dir.path(), &forest, manifest).expect("write model");
     let scorer = Arc::new(Scorer::load(dir.path()).expect("load model"));

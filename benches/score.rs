@@ -13,7 +13,7 @@ mod forest;
 use criterion::{Criterion, Throughput};
 use selfheal_agent::score::Scorer;
 use selfheal_core::features::FeatureSpec;
-use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
+use selfheal_core::model::{AlarmRule, MODEL_FILE};
 use selfheal_model_export::onnx::write_model_dir;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -25,20 +25,7 @@ const BATCH: usize = 10_000;
 fn write_model(dir: &Path) -> Vec<f32> {
     let (forest, _) = forest::standard_forest(42, N_FEATURES);
     let features = FeatureSpec::raw((0..N_FEATURES).map(|i| format!("f{i}")).collect());
-    let manifest = ModelManifest {
-        family: "bench".into(),
-        version: "1".into(),
-        feature_names: features.names(),
-        features,
-        threshold: 0.6,
-        alarm: AlarmRule::default(),
-        n_trees: forest.trees.len(),
-        max_samples: forest.max_samples,
-        seed: 42,
-        training_data_sha256: String::new(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        model_sha256: String::new(),
-    };
+    let manifest = forest::manifest(&forest, features, "bench", "1", 0.6, AlarmRule::default());
     write_model_dir(dir, &forest, manifest).expect("write model dir");
     let mut rng = forest::Rng::new(9);
     forest::dataset(&mut rng, BATCH, N_FEATURES)

@@ -3,7 +3,7 @@
 //! `detect::Detector` cycle after cycle — the k-of-n rule, refusals that keep the old model, and a
 //! hot swap of `latest` while cycles run.
 
-use crate::support::forest::{Rng, dataset, grow_forest};
+use crate::support::forest::{self, Rng, dataset, grow_forest};
 use crate::support::{KillOnDrop, free_port, http_get, selfheal};
 use selfheal_agent::detect::{
     DetectError, Detector, LATEST_FILE, ModelEvent, ModelRegistry, family_signals,
@@ -11,11 +11,11 @@ use selfheal_agent::detect::{
 use selfheal_agent::score::ScoreError;
 use selfheal_core::features::FeatureSpec;
 use selfheal_core::forest::IsolationForest;
-use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
+use selfheal_core::model::{AlarmRule, MODEL_FILE};
 use selfheal_core::schema::{Anomaly, PodRef, Record, RecordId, Subject};
 use selfheal_core::schema::{Envelope, Payload};
 use selfheal_core::{Family, Metric};
-use selfheal_model_export::onnx::{sha256_hex, write_model_dir};
+use selfheal_model_export::onnx::write_model_dir;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::Stdio;
@@ -66,21 +66,14 @@ fn publish_model(
     forest: &IsolationForest,
     signals: Vec<String>,
 ) {
-    let features = spec(signals);
-    let manifest = ModelManifest {
-        family: model.family.as_str().into(),
-        version: version.into(),
-        feature_names: features.names(),
-        features,
-        threshold: model.threshold,
-        alarm: model.alarm,
-        n_trees: forest.trees.len(),
-        max_samples: forest.max_samples,
-        seed: 1,
-        training_data_sha256: sha256_hex(b"test"),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        model_sha256: String::new(),
-    };
+    let manifest = forest::manifest(
+        forest,
+        spec(signals),
+        model.family.as_str(),
+        version,
+        model.threshold,
+        model.alarm,
+    );
     let family_dir = root.join(model.family.as_str());
     write_model_dir(&family_dir.join(version), forest, manifest).expect("write model dir");
     point_latest_of(root, model.family, version);

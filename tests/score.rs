@@ -4,7 +4,7 @@
 //! `IsolationForest::score` — all must agree. Then every way a model directory can be broken must
 //! be refused with its own error.
 
-use crate::support::forest::{Rng, dataset, grow_forest, standard_forest};
+use crate::support::forest::{self, Rng, dataset, grow_forest, standard_forest};
 use crate::support::{python, repo_root};
 use selfheal_agent::score::{ScoreError, Scorer, tree_ensemble};
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
@@ -21,21 +21,14 @@ fn spec(n: usize) -> FeatureSpec {
 }
 
 fn manifest_for(forest: &IsolationForest) -> ModelManifest {
-    let features = spec(forest.n_features);
-    ModelManifest {
-        family: "test".into(),
-        version: "1".into(),
-        feature_names: features.names(),
-        features,
-        threshold: 0.6,
-        alarm: AlarmRule::default(),
-        n_trees: forest.trees.len(),
-        max_samples: forest.max_samples,
-        seed: 1,
-        training_data_sha256: sha256_hex(b"test"),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        model_sha256: String::new(),
-    }
+    forest::manifest(
+        forest,
+        spec(forest.n_features),
+        "test",
+        "1",
+        0.6,
+        AlarmRule::default(),
+    )
 }
 
 fn write_model(dir: &Path, forest: &IsolationForest) -> ModelManifest {

@@ -4,7 +4,7 @@
 //! way (random feature, random split between the sub-sample's min and max, until the point is
 //! alone or the depth limit ⌈log2 ψ⌉ is reached) just well enough to give forests of realistic
 //! shape — ~100 trees, depth ~8, ψ = 256 — whose leaves carry `depth + c(n)`. Shared with
-//! `benches/score.rs` through `#[path]`.
+//! `benches/score.rs` and `benches/detect.rs` through `#[path]`.
 
 #![allow(dead_code)]
 
@@ -134,4 +134,30 @@ pub fn standard_forest(seed: u64, n_features: usize) -> (IsolationForest, Vec<f3
     let train = dataset(&mut rng, 4096, n_features);
     let forest = grow_forest(&mut rng, &train, n_features, 100, 256);
     (forest, train)
+}
+
+/// A manifest for a test or bench model: `forest` over `features`, with the given family,
+/// version, threshold and alarm rule. The checksum is left for `write_model_dir` to fill in.
+pub fn manifest(
+    forest: &IsolationForest,
+    features: selfheal_core::features::FeatureSpec,
+    family: &str,
+    version: &str,
+    threshold: f64,
+    alarm: selfheal_core::model::AlarmRule,
+) -> selfheal_core::model::ModelManifest {
+    selfheal_core::model::ModelManifest {
+        family: family.into(),
+        version: version.into(),
+        feature_names: features.names(),
+        features,
+        threshold,
+        alarm,
+        n_trees: forest.trees.len(),
+        max_samples: forest.max_samples,
+        seed: 1,
+        training_data_sha256: String::new(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        model_sha256: String::new(),
+    }
 }
