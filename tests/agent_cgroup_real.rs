@@ -6,12 +6,12 @@
 //! read from the processes themselves. Where the machine forbids creating cgroups the test says
 //! why and skips.
 
-use crate::support::{KillOnDrop, selfheal, write_file};
+use crate::support::{KillOnDrop, envelopes, selfheal, stdout_of, write_file};
 use selfheal_agent::collect::CycleErrors;
 use selfheal_agent::config::AgentConfig;
 use selfheal_agent::pods::PodDirectory;
 use selfheal_agent::run::Pipeline;
-use selfheal_core::schema::{Envelope, Subject};
+use selfheal_core::schema::Subject;
 use selfheal_core::{Family, Metric};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,23 +128,17 @@ fn agent_once(pod: &RealPod, gap_ms: u32) -> String {
             pod.parent
         ),
     );
-    let out = selfheal()
-        .args([
-            "agent",
-            "--once",
-            "--once-gap-ms",
-            &gap_ms.to_string(),
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .expect("run agent");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
+    stdout_of(
+        selfheal()
+            .args([
+                "agent",
+                "--once",
+                "--once-gap-ms",
+                &gap_ms.to_string(),
+                "--config",
+            ])
+            .arg(&config),
+    )
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -167,17 +161,13 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 fn pod_metric(out: &str, uid: &str, family: Family, metric: Metric) -> Option<f64> {
-    out.lines()
-        .map(|l| serde_json::from_str::<Envelope>(l).expect("JSON envelope per line"))
-        .find_map(|e| {
-            let r = e.record().clone();
-            match &r.subject {
-                Subject::Pod(p) if p.uid == uid && r.family == family => {
-                    r.values.get(&metric).copied()
-                }
-                _ => None,
-            }
-        })
+    envelopes(out).into_iter().find_map(|e| {
+        let r = e.record().clone();
+        match &r.subject {
+            Subject::Pod(p) if p.uid == uid && r.family == family => r.values.get(&metric).copied(),
+            _ => None,
+        }
+    })
 }
 
 #[test]
@@ -388,9 +378,8 @@ fn real_pod_traffic_is_read_from_the_pods_network_namespace() {
         "agent {tx} vs interface {truth}"
     );
     // The node's traffic is the host namespace's: the flood is not counted there.
-    let node_tx = stdout
-        .lines()
-        .map(|l| serde_json::from_str::<Envelope>(l).expect("envelope"))
+    let node_tx = envelopes(&stdout)
+        .iter()
         .find_map(|e| {
             let r = e.record();
             (r.subject == Subject::Node && r.family == Family::Traffic)

@@ -1,30 +1,22 @@
 //! The `selfheal agent` command line: one-shot output, bad configuration, the HTTP endpoints,
 //! graceful shutdown.
 
-use crate::support::{KillOnDrop, free_port, http_get, selfheal, signal, write_file};
+use crate::support::{
+    KillOnDrop, envelopes, free_port, http_get, selfheal, signal, stdout_of, write_file,
+};
 use selfheal_core::Family;
-use selfheal_core::schema::{Envelope, Subject};
+use selfheal_core::schema::Subject;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
 fn once_prints_one_cycle_of_node_records_as_json() {
-    let out = selfheal()
-        .args(["agent", "--once", "--once-gap-ms", "300"])
-        .env("SELFHEAL_AGENT_NODE_NAME", "node-x")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf8");
-    let envs: Vec<Envelope> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is an envelope"))
-        .collect();
+    let envs = envelopes(&stdout_of(
+        selfheal()
+            .args(["agent", "--once", "--once-gap-ms", "300"])
+            .env("SELFHEAL_AGENT_NODE_NAME", "node-x"),
+    ));
     let node_families: Vec<Family> = envs
         .iter()
         .filter(|e| e.record().subject == Subject::Node)
@@ -173,24 +165,15 @@ fn once_names_pods_after_the_api_servers_pod_list() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let token = write_file(dir.path(), "token", "test-token\n");
-    let out = selfheal()
-        .args(["agent", "--once", "--once-gap-ms", "100"])
+    let mut cmd = selfheal();
+    cmd.args(["agent", "--once", "--once-gap-ms", "100"])
         .env("SELFHEAL_AGENT_NODE_NAME", "node-a")
         .env("SELFHEAL_AGENT_CGROUP_ROOT", cg.path())
         .env("SELFHEAL_AGENT_PODS__SOURCE", "api")
         .env("SELFHEAL_AGENT_PODS__API_URL", double.url())
-        .env("SELFHEAL_AGENT_PODS__TOKEN_FILE", &token)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf8");
+        .env("SELFHEAL_AGENT_PODS__TOKEN_FILE", &token);
     let mut keys = std::collections::BTreeMap::new();
-    for line in stdout.lines() {
-        let env: Envelope = serde_json::from_str(line).expect("envelope");
+    for env in envelopes(&stdout_of(&mut cmd)) {
         if let Subject::Pod(p) = &env.record().subject {
             keys.insert(p.uid.clone(), env.record().subject.workload_key("node-a"));
         }

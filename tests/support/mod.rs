@@ -113,3 +113,22 @@ pub fn signal(pid: u32, sig: &str) {
         .success();
     assert!(ok, "kill -{sig} {pid} failed");
 }
+
+/// Runs `cmd`, fails the test with its stderr unless it succeeds, and returns its stdout.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 stdout")
+}
+
+/// The JSON envelopes the agent printed, one per line.
+pub fn envelopes(stdout: &str) -> Vec<selfheal_core::schema::Envelope> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is a JSON envelope"))
+        .collect()
+}
