@@ -102,12 +102,21 @@ pub struct PodCache {
     limits: Option<(Option<f64>, Option<u64>)>,
     limits_age: u32,
     pid: Option<u32>,
+    /// Whether `pid` shares the host's network namespace, once looked up for that pid.
+    host_netns: Option<bool>,
 }
 
 impl PodCache {
     /// Forgets the cached process (it exited, or its `/proc` entry could not be read).
     pub fn forget_pid(&mut self) {
         self.pid = None;
+        self.host_netns = None;
+    }
+
+    /// Whether the cached process shares the host's network namespace, computed by `lookup` the
+    /// first time it is asked for this process and kept until [`PodCache::forget_pid`].
+    pub fn host_netns(&mut self, lookup: impl FnOnce() -> bool) -> bool {
+        *self.host_netns.get_or_insert_with(lookup)
     }
 }
 

@@ -107,7 +107,8 @@ impl Collector {
                 }
                 errs.errors.append(&mut pod_errors);
                 let net = sample.pid.and_then(|pid| {
-                    if shares_host_netns(&self.proc_root, self.host_netns.as_deref(), pid) {
+                    let (proc_root, host) = (&self.proc_root, self.host_netns.as_deref());
+                    if pc.host_netns(|| shares_host_netns(proc_root, host, pid)) {
                         // hostNetwork pods see the node's interfaces: counted as node traffic.
                         return None;
                     }
