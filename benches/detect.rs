@@ -71,7 +71,7 @@ fn main() {
     group.throughput(Throughput::Elements(PODS as u64));
     for (name, threshold, alarm) in [
         ("quiet_200_pods_cpu", 1.5, AlarmRule::default()),
-        ("storm_200_pods_cpu", 0.0, AlarmRule { k: 1, n: 1 }),
+        ("storm_200_pods_cpu", 0.0, AlarmRule::k_of_n(1, 1)),
     ] {
         let mut detector = detector(threshold, alarm);
         // Every series past its longest window, and its ring full.

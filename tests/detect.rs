@@ -47,7 +47,7 @@ fn publish(root: &Path, version: &str, forest: &IsolationForest, signals: Vec<St
     let model = Model {
         family: FAMILY,
         threshold: THRESHOLD,
-        alarm: AlarmRule { k: 3, n: 5 },
+        alarm: AlarmRule::k_of_n(3, 5),
     };
     publish_model(root, &model, version, forest, signals);
 }
@@ -364,7 +364,7 @@ fn agent_scores_with_published_models_and_swaps_them_live() {
     let cpu = Model {
         family: Family::Cpu,
         threshold: 0.0,
-        alarm: AlarmRule { k: 1, n: 1 },
+        alarm: AlarmRule::k_of_n(1, 1),
     };
     let n = family_signals(Family::Cpu).len();
     publish_model(

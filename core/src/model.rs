@@ -12,7 +12,9 @@ pub const MODEL_FILE: &str = "model.onnx";
 /// File name of the manifest in a model directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// When an alarm becomes an anomaly: at least `k` of the last `n` scored samples above threshold.
+/// When an alarm becomes an anomaly: at least `k` of the last `n` scored samples above threshold,
+/// where a sample's score is first smoothed by an exponentially weighted moving average when
+/// `smoothing_half_life` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlarmRule {
@@ -20,15 +22,41 @@ pub struct AlarmRule {
     pub k: u32,
     /// Out of this many consecutive samples.
     pub n: u32,
+    /// Half-life, in samples, of the exponentially weighted moving average of the score that is
+    /// compared with the threshold; 0 (the default, and omitted from `manifest.json`) compares
+    /// each raw score. Smoothing lets a sustained moderate rise alarm and a lone spike fade.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub smoothing_half_life: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Default for AlarmRule {
     fn default() -> Self {
-        AlarmRule { k: 3, n: 5 }
+        AlarmRule::k_of_n(3, 5)
     }
 }
 
 impl AlarmRule {
+    /// `k` of `n` on raw (unsmoothed) scores.
+    pub const fn k_of_n(k: u32, n: u32) -> AlarmRule {
+        AlarmRule {
+            k,
+            n,
+            smoothing_half_life: 0,
+        }
+    }
+
+    /// This rule with scores smoothed over `half_life` samples (0 turns smoothing off).
+    pub const fn smoothed(self, half_life: u32) -> AlarmRule {
+        AlarmRule {
+            smoothing_half_life: half_life,
+            ..self
+        }
+    }
+
     /// The rule actually applied: `n` at least 1 and `k` within `1..=n`, so that a malformed rule
     /// neither alarms on every sample (`k = 0`) nor never alarms (`k > n`).
     pub fn normalized(self) -> AlarmRule {
@@ -36,8 +64,58 @@ impl AlarmRule {
         AlarmRule {
             k: self.k.clamp(1, n),
             n,
+            smoothing_half_life: self.smoothing_half_life,
         }
     }
+}
+
+/// The exponentially weighted moving average of a score series (see
+/// [`AlarmRule::smoothing_half_life`]).
+///
+/// The first score starts the average; each later score `s` moves it by `alpha * (s - avg)`
+/// with `alpha = 1 - 2^(-1 / half_life)`, so a score's weight halves every `half_life` samples.
+/// O(1) per sample. Half-life 0 passes scores through unchanged. A NaN score is skipped (the
+/// average keeps its value), so one failed score does not poison the series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreSmoother {
+    alpha: f64,
+    avg: Option<f64>,
+}
+
+impl ScoreSmoother {
+    /// A fresh smoother over `half_life` samples.
+    pub fn new(half_life: u32) -> Self {
+        let alpha = if half_life == 0 {
+            1.0
+        } else {
+            1.0 - 0.5f64.powf(1.0 / f64::from(half_life))
+        };
+        ScoreSmoother { alpha, avg: None }
+    }
+
+    /// Adds one score and returns the smoothed score (NaN only while no finite score was seen).
+    pub fn push(&mut self, score: f64) -> f64 {
+        if score.is_nan() {
+            return self.avg.unwrap_or(f64::NAN);
+        }
+        let next = match self.avg {
+            Some(avg) if self.alpha < 1.0 => avg + self.alpha * (score - avg),
+            _ => score,
+        };
+        self.avg = Some(next);
+        next
+    }
+
+    /// Forgets the average.
+    pub fn reset(&mut self) {
+        self.avg = None;
+    }
+}
+
+/// `scores` smoothed as [`AlarmState`] smooths them under `rule` (a fresh [`ScoreSmoother`]).
+pub fn smooth_scores(scores: &[f64], rule: AlarmRule) -> Vec<f64> {
+    let mut sm = ScoreSmoother::new(rule.smoothing_half_life);
+    scores.iter().map(|&s| sm.push(s)).collect()
 }
 
 /// Applies an [`AlarmRule`] to a stream of samples, one call per scored sample.
@@ -45,13 +123,15 @@ impl AlarmRule {
 /// This is THE alarm decision: the agent runs it on the node, and the trainer runs it when it
 /// scores, evaluates and picks thresholds, so both take the same decision on the same scores.
 /// A sample alarms when at least `k` of the last `n` samples (itself included) scored at or
-/// above the threshold. Before `n` samples have been seen the window is simply shorter, so a
+/// above the threshold, each sample's score being first smoothed by the rule's
+/// [`ScoreSmoother`] (a no-op at half-life 0). Before `n` samples have been seen the window is simply shorter, so a
 /// burst at start-up can alarm as soon as `k` samples are above. The rule gives hysteresis both
 /// ways: a lone spike does not alarm when `k > 1`, and an alarm holds for up to `n - k` samples
 /// after the score falls back.
 #[derive(Debug, Clone)]
 pub struct AlarmState {
     rule: AlarmRule,
+    smoother: ScoreSmoother,
     /// Bit `i` is set when the sample `i` steps back was above threshold (bit 0 = newest).
     history: u128,
     /// Window mask: the low `n` bits (n is capped at 128, far beyond any useful rule).
@@ -66,7 +146,7 @@ impl AlarmState {
     /// `n` capped at [`AlarmState::MAX_N`].
     pub fn new(rule: AlarmRule) -> Self {
         let n = rule.n.clamp(1, Self::MAX_N);
-        let rule = AlarmRule { k: rule.k, n }.normalized();
+        let rule = AlarmRule { n, ..rule }.normalized();
         let mask = if n == 128 {
             u128::MAX
         } else {
@@ -74,6 +154,7 @@ impl AlarmState {
         };
         AlarmState {
             rule,
+            smoother: ScoreSmoother::new(rule.smoothing_half_life),
             history: 0,
             mask,
         }
@@ -86,10 +167,20 @@ impl AlarmState {
 
     /// Records one sample's score and says whether it alarms (see the type's docs).
     pub fn push(&mut self, score: f64, threshold: f64) -> bool {
-        self.push_above(score >= threshold)
+        self.push_smoothed(score, threshold).1
     }
 
-    /// Records whether one sample was at or above threshold and says whether it alarms.
+    /// Records one sample's score; returns whether its smoothed score reached `threshold` and
+    /// whether the sample alarms. A NaN score (a failed score) never reaches the threshold and
+    /// leaves the smoothed score as it was.
+    pub fn push_smoothed(&mut self, score: f64, threshold: f64) -> (bool, bool) {
+        let smoothed = self.smoother.push(score);
+        let above = !score.is_nan() && smoothed >= threshold;
+        (above, self.push_above(above))
+    }
+
+    /// Records whether one sample was at or above threshold and says whether it alarms. This
+    /// bypasses the smoother: use it only for rules without smoothing, or in tests.
     pub fn push_above(&mut self, above: bool) -> bool {
         self.history = ((self.history << 1) | u128::from(above)) & self.mask;
         self.history.count_ones() >= self.rule.k
@@ -103,6 +194,7 @@ impl AlarmState {
     /// Forgets every sample seen, as after a model swap or a gap in the series.
     pub fn reset(&mut self) {
         self.history = 0;
+        self.smoother.reset();
     }
 }
 
@@ -119,7 +211,8 @@ pub struct ModelManifest {
     pub features: FeatureSpec,
     /// Feature names in input order (`features.names()`, written out for people and tools).
     pub feature_names: Vec<String>,
-    /// Score at or above which a sample alarms.
+    /// Score at or above which a sample alarms (the smoothed score when
+    /// `alarm.smoothing_half_life` is set).
     pub threshold: f64,
     /// k-of-n rule that turns alarms into anomalies.
     pub alarm: AlarmRule,
@@ -151,7 +244,7 @@ mod tests {
 
     #[test]
     fn k_of_n_needs_k_and_holds_for_n_minus_k() {
-        let rule = AlarmRule { k: 2, n: 3 };
+        let rule = AlarmRule::k_of_n(2, 3);
         assert_eq!(
             run(rule, &[1, 0, 0, 0]),
             [0, 0, 0, 0],
@@ -163,22 +256,63 @@ mod tests {
 
     #[test]
     fn one_of_one_is_the_plain_threshold() {
-        let mut st = AlarmState::new(AlarmRule { k: 1, n: 1 });
+        let mut st = AlarmState::new(AlarmRule::k_of_n(1, 1));
         assert!(st.push(0.7, 0.7), "at threshold alarms");
         assert!(!st.push(0.69, 0.7));
     }
 
     #[test]
+    fn smoothing_lets_a_sustained_rise_alarm_and_a_lone_spike_fade() {
+        let rule = AlarmRule::k_of_n(1, 1).smoothed(2);
+        let decide = |scores: &[f64]| {
+            let mut st = AlarmState::new(rule);
+            scores.iter().map(|&s| st.push(s, 0.6)).collect::<Vec<_>>()
+        };
+        // A lone spike far above threshold is averaged away...
+        assert_eq!(decide(&[0.4, 0.4, 0.9, 0.4, 0.4]), [false; 5]);
+        // ...while a sustained, moderate rise crosses it after a few samples.
+        let sustained = decide(&[0.4, 0.7, 0.7, 0.7, 0.7, 0.7]);
+        assert_eq!(sustained, [false, false, false, false, true, true]);
+        // Half-life 0 is the raw score; the smoother's first value is the first score.
+        assert_eq!(
+            smooth_scores(&[0.1, 0.9], AlarmRule::k_of_n(1, 1)),
+            [0.1, 0.9]
+        );
+        let s = smooth_scores(
+            &[0.0, 1.0, f64::NAN, 1.0],
+            AlarmRule::k_of_n(1, 1).smoothed(1),
+        );
+        assert_eq!(s, [0.0, 0.5, 0.5, 0.75], "alpha 1/2; NaN skipped");
+    }
+
+    #[test]
+    fn smoothing_is_omitted_from_json_when_off_and_read_when_absent() {
+        let raw = AlarmRule::k_of_n(6, 60);
+        let json = serde_json::to_string(&raw).expect("serialize");
+        assert_eq!(json, r#"{"k":6,"n":60}"#, "older agents still read it");
+        assert_eq!(
+            serde_json::from_str::<AlarmRule>(&json).expect("parse"),
+            raw
+        );
+        let smoothed = raw.smoothed(10);
+        let json = serde_json::to_string(&smoothed).expect("serialize");
+        assert_eq!(
+            serde_json::from_str::<AlarmRule>(&json).expect("parse"),
+            smoothed
+        );
+    }
+
+    #[test]
     fn malformed_rules_are_normalized() {
         assert_eq!(
-            AlarmState::new(AlarmRule { k: 0, n: 0 }).rule(),
-            AlarmRule { k: 1, n: 1 }
+            AlarmState::new(AlarmRule::k_of_n(0, 0)).rule(),
+            AlarmRule::k_of_n(1, 1)
         );
         assert_eq!(
-            AlarmState::new(AlarmRule { k: 9, n: 4 }).rule(),
-            AlarmRule { k: 4, n: 4 }
+            AlarmState::new(AlarmRule::k_of_n(9, 4)).rule(),
+            AlarmRule::k_of_n(4, 4)
         );
-        let mut st = AlarmState::new(AlarmRule { k: 128, n: 500 });
+        let mut st = AlarmState::new(AlarmRule::k_of_n(128, 500));
         assert_eq!(st.rule().n, 128);
         let alarms: Vec<bool> = (0..128).map(|_| st.push_above(true)).collect();
         assert!(!alarms[126] && alarms[127]);

@@ -80,6 +80,10 @@ pub struct TrainArgs {
     /// ... out of this many consecutive samples.
     #[arg(long, default_value_t = DEFAULT_ALARM.n)]
     pub alarm_n: u32,
+    /// Half-life, in samples, of the moving average of scores compared with the threshold
+    /// (0: raw scores).
+    #[arg(long, default_value_t = DEFAULT_ALARM.smoothing_half_life)]
+    pub smoothing_half_life: u32,
     /// Feature spec as JSON (a `FeatureSpec`; its `signals` are replaced by the input's
     /// columns). Default: the standard spec.
     #[arg(long)]
@@ -191,10 +195,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             seed: a.seed,
         },
         features,
-        alarm: AlarmRule {
-            k: a.alarm_k,
-            n: a.alarm_n,
-        },
+        alarm: AlarmRule::k_of_n(a.alarm_k, a.alarm_n).smoothed(a.smoothing_half_life),
         threshold: if a.labels.is_some() {
             ThresholdRule::BestF1 {
                 validation_fraction: a.validation_fraction,

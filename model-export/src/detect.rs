@@ -14,7 +14,7 @@ use crate::eval::{Counts, Metrics};
 use crate::train::{FeatureMatrix, ForestParams, TrainError, train_forest};
 use selfheal_core::features::FeatureSpec;
 use selfheal_core::forest::IsolationForest;
-use selfheal_core::model::{AlarmRule, AlarmState};
+use selfheal_core::model::{AlarmRule, AlarmState, smooth_scores};
 use serde::{Deserialize, Serialize};
 
 /// How the alarm threshold is chosen.
@@ -54,15 +54,18 @@ pub struct TrainConfig {
 
 /// Default contamination: the share of training points scoring at or above the threshold.
 pub const DEFAULT_CONTAMINATION: f64 = 0.03;
-/// Default alarm rule: 6 samples above threshold within the last 60. It ignores short bursts
-/// (fewer than 6 high samples) and holds an alarm for up to 54 samples, so one incident is one
-/// alarm rather than a flapping series of them.
-pub const DEFAULT_ALARM: AlarmRule = AlarmRule { k: 6, n: 60 };
+/// Default alarm rule: scores smoothed over a half-life of 10 samples, then 3 smoothed scores at
+/// or above threshold within the last 30. Smoothing lets a sustained moderate rise alarm and
+/// fades a lone spike; 3-of-30 holds an alarm for up to 27 samples, so one incident is one alarm
+/// rather than a flapping series of them. Chosen once for every series on the quality benchmark
+/// (docs/benchmarks.md, "Detection quality").
+pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 30).smoothed(10);
 
 impl Default for TrainConfig {
     /// The one configuration used for every series in the quality benchmark
     /// (docs/benchmarks.md, "Detection quality"): 100 trees, ψ = 256, the standard features
-    /// (value, delta, std and z-score over 12 and 60 samples), contamination 0.03, 6-of-60.
+    /// (value, delta, std and z-score over 12 and 60 samples), contamination 0.03 of the
+    /// smoothed training scores, and [`DEFAULT_ALARM`].
     fn default() -> Self {
         TrainConfig {
             forest: ForestParams::default(),
@@ -175,7 +178,7 @@ pub fn contamination_threshold(scores: &[f64], contamination: f64) -> f64 {
 /// The threshold maximizing pooled point-wise F1 of the alarms (after `rule`) over
 /// `validation` (scores and windows per series), among thresholds whose false-alarm events per
 /// 1000 points are at most `max_events_per_1000`. Candidates are 400 quantiles of the pooled
-/// scores. `None` when nothing is labelled or no candidate meets the ceiling.
+/// scores as the rule compares them (smoothed per series). `None` when nothing is labelled or no candidate meets the ceiling.
 pub fn best_f1_threshold(
     validation: &[(Vec<f64>, Windows)],
     rule: AlarmRule,
@@ -183,7 +186,7 @@ pub fn best_f1_threshold(
 ) -> Option<(f64, Metrics)> {
     let mut pooled: Vec<f64> = validation
         .iter()
-        .flat_map(|(s, _)| s.iter().copied())
+        .flat_map(|(s, _)| smooth_scores(s, rule))
         .collect();
     if pooled.is_empty() {
         return None;
@@ -269,12 +272,16 @@ pub fn train_model(
     };
     // Featurize each series once; split off the validation tail when there is one.
     let mut train = FeatureMatrix::new(spec.len());
+    // Training rows per series, so that scores are smoothed series by series.
+    let mut train_lens: Vec<usize> = Vec::with_capacity(series.len());
     let mut held_back: Vec<(FeatureMatrix, Windows)> = Vec::new();
     for (i, s) in series.iter().enumerate() {
         let rows = features(s, &spec)?;
         let n = rows.n_rows();
         let cut = validation_fraction.map_or(n, |f| n - ((n as f64 * f).round() as usize).min(n));
-        train.extend(&training_rows(&rows.slice(0..cut), spec.warmup()));
+        let part = training_rows(&rows.slice(0..cut), spec.warmup());
+        train_lens.push(part.n_rows());
+        train.extend(&part);
         if let (Some(l), true) = (labels, cut < n) {
             held_back.push((rows.slice(cut..n), l[i].slice(cut..n)));
         }
@@ -287,7 +294,15 @@ pub fn train_model(
         "growing forest"
     );
     let forest = train_forest(&train, &cfg.forest)?;
-    let train_scores = score_rows(&forest, &train);
+    // The contamination quantile is taken over the scores the alarm rule compares: smoothed
+    // within each series (from its first training row after the feature warm-up).
+    let raw_train_scores = score_rows(&forest, &train);
+    let mut train_scores = Vec::with_capacity(raw_train_scores.len());
+    let mut at = 0;
+    for len in train_lens {
+        train_scores.extend(smooth_scores(&raw_train_scores[at..at + len], cfg.alarm));
+        at += len;
+    }
     let by_contamination = || contamination_threshold(&train_scores, contamination);
     let (threshold, report) = match (&cfg.threshold, held_back.is_empty()) {
         (
@@ -364,7 +379,7 @@ mod tests {
         }
         scores[30] = 0.9;
         let w = Windows::new(vec![(10, 14)]);
-        let one = AlarmRule { k: 1, n: 1 };
+        let one = AlarmRule::k_of_n(1, 1);
         let (t, m) = best_f1_threshold(&[(scores.clone(), w.clone())], one, 1000.0).expect("t");
         assert!(t > 0.4 && t <= 0.8, "{t}");
         assert_eq!(m.counts.true_positives, 5);
@@ -372,7 +387,7 @@ mod tests {
         // alarms at all meets a ceiling of 10 with a 1-of-1 rule.
         assert!(best_f1_threshold(&[(scores.clone(), w.clone())], one, 10.0).is_none());
         // A 2-of-2 rule silences the lone spike, so the bump can alarm under the ceiling.
-        let two = AlarmRule { k: 2, n: 2 };
+        let two = AlarmRule::k_of_n(2, 2);
         let (_, m) = best_f1_threshold(&[(scores, w)], two, 10.0).expect("t");
         assert_eq!(m.counts.false_alarm_events, 0);
         assert_eq!(m.counts.true_positives, 4);

@@ -57,11 +57,13 @@ pub fn smd(root: &Path, cfg: &TrainConfig) -> Result<Counts, DetectError> {
         }
         .into());
     }
-    // Warm the features and alarm rule on the end of the training part.
+    // Warm the features, the score smoother (five half-lives leave 3% of its start) and the
+    // alarm rule on the end of the training part.
     let warm = cfg
         .features
         .warmup()
         .max(cfg.alarm.n as usize)
+        .max(5 * cfg.alarm.smoothing_half_life as usize)
         .min(train.rows.len());
     let mut joined = train.slice(train.rows.len() - warm..train.rows.len());
     joined.rows.extend(test.rows.iter().cloned());

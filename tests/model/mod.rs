@@ -118,7 +118,7 @@ fn trainer_f1_matches_scikit_learn_on_the_same_features() {
         };
         let forest = train_forest(&train, &p).expect("train");
         let t = contamination_threshold(&score_rows(&forest, &train), contamination);
-        let mut st = AlarmState::new(AlarmRule { k: 1, n: 1 });
+        let mut st = AlarmState::new(AlarmRule::k_of_n(1, 1));
         let alarms: Vec<bool> = score_rows(&forest, &test)
             .iter()
             .map(|&s| st.push(s, t))
@@ -238,6 +238,8 @@ fn train_score_eval_publish_through_the_binary() {
         "2",
         "--alarm-n",
         "5",
+        "--smoothing-half-life",
+        "3",
     ]));
     let manifest: ModelManifest = serde_json::from_slice(
         &std::fs::read(model.join("manifest.json")).expect("manifest written"),
@@ -247,9 +249,10 @@ fn train_score_eval_publish_through_the_binary() {
     assert_eq!(manifest.feature_names, manifest.features.names());
     assert_eq!(manifest.features.signals, ["a", "b", "c"]);
     assert_eq!((manifest.n_trees, manifest.seed), (50, 3));
-    assert_eq!(manifest.alarm, AlarmRule { k: 2, n: 5 });
+    assert_eq!(manifest.alarm, AlarmRule::k_of_n(2, 5).smoothed(3));
 
-    // score: one row per input row; the alarm column is the k-of-n rule over the score column.
+    // score: one row per input row; the alarm column is the k-of-n rule over the smoothed score
+    // column, as the agent applies it.
     let scored = dir.path().join("scored.csv");
     ok(selfheal(&[
         "model",

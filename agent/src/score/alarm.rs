@@ -39,7 +39,7 @@ pub fn validate_rule(rule: AlarmRule) -> Result<(), AlarmRuleError> {
 /// What one score did to its series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AlarmDecision {
-    /// This score reached the threshold.
+    /// This score (smoothed, when the rule smooths) reached the threshold.
     pub alarm: bool,
     /// At least `k` of the last `n` scores (this one included) reached it.
     pub anomalous: bool,
@@ -66,8 +66,7 @@ impl AlarmState {
 
     /// Records the next score of the series. A NaN score counts as no alarm.
     pub fn push(&mut self, score: f32) -> AlarmDecision {
-        let alarm = f64::from(score) >= self.threshold;
-        let anomalous = self.rule.push_above(alarm);
+        let (alarm, anomalous) = self.rule.push_smoothed(f64::from(score), self.threshold);
         AlarmDecision {
             alarm,
             anomalous,
@@ -87,7 +86,7 @@ mod tests {
 
     #[test]
     fn three_of_five_needs_three_alarms_within_five_scores() {
-        let mut s = AlarmState::new(AlarmRule { k: 3, n: 5 }, 0.6).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(3, 5), 0.6).expect("valid rule");
         let decisions: Vec<bool> = [0.7, 0.1, 0.7, 0.1, 0.1, 0.1, 0.7, 0.7, 0.1, 0.7]
             .iter()
             .map(|&x| s.push(x).anomalous)
@@ -104,7 +103,7 @@ mod tests {
 
     #[test]
     fn score_equal_to_threshold_alarms_and_nan_does_not() {
-        let mut s = AlarmState::new(AlarmRule { k: 1, n: 1 }, 0.5).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.5).expect("valid rule");
         assert!(s.push(0.5).anomalous);
         assert!(!s.push(f32::NAN).alarm);
     }
@@ -113,7 +112,7 @@ mod tests {
     fn invalid_rules_are_refused() {
         for (k, n) in [(0, 5), (6, 5), (1, MAX_ALARM_WINDOW + 1)] {
             assert_eq!(
-                AlarmState::new(AlarmRule { k, n }, 0.5).err(),
+                AlarmState::new(AlarmRule::k_of_n(k, n), 0.5).err(),
                 Some(AlarmRuleError::Invalid { k, n })
             );
         }
@@ -121,10 +120,41 @@ mod tests {
 
     #[test]
     fn reset_forgets_history() {
-        let mut s = AlarmState::new(AlarmRule { k: 2, n: 3 }, 0.5).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(2, 3), 0.5).expect("valid rule");
         s.push(0.9);
         s.reset();
         assert!(!s.push(0.9).anomalous);
         assert!(s.push(0.9).anomalous);
+    }
+
+    #[test]
+    fn smoothed_rule_decides_as_the_core_rule_the_trainer_runs() {
+        let rule = AlarmRule::k_of_n(2, 3).smoothed(4);
+        let mut agent = AlarmState::new(rule, 0.55).expect("valid rule");
+        let mut core = KOfN::new(rule);
+        let scores = [
+            0.4f32,
+            0.9,
+            0.4,
+            0.4,
+            0.7,
+            0.7,
+            0.7,
+            0.7,
+            0.7,
+            f32::NAN,
+            0.3,
+            0.3,
+            0.3,
+            0.3,
+            0.3,
+        ];
+        let ours: Vec<bool> = scores.iter().map(|&s| agent.push(s).anomalous).collect();
+        let theirs: Vec<bool> = scores
+            .iter()
+            .map(|&s| core.push(f64::from(s), 0.55))
+            .collect();
+        assert_eq!(ours, theirs);
+        assert!(ours.contains(&true) && ours.contains(&false), "{ours:?}");
     }
 }
