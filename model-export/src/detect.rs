@@ -53,7 +53,7 @@ pub struct TrainConfig {
 }
 
 /// Default contamination: the share of training points scoring at or above the threshold.
-pub const DEFAULT_CONTAMINATION: f64 = 0.03;
+pub const DEFAULT_CONTAMINATION: f64 = 0.02;
 /// Default alarm rule: scores smoothed over a half-life of 10 samples, then 3 smoothed scores at
 /// or above threshold within the last 30. Smoothing lets a sustained moderate rise alarm and
 /// fades a lone spike; 3-of-30 holds an alarm for up to 27 samples, so one incident is one alarm
@@ -64,7 +64,7 @@ pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 30).smoothed(10);
 impl Default for TrainConfig {
     /// The one configuration used for every series in the quality benchmark
     /// (docs/benchmarks.md, "Detection quality"): 100 trees, ψ = 256, the standard features
-    /// (value, delta, std and z-score over 12 and 60 samples), contamination 0.03 of the
+    /// (value, delta, std and z-score over 12 and 60 samples), contamination 0.02 of the
     /// smoothed training scores, and [`DEFAULT_ALARM`].
     fn default() -> Self {
         TrainConfig {
