@@ -414,10 +414,11 @@ impl Detector {
                 let Some(series) = self.series.get_mut(&(r.subject.clone(), family)) else {
                     continue;
                 };
-                if series.alarm.push(score).anomalous {
+                let decision = series.alarm.push(score);
+                if decision.anomalous {
                     out.anomalies.push(Anomaly {
                         record: r.clone(),
-                        score: f64::from(score),
+                        score: decision.compared_score,
                         threshold: manifest.threshold,
                         model_version: manifest.version.clone(),
                         top_features: top_features(spec, names, &f),

@@ -174,9 +174,17 @@ impl AlarmState {
     /// whether the sample alarms. A NaN score (a failed score) never reaches the threshold and
     /// leaves the smoothed score as it was.
     pub fn push_smoothed(&mut self, score: f64, threshold: f64) -> (bool, bool) {
+        let (above, alarms, _) = self.push_scored(score, threshold);
+        (above, alarms)
+    }
+
+    /// As [`AlarmState::push_smoothed`], also returning the score that was compared with the
+    /// threshold (the smoothed score; the raw one when the rule does not smooth), which is the
+    /// score an anomaly record should carry.
+    pub fn push_scored(&mut self, score: f64, threshold: f64) -> (bool, bool, f64) {
         let smoothed = self.smoother.push(score);
         let above = !score.is_nan() && smoothed >= threshold;
-        (above, self.push_above(above))
+        (above, self.push_above(above), smoothed)
     }
 
     /// Records whether one sample was at or above threshold and says whether it alarms. This

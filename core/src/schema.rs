@@ -179,7 +179,10 @@ pub enum Payload {
 pub struct Anomaly {
     /// The record that tripped the alarm.
     pub record: Record,
-    /// Anomaly score (higher is more anomalous; isolation-forest scores lie in 0..1).
+    /// Anomaly score that was compared with `threshold` (higher is more anomalous;
+    /// isolation-forest scores lie in 0..1): the model's score, EWMA-smoothed when the model's
+    /// alarm rule smooths (the k-of-n rule can
+    /// fire on a sample whose own score fell back below the threshold).
     pub score: f64,
     /// The model's threshold.
     pub threshold: f64,

@@ -37,7 +37,7 @@ pub fn validate_rule(rule: AlarmRule) -> Result<(), AlarmRuleError> {
 }
 
 /// What one score did to its series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AlarmDecision {
     /// This score (smoothed, when the rule smooths) reached the threshold.
     pub alarm: bool,
@@ -45,6 +45,9 @@ pub struct AlarmDecision {
     pub anomalous: bool,
     /// Alarms among the last `n` scores.
     pub alarms_in_window: u32,
+    /// The score compared with the threshold: EWMA-smoothed when the rule smooths, else the
+    /// model's score itself.
+    pub compared_score: f64,
 }
 
 /// The k-of-n state of one series under one model's threshold.
@@ -66,11 +69,13 @@ impl AlarmState {
 
     /// Records the next score of the series. A NaN score counts as no alarm.
     pub fn push(&mut self, score: f32) -> AlarmDecision {
-        let (alarm, anomalous) = self.rule.push_smoothed(f64::from(score), self.threshold);
+        let (alarm, anomalous, compared_score) =
+            self.rule.push_scored(f64::from(score), self.threshold);
         AlarmDecision {
             alarm,
             anomalous,
             alarms_in_window: self.rule.alarms_in_window(),
+            compared_score,
         }
     }
 
@@ -156,5 +161,26 @@ mod tests {
             .collect();
         assert_eq!(ours, theirs);
         assert!(ours.contains(&true) && ours.contains(&false), "{ours:?}");
+    }
+
+    #[test]
+    fn the_compared_score_is_the_smoothed_one_and_the_raw_one_without_smoothing() {
+        let smoothed_rule = AlarmRule::k_of_n(1, 1).smoothed(4);
+        let mut agent = AlarmState::new(smoothed_rule, 0.55).expect("valid rule");
+        let raw_scores = [0.4f32, 0.9, 0.7];
+        let widened: Vec<f64> = raw_scores.iter().map(|&s| f64::from(s)).collect();
+        let expected = selfheal_core::model::smooth_scores(&widened, smoothed_rule);
+        let got: Vec<f64> = raw_scores
+            .iter()
+            .map(|&s| agent.push(s).compared_score)
+            .collect();
+        assert_eq!(got, expected);
+        assert!(
+            got[1] < 0.9 && got[1] > 0.4,
+            "smoothing pulls the spike down: {got:?}"
+        );
+
+        let mut raw = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.55).expect("valid rule");
+        assert_eq!(raw.push(0.9).compared_score, f64::from(0.9f32));
     }
 }
