@@ -34,6 +34,8 @@ enum LogFormat {
 enum Command {
     /// Run the node agent: collect, normalize, score and forward.
     Agent(selfheal_agent::cli::AgentArgs),
+    /// Read the agents' stream into the data lake (and, later, incidents and healing).
+    Aggregator(selfheal_aggregator::cli::AggregatorArgs),
     /// Train, score, evaluate and publish models.
     #[command(subcommand)]
     Model(selfheal_model_export::cli::ModelCommand),
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Agent(args) => selfheal_agent::cli::main(args),
+        Command::Aggregator(args) => selfheal_aggregator::cli::main(args),
         Command::Model(cmd) => selfheal_model_export::cli::main(cmd),
     }
 }

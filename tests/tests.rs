@@ -9,6 +9,7 @@ mod agent_cli;
 mod agent_collect;
 mod detect;
 mod forward;
+mod lake;
 mod manifests;
 mod model;
 mod pods;

@@ -14,6 +14,7 @@ use crate::eval::Counts;
 use crate::train::ForestParams;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use selfheal_core::Family;
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
 use selfheal_core::model::{AlarmRule, ModelManifest};
 use std::io::Write;
@@ -41,7 +42,8 @@ pub struct TrainArgs {
     /// Metric family (or series name) the model is for; names the store directory.
     #[arg(long)]
     pub family: String,
-    /// A CSV (or SMD `.txt`) file, or a directory of them with identical columns.
+    /// A CSV (or SMD `.txt`) file, a directory of them with identical columns, or the data lake
+    /// (a directory of the aggregator's Parquet, or `s3://bucket/prefix`) to read `--family` from.
     #[arg(long)]
     pub input: PathBuf,
     /// Label windows (NAB JSON) or SMD point labels; enables the best-F1 threshold.
@@ -162,7 +164,27 @@ fn input_files(input: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn train(a: TrainArgs) -> Result<ExitCode> {
-    let series = read_input(&a.input)?;
+    let (series, lake_digest) = if crate::lake::is_lake(&a.input) {
+        let family: Family = a
+            .family
+            .parse()
+            .context("--family must name a metric family to train from a lake")?;
+        if a.labels.is_some() {
+            bail!("--labels is not supported with lake input yet (label windows name CSV series)");
+        }
+        let lake = crate::lake::read_lake(&a.input.to_string_lossy(), family)?;
+        tracing::info!(
+            objects = lake.objects,
+            rows = lake.rows,
+            duplicates = lake.duplicates,
+            subjects = lake.subjects,
+            runs = lake.series.len(),
+            "LakeRead"
+        );
+        (lake.series, Some(lake.digest))
+    } else {
+        (read_input(&a.input)?, None)
+    };
     let labels = match &a.labels {
         Some(p) => Some(
             series
@@ -237,7 +259,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         n_trees: detector.forest.trees.len(),
         max_samples: detector.forest.max_samples,
         seed: a.seed,
-        training_data_sha256: sha256_files(&input_files(&a.input)?)?,
+        training_data_sha256: match lake_digest {
+            Some(d) => d,
+            None => sha256_files(&input_files(&a.input)?)?,
+        },
         created_at,
         model_sha256: String::new(),
     };

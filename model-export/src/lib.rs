@@ -4,6 +4,7 @@
 //! publishing. The feature code is `selfheal_core::features`, shared with the agent.
 //!
 //! * [`dataset`] reads CSV / SMD series and NAB / SMD labels and computes features;
+//! * [`lake`] reads the aggregator's Parquet lake as contiguous runs per subject;
 //! * [`train`] grows the isolation forest;
 //! * [`detect`] trains a whole detector (forest + threshold + k-of-n rule) and runs it;
 //! * [`eval`] measures alarms against label windows;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod dataset;
 pub mod detect;
 pub mod eval;
+pub mod lake;
 pub mod onnx;
 pub mod publish;
 pub mod quality;

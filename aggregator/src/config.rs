@@ -1,0 +1,345 @@
+//! Aggregator configuration, in two steps: [`AggregatorConfig`] is what the file and the
+//! environment say (serde, unknown fields refused); [`Settings`] is the validated form the
+//! aggregator runs on. Anything wrong fails at start, naming the field, before any work begins.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file (`--config`), then environment
+//! variables `SELFHEAL_AGGREGATOR_<FIELD>` with `__` between nested fields, e.g.
+//! `SELFHEAL_AGGREGATOR_KINESIS__STREAM_NAME=selfheal`. AWS credentials, region and endpoint
+//! come from the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, ...) unless set here.
+
+use crate::consume::ConsumerSettings;
+use crate::lake::S3Options;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The aggregator's configuration as written by the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Address of the HTTP server for `/metrics` and `/healthz`.
+    pub listen_addr: String,
+    /// Seconds allowed after SIGTERM to write the open batches and checkpoint them; keep it
+    /// below the pod's `terminationGracePeriodSeconds`.
+    pub shutdown_grace_secs: f64,
+    /// `/healthz` fails when no Kinesis call succeeded for this many seconds.
+    pub health_max_age_secs: f64,
+    /// The stream to read.
+    pub kinesis: KinesisSourceConfig,
+    /// Where per-shard checkpoints are kept.
+    pub checkpoint: CheckpointConfig,
+    /// Batching between the stream and the lake.
+    pub batch: BatchConfig,
+    /// The data lake.
+    pub lake: LakeConfig,
+}
+
+/// `[kinesis]`: the stream and how it is polled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KinesisSourceConfig {
+    /// Name of the stream the agents write to.
+    pub stream_name: String,
+    /// AWS region; default: the standard chain.
+    pub region: Option<String>,
+    /// Endpoint override (VPC endpoint, moto); `AWS_ENDPOINT_URL` works too.
+    pub endpoint_url: Option<String>,
+    /// Pause after a GetRecords call that returned less than a full page, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Most records per GetRecords call (1..=10000).
+    pub get_records_limit: u32,
+    /// How often the shard list is refreshed, seconds.
+    pub shard_refresh_secs: f64,
+    /// First retry delay after an error, milliseconds.
+    pub retry_initial_ms: u64,
+    /// Largest retry delay, milliseconds.
+    pub retry_max_ms: u64,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Directory of checkpoint files (one per shard, under a directory named after the stream).
+    /// Put it on a persistent volume: losing it replays the stream from its trim horizon.
+    pub dir: PathBuf,
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A shard's batch is written when it holds this many records...
+    pub max_records: usize,
+    /// ... or when its first record was read this many milliseconds ago.
+    pub flush_interval_ms: u64,
+}
+
+/// `[lake]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// A directory, or `s3://bucket[/prefix]`.
+    pub location: String,
+    /// AWS region for S3; default: the standard chain.
+    pub region: Option<String>,
+    /// S3 endpoint override; `AWS_ENDPOINT_URL` works too.
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            listen_addr: "0.0.0.0:9478".into(),
+            shutdown_grace_secs: 20.0,
+            health_max_age_secs: 120.0,
+            kinesis: KinesisSourceConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            batch: BatchConfig::default(),
+            lake: LakeConfig::default(),
+        }
+    }
+}
+
+impl Default for KinesisSourceConfig {
+    fn default() -> Self {
+        KinesisSourceConfig {
+            stream_name: String::new(),
+            region: None,
+            endpoint_url: None,
+            poll_interval_ms: 1000,
+            get_records_limit: 10_000,
+            shard_refresh_secs: 60.0,
+            retry_initial_ms: 200,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: PathBuf::from("/var/lib/selfheal/checkpoints"),
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: 20_000,
+            flush_interval_ms: 60_000,
+        }
+    }
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            location: "/var/lib/selfheal/lake".into(),
+            region: None,
+            endpoint_url: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used. The message always names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed into [`AggregatorConfig`].
+    #[error("invalid aggregator configuration")]
+    Parse(#[from] Box<figment::Error>),
+    /// A field parsed but its value is not acceptable.
+    #[error("invalid aggregator configuration: field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `/metrics` and `/healthz` address.
+    pub listen_addr: SocketAddr,
+    /// Time allowed to drain at shutdown.
+    pub shutdown_grace: Duration,
+    /// `/healthz` staleness limit.
+    pub health_max_age: Duration,
+    /// Consumer settings.
+    pub consumer: ConsumerSettings,
+    /// Kinesis region override.
+    pub kinesis_region: Option<String>,
+    /// Kinesis endpoint override.
+    pub kinesis_endpoint_url: Option<String>,
+    /// Checkpoint directory.
+    pub checkpoint_dir: PathBuf,
+    /// Lake location (directory or `s3://...`).
+    pub lake_location: String,
+    /// S3 overrides.
+    pub lake_s3: S3Options,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn secs(field: &'static str, v: f64, max: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v > 0.0 && v <= max {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(invalid(
+            field,
+            format!("must be a number of seconds in (0, {max}], got {v}"),
+        ))
+    }
+}
+
+fn millis(field: &'static str, v: u64, max: u64) -> Result<Duration, ConfigError> {
+    if v == 0 || v > max {
+        return Err(invalid(field, format!("must be in 1..={max} ms, got {v}")));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+impl AggregatorConfig {
+    /// Loads defaults, then `file` (if any), then `SELFHEAL_AGGREGATOR_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<AggregatorConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(AggregatorConfig::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("SELFHEAL_AGGREGATOR_").split("__"));
+        fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))
+    }
+
+    /// Checks every field.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let k = &self.kinesis;
+        if k.stream_name.is_empty() {
+            return Err(invalid("kinesis.stream_name", "must be set"));
+        }
+        if !(1..=10_000).contains(&k.get_records_limit) {
+            return Err(invalid(
+                "kinesis.get_records_limit",
+                format!("must be in 1..=10000, got {}", k.get_records_limit),
+            ));
+        }
+        let retry_initial = millis("kinesis.retry_initial_ms", k.retry_initial_ms, 60_000)?;
+        let retry_max = millis("kinesis.retry_max_ms", k.retry_max_ms, 600_000)?;
+        if retry_max < retry_initial {
+            return Err(invalid(
+                "kinesis.retry_max_ms",
+                format!("must be at least retry_initial_ms ({})", k.retry_initial_ms),
+            ));
+        }
+        if self.batch.max_records == 0 || self.batch.max_records > 1_000_000 {
+            return Err(invalid(
+                "batch.max_records",
+                format!("must be in 1..=1000000, got {}", self.batch.max_records),
+            ));
+        }
+        if self.lake.location.is_empty() {
+            return Err(invalid(
+                "lake.location",
+                "must be a directory or s3://bucket[/prefix]",
+            ));
+        }
+        if self.lake.location.starts_with("s3://")
+            && crate::lake::store::parse_s3_url(&self.lake.location).is_none()
+        {
+            return Err(invalid(
+                "lake.location",
+                format!("{:?} has no bucket", self.lake.location),
+            ));
+        }
+        if self.checkpoint.dir.as_os_str().is_empty() {
+            return Err(invalid("checkpoint.dir", "must be set"));
+        }
+        let listen_addr = self.listen_addr.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "listen_addr",
+                format!("{:?} is not an address:port ({e})", self.listen_addr),
+            )
+        })?;
+        Ok(Settings {
+            listen_addr,
+            shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
+            health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,
+            consumer: ConsumerSettings {
+                stream: k.stream_name.clone(),
+                batch_max_records: self.batch.max_records,
+                flush_interval: millis(
+                    "batch.flush_interval_ms",
+                    self.batch.flush_interval_ms,
+                    3_600_000,
+                )?,
+                poll_interval: millis("kinesis.poll_interval_ms", k.poll_interval_ms, 60_000)?,
+                get_records_limit: i32::try_from(k.get_records_limit).unwrap_or(10_000),
+                shard_refresh: secs("kinesis.shard_refresh_secs", k.shard_refresh_secs, 3600.0)?,
+                retry_initial,
+                retry_max,
+            },
+            kinesis_region: k.region.clone(),
+            kinesis_endpoint_url: k.endpoint_url.clone(),
+            checkpoint_dir: self.checkpoint.dir.clone(),
+            lake_location: self.lake.location.clone(),
+            lake_s3: S3Options {
+                region: self.lake.region.clone(),
+                endpoint_url: self.lake.endpoint_url.clone(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let cfg: AggregatorConfig =
+            Figment::from(Serialized::defaults(AggregatorConfig::default()))
+                .merge(Toml::string(text))
+                .extract()
+                .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        cfg.validate()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = from_toml("").expect_err("no stream").to_string();
+        assert!(e.contains("`kinesis.stream_name`"), "{e}");
+        let e = from_toml("[kinesis]\nstream_name = \"s\"\nget_records_limit = 0\n")
+            .expect_err("limit")
+            .to_string();
+        assert!(e.contains("`kinesis.get_records_limit`"), "{e}");
+        let e = from_toml("[kinesis]\nstream_name = \"s\"\n[lake]\nlocation = \"s3://\"\n")
+            .expect_err("bucket")
+            .to_string();
+        assert!(e.contains("`lake.location`"), "{e}");
+        let e = from_toml("[kinesis]\nstream_name = \"s\"\nbogus = 1\n").expect_err("unknown");
+        let chain = format!("{:?}", e);
+        assert!(chain.contains("bogus"), "{chain}");
+    }
+
+    #[test]
+    fn defaults_validate_once_the_stream_is_named() {
+        let s = from_toml("[kinesis]\nstream_name = \"s\"\n").expect("valid");
+        assert_eq!(s.consumer.get_records_limit, 10_000);
+        assert_eq!(s.lake_location, "/var/lib/selfheal/lake");
+    }
+}

@@ -1,0 +1,108 @@
+//! `run(settings, shutdown)`: the aggregator's stages wired together: the Kinesis
+//! [`Consumer`](crate::consume::Consumer) feeding the [`LakeWriter`](crate::lake::LakeWriter),
+//! with checkpoints in files, and the `/metrics` + `/healthz` server.
+//!
+//! Shutdown: when `shutdown` turns true every shard reader writes its open batch and
+//! checkpoints it; `run` waits for that at most `shutdown_grace` and then returns (an error if
+//! the grace ran out: those batches are read again on the next start, nothing is lost).
+
+use crate::config::Settings;
+use crate::consume::{ConsumeMetrics, Consumer, FileCheckpoints};
+use crate::lake::{LakeStore, LakeWriter, StoreError};
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Why the aggregator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The lake could not be opened.
+    #[error("cannot open the lake")]
+    Lake(#[source] StoreError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Open batches were not all written within the shutdown grace period.
+    #[error("shutdown grace of {0:?} ran out before every batch was written")]
+    GraceExceeded(std::time::Duration),
+}
+
+/// Runs consumer → lake until `shutdown` turns true.
+pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    let mut registry = Registry::with_prefix("selfheal_aggregator");
+    let consume_metrics = Arc::new(ConsumeMetrics::default());
+    consume_metrics.register(&mut registry);
+
+    let store = LakeStore::open(&settings.lake_location, &settings.lake_s3)
+        .await
+        .map_err(RunError::Lake)?;
+    let writer = LakeWriter::new(store);
+    writer.stats().register(&mut registry);
+
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        // The consumer retries with its own backoff and counts each retry.
+        .retry_config(RetryConfig::disabled());
+    if let Some(r) = &settings.kinesis_region {
+        loader = loader.region(aws_sdk_kinesis::config::Region::new(r.clone()));
+    }
+    if let Some(u) = &settings.kinesis_endpoint_url {
+        loader = loader.endpoint_url(u);
+    }
+    let client = aws_sdk_kinesis::Client::new(&loader.load().await);
+    let checkpoints = FileCheckpoints::new(&settings.checkpoint_dir, &settings.consumer.stream);
+    tracing::info!(
+        stream = %settings.consumer.stream,
+        lake = %writer.store().location(),
+        checkpoints = %settings.checkpoint_dir.display(),
+        "AggregatorStarting"
+    );
+    let consumer = Consumer::new(
+        client,
+        settings.consumer.clone(),
+        checkpoints,
+        writer,
+        Arc::clone(&consume_metrics),
+    );
+    let (addr, server) = crate::server::serve(
+        settings.listen_addr,
+        Arc::new(registry),
+        consumer.progress(),
+        settings.health_max_age,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Listen {
+        addr: settings.listen_addr,
+        source,
+    })?;
+    tracing::info!(%addr, "HttpServerListening");
+    let mut task = tokio::spawn(consumer.run(shutdown.clone()));
+    let mut stop = shutdown;
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        r = &mut task => {
+            // The consumer returns only on shutdown; a panic ends up here.
+            if let Err(e) = r {
+                tracing::error!(error = %e, "ConsumerPanicked");
+            }
+            server.abort();
+            return Ok(());
+        }
+    }
+    let drained = tokio::time::timeout(settings.shutdown_grace, task).await;
+    let _ = server.await;
+    match drained {
+        Ok(_) => {
+            tracing::info!("AggregatorStopped");
+            Ok(())
+        }
+        Err(_) => Err(RunError::GraceExceeded(settings.shutdown_grace)),
+    }
+}
