@@ -31,6 +31,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::cgroup_fixture::{pod_uid, write_v2_pod};
+use support::forest::Rng;
 use support::moto::{Moto, aws_env, create_stream, kinesis_client, read_stream};
 use support::{KillOnDrop, free_port, http_get, selfheal, signal};
 
@@ -147,6 +148,45 @@ fn train(dir: &Path, cgroup: &Path, secs: u64) -> std::path::PathBuf {
     models
 }
 
+/// Pods whose CPU and memory move like busy services: every second each pod's CPU counters grow
+/// by a random 5–60 % of a core (some of it throttled) and its memory wanders. Identical flat
+/// pods would make every training row tie, and a contamination threshold over ties flags them
+/// all.
+fn animate_pods(root: &Path, pods: usize, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let mut rng = Rng::new(42);
+    let mut usage = vec![0u64; pods];
+    let mut throttled = vec![0u64; pods];
+    let mut periods = vec![0u64; pods];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for i in 0..pods {
+            let u = pod_uid(i).replace('-', "_");
+            let d = root
+                .join("kubepods.slice/kubepods-burstable.slice")
+                .join(format!("kubepods-burstable-pod{u}.slice"));
+            let busy = 50_000 + rng.below(550_000) as u64;
+            usage[i] += busy;
+            periods[i] += 10;
+            let thr = if busy > 500_000 { 1 } else { 0 };
+            throttled[i] += thr * 20_000;
+            let _ = std::fs::write(
+                d.join("cpu.stat"),
+                format!(
+                    "usage_usec {}\nuser_usec {}\nsystem_usec {}\nnr_periods {}\nnr_throttled {}\nthrottled_usec {}\n",
+                    usage[i],
+                    usage[i] * 4 / 5,
+                    usage[i] / 5,
+                    periods[i],
+                    throttled[i] / 20_000,
+                    throttled[i]
+                ),
+            );
+            let mem = 100_000_000 + rng.below(50_000_000) as u64;
+            let _ = std::fs::write(d.join("memory.current"), format!("{mem}\n"));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -159,6 +199,11 @@ fn main() {
     for i in 0..pods {
         write_v2_pod(&cgroup, &pod_uid(i), i, 1);
     }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let animator = {
+        let (root, stop) = (cgroup.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || animate_pods(&root, pods, stop))
+    };
     let models = train(dir.path(), &cgroup, 120);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -220,6 +265,8 @@ fn main() {
     signal(pid, "TERM");
     let status = agent.0.wait().expect("agent exit");
 
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = animator.join();
     let on_stream = rt.block_on(read_stream(&kinesis_client(&moto.endpoint()), "bytes"));
     let mut ids = HashSet::new();
     let (mut anomalies, mut stream_bytes) = (HashSet::new(), 0usize);

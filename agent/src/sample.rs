@@ -17,6 +17,12 @@
 //!   `budget_bytes_per_hour`; anomalies are paid first and normal records get the rest, with `p`
 //!   clamped to `[min_probability, 1]`.
 //!
+//! * An anomaly's flight-recorder window is trimmed to the raw records of its series this agent
+//!   has not forwarded yet (as samples or in an earlier anomaly's window). A series that stays
+//!   anomalous raises an anomaly every cycle, each with the whole window: untrimmed, a sustained
+//!   anomaly costs `window_records` times the bytes of its records. Trimmed, the lake still holds
+//!   every raw record of the minutes before each anomaly (joined by series and time), once.
+//!
 //! Decisions are a pure function of (seed, series, block), drawn from PCG-64 (`rand_pcg`)
 //! seeded with the three: the same input gives the same lake, whatever order series arrive in.
 
@@ -201,6 +207,8 @@ pub struct SamplerStats {
     pub anomaly_bytes: u64,
     /// Records that could not be sized (encoding failed); passed on for the spool to count.
     pub unsized_records: u64,
+    /// Window records left out of anomalies because they were forwarded already.
+    pub window_records_trimmed: u64,
 }
 
 /// One envelope chosen for forwarding, with its size on the wire (record plus partition key).
@@ -222,6 +230,8 @@ pub struct Sampler {
     anomaly_rate: f64,
     /// Decisions of the current block, by series.
     decided: HashMap<u64, bool>,
+    /// Per series, the newest record time already forwarded raw (sample, anomaly or window).
+    forwarded_until: HashMap<u64, i64>,
     stats: SamplerStats,
 }
 
@@ -240,6 +250,7 @@ impl Sampler {
             offered_rate: None,
             anomaly_rate: 0.0,
             decided: HashMap::new(),
+            forwarded_until: HashMap::new(),
             stats,
         }
     }
@@ -272,7 +283,16 @@ impl Sampler {
         let anomaly_ids: HashSet<_> = anomalies.iter().map(|a| a.record.id).collect();
         let mut out = Vec::with_capacity(anomalies.len() + records.len() / 4);
         let mut anomaly_bytes = 0u64;
-        for a in anomalies {
+        for mut a in anomalies {
+            let series = series_hash(&a.record);
+            if let Some(&until) = self.forwarded_until.get(&series) {
+                let before = a.window.len();
+                a.window.retain(|r| r.ts_ms > until);
+                self.stats.window_records_trimmed += (before - a.window.len()) as u64;
+            }
+            let newest = a.record.ts_ms;
+            let until = self.forwarded_until.entry(series).or_insert(newest);
+            *until = (*until).max(newest);
             let envelope = Envelope::new(Payload::Anomaly(a));
             let bytes = size(&envelope, &mut self.stats);
             anomaly_bytes += bytes as u64;
@@ -316,6 +336,9 @@ impl Sampler {
         if self.block != Some(block) {
             self.block = Some(block);
             self.decided.clear();
+            // Windows reach back `window_records` cycles; forget series quiet for much longer.
+            let horizon = now_ms - 4 * block_ms;
+            self.forwarded_until.retain(|_, ts| *ts >= horizon);
             self.stats.probability = self.probability(offered_rate);
         }
         let p = self.stats.probability;
@@ -326,6 +349,9 @@ impl Sampler {
                 .entry(series)
                 .or_insert_with(|| draw(seed, series, block) < p);
             if included {
+                let ts = sel.envelope.record().ts_ms;
+                let until = self.forwarded_until.entry(series).or_insert(ts);
+                *until = (*until).max(ts);
                 if let Payload::Sample {
                     inclusion_probability,
                     ..
@@ -592,6 +618,53 @@ mod tests {
         }
         assert_eq!(sampler.stats().probability, 0.001);
         assert_eq!(sampler.stats().anomaly_records, anomaly_ids.len() as u64);
+    }
+
+    #[test]
+    fn anomaly_windows_carry_only_records_not_forwarded_before() {
+        let mut sampler = Sampler::new(settings(100_000_000, 6, 1)); // p = 1: all sampled
+        let mut quiet = Sampler::new(SamplingSettings {
+            min_probability: 0.001,
+            budget_bytes_per_hour: 1.0, // p at the floor: nothing sampled
+            ..settings(1, 6, 1)
+        });
+        let mut ring: Vec<Record> = Vec::new();
+        let mut windows = (Vec::new(), Vec::new());
+        for c in 0..20i64 {
+            let ts = c * INTERVAL_MS;
+            let rec = record(0, c as u128, ts);
+            ring.push(rec.clone());
+            if ring.len() > 8 {
+                ring.remove(0);
+            }
+            let anomalies = if c >= 15 {
+                vec![Anomaly {
+                    window: ring.clone(),
+                    ..anomaly(rec.clone())
+                }]
+            } else {
+                Vec::new()
+            };
+            for (s, out) in [(&mut sampler, &mut windows.0), (&mut quiet, &mut windows.1)] {
+                for sel in s.select(ts, vec![rec.clone()], anomalies.clone()) {
+                    if let Payload::Anomaly(a) = sel.envelope.payload {
+                        out.push(
+                            a.window
+                                .iter()
+                                .map(|r| r.ts_ms / INTERVAL_MS)
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                }
+            }
+        }
+        // Everything before was sampled: each window is just the anomalous record (it ends
+        // every window and is not sent as a sample).
+        assert_eq!(windows.0, (15..20).map(|c| vec![c]).collect::<Vec<_>>());
+        // Nothing sampled: the first window is whole, then each adds only the new record.
+        assert_eq!(windows.1[0], (8..=15).collect::<Vec<_>>());
+        assert_eq!(windows.1[1..], [vec![16], vec![17], vec![18], vec![19]]);
+        assert_eq!(quiet.stats().window_records_trimmed, 4 * 7);
     }
 
     #[test]
