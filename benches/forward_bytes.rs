@@ -4,6 +4,9 @@
 //!
 //!   cargo bench --bench forward_bytes [-- SECONDS [PODS]]     # default 600 s, 100 pods
 //!
+//! `SELFHEAL_BIN=path/to/selfheal` runs another build of the binary (e.g. `--release` while the
+//! bench itself is built with `--profile dev`).
+//!
 //! 1. Training: the agent runs `--print` for 120 s at a 1 s interval over the real /proc and a
 //!    synthetic cgroup v2 tree of PODS pods; its CPU records become one CSV per series, and
 //!    `selfheal model train --family cpu` (default contamination and k-of-n alarm rule) writes the
@@ -51,6 +54,18 @@ const CPU_METRICS: [&str; 13] = [
     "cpu_throttled_secs_per_sec",
 ];
 
+/// The binary under test: `$SELFHEAL_BIN`, else the one cargo built with this bench.
+fn selfheal_bin() -> Command {
+    match std::env::var_os("SELFHEAL_BIN") {
+        Some(path) => {
+            let mut c = Command::new(path);
+            c.env_remove("NODE_NAME");
+            c
+        }
+        None => selfheal(),
+    }
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
@@ -84,7 +99,7 @@ fn train(dir: &Path, cgroup: &Path, secs: u64) -> std::path::PathBuf {
     let config = agent_config(dir, cgroup, port, "");
     let out = std::fs::File::create(dir.join("train.jsonl")).expect("train output");
     let mut agent = KillOnDrop(
-        selfheal()
+        selfheal_bin()
             .env("SELFHEAL_LOG", "warn")
             .args(["agent", "--print", "--config"])
             .arg(&config)
@@ -130,7 +145,7 @@ fn train(dir: &Path, cgroup: &Path, secs: u64) -> std::path::PathBuf {
         }
     }
     let models = dir.join("models");
-    let status = selfheal()
+    let status = selfheal_bin()
         .env("SELFHEAL_LOG", "warn")
         .args(["model", "train", "--family", "cpu", "--input"])
         .arg(&csv_dir)
@@ -168,8 +183,14 @@ fn animate_pods(root: &Path, pods: usize, stop: std::sync::Arc<std::sync::atomic
             periods[i] += 10;
             let thr = if busy > 500_000 { 1 } else { 0 };
             throttled[i] += thr * 20_000;
-            let _ = std::fs::write(
-                d.join("cpu.stat"),
+            // Write then rename, so the agent never reads a half-written file.
+            let put = |name: &str, text: String| {
+                let tmp = d.join(format!(".{name}.tmp"));
+                let _ =
+                    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, d.join(name)));
+            };
+            put(
+                "cpu.stat",
                 format!(
                     "usage_usec {}\nuser_usec {}\nsystem_usec {}\nnr_periods {}\nnr_throttled {}\nthrottled_usec {}\n",
                     usage[i],
@@ -181,7 +202,7 @@ fn animate_pods(root: &Path, pods: usize, stop: std::sync::Arc<std::sync::atomic
                 ),
             );
             let mem = 100_000_000 + rng.below(50_000_000) as u64;
-            let _ = std::fs::write(d.join("memory.current"), format!("{mem}\n"));
+            put("memory.current", format!("{mem}\n"));
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -222,7 +243,7 @@ fn main() {
             moto.endpoint()
         ),
     );
-    let mut cmd = selfheal();
+    let mut cmd = selfheal_bin();
     aws_env(&mut cmd)
         .env("SELFHEAL_LOG", "warn")
         .args(["agent", "--config"])
