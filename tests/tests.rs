@@ -7,6 +7,7 @@ mod support;
 mod agent_cgroup_real;
 mod agent_cli;
 mod agent_collect;
+mod agent_forward;
 mod detect;
 mod forward;
 mod lake;

@@ -91,6 +91,11 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         out.write(records, Vec::new())?;
         return Ok(ExitCode::SUCCESS);
     }
+    if args.print && settings.forward.sink == crate::forward::SinkKind::Stdout {
+        anyhow::bail!(
+            "--print and forward.sink = \"stdout\" would both write to stdout: choose one"
+        );
+    }
     let output = if args.print {
         Output::JsonLines(Box::new(std::io::stdout()))
     } else {

@@ -7,7 +7,10 @@
 //! `SELFHEAL_AGENT_INTERVAL_SECS=1` or `SELFHEAL_AGENT_PODS__SOURCE=none`.
 
 use crate::detect::ModelsConfig;
+use crate::forward::{ForwardConfig, ForwardSettings};
 use crate::pods::PodsConfig;
+use crate::sample::{SamplingConfig, SamplingSettings};
+use crate::spool::{SpoolConfig, SpoolSettings};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -48,6 +51,12 @@ pub struct AgentConfig {
     pub pods: PodsConfig,
     /// Family models to score records with.
     pub models: ModelsConfig,
+    /// The on-disk spool in front of the Kinesis and HTTP sinks.
+    pub spool: SpoolConfig,
+    /// Where selected records go (`sink`), and batching and retries.
+    pub forward: ForwardConfig,
+    /// Which normal records are forwarded: the byte budget and its blocks.
+    pub sampling: SamplingConfig,
 }
 
 impl Default for AgentConfig {
@@ -85,6 +94,9 @@ impl Default for AgentConfig {
             shutdown_grace_secs: 10.0,
             pods: PodsConfig::default(),
             models: ModelsConfig::default(),
+            spool: SpoolConfig::default(),
+            forward: ForwardConfig::default(),
+            sampling: SamplingConfig::default(),
         }
     }
 }
@@ -135,6 +147,14 @@ pub struct Settings {
     pub pods: PodsConfig,
     /// Family models (`models.models_dir` checked to be a directory).
     pub models: ModelsConfig,
+    /// Spool (opened only for the Kinesis and HTTP sinks).
+    pub spool: SpoolSettings,
+    /// The sink and its settings, as configured (checked).
+    pub forward: ForwardConfig,
+    /// Batching and retries.
+    pub forward_settings: ForwardSettings,
+    /// The sampler.
+    pub sampling: SamplingSettings,
 }
 
 impl AgentConfig {
@@ -253,7 +273,24 @@ impl AgentConfig {
                 reason: format!("{} is not a directory", dir.display()),
             });
         }
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        let spool = self.spool.validate().map_err(|e| match e {
+            crate::spool::SpoolError::Invalid { field, reason } => invalid(field, reason),
+            other => invalid("spool", other.to_string()),
+        })?;
+        let forward_settings = self
+            .forward
+            .validate()
+            .map_err(|e| invalid(e.field, e.reason))?;
+        let sampling = self
+            .sampling
+            .validate(interval, &node_name)
+            .map_err(|e| invalid(e.field, e.reason))?;
         Ok(Settings {
+            spool,
+            forward: self.forward,
+            forward_settings,
+            sampling,
             node_name,
             interval,
             proc_root: self.proc_root,
@@ -357,10 +394,47 @@ mod tests {
             .expect_err("dir")
             .to_string();
         assert!(err.contains("`models.models_dir`"), "{err}");
+        let err = load_str("[forward]\nsink = \"kinesis\"")
+            .expect_err("no stream")
+            .to_string();
+        assert!(err.contains("`forward.kinesis.stream_name`"), "{err}");
+        let err = load_str("[forward]\nsink = \"carrier-pigeon\"")
+            .expect_err("sink")
+            .to_string();
+        assert!(err.contains("carrier-pigeon"), "{err}");
+        let err = load_str("[forward.kinesis]\nstream = \"x\"")
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("stream"), "{err}");
+        let err = load_str("[spool]\nsegment_bytes = 10")
+            .expect_err("segment")
+            .to_string();
+        assert!(err.contains("`spool.segment_bytes`"), "{err}");
+        let err = load_str("[sampling]\nmin_probability = 0")
+            .expect_err("p")
+            .to_string();
+        assert!(err.contains("`sampling.min_probability`"), "{err}");
         let err = load_str("[models]\nwindow_records = 100000")
             .expect_err("window")
             .to_string();
         assert!(err.contains("`models.window_records`"), "{err}");
+    }
+
+    #[test]
+    fn forwarding_sections_load_from_file_and_environment() {
+        let s = load_str(
+            "[forward]\nsink = \"kinesis\"\nlinger_ms = 50\n[forward.kinesis]\nstream_name = \"s\"\n\
+             [spool]\ndir = \"/tmp/x\"\n[sampling]\nbudget_bytes_per_hour = 1000\nblock_cycles = 12\n",
+        )
+        .expect("valid");
+        assert_eq!(s.forward.sink, crate::forward::SinkKind::Kinesis);
+        assert_eq!(s.forward.kinesis.stream_name, "s");
+        assert_eq!(s.forward_settings.linger, Duration::from_millis(50));
+        assert_eq!(s.spool.dir, Path::new("/tmp/x"));
+        assert_eq!(s.sampling.budget_bytes_per_hour, 1000.0);
+        assert_eq!(s.sampling.block, Duration::from_secs(60));
+        let d = load_str("").expect("defaults");
+        assert_eq!(d.forward.sink, crate::forward::SinkKind::None);
     }
 
     #[test]

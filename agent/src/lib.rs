@@ -19,6 +19,7 @@ pub mod normalize;
 pub mod pods;
 pub mod procfs;
 pub mod run;
+pub mod sample;
 pub mod score;
 pub mod server;
 pub mod spool;

@@ -1,22 +1,35 @@
-//! The agent's main loop: every interval, collect → normalize → score (`detect`) → hand records
-//! and anomalies to the output; serve `/metrics` and `/healthz`; on shutdown finish the cycle in
-//! hand, flush, and return. Models are polled on a blocking thread and swapped in between cycles.
+//! The agent's main loop: every interval, collect → normalize → score (`detect`) → sample →
+//! forward; serve `/metrics` and `/healthz`; on shutdown finish the cycle in hand, flush, and
+//! return. Models are polled on a blocking thread and swapped in between cycles.
+//!
+//! Forwarding is decoupled from the loop by the [`Spool`]: the loop only appends to it (a local
+//! file write), and a [`Forwarder`] task drains it to Kinesis or HTTP at its own pace, so an
+//! unreachable sink never stalls collection. On shutdown the loop stops first, then the forwarder
+//! gets `shutdown_grace` to drain what the last cycle queued; the rest waits on disk for the next
+//! start. `--print` ([`Output`]) is independent of all this: it prints every record.
 
 use crate::collect::{Collector, CycleErrors};
 use crate::config::Settings;
 use crate::detect::{Detector, ModelEvent, ModelRegistry};
+use crate::forward::http::HttpSink;
+use crate::forward::kinesis::KinesisSink;
+use crate::forward::{ForwardConfigError, ForwardStats, Forwarder, Sink, SinkKind};
 use crate::normalize::Normalizer;
 use crate::pods::{PodDirectory, PodStatsSnapshot, PodWatcher, PodsError, SharedPodDirectory};
 use crate::procfs::CollectError;
+use crate::sample::{Sampler, Selected};
 use crate::server::{Health, serve};
-use crate::telemetry::{AgentMetrics, ErrorLabels, FamilyLabels, ModelInfoLabels, ModelLoadLabels};
+use crate::spool::{Spool, SpoolError};
+use crate::telemetry::{
+    AgentMetrics, ErrorLabels, FamilyLabels, ForwardCollector, ModelInfoLabels, ModelLoadLabels,
+};
 use selfheal_core::Family;
 use selfheal_core::schema::{Anomaly, Envelope, Payload, Record};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -39,6 +52,12 @@ pub enum AgentError {
     /// Writing records to the output failed (e.g. stdout closed).
     #[error("cannot write records")]
     Output(#[source] std::io::Error),
+    /// The spool directory could not be opened.
+    #[error("cannot open the spool")]
+    Spool(#[source] SpoolError),
+    /// The sink could not be set up.
+    #[error("cannot set up the sink")]
+    Sink(#[source] ForwardConfigError),
 }
 
 /// Where records go. The forwarding stage (Kinesis, HTTP) plugs in here.
@@ -59,6 +78,11 @@ impl std::fmt::Debug for Output {
 }
 
 impl Output {
+    /// True when records are dropped (no `--print`).
+    pub fn is_discard(&self) -> bool {
+        matches!(self, Output::Discard)
+    }
+
     /// Writes a cycle's records, then its anomalies.
     pub fn write(
         &mut self,
@@ -88,6 +112,119 @@ impl Output {
         match self {
             Output::Discard => Ok(()),
             Output::JsonLines(w) => w.flush().map_err(AgentError::Output),
+        }
+    }
+}
+
+/// The forward stage as the loop drives it: where selected envelopes go, and the forwarder task
+/// draining the spool.
+#[derive(Debug)]
+struct Forwarding {
+    dest: Destination,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    stats: Option<Arc<ForwardStats>>,
+}
+
+#[derive(Debug)]
+enum Destination {
+    None,
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    Spool(Arc<Spool>),
+}
+
+impl Forwarding {
+    /// Opens the spool and starts the forwarder for the configured sink.
+    async fn start(settings: &Settings) -> Result<Forwarding, AgentError> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut fwd = Forwarding {
+            dest: Destination::None,
+            task: None,
+            stop,
+            stats: None,
+        };
+        let kind = settings.forward.sink;
+        if !kind.is_spooled() {
+            if kind == SinkKind::Stdout {
+                fwd.dest = Destination::Stdout(std::io::BufWriter::new(std::io::stdout()));
+            }
+            tracing::info!(sink = ?kind, "ForwardingConfigured");
+            return Ok(fwd);
+        }
+        let spool = Arc::new(Spool::open(settings.spool.clone()).map_err(AgentError::Spool)?);
+        let grace = settings.shutdown_grace;
+        fn spawn<S: Sink>(
+            spool: &Arc<Spool>,
+            sink: S,
+            settings: &Settings,
+            stop: watch::Receiver<bool>,
+            grace: Duration,
+        ) -> (Arc<ForwardStats>, tokio::task::JoinHandle<()>) {
+            let f = Forwarder::new(Arc::clone(spool), sink, settings.forward_settings.clone());
+            (f.stats(), tokio::spawn(f.run(stop, grace)))
+        }
+        let (stats, task) = match kind {
+            SinkKind::Kinesis => {
+                let sink = KinesisSink::from_config(&settings.forward.kinesis)
+                    .await
+                    .map_err(AgentError::Sink)?;
+                spawn(&spool, sink, settings, stop_rx, grace)
+            }
+            _ => {
+                let sink =
+                    HttpSink::from_config(&settings.forward.http).map_err(AgentError::Sink)?;
+                spawn(&spool, sink, settings, stop_rx, grace)
+            }
+        };
+        tracing::info!(sink = ?kind, spool = %settings.spool.dir.display(), queued = spool.depth(), "ForwardingConfigured");
+        fwd.stats = Some(stats);
+        fwd.task = Some(task);
+        fwd.dest = Destination::Spool(spool);
+        Ok(fwd)
+    }
+
+    fn spool_stats(&self) -> Option<Arc<crate::spool::SpoolStats>> {
+        match &self.dest {
+            Destination::Spool(s) => Some(Arc::clone(s.stats())),
+            _ => None,
+        }
+    }
+
+    /// Hands a cycle's selection on. Spool drops are counted by the spool itself.
+    fn push(&mut self, selected: Vec<Selected>) -> Result<(), AgentError> {
+        match &mut self.dest {
+            Destination::None => Ok(()),
+            Destination::Spool(spool) => {
+                for s in &selected {
+                    let _ = spool.push(&s.envelope);
+                }
+                Ok(())
+            }
+            Destination::Stdout(w) => {
+                for s in &selected {
+                    serde_json::to_writer(&mut *w, &s.envelope)
+                        .map_err(|e| AgentError::Output(e.into()))?;
+                    w.write_all(b"\n").map_err(AgentError::Output)?;
+                }
+                w.flush().map_err(AgentError::Output)
+            }
+        }
+    }
+
+    /// After the last cycle: syncs the spool, then lets the forwarder drain for the grace period.
+    async fn finish(self, grace: Duration) {
+        if let Destination::Spool(spool) = &self.dest {
+            spool.sync();
+        }
+        self.stop.send_replace(true);
+        if let Some(task) = self.task {
+            // The forwarder bounds itself by `grace`; the margin covers its final sync.
+            if tokio::time::timeout(grace + Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("ForwarderShutdownTimeout");
+            }
         }
     }
 }
@@ -308,7 +445,18 @@ pub async fn run(
     mut output: Output,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let metrics = Arc::new(AgentMetrics::new());
+    let mut forwarding = Forwarding::start(&settings).await?;
+    let mut sampler = Sampler::new(settings.sampling.clone());
+    let sampler_stats = Arc::new(Mutex::new(sampler.stats()));
+    let mut metrics = AgentMetrics::new();
+    metrics
+        .registry_mut()
+        .register_collector(Box::new(ForwardCollector {
+            spool: forwarding.spool_stats(),
+            forward: forwarding.stats.clone(),
+            sampler: Arc::clone(&sampler_stats),
+        }));
+    let metrics = Arc::new(metrics);
     let health = Arc::new(Health::new(settings.interval * 3));
     let (addr, server) = serve(
         settings.listen_addr,
@@ -402,7 +550,20 @@ pub async fn run(
             .series
             .set(pipeline.normalizer().series_count() as i64);
         let anomalies = scoring.detect(&records, &metrics);
-        if let Err(e) = output.write(records, anomalies) {
+        // Printing sees every record; the sampler takes them after.
+        let printed = (!output.is_discard()).then(|| (records.clone(), anomalies.clone()));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let selected = sampler.select(now_ms, records, anomalies);
+        *sampler_stats.lock().unwrap_or_else(|p| p.into_inner()) = sampler.stats();
+        // Spool first, print second: whatever `--print` showed is already on disk.
+        if let Err(e) = forwarding.push(selected) {
+            break Err(e);
+        }
+        if let Some((records, anomalies)) = printed
+            && let Err(e) = output.write(records, anomalies)
+        {
             break Err(e);
         }
         metrics.cycles.inc();
@@ -415,6 +576,7 @@ pub async fn run(
     };
     tracing::info!("AgentStopping");
     let flushed = output.flush();
+    forwarding.finish(settings.shutdown_grace).await;
     let _ = tokio::time::timeout(settings.shutdown_grace, server).await;
     tracing::info!("AgentStopped");
     result.and(flushed)

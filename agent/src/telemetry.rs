@@ -1,16 +1,24 @@
 //! The agent's own health, in Prometheus form: `selfheal_agent_<name>_<unit>[_total]`.
 //!
 //! [`AgentMetrics`] owns the registry and every metric; stages update it once per cycle, never
-//! per record, and [`crate::server`] renders it on `/metrics`.
+//! per record, and [`crate::server`] renders it on `/metrics`. [`ForwardCollector`] adds the
+//! spool's, the forwarder's and the sampler's numbers, read at scrape time.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use crate::forward::ForwardStats;
+use crate::sample::SamplerStats;
+use crate::spool::{DropReason, Lane, SpoolStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Labels of `selfheal_agent_collect_errors_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -228,5 +236,228 @@ impl AgentMetrics {
 impl Default for AgentMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Labels of the per-lane spool metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    /// `anomaly` or `sample`.
+    lane: &'static str,
+}
+
+/// Labels of `selfheal_agent_spool_dropped_records_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    /// A [`DropReason`] label.
+    reason: &'static str,
+}
+
+/// The forwarding path's metrics, read at scrape time from the atomics the spool and forwarder
+/// keep (so `/metrics` is exact even between cycles and while the loop waits), plus the
+/// sampler's last state, which the loop stores once per cycle.
+#[derive(Debug)]
+pub struct ForwardCollector {
+    /// Spool counters, when a spool is open.
+    pub spool: Option<Arc<SpoolStats>>,
+    /// Forwarder counters, when a forwarder runs.
+    pub forward: Option<Arc<ForwardStats>>,
+    /// The sampler's state after the last cycle.
+    pub sampler: Arc<Mutex<SamplerStats>>,
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for ForwardCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = *self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        gauge(
+            &mut enc,
+            "sample_inclusion_probability",
+            "Inclusion probability of normal series in the current sampling block",
+            s.probability,
+        )?;
+        gauge(
+            &mut enc,
+            "sample_budget_bytes_per_hour",
+            "Configured forwarding budget",
+            s.budget_bytes_per_hour,
+        )?;
+        gauge(
+            &mut enc,
+            "sample_offered_bytes_per_hour",
+            "Moving average of the bytes per hour all normal records would take",
+            s.offered_bytes_per_hour,
+        )?;
+        gauge(
+            &mut enc,
+            "sample_anomaly_bytes_per_hour",
+            "Moving average of the bytes per hour anomalies take",
+            s.anomaly_bytes_per_hour,
+        )?;
+        let counters = [
+            (
+                "sample_offered_records",
+                "Normal records offered to the sampler",
+                s.offered_records,
+            ),
+            (
+                "sample_offered_bytes",
+                "Wire bytes of the normal records offered",
+                s.offered_bytes,
+            ),
+            (
+                "sample_selected_records",
+                "Normal records selected for forwarding",
+                s.selected_records,
+            ),
+            (
+                "sample_selected_bytes",
+                "Wire bytes of the normal records selected",
+                s.selected_bytes,
+            ),
+            (
+                "sample_anomaly_records",
+                "Anomalies selected for forwarding (all of them)",
+                s.anomaly_records,
+            ),
+            (
+                "sample_anomaly_bytes",
+                "Wire bytes of the anomalies selected",
+                s.anomaly_bytes,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut enc, name, help, v)?;
+        }
+        if let Some(sp) = &self.spool {
+            for (name, help, f) in [
+                (
+                    "spool_depth_records",
+                    "Records queued in the spool and not yet acknowledged",
+                    SpoolStats::depth_records_in as fn(&SpoolStats, Lane) -> u64,
+                ),
+                (
+                    "spool_depth_bytes",
+                    "Bytes of spool segment files",
+                    SpoolStats::depth_bytes_in,
+                ),
+            ] {
+                let g = ConstGauge::new(0u64);
+                let mut m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+                for lane in Lane::ALL {
+                    ConstGauge::new(f(sp, lane)).encode(m.encode_family(&LaneLabels {
+                        lane: lane.as_str(),
+                    })?)?;
+                }
+            }
+            let c = ConstCounter::new(0u64);
+            let mut m = enc.encode_descriptor(
+                "spool_appended_records",
+                "Records written to the spool",
+                None,
+                c.metric_type(),
+            )?;
+            for lane in Lane::ALL {
+                ConstCounter::new(sp.appended(lane)).encode(m.encode_family(&LaneLabels {
+                    lane: lane.as_str(),
+                })?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "spool_dropped_records",
+                "Records lost, by reason",
+                None,
+                c.metric_type(),
+            )?;
+            for reason in DropReason::ALL {
+                ConstCounter::new(sp.dropped(reason)).encode(m.encode_family(
+                    &ReasonLabels {
+                        reason: reason.as_str(),
+                    },
+                )?)?;
+            }
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            counter(
+                &mut enc,
+                "spool_acked_records",
+                "Records the sink accepted and the spool released",
+                load(&sp.acked_records),
+            )?;
+            counter(
+                &mut enc,
+                "spool_corrupt_regions",
+                "Corrupt or torn spool regions skipped",
+                load(&sp.corrupt_regions),
+            )?;
+            counter(
+                &mut enc,
+                "spool_io_errors",
+                "Spool write, fsync or checkpoint errors",
+                load(&sp.io_errors),
+            )?;
+        }
+        if let Some(f) = &self.forward {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            let counters = [
+                (
+                    "forward_sent_records",
+                    "Records the sink accepted",
+                    load(&f.records_sent),
+                ),
+                (
+                    "forward_sent_bytes",
+                    "Wire bytes (data plus partition keys) the sink accepted",
+                    load(&f.bytes_sent),
+                ),
+                (
+                    "forward_retried_records",
+                    "Records sent again after a refusal or failed call",
+                    load(&f.records_retried),
+                ),
+                (
+                    "forward_failed_records",
+                    "Record refusals by the sink (each failed retry counts)",
+                    load(&f.records_failed),
+                ),
+                (
+                    "forward_rejected_records",
+                    "Records the sink refused for good",
+                    load(&f.records_rejected),
+                ),
+                ("forward_calls", "Calls made to the sink", load(&f.calls)),
+                (
+                    "forward_call_errors",
+                    "Sink calls that failed as a whole",
+                    load(&f.call_errors),
+                ),
+                (
+                    "forward_throttled",
+                    "Calls or records refused for throttling",
+                    load(&f.throttled),
+                ),
+            ];
+            for (name, help, v) in counters {
+                counter(&mut enc, name, help, v)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -267,6 +267,14 @@ pub fn encode_wire(env: &Envelope) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// The length [`encode_wire`] would produce for `env`, without allocating: what a record costs
+/// on the wire, for byte budgets.
+pub fn wire_len(env: &Envelope) -> Result<usize, EncodeError> {
+    postcard::serialize_with_flavor(env, postcard::ser_flavors::Size::default())
+        .map(|n| n + WIRE_MAGIC.len() + 2)
+        .map_err(EncodeError)
+}
+
 /// Decodes a wire record, checking magic and version first.
 pub fn decode_wire(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let (header, body) = bytes
@@ -341,6 +349,7 @@ mod tests {
         let bytes = encode_wire(&env).expect("encode");
         assert_eq!(&bytes[..2], b"SH");
         assert_eq!(decode_wire(&bytes).expect("decode"), env);
+        assert_eq!(wire_len(&env).expect("size"), bytes.len());
     }
 
     #[test]

@@ -79,10 +79,39 @@ pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// Batching and retry settings as written by the user (`forward` section).
+/// Where the agent forwards what the sampler selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// A Kinesis stream (`forward.kinesis`), through the spool.
+    Kinesis,
+    /// The aggregator's ingest endpoint (`forward.http`), through the spool.
+    Http,
+    /// One JSON envelope per line on stdout, no spool (debugging, piping).
+    Stdout,
+    /// Nothing is forwarded; the agent only exposes `/metrics`.
+    #[default]
+    None,
+}
+
+impl SinkKind {
+    /// Whether records go through the on-disk spool and a [`Forwarder`].
+    pub fn is_spooled(self) -> bool {
+        matches!(self, SinkKind::Kinesis | SinkKind::Http)
+    }
+}
+
+/// Forwarding settings as written by the user (`forward` section): the sink, its settings, and
+/// batching and retries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
+    /// `kinesis`, `http`, `stdout` or `none`.
+    pub sink: SinkKind,
+    /// The Kinesis sink, with `sink = "kinesis"`.
+    pub kinesis: kinesis::KinesisConfig,
+    /// The HTTP sink, with `sink = "http"`.
+    pub http: http::HttpConfig,
     /// How long to wait for more records before sending a batch that is not full, milliseconds.
     pub linger_ms: u64,
     /// Most records per call (at most 500, the PutRecords limit).
@@ -100,6 +129,9 @@ pub struct ForwardConfig {
 impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
+            sink: SinkKind::None,
+            kinesis: kinesis::KinesisConfig::default(),
+            http: http::HttpConfig::default(),
             linger_ms: 200,
             max_batch_records: limits::MAX_BATCH_RECORDS,
             max_batch_bytes: limits::MAX_BATCH_BYTES,
@@ -164,6 +196,18 @@ impl ForwardConfig {
         }
         if self.request_timeout_ms == 0 {
             return bad("forward.request_timeout_ms", "must be positive".into());
+        }
+        match self.sink {
+            SinkKind::Kinesis if self.kinesis.stream_name.is_empty() => {
+                return bad(
+                    "forward.kinesis.stream_name",
+                    "must be set with sink = \"kinesis\"".into(),
+                );
+            }
+            SinkKind::Http => {
+                http::HttpSink::from_config(&self.http)?;
+            }
+            _ => {}
         }
         Ok(ForwardSettings {
             linger: Duration::from_millis(self.linger_ms),

@@ -181,12 +181,24 @@ pub struct SpoolStats {
     pub depth_records: AtomicU64,
     /// Bytes of segment files on disk.
     pub depth_bytes: AtomicU64,
+    lane_records: [AtomicU64; 2],
+    lane_bytes: [AtomicU64; 2],
 }
 
 impl SpoolStats {
     /// Records appended to `lane` since start.
     pub fn appended(&self, lane: Lane) -> u64 {
         self.appended[lane.idx()].load(Ordering::Relaxed)
+    }
+
+    /// Records queued in `lane` and not yet acknowledged.
+    pub fn depth_records_in(&self, lane: Lane) -> u64 {
+        self.lane_records[lane.idx()].load(Ordering::Relaxed)
+    }
+
+    /// Bytes of `lane`'s segment files on disk.
+    pub fn depth_bytes_in(&self, lane: Lane) -> u64 {
+        self.lane_bytes[lane.idx()].load(Ordering::Relaxed)
     }
 
     /// Records lost for `reason` since start.
@@ -642,12 +654,10 @@ impl Spool {
         ];
         let total_bytes = lanes.iter().map(LaneState::bytes).sum();
         let unacked: u64 = lanes.iter().map(|l| l.unacked).sum();
-        stats.depth_bytes.store(total_bytes, Ordering::Relaxed);
-        stats.depth_records.store(unacked, Ordering::Relaxed);
         if unacked > 0 {
             tracing::info!(records = unacked, bytes = total_bytes, "SpoolReplayQueued");
         }
-        Ok(Spool {
+        let spool = Spool {
             inner: Mutex::new(Inner {
                 settings,
                 lanes,
@@ -656,7 +666,9 @@ impl Spool {
             }),
             stats,
             notify: Notify::new(),
-        })
+        };
+        spool.publish_depth(&spool.lock());
+        Ok(spool)
     }
 
     /// The live counters.
@@ -783,6 +795,11 @@ impl Spool {
             inner.lanes.iter().map(|l| l.unacked).sum(),
             Ordering::Relaxed,
         );
+        for l in &inner.lanes {
+            let i = l.lane.idx();
+            self.stats.lane_records[i].store(l.unacked, Ordering::Relaxed);
+            self.stats.lane_bytes[i].store(l.bytes(), Ordering::Relaxed);
+        }
     }
 
     /// Evicts the oldest segment of `lane`, counting its unread records as dropped. Returns
