@@ -11,5 +11,6 @@ mod detect;
 mod forward;
 mod manifests;
 mod model;
+mod model_push;
 mod pods;
 mod score;

@@ -1,10 +1,12 @@
 //! The agent's main loop: every interval, collect → normalize → score (`detect`) → hand records
 //! and anomalies to the output; serve `/metrics` and `/healthz`; on shutdown finish the cycle in
-//! hand, flush, and return. Models are polled on a blocking thread and swapped in between cycles.
+//! hand, flush, and return. Models are polled on a task of their own (S3 requests async, file
+//! reads and graph compilation on a blocking thread) and swapped in between cycles.
 
 use crate::collect::{Collector, CycleErrors};
 use crate::config::Settings;
-use crate::detect::{Detector, ModelEvent, ModelRegistry};
+use crate::detect::{Detector, ModelEvent, ModelRegistry, ModelSource};
+use crate::model_mirror::{S3Mirror, S3Settings, s3_client};
 use crate::normalize::Normalizer;
 use crate::pods::{PodDirectory, PodStatsSnapshot, PodWatcher, PodsError, SharedPodDirectory};
 use crate::procfs::CollectError;
@@ -182,26 +184,101 @@ impl Pipeline {
     }
 }
 
-/// The score stage as the loop drives it: a [`Detector`], and a [`ModelRegistry`] that is either
-/// idle here or out on a blocking thread being polled.
+/// The score stage as the loop drives it: a [`Detector`], and the model source — a
+/// [`ModelRegistry`] over a directory, plus an [`S3Mirror`] filling that directory for an S3
+/// source — either idle here or out on a task being polled. The poll task runs the mirror's
+/// async S3 requests on the runtime and the registry's file reads and graph compilation on a
+/// blocking thread, so neither delays a cycle.
 #[derive(Debug)]
 struct Scoring {
     detector: Detector,
+    /// Registry root: the source directory, or the S3 mirror's cache.
     root: Option<PathBuf>,
-    registry: Option<ModelRegistry>,
-    polling: Option<tokio::task::JoinHandle<(ModelRegistry, Vec<ModelEvent>)>>,
+    source: Option<ModelPoller>,
+    /// A mirror with no ETags yet, to start over from if a poll task dies.
+    fresh_mirror: Option<S3Mirror>,
+    polling: Option<tokio::task::JoinHandle<PollOutcome>>,
     poll_every: Duration,
     next_poll: Instant,
     versions: HashMap<Family, String>,
 }
 
+/// What a poll task carries out and brings back.
+#[derive(Debug)]
+struct ModelPoller {
+    registry: ModelRegistry,
+    mirror: Option<S3Mirror>,
+}
+
+/// A finished poll: the poller to put back (`None` if loading panicked), its events, and how
+/// many source requests failed.
+#[derive(Debug)]
+struct PollOutcome {
+    poller: Option<ModelPoller>,
+    events: Vec<ModelEvent>,
+    source_errors: u64,
+}
+
+impl ModelPoller {
+    async fn poll(mut self) -> PollOutcome {
+        let source_errors = match self.mirror.as_mut() {
+            Some(mirror) => mirror.sync().await.errors.len() as u64,
+            None => 0,
+        };
+        let ModelPoller {
+            mut registry,
+            mirror,
+        } = self;
+        match tokio::task::spawn_blocking(move || {
+            let events = registry.poll();
+            (registry, events)
+        })
+        .await
+        {
+            Ok((registry, events)) => PollOutcome {
+                poller: Some(ModelPoller { registry, mirror }),
+                events,
+                source_errors,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "ModelPollFailed");
+                PollOutcome {
+                    poller: None,
+                    events: Vec::new(),
+                    source_errors,
+                }
+            }
+        }
+    }
+}
+
 impl Scoring {
-    fn new(settings: &Settings) -> Self {
-        let root = settings.models.models_dir.clone();
+    async fn new(settings: &Settings) -> Self {
+        let (root, mirror) = match &settings.models_source {
+            None => (None, None),
+            Some(ModelSource::Dir(dir)) => (Some(dir.clone()), None),
+            Some(ModelSource::S3(store)) => {
+                let client = s3_client(&S3Settings {
+                    region: settings.models.region.clone(),
+                    endpoint_url: settings.models.endpoint_url.clone(),
+                })
+                .await;
+                let cache = settings.models.cache_dir.clone();
+                tracing::info!(%store, cache = %cache.display(), "ModelSourceS3");
+                (
+                    Some(cache.clone()),
+                    Some(S3Mirror::new(client, store.clone(), cache)),
+                )
+            }
+        };
         Scoring {
             detector: Detector::new(settings.models.window_records),
-            registry: root.clone().map(ModelRegistry::new),
+            source: root.clone().map(|root| ModelPoller {
+                registry: ModelRegistry::new(root),
+                mirror: mirror.clone(),
+            }),
             root,
+            fresh_mirror: mirror,
             polling: None,
             poll_every: Duration::from_secs_f64(settings.models.poll_secs),
             next_poll: Instant::now(),
@@ -214,13 +291,10 @@ impl Scoring {
     async fn between_cycles(&mut self, metrics: &AgentMetrics, wait: bool) {
         if self.polling.is_none()
             && Instant::now() >= self.next_poll
-            && let Some(mut registry) = self.registry.take()
+            && let Some(poller) = self.source.take()
         {
             self.next_poll = Instant::now() + self.poll_every;
-            self.polling = Some(tokio::task::spawn_blocking(move || {
-                let events = registry.poll();
-                (registry, events)
-            }));
+            self.polling = Some(tokio::spawn(poller.poll()));
         }
         if self
             .polling
@@ -228,17 +302,23 @@ impl Scoring {
             .is_some_and(|p| wait || p.is_finished())
             && let Some(poll) = self.polling.take()
         {
-            match poll.await {
-                Ok((registry, events)) => {
-                    self.registry = Some(registry);
-                    self.apply(&events, metrics);
+            let outcome = poll.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "ModelPollFailed");
+                PollOutcome {
+                    poller: None,
+                    events: Vec::new(),
+                    source_errors: 0,
                 }
-                Err(e) => {
-                    // A panic while loading: start over with a fresh registry (all reloaded).
-                    tracing::error!(error = %e, "ModelPollFailed");
-                    self.registry = self.root.clone().map(ModelRegistry::new);
-                }
-            }
+            });
+            metrics.model_source_errors.inc_by(outcome.source_errors);
+            self.apply(&outcome.events, metrics);
+            // After a panic, start over with a fresh registry (all reloaded).
+            self.source = outcome.poller.or_else(|| {
+                self.root.clone().map(|root| ModelPoller {
+                    registry: ModelRegistry::new(root),
+                    mirror: self.fresh_mirror.clone(),
+                })
+            });
         }
     }
 
@@ -343,7 +423,7 @@ pub async fn run(
     let mut warned = std::collections::HashSet::new();
     let mut prev_resets = 0;
     let mut prev_non_finite = 0;
-    let mut scoring = Scoring::new(&settings);
+    let mut scoring = Scoring::new(&settings).await;
     scoring.between_cycles(&metrics, true).await;
     let result = loop {
         tokio::select! {
