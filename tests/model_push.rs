@@ -506,3 +506,49 @@ async fn agent_swaps_models_when_the_kubelet_updates_a_configmap_mount() {
         assert_eq!(agent.next().await.1, "v2");
     }
 }
+
+/// The other ConfigMap shape: one ConfigMap per family mounted at `<source>/<family>/`, its
+/// `..data` link inside the family directory. The registry loads each update once.
+#[test]
+fn registry_follows_a_configmap_mounted_per_family() {
+    use selfheal_agent::detect::{ModelEvent, ModelRegistry};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = tmp.path().join("models");
+    let mount = source.join("cpu");
+    std::fs::create_dir_all(&mount).expect("mount dir");
+    let keys = |dir: &Path| {
+        vec![
+            (
+                MODEL_FILE,
+                std::fs::read(dir.join(MODEL_FILE)).expect("model"),
+            ),
+            (
+                MANIFEST_FILE,
+                std::fs::read(dir.join(MANIFEST_FILE)).expect("manifest"),
+            ),
+        ]
+    };
+    let mut registry = ModelRegistry::new(source);
+    let loaded = |events: Vec<ModelEvent>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                ModelEvent::Loaded { scorer, .. } => scorer.manifest().version.clone(),
+                ModelEvent::Refused { error, .. } => panic!("refused: {error:?}"),
+            })
+            .collect()
+    };
+    for (i, version) in ["v1", "v2"].into_iter().enumerate() {
+        let dir = model_dir(tmp.path(), version, i as u64 + 1);
+        kubelet_write(
+            &mount,
+            &format!("2026_11_25_10_0{i}_00.00000000{i}"),
+            &keys(&dir),
+        );
+        assert_eq!(loaded(registry.poll()), [version]);
+        assert!(
+            registry.poll().is_empty(),
+            "an unchanged mount loads nothing"
+        );
+    }
+}
