@@ -347,6 +347,12 @@ async fn agent_pulls_models_from_s3_swaps_refuses_and_rides_out_an_outage() {
         })
         .await;
     assert!(!metrics.contains("version=\"v1\""), "{metrics}");
+    // Polls of an unchanged `latest` (conditional GETs answered 304) are not errors.
+    assert_eq!(
+        counter(&metrics, "selfheal_agent_model_source_errors_total"),
+        0.0,
+        "{metrics}"
+    );
 
     // A corrupt v3 written straight into the bucket (its model does not match the manifest's
     // checksum) is downloaded, refused and counted; v2 keeps scoring.
