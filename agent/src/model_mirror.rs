@@ -16,6 +16,7 @@
 //! models live in memory, so older files are not needed.
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::SdkError;
@@ -45,6 +46,18 @@ pub enum MirrorError {
     /// An S3 request failed (unreachable, denied, throttled, cut short).
     #[error("S3 GetObject s3://{bucket}/{key}")]
     S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The SDK's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// S3 could not be reached or did not answer in time (connect failure, timeout, a
+    /// connection cut mid-response): the rest of the sync waits for the next poll.
+    #[error("S3 unreachable at s3://{bucket}/{key}")]
+    Unreachable {
         /// The bucket.
         bucket: String,
         /// The key.
@@ -178,7 +191,12 @@ impl S3Mirror {
                             .collect::<Vec<_>>()
                             .join(": ");
                     tracing::warn!(%family, store = %self.store, error = %e, cause = %chain, "ModelMirrorError");
+                    let unreachable = matches!(e, MirrorError::Unreachable { .. });
                     report.errors.push((family, e));
+                    if unreachable {
+                        // Every family would wait out the same timeouts: try again next poll.
+                        break;
+                    }
                 }
             }
         }
@@ -231,7 +249,7 @@ impl S3Mirror {
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => {
                 return Ok(Pointer::Unchanged);
             }
-            Err(e) => return Err(self.s3_error(&key, e)),
+            Err(e) => return Err(self.sdk_error(&key, e)),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
         let bytes = self.body(&key, out).await?;
@@ -272,7 +290,7 @@ impl S3Mirror {
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| self.s3_error(&key, e))?;
+                .map_err(|e| self.sdk_error(&key, e))?;
             let bytes = self.body(&key, out).await?;
             let path = tmp.join(name);
             std::fs::write(&path, bytes).map_err(io(&path))?;
@@ -303,6 +321,24 @@ impl S3Mirror {
             .await
             .map_err(|e| self.s3_error(key, e))?;
         Ok(body.into_bytes().to_vec())
+    }
+
+    /// Classifies an SDK error: no answer from S3 is [`MirrorError::Unreachable`], an answer
+    /// (denied, no such bucket, throttled) is [`MirrorError::S3`].
+    fn sdk_error<E>(&self, key: &str, e: SdkError<E, HttpResponse>) -> MirrorError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match e {
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => MirrorError::Unreachable {
+                bucket: self.store.bucket.clone(),
+                key: key.to_owned(),
+                source: Box::new(e),
+            },
+            e => self.s3_error(key, e),
+        }
     }
 
     fn s3_error(

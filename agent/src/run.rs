@@ -203,6 +203,9 @@ struct Scoring {
     versions: HashMap<Family, String>,
 }
 
+/// How long the agent waits at start for the first model poll before running unscored cycles.
+const FIRST_POLL_WAIT: Duration = Duration::from_secs(10);
+
 /// What a poll task carries out and brings back.
 #[derive(Debug)]
 struct ModelPoller {
@@ -287,7 +290,7 @@ impl Scoring {
     }
 
     /// Between cycles: starts a poll when one is due, and applies a finished one. With `wait`,
-    /// waits for the poll (at start, so the first cycle is already scored).
+    /// waits for the poll, at most [`FIRST_POLL_WAIT`] (at start, so the first cycle is scored).
     async fn between_cycles(&mut self, metrics: &AgentMetrics, wait: bool) {
         if self.polling.is_none()
             && Instant::now() >= self.next_poll
@@ -296,30 +299,42 @@ impl Scoring {
             self.next_poll = Instant::now() + self.poll_every;
             self.polling = Some(tokio::spawn(poller.poll()));
         }
-        if self
-            .polling
-            .as_ref()
-            .is_some_and(|p| wait || p.is_finished())
-            && let Some(poll) = self.polling.take()
-        {
-            let outcome = poll.await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "ModelPollFailed");
-                PollOutcome {
-                    poller: None,
-                    events: Vec::new(),
-                    source_errors: 0,
+        let Some(handle) = self.polling.as_mut() else {
+            return;
+        };
+        let finished = if wait {
+            // Bounded: an unreachable store must not hold the first cycle back for long; the
+            // models arrive between later cycles instead.
+            match tokio::time::timeout(FIRST_POLL_WAIT, &mut *handle).await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    tracing::warn!(wait_secs = FIRST_POLL_WAIT.as_secs(), "ModelPollSlow");
+                    return;
                 }
-            });
-            metrics.model_source_errors.inc_by(outcome.source_errors);
-            self.apply(&outcome.events, metrics);
-            // After a panic, start over with a fresh registry (all reloaded).
-            self.source = outcome.poller.or_else(|| {
-                self.root.clone().map(|root| ModelPoller {
-                    registry: ModelRegistry::new(root),
-                    mirror: self.fresh_mirror.clone(),
-                })
-            });
-        }
+            }
+        } else if handle.is_finished() {
+            handle.await
+        } else {
+            return;
+        };
+        self.polling = None;
+        let outcome = finished.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ModelPollFailed");
+            PollOutcome {
+                poller: None,
+                events: Vec::new(),
+                source_errors: 0,
+            }
+        });
+        metrics.model_source_errors.inc_by(outcome.source_errors);
+        self.apply(&outcome.events, metrics);
+        // After a panic, start over with a fresh registry (all reloaded).
+        self.source = outcome.poller.or_else(|| {
+            self.root.clone().map(|root| ModelPoller {
+                registry: ModelRegistry::new(root),
+                mirror: self.fresh_mirror.clone(),
+            })
+        });
     }
 
     fn apply(&mut self, events: &[ModelEvent], metrics: &AgentMetrics) {
