@@ -236,7 +236,7 @@ fn main() {
         &cgroup,
         port,
         &format!(
-            "[models]\nmodels_dir = \"{}\"\n[spool]\ndir = \"{}\"\n[forward]\nsink = \"kinesis\"\n\
+            "[models]\nsource = \"{}\"\n[spool]\ndir = \"{}\"\n[forward]\nsink = \"kinesis\"\n\
              [forward.kinesis]\nstream_name = \"bytes\"\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n",
             models.display(),
             dir.path().join("spool").display(),

@@ -191,7 +191,7 @@ fn alarming_cpu_model(root: &Path) {
         "cpu",
         "v1",
         0.0,
-        AlarmRule { k: 1, n: 1 },
+        AlarmRule::k_of_n(1, 1),
     );
     write_model_dir(&root.join("cpu/v1"), &forest, manifest).expect("write model dir");
     std::fs::write(root.join("cpu/latest"), "v1\n").expect("write latest");
@@ -224,7 +224,7 @@ fn the_agent_forwards_samples_and_anomalies_to_kinesis_keyed_by_workload() {
         &moto.endpoint(),
         "agent",
         &format!(
-            "cgroup_root = \"{}\"\n[pods]\nsource = \"api\"\napi_url = \"{}\"\n[models]\nmodels_dir = \"{}\"\n",
+            "cgroup_root = \"{}\"\n[pods]\nsource = \"api\"\napi_url = \"{}\"\n[models]\nsource = \"{}\"\n",
             cgroup.path().display(),
             double.url(),
             models.path().display()

@@ -380,7 +380,7 @@ fn agent_scores_with_published_models_and_swaps_them_live() {
         .env("SELFHEAL_AGENT_INTERVAL_SECS", "0.2")
         .env("SELFHEAL_AGENT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("SELFHEAL_AGENT_PODS__SOURCE", "none")
-        .env("SELFHEAL_AGENT_MODELS__MODELS_DIR", root.path())
+        .env("SELFHEAL_AGENT_MODELS__SOURCE", root.path())
         .env("SELFHEAL_AGENT_MODELS__POLL_SECS", "0.2")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -13,5 +13,6 @@ mod forward;
 mod lake;
 mod manifests;
 mod model;
+mod model_push;
 mod pods;
 mod score;

@@ -6,7 +6,7 @@
 //! variables `SELFHEAL_AGENT_<FIELD>` with `__` between nested fields, e.g.
 //! `SELFHEAL_AGENT_INTERVAL_SECS=1` or `SELFHEAL_AGENT_PODS__SOURCE=none`.
 
-use crate::detect::ModelsConfig;
+use crate::detect::{ModelSource, ModelsConfig};
 use crate::forward::{ForwardConfig, ForwardSettings};
 use crate::pods::PodsConfig;
 use crate::sample::{SamplingConfig, SamplingSettings};
@@ -145,7 +145,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Pod identity source.
     pub pods: PodsConfig,
-    /// Family models (`models.models_dir` checked to be a directory).
+    /// Family models.
     pub models: ModelsConfig,
     /// Spool (opened only for the Kinesis and HTTP sinks).
     pub spool: SpoolSettings,
@@ -155,6 +155,8 @@ pub struct Settings {
     pub forward_settings: ForwardSettings,
     /// The sampler.
     pub sampling: SamplingSettings,
+    /// Where models come from (`models.source` parsed and checked), `None` without scoring.
+    pub models_source: Option<ModelSource>,
 }
 
 impl AgentConfig {
@@ -267,12 +269,7 @@ impl AgentConfig {
                 ),
             });
         }
-        if let Some(dir) = self.models.models_dir.as_ref().filter(|d| !d.is_dir()) {
-            return Err(ConfigError::Invalid {
-                field: "models.models_dir",
-                reason: format!("{} is not a directory", dir.display()),
-            });
-        }
+        let models_source = self.models.validate()?;
         let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
         let spool = self.spool.validate().map_err(|e| match e {
             crate::spool::SpoolError::Invalid { field, reason } => invalid(field, reason),
@@ -303,7 +300,37 @@ impl AgentConfig {
             shutdown_grace,
             pods: self.pods,
             models: self.models,
+            models_source,
         })
+    }
+}
+
+impl ModelsConfig {
+    /// Checks `source` (an existing directory, or a valid `s3://` URL whose cache directory can
+    /// be created) and returns it parsed.
+    fn validate(&self) -> Result<Option<ModelSource>, ConfigError> {
+        let invalid = |field, reason| ConfigError::Invalid { field, reason };
+        let source = self
+            .parsed_source()
+            .map_err(|e| invalid("models.source", e.to_string()))?;
+        match &source {
+            Some(ModelSource::Dir(dir)) if !dir.is_dir() => {
+                return Err(invalid(
+                    "models.source",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            Some(ModelSource::S3(_)) => {
+                std::fs::create_dir_all(&self.cache_dir).map_err(|e| {
+                    invalid(
+                        "models.cache_dir",
+                        format!("cannot create {}: {e}", self.cache_dir.display()),
+                    )
+                })?;
+            }
+            _ => {}
+        }
+        Ok(source)
     }
 }
 
@@ -390,10 +417,14 @@ mod tests {
             .expect_err("poll")
             .to_string();
         assert!(err.contains("`models.poll_secs`"), "{err}");
-        let err = load_str("[models]\nmodels_dir = \"/nonexistent\"")
+        let err = load_str("[models]\nsource = \"/nonexistent\"")
             .expect_err("dir")
             .to_string();
-        assert!(err.contains("`models.models_dir`"), "{err}");
+        assert!(err.contains("`models.source`"), "{err}");
+        let err = load_str("[models]\nsource = \"s3://B/x\"")
+            .expect_err("bucket")
+            .to_string();
+        assert!(err.contains("`models.source`"), "{err}");
         let err = load_str("[forward]\nsink = \"kinesis\"")
             .expect_err("no stream")
             .to_string();

@@ -2,7 +2,14 @@
 //!
 //! [`ModelRegistry`] watches a models directory laid out as `selfheal model publish` writes it —
 //! `<dir>/<family>/latest` naming a version, the model in `<dir>/<family>/<version>/` — or with
-//! `model.onnx` + `manifest.json` directly in `<dir>/<family>/` (a mounted ConfigMap). It loads a
+//! `model.onnx` + `manifest.json` directly in `<dir>/<family>/` (a mounted ConfigMap). An S3
+//! store is read through the same code: [`crate::model_mirror`] keeps a local copy of it in the
+//! publish layout and the registry watches that copy. A Kubernetes volume (ConfigMap, Secret,
+//! projected) is updated by the kubelet by writing a new hidden timestamped directory and
+//! swapping the `..data` symlink to it; the visible files are symlinks through `..data`. The
+//! registry resolves `..data` once per poll (at the mount root and in each family directory)
+//! and reads both files from that one resolved directory, so a swap between reading
+//! `model.onnx` and `manifest.json` cannot pair files of two updates. It loads a
 //! changed model with [`Scorer::load`] and refuses (logs, counts, keeps the previous one) any model
 //! that does not load or whose signals are not its family's metrics. Loading does file I/O and
 //! compiles the graph, so the loop runs [`ModelRegistry::poll`] off the hot path and hands the
@@ -27,8 +34,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// Name of the file, in a family's directory, that holds the version to load.
-pub const LATEST_FILE: &str = "latest";
+pub use selfheal_core::store::LATEST_FILE;
+use selfheal_core::store::{S3Store, S3UrlError, is_plain_name};
+
+/// The kubelet's symlink, in an atomically updated volume, to the current timestamped directory.
+pub const KUBELET_DATA_LINK: &str = "..data";
 /// Features reported in [`Anomaly::top_features`].
 pub const TOP_FEATURES: usize = 3;
 
@@ -36,9 +46,18 @@ pub const TOP_FEATURES: usize = 3;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelsConfig {
-    /// Directory holding one sub-directory per family; unset disables scoring.
-    pub models_dir: Option<PathBuf>,
-    /// Seconds between checks of the models directory for a new version.
+    /// Where models come from: a directory (a store `selfheal model publish` writes, or a mounted
+    /// ConfigMap with one sub-directory per family) or `s3://bucket/prefix`. Unset disables
+    /// scoring.
+    pub source: Option<String>,
+    /// Local directory an S3 source is mirrored into (created if missing); unused otherwise.
+    pub cache_dir: PathBuf,
+    /// AWS region of an S3 source; defaults to the standard chain (`AWS_REGION`, profile, IMDS).
+    pub region: Option<String>,
+    /// Endpoint of an S3 source (MinIO, a VPC endpoint, moto); `AWS_ENDPOINT_URL` works too.
+    /// With an endpoint set, requests use path-style addressing.
+    pub endpoint_url: Option<String>,
+    /// Seconds between checks of the source for a new version.
     pub poll_secs: f64,
     /// Raw records kept per series and attached to an anomaly (the flight recorder).
     pub window_records: usize,
@@ -47,11 +66,36 @@ pub struct ModelsConfig {
 impl Default for ModelsConfig {
     fn default() -> Self {
         ModelsConfig {
-            models_dir: None,
+            source: None,
+            cache_dir: PathBuf::from("/var/lib/selfheal/models"),
+            region: None,
+            endpoint_url: None,
             poll_secs: 30.0,
             window_records: 60,
         }
     }
+}
+
+impl ModelsConfig {
+    /// The parsed `source`, `None` when scoring is off.
+    pub fn parsed_source(&self) -> Result<Option<ModelSource>, S3UrlError> {
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        Ok(Some(match S3Store::parse(source)? {
+            Some(store) => ModelSource::S3(store),
+            None => ModelSource::Dir(PathBuf::from(source)),
+        }))
+    }
+}
+
+/// Where models come from, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A local directory: a published store, or a mounted ConfigMap.
+    Dir(PathBuf),
+    /// An S3 store, mirrored into `models.cache_dir`.
+    S3(S3Store),
 }
 
 /// Why a family's model was refused or could not score.
@@ -163,8 +207,9 @@ impl ModelRegistry {
     /// call it from `spawn_blocking` or between cycles. Each refusal is logged once here.
     pub fn poll(&mut self) -> Vec<ModelEvent> {
         let mut events = Vec::new();
+        let root = resolve_data_link(&self.root);
         for family in Family::ALL {
-            let family_dir = self.root.join(family.as_str());
+            let family_dir = resolve_data_link(&root.join(family.as_str()));
             let latest = family_dir.join(LATEST_FILE);
             let (dir, version) = if latest.is_file() {
                 match std::fs::read_to_string(&latest) {
@@ -240,9 +285,14 @@ impl ModelRegistry {
     }
 }
 
-/// A version must name a sub-directory, never climb out of the family's directory.
-fn is_plain_name(v: &str) -> bool {
-    !v.is_empty() && v != "." && v != ".." && !v.contains('/') && !v.contains('\0')
+/// `dir/..data` resolved when `dir` is a kubelet-managed volume (the timestamped directory of
+/// the current update), else `dir` itself.
+fn resolve_data_link(dir: &Path) -> PathBuf {
+    let link = dir.join(KUBELET_DATA_LINK);
+    match std::fs::canonicalize(&link) {
+        Ok(target) if target.is_dir() => target,
+        _ => dir.to_owned(),
+    }
 }
 
 fn log_refused(family: Family, version: Option<&str>, error: &DetectError) {
@@ -488,14 +538,6 @@ mod tests {
         let spec = FeatureSpec::raw(vec!["a".into(), "b".into()]);
         let top = top_features(&spec, &spec.names(), &[2.0, -3.0]);
         assert_eq!(top, vec![("b".to_owned(), -3.0), ("a".to_owned(), 2.0)]);
-    }
-
-    #[test]
-    fn versions_cannot_leave_the_family_directory() {
-        assert!(is_plain_name("20260101-1"));
-        for bad in ["", ".", "..", "../cpu", "a/b"] {
-            assert!(!is_plain_name(bad), "{bad:?}");
-        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The agent's main loop: every interval, collect → normalize → score (`detect`) → sample →
 //! forward; serve `/metrics` and `/healthz`; on shutdown finish the cycle in hand, flush, and
-//! return. Models are polled on a blocking thread and swapped in between cycles.
+//! return. Models are polled on a task of their own (S3 requests async, file reads and graph
+//! compilation on a blocking thread) and swapped in between cycles.
 //!
 //! Forwarding is decoupled from the loop by the [`Spool`]: the loop only appends to it (a local
 //! file write), and a [`Forwarder`] task drains it to Kinesis or HTTP at its own pace, so an
@@ -10,10 +11,11 @@
 
 use crate::collect::{Collector, CycleErrors};
 use crate::config::Settings;
-use crate::detect::{Detector, ModelEvent, ModelRegistry};
+use crate::detect::{Detector, ModelEvent, ModelRegistry, ModelSource};
 use crate::forward::http::HttpSink;
 use crate::forward::kinesis::KinesisSink;
 use crate::forward::{ForwardConfigError, ForwardStats, Forwarder, Sink, SinkKind};
+use crate::model_mirror::{S3Mirror, S3Settings, s3_client};
 use crate::normalize::Normalizer;
 use crate::pods::{PodDirectory, PodStatsSnapshot, PodWatcher, PodsError, SharedPodDirectory};
 use crate::procfs::CollectError;
@@ -319,26 +321,104 @@ impl Pipeline {
     }
 }
 
-/// The score stage as the loop drives it: a [`Detector`], and a [`ModelRegistry`] that is either
-/// idle here or out on a blocking thread being polled.
+/// The score stage as the loop drives it: a [`Detector`], and the model source — a
+/// [`ModelRegistry`] over a directory, plus an [`S3Mirror`] filling that directory for an S3
+/// source — either idle here or out on a task being polled. The poll task runs the mirror's
+/// async S3 requests on the runtime and the registry's file reads and graph compilation on a
+/// blocking thread, so neither delays a cycle.
 #[derive(Debug)]
 struct Scoring {
     detector: Detector,
+    /// Registry root: the source directory, or the S3 mirror's cache.
     root: Option<PathBuf>,
-    registry: Option<ModelRegistry>,
-    polling: Option<tokio::task::JoinHandle<(ModelRegistry, Vec<ModelEvent>)>>,
+    source: Option<ModelPoller>,
+    /// A mirror with no ETags yet, to start over from if a poll task dies.
+    fresh_mirror: Option<S3Mirror>,
+    polling: Option<tokio::task::JoinHandle<PollOutcome>>,
     poll_every: Duration,
     next_poll: Instant,
     versions: HashMap<Family, String>,
 }
 
+/// How long the agent waits at start for the first model poll before running unscored cycles.
+const FIRST_POLL_WAIT: Duration = Duration::from_secs(10);
+
+/// What a poll task carries out and brings back.
+#[derive(Debug)]
+struct ModelPoller {
+    registry: ModelRegistry,
+    mirror: Option<S3Mirror>,
+}
+
+/// A finished poll: the poller to put back (`None` if loading panicked), its events, and how
+/// many source requests failed.
+#[derive(Debug)]
+struct PollOutcome {
+    poller: Option<ModelPoller>,
+    events: Vec<ModelEvent>,
+    source_errors: u64,
+}
+
+impl ModelPoller {
+    async fn poll(mut self) -> PollOutcome {
+        let source_errors = match self.mirror.as_mut() {
+            Some(mirror) => mirror.sync().await.errors.len() as u64,
+            None => 0,
+        };
+        let ModelPoller {
+            mut registry,
+            mirror,
+        } = self;
+        match tokio::task::spawn_blocking(move || {
+            let events = registry.poll();
+            (registry, events)
+        })
+        .await
+        {
+            Ok((registry, events)) => PollOutcome {
+                poller: Some(ModelPoller { registry, mirror }),
+                events,
+                source_errors,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "ModelPollFailed");
+                PollOutcome {
+                    poller: None,
+                    events: Vec::new(),
+                    source_errors,
+                }
+            }
+        }
+    }
+}
+
 impl Scoring {
-    fn new(settings: &Settings) -> Self {
-        let root = settings.models.models_dir.clone();
+    async fn new(settings: &Settings) -> Self {
+        let (root, mirror) = match &settings.models_source {
+            None => (None, None),
+            Some(ModelSource::Dir(dir)) => (Some(dir.clone()), None),
+            Some(ModelSource::S3(store)) => {
+                let client = s3_client(&S3Settings {
+                    region: settings.models.region.clone(),
+                    endpoint_url: settings.models.endpoint_url.clone(),
+                })
+                .await;
+                let cache = settings.models.cache_dir.clone();
+                tracing::info!(%store, cache = %cache.display(), "ModelSourceS3");
+                (
+                    Some(cache.clone()),
+                    Some(S3Mirror::new(client, store.clone(), cache)),
+                )
+            }
+        };
         Scoring {
             detector: Detector::new(settings.models.window_records),
-            registry: root.clone().map(ModelRegistry::new),
+            source: root.clone().map(|root| ModelPoller {
+                registry: ModelRegistry::new(root),
+                mirror: mirror.clone(),
+            }),
             root,
+            fresh_mirror: mirror,
             polling: None,
             poll_every: Duration::from_secs_f64(settings.models.poll_secs),
             next_poll: Instant::now(),
@@ -347,36 +427,51 @@ impl Scoring {
     }
 
     /// Between cycles: starts a poll when one is due, and applies a finished one. With `wait`,
-    /// waits for the poll (at start, so the first cycle is already scored).
+    /// waits for the poll, at most [`FIRST_POLL_WAIT`] (at start, so the first cycle is scored).
     async fn between_cycles(&mut self, metrics: &AgentMetrics, wait: bool) {
         if self.polling.is_none()
             && Instant::now() >= self.next_poll
-            && let Some(mut registry) = self.registry.take()
+            && let Some(poller) = self.source.take()
         {
             self.next_poll = Instant::now() + self.poll_every;
-            self.polling = Some(tokio::task::spawn_blocking(move || {
-                let events = registry.poll();
-                (registry, events)
-            }));
+            self.polling = Some(tokio::spawn(poller.poll()));
         }
-        if self
-            .polling
-            .as_ref()
-            .is_some_and(|p| wait || p.is_finished())
-            && let Some(poll) = self.polling.take()
-        {
-            match poll.await {
-                Ok((registry, events)) => {
-                    self.registry = Some(registry);
-                    self.apply(&events, metrics);
-                }
-                Err(e) => {
-                    // A panic while loading: start over with a fresh registry (all reloaded).
-                    tracing::error!(error = %e, "ModelPollFailed");
-                    self.registry = self.root.clone().map(ModelRegistry::new);
+        let Some(handle) = self.polling.as_mut() else {
+            return;
+        };
+        let finished = if wait {
+            // Bounded: an unreachable store must not hold the first cycle back for long; the
+            // models arrive between later cycles instead.
+            match tokio::time::timeout(FIRST_POLL_WAIT, &mut *handle).await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    tracing::warn!(wait_secs = FIRST_POLL_WAIT.as_secs(), "ModelPollSlow");
+                    return;
                 }
             }
-        }
+        } else if handle.is_finished() {
+            handle.await
+        } else {
+            return;
+        };
+        self.polling = None;
+        let outcome = finished.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ModelPollFailed");
+            PollOutcome {
+                poller: None,
+                events: Vec::new(),
+                source_errors: 0,
+            }
+        });
+        metrics.model_source_errors.inc_by(outcome.source_errors);
+        self.apply(&outcome.events, metrics);
+        // After a panic, start over with a fresh registry (all reloaded).
+        self.source = outcome.poller.or_else(|| {
+            self.root.clone().map(|root| ModelPoller {
+                registry: ModelRegistry::new(root),
+                mirror: self.fresh_mirror.clone(),
+            })
+        });
     }
 
     fn apply(&mut self, events: &[ModelEvent], metrics: &AgentMetrics) {
@@ -491,7 +586,7 @@ pub async fn run(
     let mut warned = std::collections::HashSet::new();
     let mut prev_resets = 0;
     let mut prev_non_finite = 0;
-    let mut scoring = Scoring::new(&settings);
+    let mut scoring = Scoring::new(&settings).await;
     scoring.between_cycles(&metrics, true).await;
     let result = loop {
         tokio::select! {

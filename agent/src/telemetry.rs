@@ -92,6 +92,8 @@ pub struct AgentMetrics {
     pub model_loads: Family<ModelLoadLabels, Counter>,
     /// The model version in use per family (value 1).
     pub model_info: Family<ModelInfoLabels, Gauge>,
+    /// Failed reads of a remote model store (S3 unreachable, denied, a download cut short).
+    pub model_source_errors: Counter,
     /// Batches that failed to score, by family.
     pub score_errors: Family<FamilyLabels, Counter>,
     /// Wall time of the score stage of one cycle, seconds.
@@ -122,6 +124,7 @@ impl AgentMetrics {
             anomalies: Family::default(),
             model_loads: Family::default(),
             model_info: Family::default(),
+            model_source_errors: Counter::default(),
             score_errors: Family::default(),
             score_duration: Histogram::new([
                 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -205,6 +208,11 @@ impl AgentMetrics {
             "model_info",
             "Model version in use per family (value 1)",
             m.model_info.clone(),
+        );
+        registry.register(
+            "model_source_errors",
+            "Failed reads of a remote model store; the models in use stay",
+            m.model_source_errors.clone(),
         );
         registry.register(
             "score_errors",

@@ -10,6 +10,7 @@ pub mod features;
 pub mod forest;
 pub mod model;
 pub mod schema;
+pub mod store;
 
 pub use family::{Family, Metric};
 pub use schema::{Envelope, Payload, PodRef, Record, RecordId, Subject};

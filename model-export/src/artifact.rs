@@ -98,7 +98,12 @@ pub fn sha256_files(paths: &[PathBuf]) -> Result<String, ArtifactError> {
 /// sha256 (hex) of one file.
 pub fn sha256_file(path: &Path) -> Result<String, ArtifactError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+    Ok(sha256_bytes(&bytes))
+}
+
+/// sha256 (hex) of `bytes`, as a manifest's `model_sha256` holds it.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Writes `detector` into `dir` (created if needed): `forest.json`, then `model.onnx` and

@@ -17,6 +17,7 @@ use clap::{Args, Subcommand};
 use selfheal_core::Family;
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
 use selfheal_core::model::{AlarmRule, ModelManifest};
+use selfheal_core::store::S3Store;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -128,7 +129,8 @@ pub struct EvalArgs {
 pub struct PublishArgs {
     /// Model directory to publish.
     pub model_dir: PathBuf,
-    /// Store: a directory (`s3://bucket/prefix` is not supported yet).
+    /// Store: a directory, or `s3://bucket/prefix` (credentials, region and `AWS_ENDPOINT_URL`
+    /// from the standard AWS chain).
     #[arg(long)]
     pub to: String,
 }
@@ -139,13 +141,31 @@ pub fn main(cmd: ModelCommand) -> Result<ExitCode> {
         ModelCommand::Train(a) => train(a),
         ModelCommand::Score(a) => score(a),
         ModelCommand::Eval(a) => eval(a),
-        ModelCommand::Publish(a) => {
-            let dest = crate::publish::publish(&a.model_dir, &a.to)
-                .with_context(|| format!("publishing {}", a.model_dir.display()))?;
-            println!("{}", dest.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        ModelCommand::Publish(a) => publish(a),
     }
+}
+
+fn publish(a: PublishArgs) -> Result<ExitCode> {
+    let context = || format!("publishing {} to {}", a.model_dir.display(), a.to);
+    let dest = match S3Store::parse(&a.to).with_context(context)? {
+        Some(store) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async {
+                let client = crate::publish::s3::client_from_env().await;
+                crate::publish::s3::publish(&client, &a.model_dir, &store).await
+            })
+            .with_context(context)?
+        }
+        None => crate::publish::publish(&a.model_dir, Path::new(&a.to))
+            .with_context(context)?
+            .display()
+            .to_string(),
+    };
+    println!("{dest}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn input_files(input: &Path) -> Result<Vec<PathBuf>> {

@@ -1,25 +1,31 @@
 //! Publishing a model directory into a versioned store that agents pull from.
 //!
-//! Layout: `<store>/<family>/<version>/` (a copy of the model directory) and
-//! `<store>/<family>/latest`, a one-line file naming the newest version. The copy goes into a
-//! temporary directory beside its destination, its `model.onnx` checksum is checked against the
-//! manifest, then it is renamed into place; `latest` is written last, through a temporary file
-//! and a rename, so a reader following `latest` always finds a complete, verified version.
-//! A published version is never overwritten. `s3://` stores come with the forwarding work.
+//! The layout is `selfheal_core::store`'s, the same for both kinds of store, so the agent reads
+//! them with one piece of logic:
+//!
+//! * a directory ([`publish`]): `<store>/<family>/<version>/` (a copy of the model directory) and
+//!   `<store>/<family>/latest`. The copy goes into a temporary directory beside its destination,
+//!   its `model.onnx` checksum is checked against the manifest, then it is renamed into place;
+//! * S3 ([`s3::publish`]): `model.onnx` then `manifest.json` under `<prefix>/<family>/<version>/`,
+//!   then `<prefix>/<family>/latest`.
+//!
+//! Either way the source's checksum is verified first and `latest` is written last, so a reader
+//! following `latest` always finds a complete, verified version. A published version is never
+//! changed: publishing it again with the same files is a no-op that points `latest` at it again
+//! (so a publish interrupted before `latest` can simply be re-run, and an older version can be
+//! rolled back to); publishing it with different files is refused.
+
+pub mod s3;
 
 use crate::artifact::{ArtifactError, read_manifest, sha256_file};
-use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE};
+use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
+pub use selfheal_core::store::LATEST_FILE;
+use selfheal_core::store::is_plain_name;
 use std::path::{Path, PathBuf};
-
-/// Name of the pointer file in a family's directory.
-pub const LATEST_FILE: &str = "latest";
 
 /// A publish that did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The destination is an object store URL, not supported yet.
-    #[error("{0}: publishing to S3 is not supported yet; publish to a directory")]
-    UnsupportedStore(String),
     /// The model directory could not be read.
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
@@ -42,9 +48,9 @@ pub enum PublishError {
         /// Checksum of the file.
         actual: String,
     },
-    /// That family and version are already in the store.
-    #[error("{0} already exists: versions are never overwritten")]
-    Exists(PathBuf),
+    /// That family and version are already in the store, with different files.
+    #[error("{0} already exists with different content: versions are never overwritten")]
+    Exists(String),
     /// A family or version that is not a single safe path component.
     #[error("{field} {value:?} is not a valid path component")]
     BadName {
@@ -52,6 +58,22 @@ pub enum PublishError {
         field: &'static str,
         /// The value.
         value: String,
+    },
+    /// The destination is not a usable `s3://` URL.
+    #[error(transparent)]
+    S3Url(#[from] selfheal_core::store::S3UrlError),
+    /// An S3 request failed.
+    #[error("S3 {operation} s3://{bucket}/{key}")]
+    S3 {
+        /// `GetObject`, `PutObject`.
+        operation: &'static str,
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+        /// The SDK's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -63,14 +85,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
 }
 
 fn safe_component(field: &'static str, value: &str) -> Result<(), PublishError> {
-    let ok = !value.is_empty()
-        && value != "."
-        && value != ".."
-        && value != LATEST_FILE
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if is_plain_name(value) {
         Ok(())
     } else {
         Err(PublishError::BadName {
@@ -78,6 +93,16 @@ fn safe_component(field: &'static str, value: &str) -> Result<(), PublishError> 
             value: value.to_owned(),
         })
     }
+}
+
+/// Reads `model_dir`'s manifest, checks its names and that `model.onnx` matches its checksum:
+/// what every store does before writing anything.
+fn checked_source(model_dir: &Path) -> Result<ModelManifest, PublishError> {
+    let manifest = read_manifest(model_dir)?;
+    safe_component("family", &manifest.family)?;
+    safe_component("version", &manifest.version)?;
+    verify(model_dir, &manifest.model_sha256)?;
+    Ok(manifest)
 }
 
 fn verify(dir: &Path, expected: &str) -> Result<(), PublishError> {
@@ -93,38 +118,41 @@ fn verify(dir: &Path, expected: &str) -> Result<(), PublishError> {
     Ok(())
 }
 
-/// Publishes `model_dir` into the store `to`; returns the version directory created.
-pub fn publish(model_dir: &Path, to: &str) -> Result<PathBuf, PublishError> {
-    if to.starts_with("s3://") {
-        return Err(PublishError::UnsupportedStore(to.to_owned()));
-    }
-    let manifest = read_manifest(model_dir)?;
-    safe_component("family", &manifest.family)?;
-    safe_component("version", &manifest.version)?;
-    verify(model_dir, &manifest.model_sha256)?;
-    let family_dir = Path::new(to).join(&manifest.family);
+/// Publishes `model_dir` into the directory store `to`; returns the version directory.
+pub fn publish(model_dir: &Path, to: &Path) -> Result<PathBuf, PublishError> {
+    let manifest = checked_source(model_dir)?;
+    let family_dir = to.join(&manifest.family);
     std::fs::create_dir_all(&family_dir).map_err(io(&family_dir))?;
     let dest = family_dir.join(&manifest.version);
     if dest.exists() {
-        return Err(PublishError::Exists(dest));
+        for name in [MODEL_FILE, MANIFEST_FILE] {
+            let (a, b) = (model_dir.join(name), dest.join(name));
+            let same = std::fs::read(&a).map_err(io(&a))? == std::fs::read(&b).map_err(io(&b))?;
+            if !same {
+                return Err(PublishError::Exists(dest.display().to_string()));
+            }
+        }
+        tracing::info!(family = %manifest.family, version = %manifest.version, "ModelAlreadyPublished");
+    } else {
+        let tmp = family_dir.join(format!(".{}.tmp-{}", manifest.version, std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        let copied =
+            copy_files(model_dir, &tmp).and_then(|()| verify(&tmp, &manifest.model_sha256));
+        if let Err(e) = copied {
+            // Best effort: a leftover temp dir is harmless (hidden, never read) and reported above.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
     }
-    let tmp = family_dir.join(format!(".{}.tmp-{}", manifest.version, std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    let copied = copy_files(model_dir, &tmp).and_then(|()| verify(&tmp, &manifest.model_sha256));
-    if let Err(e) = copied {
-        // Best effort: a leftover temp dir is harmless (hidden, never read) and reported above.
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
     let latest = family_dir.join(LATEST_FILE);
     let latest_tmp = family_dir.join(format!(".{LATEST_FILE}.tmp-{}", std::process::id()));
     std::fs::write(&latest_tmp, format!("{}\n", manifest.version)).map_err(io(&latest_tmp))?;
     std::fs::rename(&latest_tmp, &latest).map_err(io(&latest))?;
-    tracing::info!(family = %manifest.family, version = %manifest.version, dest = %dest.display(), "model published");
+    tracing::info!(family = %manifest.family, version = %manifest.version, dest = %dest.display(), "ModelPublished");
     Ok(dest)
 }
 
@@ -191,7 +219,7 @@ mod tests {
     fn versions_land_verified_and_latest_follows() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store = tmp.path().join("store");
-        let to = store.to_str().expect("utf-8");
+        let to = store.as_path();
         let v1 = model_dir(tmp.path(), "v1", b"one", None);
         let dest = publish(&v1, to).expect("publish v1");
         assert_eq!(dest, store.join("cpu/v1"));
@@ -200,7 +228,12 @@ mod tests {
         let v2 = model_dir(tmp.path(), "v2", b"two", None);
         publish(&v2, to).expect("publish v2");
         assert_eq!(latest_version(&store, "cpu").expect("latest"), "v2");
-        assert!(matches!(publish(&v1, to), Err(PublishError::Exists(_))));
+        // The same v1 again: a no-op that points `latest` back at it. Other bytes: refused.
+        publish(&v1, to).expect("republish v1");
+        assert_eq!(latest_version(&store, "cpu").expect("latest"), "v1");
+        let other = model_dir(&tmp.path().join("other"), "v1", b"uno", None);
+        assert!(matches!(publish(&other, to), Err(PublishError::Exists(_))));
+        assert_eq!(std::fs::read(dest.join(MODEL_FILE)).expect("model"), b"one");
         // No temporary file or directory is left behind.
         let mut names: Vec<String> = std::fs::read_dir(store.join("cpu"))
             .expect("ls")
@@ -216,7 +249,7 @@ mod tests {
         let store = tmp.path().join("store");
         let bad = model_dir(tmp.path(), "v1", b"one", Some("00".repeat(32)));
         assert!(matches!(
-            publish(&bad, store.to_str().expect("utf-8")),
+            publish(&bad, &store),
             Err(PublishError::Checksum { .. })
         ));
         assert!(!store.join("cpu/v1").exists());
@@ -224,15 +257,19 @@ mod tests {
     }
 
     #[test]
-    fn s3_and_unsafe_names_are_refused() {
+    fn unsafe_names_are_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let m = model_dir(tmp.path(), "v1", b"one", None);
-        let e = publish(&m, "s3://bucket/models").expect_err("s3");
-        assert!(e.to_string().contains("S3 is not supported yet"), "{e}");
-        let evil = model_dir(tmp.path(), "..", b"one", None);
-        assert!(matches!(
-            publish(&evil, tmp.path().join("s").to_str().expect("utf-8")),
-            Err(PublishError::BadName { .. })
-        ));
+        for name in ["..", "latest", ".hidden"] {
+            let evil = model_dir(
+                &tmp.path().join(name.replace('.', "dot")),
+                name,
+                b"one",
+                None,
+            );
+            assert!(matches!(
+                publish(&evil, &tmp.path().join("s")),
+                Err(PublishError::BadName { .. })
+            ));
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Starts a real moto server (PyPI `moto[server]`, from the test venv) on a free loopback port,
-//! killed when the handle drops; plus a Kinesis client pointed at it.
+//! killed when the handle drops; plus Kinesis and S3 clients pointed at it.
 
 use super::{KillOnDrop, free_port, venv_tool};
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
@@ -66,20 +66,6 @@ pub fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
     aws_sdk_kinesis::Client::from_conf(conf)
 }
 
-/// An S3 client for `endpoint` (path-style: moto on loopback has no per-bucket host names).
-pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 /// Creates a stream with `shards` shards.
 pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
     client
@@ -134,4 +120,80 @@ pub async fn read_stream(client: &aws_sdk_kinesis::Client, name: &str) -> Vec<(S
         }
     }
     out
+}
+
+/// An S3 client for `endpoint` with fixed test credentials, path-style addressing (moto serves
+/// buckets under the path) and no SDK retries.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Creates `bucket`.
+pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("create bucket in moto");
+}
+
+/// Writes `bytes` at `key`, unconditionally (as a careless or hostile writer would).
+pub async fn put_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec<u8>) {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from(bytes))
+        .send()
+        .await
+        .expect("put object in moto");
+}
+
+/// The object at `key`, or `None` when there is none.
+pub async fn get_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => Some(
+            out.body
+                .collect()
+                .await
+                .expect("read object body")
+                .into_bytes()
+                .to_vec(),
+        ),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key) =>
+        {
+            None
+        }
+        Err(e) => panic!("get s3://{bucket}/{key}: {e:?}"),
+    }
+}
+
+/// Every key in `bucket`, sorted.
+pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let out = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list objects");
+    let mut keys: Vec<String> = out
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+    keys.sort();
+    keys
 }
