@@ -438,6 +438,13 @@ fn the_daemonset_configmap_is_a_valid_agent_config_forwarding_to_kinesis() {
     let daemonset =
         std::fs::read_to_string(crate::support::repo_root().join("daemonset/daemonset.yaml"))
             .expect("daemonset");
+    // The models directory is the models volume's mount; here it is a directory of this host.
+    let models = cfg.models.source.clone().expect("the ConfigMap names a models source");
+    assert!(
+        daemonset.contains(&format!("{{name: models, mountPath: {models}, readOnly: true}}")),
+        "the models source {models} is the models volume's mount"
+    );
+    cfg.models.source = Some(dir.path().display().to_string());
     let settings = cfg.validate().expect("the ConfigMap validates");
     assert_eq!(settings.forward.sink, SinkKind::Kinesis);
     assert!(!settings.forward.kinesis.stream_name.is_empty());
