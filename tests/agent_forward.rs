@@ -24,10 +24,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The UID of the `web` pod of `shop/Deployment/web` in `tests/fixtures/kube/pods.json`.
-const WEB_UID: &str = "0f6c1d3a-2b4e-4c8a-9e71-5a2d7c4b8e01";
+pub(crate) const WEB_UID: &str = "0f6c1d3a-2b4e-4c8a-9e71-5a2d7c4b8e01";
 
 /// One agent's files: config, spool, stdout.
-struct AgentFiles {
+pub(crate) struct AgentFiles {
     dir: tempfile::TempDir,
     config: PathBuf,
     port: u16,
@@ -35,7 +35,7 @@ struct AgentFiles {
 
 impl AgentFiles {
     /// A config forwarding everything to `endpoint`/`stream` every 0.2 s. `extra` is appended.
-    fn new(endpoint: &str, stream: &str, extra: &str) -> AgentFiles {
+    pub(crate) fn new(endpoint: &str, stream: &str, extra: &str) -> AgentFiles {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let text = format!(
@@ -67,7 +67,7 @@ min_probability = 1.0
     }
 
     /// Starts the agent with `--print` into `stdout_name`.
-    fn start(&self, stdout_name: &str) -> KillOnDrop {
+    pub(crate) fn start(&self, stdout_name: &str) -> KillOnDrop {
         let out = std::fs::File::create(self.dir.path().join(stdout_name)).expect("stdout file");
         let mut cmd = selfheal();
         aws_env(&mut cmd)
@@ -83,7 +83,7 @@ min_probability = 1.0
 
     /// Ids of the envelopes printed into `stdout_name` (a line cut by SIGKILL is ignored), and
     /// how many were anomalies.
-    fn printed(&self, stdout_name: &str) -> (HashSet<u128>, usize) {
+    pub(crate) fn printed(&self, stdout_name: &str) -> (HashSet<u128>, usize) {
         let text = std::fs::read_to_string(self.dir.path().join(stdout_name)).expect("read stdout");
         let mut ids = HashSet::new();
         let mut anomalies = 0;
@@ -95,17 +95,17 @@ min_probability = 1.0
         (ids, anomalies)
     }
 
-    fn metrics(&self) -> Option<String> {
+    pub(crate) fn metrics(&self) -> Option<String> {
         http_get(self.port, "/metrics").map(|(_, body)| body)
     }
 
-    fn log(&self, name: &str) -> String {
+    pub(crate) fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 }
 
 /// Sum of every series of metric `name` in an exposition (0 when absent).
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
@@ -116,7 +116,12 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// Polls the agent's `/metrics` until `cond` holds.
-fn wait_metrics(agent: &AgentFiles, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) {
+pub(crate) fn wait_metrics(
+    agent: &AgentFiles,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&str) -> bool,
+) {
     let start = Instant::now();
     loop {
         if let Some(m) = agent.metrics()
@@ -134,7 +139,7 @@ fn wait_metrics(agent: &AgentFiles, what: &str, timeout: Duration, cond: impl Fn
 }
 
 /// SIGTERM, then the exit status within `timeout`.
-fn stop(child: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
+pub(crate) fn stop(child: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
     signal(child.0.id(), "TERM");
     let start = Instant::now();
     loop {
@@ -179,7 +184,7 @@ fn assert_all_arrived(printed: &HashSet<u128>, stream: &HashMap<u128, (usize, St
 }
 
 /// A node CPU model whose threshold every score reaches (1-of-1): one anomaly per cycle.
-fn alarming_cpu_model(root: &Path) {
+pub(crate) fn alarming_cpu_model(root: &Path) {
     let signals = family_signals(Family::Cpu);
     let n = signals.len();
     let mut rng = Rng::new(1);
@@ -197,7 +202,7 @@ fn alarming_cpu_model(root: &Path) {
     std::fs::write(root.join("cpu/latest"), "v1\n").expect("write latest");
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -439,9 +444,15 @@ fn the_daemonset_configmap_is_a_valid_agent_config_forwarding_to_kinesis() {
         std::fs::read_to_string(crate::support::repo_root().join("daemonset/daemonset.yaml"))
             .expect("daemonset");
     // The models directory is the models volume's mount; here it is a directory of this host.
-    let models = cfg.models.source.clone().expect("the ConfigMap names a models source");
+    let models = cfg
+        .models
+        .source
+        .clone()
+        .expect("the ConfigMap names a models source");
     assert!(
-        daemonset.contains(&format!("{{name: models, mountPath: {models}, readOnly: true}}")),
+        daemonset.contains(&format!(
+            "{{name: models, mountPath: {models}, readOnly: true}}"
+        )),
         "the models source {models} is the models volume's mount"
     );
     cfg.models.source = Some(dir.path().display().to_string());

@@ -131,12 +131,12 @@ async fn put(client: &aws_sdk_kinesis::Client, stream: &str, envs: &[Envelope], 
     }
 }
 
-struct Aggregator {
+pub(crate) struct Aggregator {
     child: KillOnDrop,
     port: u16,
 }
 
-fn start_aggregator(dir: &Path, endpoint: &str, stream: &str, lake: &str) -> Aggregator {
+pub(crate) fn start_aggregator(dir: &Path, endpoint: &str, stream: &str, lake: &str) -> Aggregator {
     let port = free_port();
     let config = write_file(
         dir,
@@ -181,7 +181,7 @@ location = "{lake}"
 }
 
 impl Aggregator {
-    fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         let (_, body) = http_get(self.port, "/metrics").expect("/metrics answers");
         body.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -191,7 +191,7 @@ impl Aggregator {
     }
 
     /// SIGTERM, and the exit status must be success.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         signal(self.child.0.id(), "TERM");
         let start = Instant::now();
         loop {
@@ -209,7 +209,7 @@ impl Aggregator {
 }
 
 /// Every row of every object, with its key.
-async fn all_rows(store: &LakeStore) -> Vec<(String, LakeRow)> {
+pub(crate) async fn all_rows(store: &LakeStore) -> Vec<(String, LakeRow)> {
     let mut out = Vec::new();
     for key in store.list(".parquet").await.expect("list lake") {
         let bytes = store.get(&key).await.expect("get object");
@@ -220,7 +220,7 @@ async fn all_rows(store: &LakeStore) -> Vec<(String, LakeRow)> {
     out
 }
 
-fn primary_ids(rows: &[(String, LakeRow)]) -> (usize, HashSet<u128>) {
+pub(crate) fn primary_ids(rows: &[(String, LakeRow)]) -> (usize, HashSet<u128>) {
     let primary: Vec<u128> = rows
         .iter()
         .filter(|(_, r)| r.kind != RowKind::Window)
@@ -229,7 +229,10 @@ fn primary_ids(rows: &[(String, LakeRow)]) -> (usize, HashSet<u128>) {
     (primary.len(), primary.into_iter().collect())
 }
 
-async fn wait_for_ids(store: &LakeStore, want: &HashSet<u128>) -> Vec<(String, LakeRow)> {
+pub(crate) async fn wait_for_ids(
+    store: &LakeStore,
+    want: &HashSet<u128>,
+) -> Vec<(String, LakeRow)> {
     let start = Instant::now();
     loop {
         let rows = all_rows(store).await;

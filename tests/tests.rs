@@ -14,5 +14,6 @@ mod lake;
 mod manifests;
 mod model;
 mod model_push;
+mod pipeline;
 mod pods;
 mod score;

@@ -192,7 +192,11 @@ pub struct Anomaly {
     pub features: Vec<f64>,
     /// The features that contributed most, with their contribution, largest first.
     pub top_features: Vec<(String, f64)>,
-    /// Raw samples of the minutes before the anomaly (flight recorder), oldest first.
+    /// Raw samples of the same series from the minutes before the anomaly (flight recorder),
+    /// oldest first. The agent's sampler leaves out records of the series it has already
+    /// forwarded (as samples or in an earlier anomaly's window), so a series that stays anomalous
+    /// does not resend its history every cycle: downstream, the full window is this plus the
+    /// series' earlier records, joined by subject, family and time.
     pub window: Vec<Record>,
 }
 
