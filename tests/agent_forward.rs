@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The UID of the `web` pod of `shop/Deployment/web` in `tests/fixtures/kube/pods.json`.
-pub(crate) const WEB_UID: &str = "0f6c1d3a-2b4e-4c8a-9e71-5a2d7c4b8e01";
+const WEB_UID: &str = "0f6c1d3a-2b4e-4c8a-9e71-5a2d7c4b8e01";
 
 /// One agent's files: config, spool, stdout.
 pub(crate) struct AgentFiles {
@@ -202,6 +202,47 @@ pub(crate) fn alarming_cpu_model(root: &Path) {
     std::fs::write(root.join("cpu/latest"), "v1\n").expect("write latest");
 }
 
+/// An agent forwarding to `endpoint`/`stream` that sees one pod, `web` of `shop/Deployment/web`
+/// (pod identity from the kube double, metrics from a cgroup tree), and its node, and scores CPU
+/// with [`alarming_cpu_model`]: anomalies every cycle, samples of the other families.
+pub(crate) struct PodAgent {
+    /// The agent's files.
+    pub(crate) files: AgentFiles,
+    _double: KubeDouble,
+    _cgroup: tempfile::TempDir,
+    _models: tempfile::TempDir,
+}
+
+impl PodAgent {
+    pub(crate) fn new(endpoint: &str, stream: &str) -> PodAgent {
+        let pods: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("kube/pods.json")).expect("pods fixture"),
+        )
+        .expect("pods json");
+        let double = KubeDouble::with_pod_list(&pods);
+        let cgroup = tempfile::tempdir().expect("cgroup dir");
+        write_v2_pod(cgroup.path(), WEB_UID, 0, 1);
+        let models = tempfile::tempdir().expect("models dir");
+        alarming_cpu_model(models.path());
+        let files = AgentFiles::new(
+            endpoint,
+            stream,
+            &format!(
+                "cgroup_root = \"{}\"\n[pods]\nsource = \"api\"\napi_url = \"{}\"\n[models]\nsource = \"{}\"\n",
+                cgroup.path().display(),
+                double.url(),
+                models.path().display()
+            ),
+        );
+        PodAgent {
+            files,
+            _double: double,
+            _cgroup: cgroup,
+            _models: models,
+        }
+    }
+}
+
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -215,29 +256,11 @@ fn the_agent_forwards_samples_and_anomalies_to_kinesis_keyed_by_workload() {
     let rt = runtime();
     let moto = Moto::start();
     rt.block_on(create_stream(&kinesis_client(&moto.endpoint()), "agent", 2));
-    // Pod identity from the kube double, pod metrics from a cgroup tree holding `web`.
-    let pods: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("kube/pods.json")).expect("pods fixture"),
-    )
-    .expect("pods json");
-    let double = KubeDouble::with_pod_list(&pods);
-    let cgroup = tempfile::tempdir().expect("cgroup dir");
-    write_v2_pod(cgroup.path(), WEB_UID, 0, 1);
-    let models = tempfile::tempdir().expect("models dir");
-    alarming_cpu_model(models.path());
-    let agent = AgentFiles::new(
-        &moto.endpoint(),
-        "agent",
-        &format!(
-            "cgroup_root = \"{}\"\n[pods]\nsource = \"api\"\napi_url = \"{}\"\n[models]\nsource = \"{}\"\n",
-            cgroup.path().display(),
-            double.url(),
-            models.path().display()
-        ),
-    );
+    let pod_agent = PodAgent::new(&moto.endpoint(), "agent");
+    let agent = &pod_agent.files;
     let mut child = agent.start("out");
     wait_metrics(
-        &agent,
+        agent,
         "20 cycles and records sent",
         Duration::from_secs(30),
         |m| {

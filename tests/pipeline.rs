@@ -4,16 +4,12 @@
 //! lake. Every anomaly the agent raised must be in the lake, as an anomaly row carrying its
 //! score, threshold and model version.
 
-use crate::agent_forward::{
-    AgentFiles, WEB_UID, alarming_cpu_model, metric, runtime, stop, wait_metrics,
-};
+use crate::agent_forward::{PodAgent, metric, runtime, stop, wait_metrics};
 use crate::lake::{start_aggregator, wait_for_ids};
-use crate::support::cgroup_fixture::write_v2_pod;
-use crate::support::kube_double::KubeDouble;
 use crate::support::moto::{
     Moto, aws_env, create_bucket, create_stream, kinesis_client, s3_client,
 };
-use crate::support::{fixture, selfheal, stdout_of};
+use crate::support::{selfheal, stdout_of};
 use selfheal_aggregator::lake::LakeStore;
 use selfheal_aggregator::lake::format::RowKind;
 use std::collections::{HashMap, HashSet};
@@ -31,27 +27,10 @@ fn anomalies_from_the_agent_reach_the_s3_lake_through_kinesis_and_train_a_model(
     let s3 = s3_client(&moto.endpoint());
     rt.block_on(create_bucket(&s3, "lake-bucket"));
 
-    // The agent: pod identity from the kube double, one pod's cgroup tree, a CPU model that
-    // alarms on every cycle, everything forwarded (probability 1) so ids can be counted.
-    let pods: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("kube/pods.json")).expect("pods fixture"),
-    )
-    .expect("pods json");
-    let double = KubeDouble::with_pod_list(&pods);
-    let cgroup = tempfile::tempdir().expect("cgroup dir");
-    write_v2_pod(cgroup.path(), WEB_UID, 0, 1);
-    let models = tempfile::tempdir().expect("models dir");
-    alarming_cpu_model(models.path());
-    let agent = AgentFiles::new(
-        &moto.endpoint(),
-        "records",
-        &format!(
-            "cgroup_root = \"{}\"\n[pods]\nsource = \"api\"\napi_url = \"{}\"\n[models]\nsource = \"{}\"\n",
-            cgroup.path().display(),
-            double.url(),
-            models.path().display()
-        ),
-    );
+    // The agent sees one pod and its node, scores CPU with a model that alarms every cycle, and
+    // forwards everything (probability 1) so ids can be counted.
+    let pod_agent = PodAgent::new(&moto.endpoint(), "records");
+    let agent = &pod_agent.files;
     let run = tempfile::tempdir().expect("aggregator dir");
     let aggregator = start_aggregator(
         run.path(),
@@ -61,7 +40,7 @@ fn anomalies_from_the_agent_reach_the_s3_lake_through_kinesis_and_train_a_model(
     );
     let mut child = agent.start("out");
     wait_metrics(
-        &agent,
+        agent,
         "30 cycles with anomalies sent",
         Duration::from_secs(60),
         |m| {
