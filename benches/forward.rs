@@ -21,41 +21,16 @@ use selfheal_agent::forward::http::{HttpConfig, HttpSink};
 use selfheal_agent::forward::kinesis::KinesisSink;
 use selfheal_agent::forward::{ForwardConfig, Forwarder, Sink};
 use selfheal_agent::spool::{FsyncPolicy, Spool, SpoolConfig};
-use selfheal_core::schema::OwnerRef;
-use selfheal_core::{Envelope, Family, Metric, Payload, PodRef, Record, RecordId, Subject};
-use std::collections::BTreeMap;
+use selfheal_core::Envelope;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::moto::{Moto, create_stream, kinesis_client};
+use support::records::pod_cpu_sample;
 
-/// A sampled pod record with a realistic number of values (one family's metrics).
+/// Record `i` (a pod CPU sample).
 fn envelope(i: u64) -> Envelope {
-    let values: BTreeMap<Metric, f64> = Metric::ALL
-        .iter()
-        .filter(|m| m.family() == Family::Cpu)
-        .map(|m| (*m, 0.125 * (i % 17) as f64))
-        .collect();
-    Envelope::new(Payload::Sample {
-        record: Record {
-            id: RecordId::from_u128(u128::from(i)),
-            ts_ms: 1_700_000_000_000 + i as i64,
-            node: "ip-10-0-1-23.ec2.internal".into(),
-            subject: Subject::Pod(PodRef {
-                uid: format!("{:08x}-0000-4000-8000-000000000000", i % 40),
-                namespace: Some("shop".into()),
-                name: Some(format!("web-{}-7d9f8", i % 40)),
-                owner: Some(OwnerRef {
-                    kind: "Deployment".into(),
-                    name: format!("web-{}", i % 40),
-                }),
-                qos: None,
-            }),
-            family: Family::Cpu,
-            values,
-        },
-        inclusion_probability: 0.05,
-    })
+    pod_cpu_sample(i, 1_700_000_000_000 + i as i64)
 }
 
 /// This process's user + system CPU time (from /proc/self/stat, in USER_HZ = 100 ticks).

@@ -13,42 +13,16 @@ mod support;
 
 use selfheal_aggregator::lake::format::{self, LakeRow, rows_of};
 use selfheal_aggregator::lake::{LakeStore, LakeWriter, S3Options};
-use selfheal_core::schema::OwnerRef;
-use selfheal_core::{Envelope, Family, Metric, Payload, PodRef, Record, RecordId, Subject};
-use std::collections::BTreeMap;
+use selfheal_core::Envelope;
 use std::time::Instant;
 use support::moto::{Moto, s3_client};
+use support::records::pod_cpu_sample;
 
 const BATCH: usize = 10_000;
 
-/// A sampled pod record with one family's worth of values.
+/// Record `i`, 0.72 s after record `i - 1`: a 10,000-record batch spans two hours.
 fn envelope(i: u64) -> Envelope {
-    let values: BTreeMap<Metric, f64> = Metric::ALL
-        .iter()
-        .filter(|m| m.family() == Family::Cpu)
-        .map(|m| (*m, 0.125 * (i % 17) as f64 + (i as f64) * 1e-6))
-        .collect();
-    Envelope::new(Payload::Sample {
-        record: Record {
-            id: RecordId::from_u128(u128::from(i)),
-            // 0.72 s apart: a 10,000-record batch spans two hours.
-            ts_ms: 1_764_000_000_000 + i as i64 * 720,
-            node: "ip-10-0-1-23.ec2.internal".into(),
-            subject: Subject::Pod(PodRef {
-                uid: format!("{:08x}-0000-4000-8000-000000000000", i % 40),
-                namespace: Some("shop".into()),
-                name: Some(format!("web-{}-7d9f8", i % 40)),
-                owner: Some(OwnerRef {
-                    kind: "Deployment".into(),
-                    name: format!("web-{}", i % 40),
-                }),
-                qos: None,
-            }),
-            family: Family::Cpu,
-            values,
-        },
-        inclusion_probability: 0.05,
-    })
+    pod_cpu_sample(i, 1_764_000_000_000 + i as i64 * 720)
 }
 
 async fn run(what: &str, writer: &LakeWriter, batches: &[Vec<LakeRow>]) {

@@ -8,6 +8,7 @@ pub mod forest;
 pub mod kube_double;
 pub mod moto;
 pub mod netproxy;
+pub mod records;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
