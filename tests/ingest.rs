@@ -1,6 +1,7 @@
 //! The HTTP transport end to end: the agent binary with `forward.sink = "http"` posting to the
 //! `selfheal aggregator` binary with `ingest.source = "http"`, which writes a local Parquet lake.
-//! Every record the agent printed must be in the lake exactly once; a body that is not a batch
+//! While the lake cannot be written the agent is answered 503 and keeps its records; once it
+//! can, every record the agent printed must be in the lake exactly once. A body that is not a batch
 //! is answered 400, one over `max_body_bytes` 413, and a framed record that is not a selfheal
 //! record is counted as malformed and skipped.
 
@@ -8,12 +9,32 @@ use crate::agent_forward::{AgentFiles, metric, runtime, stop, wait_metrics};
 use crate::lake::{Aggregator, all_rows};
 use crate::support::{free_port, selfheal, write_file};
 use selfheal_aggregator::lake::format::RowKind;
-use selfheal_aggregator::lake::{LakeStore, S3Options};
+use selfheal_aggregator::lake::{LakeStore, S3Options, partition};
+use selfheal_core::Family;
 use selfheal_core::batch::{CONTENT_TYPE, encode_batch};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 const MAX_BODY_BYTES: usize = 256 * 1024;
+const SERVICE_UNAVAILABLE: &str = "selfheal_aggregator_ingest_requests_total{status=\"503\"}";
+
+/// Every regular file under `dir`.
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read lake dir") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
 
 async fn post(url: &str, body: Vec<u8>) -> u16 {
     reqwest::Client::new()
@@ -59,8 +80,38 @@ location = "{}"
     let junk = encode_batch([b"{\"not\": \"a wire record\"}".as_slice()]).expect("frame");
     assert_eq!(rt.block_on(post(&url, junk)), 200);
 
+    // Until the agent has been answered 503 a few times, the lake cannot be written: a file
+    // stands where today's date partition directory must go. (A run that straddles midnight UTC
+    // may see later records succeed at once; the first ones still fail.)
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("time fits i64");
+    let today = partition(now_ms, Family::Cpu);
+    let blocker = lake.join(today.split('/').next().expect("dt=... component"));
+    std::fs::write(&blocker, "not a directory").expect("write blocker");
+
     let agent = AgentFiles::http(&url, "[pods]\nsource = \"none\"\n");
     let mut child = agent.start("out");
+    let start = Instant::now();
+    while metric(&aggregator.metrics_text(), SERVICE_UNAVAILABLE) < 2.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the agent was not answered 503 twice within 15 s:\n{}",
+            aggregator.metrics_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        all_files(&lake),
+        vec![blocker.clone()],
+        "a failed write left objects behind"
+    );
+    std::fs::remove_file(&blocker).expect("remove blocker");
+    // The agent resends what was refused, then keeps forwarding.
     wait_metrics(&agent, "50 records sent", Duration::from_secs(15), |m| {
         metric(m, "selfheal_agent_forward_sent_records_total") >= 50.0
     });
