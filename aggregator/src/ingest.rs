@@ -10,6 +10,9 @@
 //! `max_body_bytes`, which the agent does not retry. A record that frames but does not decode is
 //! counted in the consumer's malformed counter and skipped, as on the stream.
 //!
+//! The `Content-Type` is not checked: the framing and each record's magic-and-version header
+//! already tell a batch from anything else, and a client that forgets the header loses nothing.
+//!
 //! A retried request must not duplicate: the batch is named after the first and last record ids
 //! in it and their count (`http-<first>-<last>-<n>`), so the lake writer overwrites the objects
 //! of an earlier attempt, and de-duplicates rows by id within the write.

@@ -1,7 +1,7 @@
 //! `run(settings, shutdown)`: the aggregator's stages wired together: a source feeding the
-//! [`LakeWriter`](crate::lake::LakeWriter), and the `/metrics` + `/healthz` server. The source
-//! is the Kinesis [`Consumer`](crate::consume::Consumer), with checkpoints in files, or the HTTP
-//! [`ingest`](crate::ingest) endpoint on the same server.
+//! [`LakeWriter`], and the `/metrics` + `/healthz` server. The source is the Kinesis
+//! [`Consumer`], with checkpoints in files, or the HTTP [`ingest`](crate::ingest) endpoint on the
+//! same server.
 //!
 //! Shutdown: when `shutdown` turns true every shard reader writes its open batch and
 //! checkpoints it, or the server stops accepting and answers the requests in flight once their
