@@ -135,7 +135,7 @@ fn main() {
         }
         // The forwarder's own ceiling: the HTTP sink to a local endpoint that accepts all.
         let app = axum::Router::new().route(
-            "/ingest",
+            "/v1/ingest",
             axum::routing::post(|_body: axum::body::Bytes| async {
                 axum::http::StatusCode::NO_CONTENT
             }),
@@ -150,7 +150,7 @@ fn main() {
         let n = records * 5;
         let pushed = push(&spool, 0, n);
         let sink = HttpSink::from_config(&HttpConfig {
-            url: format!("http://{addr}/ingest"),
+            url: format!("http://{addr}/v1/ingest"),
             connect_timeout_ms: 1000,
         })
         .expect("sink");

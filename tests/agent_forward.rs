@@ -36,6 +36,34 @@ pub(crate) struct AgentFiles {
 impl AgentFiles {
     /// A config forwarding everything to `endpoint`/`stream` every 0.2 s. `extra` is appended.
     pub(crate) fn new(endpoint: &str, stream: &str, extra: &str) -> AgentFiles {
+        AgentFiles::with_sink(
+            &format!(
+                r#"sink = "kinesis"
+[forward.kinesis]
+stream_name = "{stream}"
+endpoint_url = "{endpoint}"
+region = "us-east-1"
+connect_timeout_ms = 500"#
+            ),
+            extra,
+        )
+    }
+
+    /// A config forwarding everything to the HTTP ingest endpoint `url` every 0.2 s.
+    pub(crate) fn http(url: &str, extra: &str) -> AgentFiles {
+        AgentFiles::with_sink(
+            &format!(
+                r#"sink = "http"
+[forward.http]
+url = "{url}"
+connect_timeout_ms = 500"#
+            ),
+            extra,
+        )
+    }
+
+    /// `sink` is the `sink = ...` line of `[forward]` and the sink's own section.
+    fn with_sink(sink: &str, extra: &str) -> AgentFiles {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let text = format!(
@@ -47,16 +75,11 @@ shutdown_grace_secs = 5
 [spool]
 dir = "{spool}"
 [forward]
-sink = "kinesis"
 linger_ms = 20
 retry_initial_ms = 50
 retry_max_ms = 500
 request_timeout_ms = 1000
-[forward.kinesis]
-stream_name = "{stream}"
-endpoint_url = "{endpoint}"
-region = "us-east-1"
-connect_timeout_ms = 500
+{sink}
 [sampling]
 min_probability = 1.0
 "#,

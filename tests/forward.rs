@@ -374,7 +374,8 @@ async fn the_http_sink_posts_batches_and_retries_server_errors() {
     use axum::body::Bytes;
     use axum::extract::State;
     use axum::http::{HeaderMap, StatusCode};
-    use selfheal_agent::forward::http::{CONTENT_TYPE, HttpConfig, HttpSink, decode_batch};
+    use selfheal_agent::forward::http::{CONTENT_TYPE, HttpConfig, HttpSink};
+    use selfheal_core::batch::decode_batch;
     use std::sync::Mutex;
 
     #[derive(Default)]
@@ -407,7 +408,7 @@ async fn the_http_sink_posts_batches_and_retries_server_errors() {
     }
     let state = Arc::new(Ingest::default());
     let app = axum::Router::new()
-        .route("/ingest", axum::routing::post(ingest))
+        .route("/v1/ingest", axum::routing::post(ingest))
         .with_state(Arc::clone(&state));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -418,7 +419,7 @@ async fn the_http_sink_posts_batches_and_retries_server_errors() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let spool = open_spool(tmp.path(), 1 << 20);
     let sink = HttpSink::from_config(&HttpConfig {
-        url: format!("http://{addr}/ingest"),
+        url: format!("http://{addr}/v1/ingest"),
         connect_timeout_ms: 1000,
     })
     .expect("http sink");

@@ -162,25 +162,29 @@ location = "{lake}"
         ),
     );
     let mut cmd = selfheal();
-    aws_env(&mut cmd)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .args(["aggregator", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let child = KillOnDrop(cmd.spawn().expect("start selfheal aggregator"));
-    let start = Instant::now();
-    while http_get(port, "/healthz").is_none_or(|(s, _)| s != 200) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "aggregator /healthz did not answer 200 within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Aggregator { child, port }
+    aws_env(&mut cmd).env("AWS_ENDPOINT_URL", endpoint);
+    Aggregator::spawn(cmd, &config, port)
 }
 
 impl Aggregator {
+    /// Runs `cmd aggregator --config config` and waits until its `/healthz` on `port` is 200.
+    pub(crate) fn spawn(mut cmd: Command, config: &Path, port: u16) -> Aggregator {
+        cmd.args(["aggregator", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = KillOnDrop(cmd.spawn().expect("start selfheal aggregator"));
+        let start = Instant::now();
+        while http_get(port, "/healthz").is_none_or(|(s, _)| s != 200) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "aggregator /healthz did not answer 200 within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Aggregator { child, port }
+    }
+
     pub(crate) fn metric(&self, name: &str) -> f64 {
         let (_, body) = http_get(self.port, "/metrics").expect("/metrics answers");
         body.lines()
@@ -188,6 +192,11 @@ impl Aggregator {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// The whole `/metrics` exposition.
+    pub(crate) fn metrics_text(&self) -> String {
+        http_get(self.port, "/metrics").expect("/metrics answers").1
     }
 
     /// SIGTERM, and the exit status must be success.

@@ -10,6 +10,7 @@ mod agent_collect;
 mod agent_forward;
 mod detect;
 mod forward;
+mod ingest;
 mod lake;
 mod manifests;
 mod model;

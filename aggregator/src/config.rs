@@ -4,10 +4,12 @@
 //!
 //! Sources, later ones winning: built-in defaults, the TOML file (`--config`), then environment
 //! variables `SELFHEAL_AGGREGATOR_<FIELD>` with `__` between nested fields, e.g.
-//! `SELFHEAL_AGGREGATOR_KINESIS__STREAM_NAME=selfheal`. AWS credentials, region and endpoint
+//! `SELFHEAL_AGGREGATOR_KINESIS__STREAM_NAME=selfheal`. With `ingest.source = "http"` the
+//! `[kinesis]`, `[checkpoint]` and `[batch]` sections are not used (each request is a batch). AWS credentials, region and endpoint
 //! come from the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, ...) unless set here.
 
 use crate::consume::ConsumerSettings;
+use crate::ingest::IngestSettings;
 use crate::lake::S3Options;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -25,8 +27,10 @@ pub struct AggregatorConfig {
     /// Seconds allowed after SIGTERM to write the open batches and checkpoint them; keep it
     /// below the pod's `terminationGracePeriodSeconds`.
     pub shutdown_grace_secs: f64,
-    /// `/healthz` fails when no Kinesis call succeeded for this many seconds.
+    /// `/healthz` fails when no Kinesis call succeeded for this many seconds (Kinesis source).
     pub health_max_age_secs: f64,
+    /// Where records come from: the Kinesis stream or agents POSTing to the HTTP server.
+    pub ingest: IngestConfig,
     /// The stream to read.
     pub kinesis: KinesisSourceConfig,
     /// Where per-shard checkpoints are kept.
@@ -57,6 +61,41 @@ pub struct KinesisSourceConfig {
     pub retry_initial_ms: u64,
     /// Largest retry delay, milliseconds.
     pub retry_max_ms: u64,
+}
+
+/// Where the aggregator's records come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Read the stream of `[kinesis]`, with `[checkpoint]`s and `[batch]`ing.
+    #[default]
+    Kinesis,
+    /// Accept batches POSTed by agents (`forward.sink = "http"`) on the HTTP server.
+    Http,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// `kinesis` (default) or `http`.
+    pub source: SourceKind,
+    /// With `source = "http"`: the path agents POST to, on `listen_addr`.
+    pub path: String,
+    /// With `source = "http"`: the largest body accepted, bytes (larger ones are answered 413).
+    /// Keep it above the agent's `forward.max_batch_bytes` plus 4 bytes a record.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            source: SourceKind::Kinesis,
+            path: crate::ingest::DEFAULT_PATH.into(),
+            // The agent's largest batch (5 MiB, the PutRecords limit) plus framing, with room.
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[checkpoint]`.
@@ -96,6 +135,7 @@ impl Default for AggregatorConfig {
             listen_addr: "0.0.0.0:9478".into(),
             shutdown_grace_secs: 20.0,
             health_max_age_secs: 120.0,
+            ingest: IngestConfig::default(),
             kinesis: KinesisSourceConfig::default(),
             checkpoint: CheckpointConfig::default(),
             batch: BatchConfig::default(),
@@ -171,6 +211,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// `/healthz` staleness limit.
     pub health_max_age: Duration,
+    /// The HTTP ingest endpoint, when it is the source (`None`: the Kinesis consumer is).
+    pub http_ingest: Option<IngestSettings>,
     /// Consumer settings.
     pub consumer: ConsumerSettings,
     /// Kinesis region override.
@@ -230,7 +272,11 @@ impl AggregatorConfig {
     /// Checks every field.
     pub fn validate(self) -> Result<Settings, ConfigError> {
         let k = &self.kinesis;
-        if k.stream_name.is_empty() {
+        let http_ingest = match self.ingest.source {
+            SourceKind::Kinesis => None,
+            SourceKind::Http => Some(self.ingest.validate()?),
+        };
+        if http_ingest.is_none() && k.stream_name.is_empty() {
             return Err(invalid("kinesis.stream_name", "must be set"));
         }
         if !(1..=10_000).contains(&k.get_records_limit) {
@@ -280,6 +326,7 @@ impl AggregatorConfig {
             listen_addr,
             shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
             health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,
+            http_ingest,
             consumer: ConsumerSettings {
                 stream: k.stream_name.clone(),
                 batch_max_records: self.batch.max_records,
@@ -302,6 +349,34 @@ impl AggregatorConfig {
                 region: self.lake.region.clone(),
                 endpoint_url: self.lake.endpoint_url.clone(),
             },
+        })
+    }
+}
+
+impl IngestConfig {
+    fn validate(&self) -> Result<IngestSettings, ConfigError> {
+        let reserved = ["/metrics", "/healthz"];
+        if !self.path.starts_with('/')
+            || self.path.len() < 2
+            || reserved.contains(&self.path.as_str())
+        {
+            return Err(invalid(
+                "ingest.path",
+                format!(
+                    "must be a path starting with / other than {reserved:?}, got {:?}",
+                    self.path
+                ),
+            ));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(invalid(
+                "ingest.max_body_bytes",
+                format!("must be in 1024..=1073741824, got {}", self.max_body_bytes),
+            ));
+        }
+        Ok(IngestSettings {
+            path: self.path.clone(),
+            max_body_bytes: self.max_body_bytes,
         })
     }
 }
@@ -341,5 +416,23 @@ mod tests {
         let s = from_toml("[kinesis]\nstream_name = \"s\"\n").expect("valid");
         assert_eq!(s.consumer.get_records_limit, 10_000);
         assert_eq!(s.lake_location, "/var/lib/selfheal/lake");
+        assert_eq!(s.http_ingest, None);
+    }
+
+    #[test]
+    fn the_http_source_needs_no_stream_and_checks_its_path() {
+        let s = from_toml("[ingest]\nsource = \"http\"\n").expect("valid");
+        assert_eq!(
+            s.http_ingest.expect("http ingest").path,
+            crate::ingest::DEFAULT_PATH
+        );
+        let e = from_toml("[ingest]\nsource = \"http\"\npath = \"/metrics\"\n")
+            .expect_err("reserved path")
+            .to_string();
+        assert!(e.contains("`ingest.path`"), "{e}");
+        let e = from_toml("[ingest]\nsource = \"http\"\nmax_body_bytes = 10\n")
+            .expect_err("tiny body")
+            .to_string();
+        assert!(e.contains("`ingest.max_body_bytes`"), "{e}");
     }
 }

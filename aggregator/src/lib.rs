@@ -4,13 +4,16 @@
 //! agents' Kinesis stream with durable per-shard checkpoints and hands decoded batches to a
 //! [`consume::BatchHandler`]; [`lake`] is the handler that writes them as partitioned Parquet to a
 //! directory or S3, and the reader the trainer uses. The incident pipeline (dedup, policy,
-//! guardrails, healing) will be a second handler on the same consumer. [`run`] wires the stages,
+//! guardrails, healing) will be a second handler on the same consumer. Without AWS, [`ingest`]
+//! replaces the consumer: agents POST batches to the HTTP server, and each request is a batch for
+//! the same handler. [`run`] wires the stages,
 //! [`config`] validates their settings, [`server`] serves `/metrics` and `/healthz`, and [`cli`]
 //! is the binary's edge.
 
 pub mod cli;
 pub mod config;
 pub mod consume;
+pub mod ingest;
 pub mod lake;
 pub mod run;
 pub mod server;

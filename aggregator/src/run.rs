@@ -1,13 +1,17 @@
-//! `run(settings, shutdown)`: the aggregator's stages wired together: the Kinesis
-//! [`Consumer`](crate::consume::Consumer) feeding the [`LakeWriter`](crate::lake::LakeWriter),
-//! with checkpoints in files, and the `/metrics` + `/healthz` server.
+//! `run(settings, shutdown)`: the aggregator's stages wired together: a source feeding the
+//! [`LakeWriter`], and the `/metrics` + `/healthz` server. The source is the Kinesis
+//! [`Consumer`], with checkpoints in files, or the HTTP [`ingest`](crate::ingest) endpoint on the
+//! same server.
 //!
 //! Shutdown: when `shutdown` turns true every shard reader writes its open batch and
-//! checkpoints it; `run` waits for that at most `shutdown_grace` and then returns (an error if
-//! the grace ran out: those batches are read again on the next start, nothing is lost).
+//! checkpoints it, or the server stops accepting and answers the requests in flight once their
+//! writes are done; `run` waits for that at most `shutdown_grace` and then returns (an error if
+//! the grace ran out: those batches are read again on the next start, or resent by the agents,
+//! which were not answered; nothing is lost).
 
 use crate::config::Settings;
 use crate::consume::{ConsumeMetrics, Consumer, FileCheckpoints};
+use crate::ingest::{IngestMetrics, IngestSettings};
 use crate::lake::{LakeStore, LakeWriter, StoreError};
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use prometheus_client::registry::Registry;
@@ -34,7 +38,7 @@ pub enum RunError {
     GraceExceeded(std::time::Duration),
 }
 
-/// Runs consumer → lake until `shutdown` turns true.
+/// Runs source → lake until `shutdown` turns true.
 pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let mut registry = Registry::with_prefix("selfheal_aggregator");
     let consume_metrics = Arc::new(ConsumeMetrics::default());
@@ -45,7 +49,72 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         .map_err(RunError::Lake)?;
     let writer = LakeWriter::new(store);
     writer.stats().register(&mut registry);
+    match settings.http_ingest.clone() {
+        Some(ingest) => {
+            run_http(
+                &settings,
+                &ingest,
+                registry,
+                consume_metrics,
+                writer,
+                shutdown,
+            )
+            .await
+        }
+        None => run_kinesis(&settings, registry, consume_metrics, writer, shutdown).await,
+    }
+}
 
+/// The HTTP source: the ingest route on the server, nothing else running.
+async fn run_http(
+    settings: &Settings,
+    ingest: &IngestSettings,
+    mut registry: Registry,
+    consume_metrics: Arc<ConsumeMetrics>,
+    writer: LakeWriter,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let ingest_metrics = Arc::new(IngestMetrics::default());
+    ingest_metrics.register(&mut registry);
+    tracing::info!(
+        path = %ingest.path,
+        lake = %writer.store().location(),
+        "AggregatorStarting"
+    );
+    let routes = crate::ingest::router(ingest, writer, consume_metrics, ingest_metrics);
+    let (addr, server) = crate::server::serve(
+        settings.listen_addr,
+        Arc::new(registry),
+        None,
+        settings.health_max_age,
+        routes,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Listen {
+        addr: settings.listen_addr,
+        source,
+    })?;
+    tracing::info!(%addr, path = %ingest.path, "HttpServerListening");
+    let _ = shutdown.wait_for(|s| *s).await;
+    // The server stops accepting; requests in flight finish their lake writes and are answered.
+    match tokio::time::timeout(settings.shutdown_grace, server).await {
+        Ok(_) => {
+            tracing::info!("AggregatorStopped");
+            Ok(())
+        }
+        Err(_) => Err(RunError::GraceExceeded(settings.shutdown_grace)),
+    }
+}
+
+/// The Kinesis source: the consumer, and the server for `/metrics` and `/healthz`.
+async fn run_kinesis(
+    settings: &Settings,
+    registry: Registry,
+    consume_metrics: Arc<ConsumeMetrics>,
+    writer: LakeWriter,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         // The consumer retries with its own backoff and counts each retry.
         .retry_config(RetryConfig::disabled());
@@ -73,8 +142,9 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let (addr, server) = crate::server::serve(
         settings.listen_addr,
         Arc::new(registry),
-        consumer.progress(),
+        Some(consumer.progress()),
         settings.health_max_age,
+        axum::Router::new(),
         shutdown.clone(),
     )
     .await

@@ -1,8 +1,11 @@
-//! The aggregator's HTTP endpoint: `/metrics` (Prometheus text) and `/healthz`.
+//! The aggregator's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, and the routes of
+//! the source, if it has any (the HTTP [`crate::ingest`] endpoint).
 //!
-//! `/healthz` answers 200 while the consumer keeps talking to Kinesis (a successful ListShards,
-//! GetShardIterator or GetRecords within `health_max_age`) and 503 after, so a consumer wedged on
-//! a dead endpoint or bad credentials gets its pod restarted by the liveness probe.
+//! With the Kinesis source, `/healthz` answers 200 while the consumer keeps talking to Kinesis (a
+//! successful ListShards, GetShardIterator or GetRecords within `health_max_age`) and 503 after,
+//! so a consumer wedged on a dead endpoint or bad credentials gets its pod restarted by the
+//! liveness probe. With the HTTP source there is no upstream to be wedged on: the server
+//! answering is the health.
 
 use axum::Router;
 use axum::extract::State;
@@ -19,7 +22,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 struct AppState {
     registry: Arc<Registry>,
-    progress: watch::Receiver<Instant>,
+    /// Time of the last successful Kinesis call; `None` with the HTTP source.
+    progress: Option<watch::Receiver<Instant>>,
     max_age: Duration,
 }
 
@@ -44,7 +48,10 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    let age = s.progress.borrow().elapsed();
+    let Some(progress) = &s.progress else {
+        return (StatusCode::OK, "ok: http ingest\n".to_owned());
+    };
+    let age = progress.borrow().elapsed();
     let status = if age <= s.max_age {
         StatusCode::OK
     } else {
@@ -61,12 +68,14 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Binds `addr` (failing fast when it cannot) and serves until `shutdown` turns true.
+/// Binds `addr` (failing fast when it cannot) and serves `/metrics`, `/healthz` and `source`'s
+/// routes until `shutdown` turns true; then in-flight requests finish before the task ends.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
-    progress: watch::Receiver<Instant>,
+    progress: Option<watch::Receiver<Instant>>,
     max_age: Duration,
+    source: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -78,7 +87,8 @@ pub async fn serve(
             registry,
             progress,
             max_age,
-        });
+        })
+        .merge(source);
     let handle = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

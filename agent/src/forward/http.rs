@@ -1,17 +1,20 @@
 //! The HTTP [`Sink`]: POSTs a batch of wire records to a URL (the aggregator's ingest endpoint,
-//! e.g. in `selfheal up`). The body is [`CONTENT_TYPE`]: each record as a `u32` little-endian
-//! length followed by its `encode_wire` bytes; [`decode_batch`] reads it back on the other side.
+//! `POST /v1/ingest` in `selfheal aggregator` with `ingest.source = "http"`). The body is
+//! [`CONTENT_TYPE`], framed by [`selfheal_core::batch`], which the aggregator decodes with the
+//! same code.
 //!
-//! The call succeeds or fails as a whole: 2xx accepts every record; 408, 429 and 5xx are worth
-//! retrying (429 as throttling); any other status refuses the batch's content for good.
+//! The call succeeds or fails as a whole: 2xx accepts every record (the aggregator answers only
+//! once they are durable in the lake); 408, 429 and 5xx are worth retrying (429 as throttling);
+//! any other status (400 for a body that is not a batch, 413 for one over the aggregator's
+//! `max_body_bytes`) refuses the batch's content for good: its records are dropped and counted.
 
 use super::{RecordOutcome, Sink, SinkError};
 use crate::spool::SpooledRecord;
+use selfheal_core::batch::encode_batch;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Media type of a batch body.
-pub const CONTENT_TYPE: &str = "application/vnd.selfheal.wire-batch";
+pub use selfheal_core::batch::CONTENT_TYPE;
 
 /// HTTP sink settings as written by the user (`forward.http` section).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -49,45 +52,10 @@ impl HttpSink {
     }
 }
 
-/// Encodes records as a batch body.
-pub fn encode_batch<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for r in records {
-        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        out.extend_from_slice(r);
-    }
-    out
-}
-
-/// A batch body that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("batch body truncated at byte {offset}")]
-pub struct BatchDecodeError {
-    /// Where the body stops making sense.
-    pub offset: usize,
-}
-
-/// Splits a batch body into its wire records.
-pub fn decode_batch(body: &[u8]) -> Result<Vec<&[u8]>, BatchDecodeError> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < body.len() {
-        let len = body
-            .get(pos..pos + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or(BatchDecodeError { offset: pos })?;
-        let rec = body
-            .get(pos + 4..pos + 4 + len)
-            .ok_or(BatchDecodeError { offset: pos })?;
-        out.push(rec);
-        pos += 4 + len;
-    }
-    Ok(out)
-}
-
 impl Sink for HttpSink {
     async fn send(&self, records: &[&SpooledRecord]) -> Result<Vec<RecordOutcome>, SinkError> {
-        let body = encode_batch(records.iter().map(|r| r.data.as_slice()));
+        let body = encode_batch(records.iter().map(|r| r.data.as_slice()))
+            .map_err(|e| SinkError::Rejected(e.into()))?;
         let resp = self
             .client
             .post(self.url.clone())
@@ -110,19 +78,5 @@ impl Sink for HttpSink {
 
     fn name(&self) -> &'static str {
         "http"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_body_round_trips_and_truncation_is_an_error() {
-        let recs: [&[u8]; 3] = [b"one", b"", b"three"];
-        let body = encode_batch(recs);
-        assert_eq!(decode_batch(&body).expect("decodes"), recs.to_vec());
-        let err = decode_batch(&body[..body.len() - 1]).expect_err("truncated");
-        assert_eq!(err.offset, 11);
     }
 }

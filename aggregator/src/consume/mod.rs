@@ -39,7 +39,7 @@ use tokio::time::Instant;
 /// One decoded record of a batch.
 #[derive(Debug, Clone)]
 pub struct ConsumedRecord {
-    /// Its sequence number in the shard.
+    /// Its sequence number in the shard (from [`crate::ingest`]: its record id, 32 hex digits).
     pub sequence: String,
     /// The partition key it was put with (the workload identity).
     pub partition_key: String,
@@ -47,7 +47,9 @@ pub struct ConsumedRecord {
     pub envelope: Envelope,
 }
 
-/// A run of consecutive records of one shard, handed to a [`BatchHandler`].
+/// A run of consecutive records of one shard, handed to a [`BatchHandler`]. [`crate::ingest`]
+/// makes one of each request: shard `http`, first and last record ids (the last with the record
+/// count appended), so that the same request names the same lake objects.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// The shard.

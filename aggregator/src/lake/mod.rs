@@ -8,7 +8,9 @@
 //!
 //! Object names are deterministic: a batch handed over by [`crate::consume`] names its shard and
 //! the first and last sequence numbers in it, so writing the same batch again after a crash (the
-//! checkpoint had not advanced) overwrites the same objects instead of adding copies. Rows are
+//! checkpoint had not advanced) overwrites the same objects instead of adding copies. A batch
+//! POSTed to [`crate::ingest`] is named `http-<first id>-<last id>-<records>` the same way, so an
+//! agent's retry of an unanswered request overwrites too. Rows are
 //! de-duplicated by record id within a write; a duplicate that arrives in another batch (the
 //! agent resent it) is dropped on read, by [`read_family`].
 //!
