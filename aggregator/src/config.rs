@@ -85,6 +85,9 @@ pub struct IngestConfig {
     /// With `source = "http"`: the largest body accepted, bytes (larger ones are answered 413).
     /// Keep it above the agent's `forward.max_batch_bytes` plus 4 bytes a record.
     pub max_body_bytes: usize,
+    /// With `source = "http"`: requests read and written at once; more are answered 429 and
+    /// retried by the agents. Bounds memory to this × `max_body_bytes`.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for IngestConfig {
@@ -94,6 +97,8 @@ impl Default for IngestConfig {
             path: crate::ingest::DEFAULT_PATH.into(),
             // The agent's largest batch (5 MiB, the PutRecords limit) plus framing, with room.
             max_body_bytes: 8 * 1024 * 1024,
+            // A few writes in flight keep the lake store busy; beyond that requests only queue.
+            max_concurrent_requests: 8,
         }
     }
 }
@@ -374,9 +379,16 @@ impl IngestConfig {
                 format!("must be in 1024..=1073741824, got {}", self.max_body_bytes),
             ));
         }
+        if !(1..=4096).contains(&self.max_concurrent_requests) {
+            return Err(invalid(
+                "ingest.max_concurrent_requests",
+                format!("must be in 1..=4096, got {}", self.max_concurrent_requests),
+            ));
+        }
         Ok(IngestSettings {
             path: self.path.clone(),
             max_body_bytes: self.max_body_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
         })
     }
 }
@@ -434,5 +446,9 @@ mod tests {
             .expect_err("tiny body")
             .to_string();
         assert!(e.contains("`ingest.max_body_bytes`"), "{e}");
+        let e = from_toml("[ingest]\nsource = \"http\"\nmax_concurrent_requests = 0\n")
+            .expect_err("no permits")
+            .to_string();
+        assert!(e.contains("`ingest.max_concurrent_requests`"), "{e}");
     }
 }

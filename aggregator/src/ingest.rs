@@ -13,6 +13,11 @@
 //! The `Content-Type` is not checked: the framing and each record's magic-and-version header
 //! already tell a batch from anything else, and a client that forgets the header loses nothing.
 //!
+//! At most `max_concurrent_requests` requests are read and written at once; one over that is
+//! answered 429 before its body is read (the agent backs off and retries, as for Kinesis
+//! throttling), so memory stays under `max_concurrent_requests × max_body_bytes` and a fleet of
+//! agents reconnecting after an outage queues in their spools, not in the aggregator.
+//!
 //! A retried request must not duplicate: the batch is named after the first and last record ids
 //! in it and their count (`http-<first>-<last>-<n>`), so the lake writer overwrites the objects
 //! of an earlier attempt, and de-duplicates rows by id within the write.
@@ -21,8 +26,9 @@ use crate::consume::{Batch, BatchHandler, ConsumeMetrics, ConsumedRecord};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +37,7 @@ use prometheus_client::registry::Registry;
 use selfheal_core::batch::decode_batch;
 use selfheal_core::schema::decode_wire;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// The default path of the ingest endpoint; the agent's `forward.http.url` ends with it.
 pub const DEFAULT_PATH: &str = "/v1/ingest";
@@ -42,6 +49,8 @@ pub struct IngestSettings {
     pub path: String,
     /// Largest body accepted; larger ones are answered 413.
     pub max_body_bytes: usize,
+    /// Requests read and written at once; more are answered 429.
+    pub max_concurrent_requests: usize,
 }
 
 /// Labels of `selfheal_aggregator_ingest_requests_total`.
@@ -81,6 +90,8 @@ impl IngestMetrics {
 
 struct Ingest<H> {
     handler: H,
+    /// One permit per request in progress.
+    permits: Arc<Semaphore>,
     consume: Arc<ConsumeMetrics>,
     metrics: Arc<IngestMetrics>,
 }
@@ -94,6 +105,7 @@ pub fn router<H: BatchHandler>(
 ) -> Router {
     let state = Arc::new(Ingest {
         handler,
+        permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         consume,
         metrics,
     });
@@ -103,28 +115,43 @@ pub fn router<H: BatchHandler>(
         .with_state(state)
 }
 
-async fn ingest<H: BatchHandler>(
-    State(s): State<Arc<Ingest<H>>>,
-    body: Result<Bytes, BytesRejection>,
-) -> (StatusCode, String) {
-    let (status, text) = match body {
+async fn ingest<H: BatchHandler>(State(s): State<Arc<Ingest<H>>>, req: Request) -> Response {
+    // The permit is taken before the body is read, so waiting requests hold no body in memory.
+    let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
+        tracing::debug!("IngestBusy");
+        s.count(StatusCode::TOO_MANY_REQUESTS);
+        let mut busy = (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many ingest requests in progress; retry later\n",
+        )
+            .into_response();
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return busy;
+    };
+    let (status, text) = match Bytes::from_request(req, &()).await {
         Ok(body) => s.accept(&body).await,
         // Over the limit (413) or a body that could not be read (400).
         Err(rejection) => {
+            let rejection: BytesRejection = rejection;
             tracing::warn!(status = %rejection.status(), error = %rejection.body_text(), "IngestBodyRejected");
             (rejection.status(), rejection.body_text())
         }
     };
-    s.metrics
-        .requests
-        .get_or_create(&StatusLabels {
-            status: status.as_u16(),
-        })
-        .inc();
-    (status, text)
+    s.count(status);
+    (status, text).into_response()
 }
 
 impl<H: BatchHandler> Ingest<H> {
+    fn count(&self, status: StatusCode) {
+        self.metrics
+            .requests
+            .get_or_create(&StatusLabels {
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+
     async fn accept(&self, body: &[u8]) -> (StatusCode, String) {
         let wire = match decode_batch(body) {
             Ok(w) => w,
@@ -188,5 +215,125 @@ impl<H: BatchHandler> Ingest<H> {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consume::HandlerError;
+    use selfheal_core::batch::encode_batch;
+    use selfheal_core::schema::{Envelope, Payload, Record, RecordId, Subject, encode_wire};
+    use selfheal_core::{Family, Metric};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Notify;
+
+    /// A handler that holds every batch until released, remembering the ids it wrote.
+    #[derive(Default)]
+    struct Held {
+        entered: Notify,
+        release: Notify,
+        written: Mutex<Vec<u128>>,
+    }
+
+    impl BatchHandler for Arc<Held> {
+        async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
+            self.entered.notify_one();
+            self.release.notified().await;
+            let mut w = self
+                .written
+                .lock()
+                .map_err(|e| HandlerError(e.to_string().into()))?;
+            w.extend(
+                batch
+                    .records
+                    .iter()
+                    .map(|r| r.envelope.record().id.as_u128()),
+            );
+            Ok(())
+        }
+    }
+
+    fn body(id: u128) -> Vec<u8> {
+        let env = Envelope::new(Payload::Sample {
+            record: Record {
+                id: RecordId::from_u128(id),
+                ts_ms: 1_764_000_000_000,
+                node: "node-a".into(),
+                subject: Subject::Node,
+                family: Family::Cpu,
+                values: BTreeMap::from([(Metric::CpuUsageCores, 0.5)]),
+            },
+            inclusion_probability: 1.0,
+        });
+        let wire = encode_wire(&env).expect("encode");
+        encode_batch([wire.as_slice()]).expect("frame")
+    }
+
+    /// POSTs `body` over a fresh connection; the status line and headers of the answer.
+    async fn post(addr: std::net::SocketAddr, body: Vec<u8>) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST {DEFAULT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.expect("write head");
+        conn.write_all(&body).await.expect("write body");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.expect("read answer");
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_over_the_concurrency_cap_is_answered_429_and_its_retry_lands() {
+        let held = Arc::new(Held::default());
+        let metrics = Arc::new(IngestMetrics::default());
+        let settings = IngestSettings {
+            path: DEFAULT_PATH.into(),
+            max_body_bytes: 1 << 20,
+            max_concurrent_requests: 1,
+        };
+        let app = router(
+            &settings,
+            held.clone(),
+            Arc::new(ConsumeMetrics::default()),
+            metrics.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let first = tokio::spawn(post(addr, body(1)));
+        held.entered.notified().await; // the first request holds the only permit
+        let busy = post(addr, body(2)).await;
+        assert!(busy.starts_with("HTTP/1.1 429"), "{busy}");
+        assert!(
+            busy.to_ascii_lowercase().contains("retry-after: 1"),
+            "{busy}"
+        );
+
+        held.release.notify_one();
+        let ok = first.await.expect("first request");
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let retry = tokio::spawn(post(addr, body(2)));
+        held.entered.notified().await;
+        held.release.notify_one();
+        let ok = retry.await.expect("retried request");
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+        let written = held.written.lock().expect("lock").clone();
+        assert_eq!(written, vec![1, 2]);
+        let count = |status: u16| {
+            metrics
+                .requests
+                .get_or_create(&StatusLabels { status })
+                .get()
+        };
+        assert_eq!((count(200), count(429)), (2, 1));
+        server.abort();
     }
 }
