@@ -21,8 +21,11 @@
 //! * `TreeEnsembleClassifier`: int64 class labels, `SUM` of leaf weights, optional `base_values`,
 //!   `post_transform` NONE, LOGISTIC or SOFTMAX. Anything else (string labels, tensor-valued
 //!   attributes, other transforms) goes to tract's own implementation, unchanged.
-//! * `TreeEnsembleRegressor` (tract has none): `SUM` or `AVERAGE`, `base_values`,
-//!   `post_transform` NONE.
+//! * `TreeEnsembleRegressor` (tract has none): `SUM`, `AVERAGE`, `MIN` or `MAX`, optional
+//!   `base_values`, `post_transform` NONE. Anything else is a load error, never a different score.
+//!
+//! [`register`] also registers `LabelEncoder` ([`super::label_encoder`]): with the regressor it
+//! is what scikit-learn's stock IsolationForest export (skl2onnx) needs beyond tract's own ops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -388,6 +391,21 @@ impl FlatEnsemble {
     /// # Panics
     /// If `width < self.min_input_width()` or the slices are not `n_rows` long.
     pub fn accumulate(&self, rows: &[f32], width: usize, out: &mut [f32]) {
+        self.accumulate_with(rows, width, out, |acc, w| *acc += w);
+    }
+
+    /// [`FlatEnsemble::accumulate`] with another way to fold a leaf weight into a row's value
+    /// for its target (`combine(value, weight)`, e.g. a minimum); `out` holds the initial values.
+    ///
+    /// # Panics
+    /// As [`FlatEnsemble::accumulate`].
+    pub fn accumulate_with(
+        &self,
+        rows: &[f32],
+        width: usize,
+        out: &mut [f32],
+        combine: impl Fn(&mut f32, f32) + Copy,
+    ) {
         assert!(width >= self.min_input_width, "input rows too narrow");
         let n_rows = out.len() / self.n_targets.max(1);
         assert_eq!(rows.len(), n_rows * width, "rows and outputs disagree");
@@ -404,7 +422,7 @@ impl FlatEnsemble {
                     let group = &rows[r * width..(r + LANES) * width];
                     let leaves = self.walk_modes([root; LANES], depth, group, row_offsets);
                     for (k, &at) in leaves.iter().enumerate() {
-                        self.credit(at, &mut out[(r + k) * nt..(r + k + 1) * nt]);
+                        self.credit(at, &mut out[(r + k) * nt..(r + k + 1) * nt], combine);
                     }
                 }
             }
@@ -421,27 +439,30 @@ impl FlatEnsemble {
                 let at: [u32; TREE_LANES] = std::array::from_fn(|k| roots[k]);
                 let steps = depths.iter().copied().max().unwrap_or(0);
                 for leaf in self.walk_modes(at, steps, row, [0; TREE_LANES]) {
-                    self.credit(leaf, acc);
+                    self.credit(leaf, acc, combine);
                 }
             }
             let rest = self.roots.len() / TREE_LANES * TREE_LANES;
             for (&root, &depth) in self.roots[rest..].iter().zip(&self.depths[rest..]) {
                 let [leaf] = self.walk_modes([root], depth, row, [0]);
-                self.credit(leaf, acc);
+                self.credit(leaf, acc, combine);
             }
         }
     }
 
     /// Adds the weights of the leaf at record `at` to one row's sums.
     #[inline(always)]
-    fn credit(&self, at: u32, acc: &mut [f32]) {
+    fn credit(&self, at: u32, acc: &mut [f32], combine: impl Fn(&mut f32, f32)) {
         let leaf = self.leaf_of[at as usize] as usize;
         let (from, to) = (
             self.leaf_start[leaf] as usize,
             self.leaf_start[leaf + 1] as usize,
         );
         for j in from..to {
-            acc[self.leaf_targets[j] as usize] += self.leaf_weights[j];
+            combine(
+                &mut acc[self.leaf_targets[j] as usize],
+                self.leaf_weights[j],
+            );
         }
     }
 
@@ -706,15 +727,7 @@ impl Expansion for ClassifierExpansion {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let input = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
-            inputs[0]
-        } else {
-            model.wire_node(
-                format!("{prefix}.cast"),
-                tract_onnx::tract_core::ops::cast::cast(f32::datum_type()),
-                inputs,
-            )?[0]
-        };
+        let input = cast_to_f32(prefix, model, inputs[0])?;
         model.wire_node(prefix, self.0.clone(), &[input])
     }
 }
@@ -787,12 +800,289 @@ fn classifier(
     Ok((expand(ClassifierExpansion(op)), vec![]))
 }
 
-/// Registers the fast tree-ensemble kernels in `register`, replacing tract's own.
-pub fn register(register: &mut OnnxOpRegister) {
-    register.insert("TreeEnsembleClassifier", classifier);
+/// How `TreeEnsembleRegressor` folds the leaf weights of all trees into one value per target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aggregate {
+    Sum,
+    Average,
+    Min,
+    Max,
 }
 
-/// tract's ONNX framework with the fast tree-ensemble kernels registered.
+/// The evaluation of `TreeEnsembleRegressor`, behind an `Arc` so tract can clone the op freely.
+#[derive(Debug)]
+struct RegressorKernel {
+    ensemble: FlatEnsemble,
+    aggregate: Aggregate,
+    base_values: Option<Vec<f32>>,
+}
+
+impl RegressorKernel {
+    /// The `n_rows × n_targets` values for `n_rows` rows of `width` features.
+    fn eval(&self, rows: &[f32], n_rows: usize, width: usize) -> Vec<f32> {
+        let nt = self.ensemble.n_targets();
+        let mut out;
+        match self.aggregate {
+            Aggregate::Sum | Aggregate::Average => {
+                out = vec![0f32; n_rows * nt];
+                self.ensemble.accumulate(rows, width, &mut out);
+                if self.aggregate == Aggregate::Average {
+                    let trees = self.ensemble.n_trees() as f32;
+                    out.iter_mut().for_each(|v| *v /= trees);
+                }
+            }
+            // Leaf weights are finite (checked at load), so a value still infinite after the
+            // walk means no leaf credited that target: it then gets 0, as onnxruntime gives it.
+            Aggregate::Min => {
+                out = vec![f32::INFINITY; n_rows * nt];
+                self.ensemble
+                    .accumulate_with(rows, width, &mut out, |v, w| *v = v.min(w));
+                out.iter_mut()
+                    .filter(|v| v.is_infinite())
+                    .for_each(|v| *v = 0.0);
+            }
+            Aggregate::Max => {
+                out = vec![f32::NEG_INFINITY; n_rows * nt];
+                self.ensemble
+                    .accumulate_with(rows, width, &mut out, |v, w| *v = v.max(w));
+                out.iter_mut()
+                    .filter(|v| v.is_infinite())
+                    .for_each(|v| *v = 0.0);
+            }
+        }
+        if let Some(base) = &self.base_values {
+            for row in out.chunks_exact_mut(nt.max(1)) {
+                row.iter_mut().zip(base).for_each(|(v, b)| *v += b);
+            }
+        }
+        out
+    }
+}
+
+/// tract op: `TreeEnsembleRegressor` (tract has none). Outputs `f32[N, n_targets]`.
+#[derive(Debug, Clone)]
+pub struct FastTreeEnsembleRegressor {
+    kernel: Arc<RegressorKernel>,
+}
+
+// As for the classifier: equal only when sharing a kernel.
+impl PartialEq for FastTreeEnsembleRegressor {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.kernel, &other.kernel)
+    }
+}
+impl Eq for FastTreeEnsembleRegressor {}
+
+impl Op for FastTreeEnsembleRegressor {
+    fn name(&self) -> StaticName {
+        "FastTreeEnsembleRegressor".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} trees, {} targets, {:?}",
+            self.kernel.ensemble.n_trees(),
+            self.kernel.ensemble.n_targets(),
+            self.kernel.aggregate
+        )])
+    }
+
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for FastTreeEnsembleRegressor {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1, "TreeEnsembleRegressor takes one input");
+        let input = &inputs[0];
+        let (n, w) = input_rows(input, self.kernel.ensemble.min_input_width())?;
+        let rows = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let values = self.kernel.eval(rows, n, w);
+        let values =
+            tract_ndarray::Array2::from_shape_vec((n, self.kernel.ensemble.n_targets()), values)?
+                .into_tensor();
+        Ok(tvec!(values.into_tvalue()))
+    }
+
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(self.eval(&EvalContext::out_of_plan(), inputs)?))
+    }
+}
+
+impl TypedOp for FastTreeEnsembleRegressor {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let n = check_input_fact(inputs[0], self.kernel.ensemble.min_input_width())?;
+        Ok(tvec!(f32::fact([
+            n,
+            self.kernel.ensemble.n_targets().to_dim()
+        ])))
+    }
+}
+
+/// The inference-time face of [`FastTreeEnsembleRegressor`].
+#[derive(Debug, Clone)]
+struct RegressorExpansion(FastTreeEnsembleRegressor);
+
+impl Expansion for RegressorExpansion {
+    fn name(&self) -> StaticName {
+        "TreeEnsembleRegressor".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].rank, 2)?;
+        s.equals(&outputs[0].rank, 2)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(
+            &outputs[0].shape[1],
+            self.0.kernel.ensemble.n_targets().to_dim(),
+        )?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let input = cast_to_f32(prefix, model, inputs[0])?;
+        model.wire_node(prefix, self.0.clone(), &[input])
+    }
+}
+
+/// `input` as f32: itself, or a cast of it (ONNX lets tree ensembles read doubles and ints).
+fn cast_to_f32(prefix: &str, model: &mut TypedModel, input: OutletId) -> TractResult<OutletId> {
+    if model.outlet_fact(input)?.datum_type == f32::datum_type() {
+        return Ok(input);
+    }
+    Ok(model.wire_node(
+        format!("{prefix}.cast"),
+        tract_onnx::tract_core::ops::cast::cast(f32::datum_type()),
+        &[input],
+    )?[0])
+}
+
+/// Every attribute `TreeEnsembleRegressor` (ai.onnx.ml 1 and 3) defines. Any other is refused:
+/// an attribute we do not know could change the result.
+const REGRESSOR_ATTRIBUTES: [&str; 21] = [
+    "aggregate_function",
+    "base_values",
+    "base_values_as_tensor",
+    "n_targets",
+    "nodes_falsenodeids",
+    "nodes_featureids",
+    "nodes_hitrates",
+    "nodes_hitrates_as_tensor",
+    "nodes_missing_value_tracks_true",
+    "nodes_modes",
+    "nodes_nodeids",
+    "nodes_treeids",
+    "nodes_truenodeids",
+    "nodes_values",
+    "nodes_values_as_tensor",
+    "post_transform",
+    "target_ids",
+    "target_nodeids",
+    "target_treeids",
+    "target_weights",
+    "target_weights_as_tensor",
+];
+
+/// Builds `TreeEnsembleRegressor`. tract has no implementation to fall back to, so anything
+/// this kernel does not compute exactly (a post transform, tensor-valued attributes, an unknown
+/// attribute) is a load error rather than a different score.
+fn regressor(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    if let Some(unknown) = node
+        .attribute
+        .iter()
+        .find(|a| !REGRESSOR_ATTRIBUTES.contains(&a.name.as_str()))
+    {
+        bail!(
+            "TreeEnsembleRegressor: unknown attribute {:?}",
+            unknown.name
+        );
+    }
+    let post_transform = node
+        .get_attr_opt::<&str>("post_transform")?
+        .unwrap_or("NONE");
+    ensure!(
+        post_transform == "NONE",
+        "TreeEnsembleRegressor: post_transform {post_transform:?} is not supported (only NONE)"
+    );
+    let aggregate = match node
+        .get_attr_opt::<&str>("aggregate_function")?
+        .unwrap_or("SUM")
+    {
+        "SUM" => Aggregate::Sum,
+        "AVERAGE" => Aggregate::Average,
+        "MIN" => Aggregate::Min,
+        "MAX" => Aggregate::Max,
+        other => bail!("TreeEnsembleRegressor: unknown aggregate_function {other:?}"),
+    };
+    let Some(n_targets) = node.get_attr_opt::<i64>("n_targets")? else {
+        bail!("TreeEnsembleRegressor: n_targets is missing");
+    };
+    let n_targets = usize::try_from(n_targets)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            format_err!("TreeEnsembleRegressor: n_targets {n_targets} is not positive")
+        })?;
+    let raw = RawEnsemble::parse(node, "target")?;
+    if matches!(aggregate, Aggregate::Min | Aggregate::Max) {
+        ensure!(
+            raw.leaf_weights.iter().all(|w| w.is_finite()),
+            "TreeEnsembleRegressor: MIN and MAX need finite target_weights"
+        );
+    }
+    let ensemble = FlatEnsemble::build(&raw, n_targets)?;
+    let base_values = node.get_attr_opt_vec::<f32>("base_values")?;
+    if let Some(base) = &base_values {
+        ensure!(
+            base.len() == n_targets,
+            "base_values has {} entries for {n_targets} targets",
+            base.len()
+        );
+    }
+    let op = FastTreeEnsembleRegressor {
+        kernel: Arc::new(RegressorKernel {
+            ensemble,
+            aggregate,
+            base_values,
+        }),
+    };
+    Ok((expand(RegressorExpansion(op)), vec![]))
+}
+
+/// Registers the fast tree-ensemble kernels and `LabelEncoder` in `register`, replacing tract's
+/// own `TreeEnsembleClassifier`.
+pub fn register(register: &mut OnnxOpRegister) {
+    register.insert("TreeEnsembleClassifier", classifier);
+    register.insert("TreeEnsembleRegressor", regressor);
+    super::label_encoder::register(register);
+}
+
+/// tract's ONNX framework with the fast tree-ensemble kernels and `LabelEncoder` registered.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     register(&mut onnx.op_register);
