@@ -171,6 +171,14 @@ fn label_encoder(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let op = LabelEncoder {
+        mapping: Arc::new(mapping(node)?),
+    };
+    Ok((expand(Expanded(op)), vec![]))
+}
+
+/// Parses and checks a `LabelEncoder` node (see [`label_encoder`]).
+fn mapping(node: &NodeProto) -> TractResult<Mapping> {
     let known = [
         "keys_int64s",
         "values_floats",
@@ -223,13 +231,131 @@ fn label_encoder(
             "LabelEncoder: key {k} appears twice"
         );
     }
-    let op = LabelEncoder {
-        mapping: Arc::new(Mapping { index, values }),
-    };
-    Ok((expand(Expanded(op)), vec![]))
+    Ok(Mapping { index, values })
 }
 
 /// Registers `LabelEncoder` in `register`.
 pub fn register(register: &mut OnnxOpRegister) {
     register.insert("LabelEncoder", label_encoder);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::AttributeProto;
+    use tract_onnx::pb::attribute_proto::AttributeType;
+
+    fn node(attributes: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: "LabelEncoder".into(),
+            attribute: attributes,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn floats(name: &str, v: &[f32]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Floats as i32,
+            floats: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn keys_in(m: &Mapping, keys: &[i64]) -> Tensor {
+        let keys = Tensor::from_shape(&[keys.len(), 1], keys).expect("keys");
+        m.map(&keys).expect("map")
+    }
+
+    #[test]
+    fn maps_int64_keys_to_floats_and_ints_with_defaults() {
+        let m = mapping(&node(vec![
+            ints("keys_int64s", &[4, 9, -2]),
+            floats("values_floats", &[1.5, 2.5, 3.5]),
+        ]))
+        .expect("valid");
+        let out = keys_in(&m, &[9, 4, 7, -2]);
+        assert_eq!(out.shape(), [4, 1]);
+        let out = out
+            .try_as_plain_ram()
+            .expect("plain")
+            .as_slice::<f32>()
+            .expect("f32")
+            .to_vec();
+        assert_eq!(out[..2], [2.5, 1.5]);
+        // An unlisted key gets the ONNX default, -0.0.
+        assert!(out[2] == 0.0 && out[2].is_sign_negative(), "{}", out[2]);
+        assert_eq!(out[3], 3.5);
+
+        let m = mapping(&node(vec![
+            ints("keys_int64s", &[1, 2]),
+            ints("values_int64s", &[10, 20]),
+            AttributeProto {
+                name: "default_int64".into(),
+                r#type: AttributeType::Int as i32,
+                i: 99,
+                ..Default::default()
+            },
+        ]))
+        .expect("valid");
+        let out = keys_in(&m, &[2, 3, 1]);
+        assert_eq!(
+            out.try_as_plain_ram()
+                .expect("plain")
+                .as_slice::<i64>()
+                .expect("i64"),
+            [20, 99, 10]
+        );
+    }
+
+    #[test]
+    fn refuses_other_types_duplicates_and_mismatched_lengths() {
+        let strings = AttributeProto {
+            name: "keys_strings".into(),
+            r#type: AttributeType::Strings as i32,
+            strings: vec![b"a".to_vec()],
+            ..Default::default()
+        };
+        for (attributes, why) in [
+            (
+                vec![strings, floats("values_floats", &[1.0])],
+                "keys_strings",
+            ),
+            (vec![floats("values_floats", &[1.0])], "keys_int64s"),
+            (
+                vec![
+                    ints("keys_int64s", &[1, 1]),
+                    floats("values_floats", &[1.0, 2.0]),
+                ],
+                "twice",
+            ),
+            (
+                vec![
+                    ints("keys_int64s", &[1, 2]),
+                    floats("values_floats", &[1.0]),
+                ],
+                "2 keys but 1 values",
+            ),
+            (
+                vec![
+                    ints("keys_int64s", &[1]),
+                    floats("values_floats", &[1.0]),
+                    ints("values_int64s", &[1]),
+                ],
+                "exactly one",
+            ),
+        ] {
+            let err = mapping(&node(attributes)).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+    }
 }

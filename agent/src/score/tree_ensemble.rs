@@ -370,6 +370,31 @@ impl FlatEnsemble {
         Ok(max_depth)
     }
 
+    /// Replaces each leaf's weights by one weight for target 0, their sum (0 for a leaf with
+    /// none): a single-target ensemble then gives exactly one value per tree.
+    fn one_weight_per_leaf(&mut self) {
+        let sums: Vec<f32> = self
+            .leaf_start
+            .windows(2)
+            .map(|w| self.leaf_weights[w[0] as usize..w[1] as usize].iter().sum())
+            .collect();
+        self.leaf_start = (0..=sums.len() as u32).collect();
+        self.leaf_targets = vec![0; sums.len()];
+        self.leaf_weights = sums;
+    }
+
+    /// Whether every leaf credits every target at least once.
+    fn every_leaf_credits_every_target(&self) -> bool {
+        let mut seen = vec![false; self.n_targets];
+        self.leaf_start.windows(2).all(|w| {
+            seen.iter_mut().for_each(|s| *s = false);
+            for &t in &self.leaf_targets[w[0] as usize..w[1] as usize] {
+                seen[t as usize] = true;
+            }
+            seen.iter().all(|&s| s)
+        })
+    }
+
     /// Number of trees.
     pub fn n_trees(&self) -> usize {
         self.roots.len()
@@ -810,50 +835,68 @@ enum Aggregate {
 }
 
 /// The evaluation of `TreeEnsembleRegressor`, behind an `Arc` so tract can clone the op freely.
+///
+/// It follows onnxruntime where the ONNX text leaves room. With one target, a leaf's value is
+/// the sum of its weights (0 when it has none) and `MIN`/`MAX` compare those per tree. With
+/// several, each weight is folded in on its own, and a target no reached leaf credits comes out
+/// as 0, without its base value.
 #[derive(Debug)]
 struct RegressorKernel {
     ensemble: FlatEnsemble,
     aggregate: Aggregate,
     base_values: Option<Vec<f32>>,
+    /// Every leaf credits every target, so every row gets a value for every target.
+    complete: bool,
 }
 
 impl RegressorKernel {
+    fn new(
+        mut ensemble: FlatEnsemble,
+        aggregate: Aggregate,
+        base_values: Option<Vec<f32>>,
+    ) -> Self {
+        if ensemble.n_targets() == 1 {
+            ensemble.one_weight_per_leaf();
+        }
+        let complete = ensemble.every_leaf_credits_every_target();
+        RegressorKernel {
+            ensemble,
+            aggregate,
+            base_values,
+            complete,
+        }
+    }
+
     /// The `n_rows × n_targets` values for `n_rows` rows of `width` features.
     fn eval(&self, rows: &[f32], n_rows: usize, width: usize) -> Vec<f32> {
         let nt = self.ensemble.n_targets();
-        let mut out;
-        match self.aggregate {
-            Aggregate::Sum | Aggregate::Average => {
-                out = vec![0f32; n_rows * nt];
-                self.ensemble.accumulate(rows, width, &mut out);
-                if self.aggregate == Aggregate::Average {
-                    let trees = self.ensemble.n_trees() as f32;
-                    out.iter_mut().for_each(|v| *v /= trees);
-                }
-            }
-            // Leaf weights are finite (checked at load), so a value still infinite after the
-            // walk means no leaf credited that target: it then gets 0, as onnxruntime gives it.
-            Aggregate::Min => {
-                out = vec![f32::INFINITY; n_rows * nt];
-                self.ensemble
-                    .accumulate_with(rows, width, &mut out, |v, w| *v = v.min(w));
-                out.iter_mut()
-                    .filter(|v| v.is_infinite())
-                    .for_each(|v| *v = 0.0);
-            }
-            Aggregate::Max => {
-                out = vec![f32::NEG_INFINITY; n_rows * nt];
-                self.ensemble
-                    .accumulate_with(rows, width, &mut out, |v, w| *v = v.max(w));
-                out.iter_mut()
-                    .filter(|v| v.is_infinite())
-                    .for_each(|v| *v = 0.0);
-            }
+        let (init, combine): (f32, fn(&mut f32, f32)) = match self.aggregate {
+            Aggregate::Sum | Aggregate::Average => (0.0, |v, w| *v += w),
+            Aggregate::Min => (f32::INFINITY, |v, w| *v = v.min(w)),
+            Aggregate::Max => (f32::NEG_INFINITY, |v, w| *v = v.max(w)),
+        };
+        let mut out = vec![init; n_rows * nt];
+        self.ensemble
+            .accumulate_with(rows, width, &mut out, combine);
+        if self.aggregate == Aggregate::Average {
+            let trees = self.ensemble.n_trees() as f32;
+            out.iter_mut().for_each(|v| *v /= trees);
         }
         if let Some(base) = &self.base_values {
             for row in out.chunks_exact_mut(nt.max(1)) {
                 row.iter_mut().zip(base).for_each(|(v, b)| *v += b);
             }
+        }
+        if !self.complete {
+            // A second walk counts the weights each target got; rare (multi-target ensembles
+            // whose leaves skip targets), so the common case pays nothing for it.
+            let mut credited = vec![0f32; n_rows * nt];
+            self.ensemble
+                .accumulate_with(rows, width, &mut credited, |c, _| *c += 1.0);
+            out.iter_mut()
+                .zip(&credited)
+                .filter(|(_, c)| **c == 0.0)
+                .for_each(|(v, _)| *v = 0.0);
         }
         out
     }
@@ -1012,6 +1055,14 @@ fn regressor(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let op = FastTreeEnsembleRegressor {
+        kernel: Arc::new(regressor_kernel(node)?),
+    };
+    Ok((expand(RegressorExpansion(op)), vec![]))
+}
+
+/// Parses and checks a `TreeEnsembleRegressor` node (see [`regressor`]).
+fn regressor_kernel(node: &NodeProto) -> TractResult<RegressorKernel> {
     if let Some(unknown) = node
         .attribute
         .iter()
@@ -1049,12 +1100,6 @@ fn regressor(
             format_err!("TreeEnsembleRegressor: n_targets {n_targets} is not positive")
         })?;
     let raw = RawEnsemble::parse(node, "target")?;
-    if matches!(aggregate, Aggregate::Min | Aggregate::Max) {
-        ensure!(
-            raw.leaf_weights.iter().all(|w| w.is_finite()),
-            "TreeEnsembleRegressor: MIN and MAX need finite target_weights"
-        );
-    }
     let ensemble = FlatEnsemble::build(&raw, n_targets)?;
     let base_values = node.get_attr_opt_vec::<f32>("base_values")?;
     if let Some(base) = &base_values {
@@ -1064,14 +1109,7 @@ fn regressor(
             base.len()
         );
     }
-    let op = FastTreeEnsembleRegressor {
-        kernel: Arc::new(RegressorKernel {
-            ensemble,
-            aggregate,
-            base_values,
-        }),
-    };
-    Ok((expand(RegressorExpansion(op)), vec![]))
+    Ok(RegressorKernel::new(ensemble, aggregate, base_values))
 }
 
 /// Registers the fast tree-ensemble kernels and `LabelEncoder` in `register`, replacing tract's
@@ -1172,6 +1210,109 @@ mod tests {
             flat.accumulate(&rows[r * 2..r * 2 + 2], 2, &mut one);
             assert_eq!(one, batch[r * 2..r * 2 + 2], "row {r}");
         }
+    }
+
+    /// [`mixed_modes`] as a two-target regressor with `extra` attributes.
+    fn regressor_node(extra: Vec<AttributeProto>) -> NodeProto {
+        let mut node = mixed_modes(9);
+        node.op_type = "TreeEnsembleRegressor".into();
+        node.attribute.retain(|a| a.name != "classlabels_int64s");
+        for a in &mut node.attribute {
+            if let Some(rest) = a.name.strip_prefix("class_") {
+                a.name = format!("target_{rest}");
+            }
+        }
+        node.attribute.push(AttributeProto {
+            name: "n_targets".into(),
+            r#type: AttributeType::Int as i32,
+            i: 2,
+            ..Default::default()
+        });
+        node.attribute.extend(extra);
+        node
+    }
+
+    fn string(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::String as i32,
+            s: v.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn regressor_aggregates_as_onnx_defines_them() {
+        // Per row, tree 0 gives {t0: 1, t1: 0.5} then {t1: 2}; tree 1 always {t1: 10}.
+        let rows = [0.5, 7.0, 1.0, 0.0];
+        let base = || floats("base_values", &[100.0, 200.0]);
+        for (aggregate, expected) in [
+            // Row 1 credits no t0 weight: onnxruntime gives it 0, base value not added.
+            ("SUM", [101.0, 210.5, 0.0, 212.0]),
+            ("AVERAGE", [100.5, 205.25, 0.0, 206.0]),
+            ("MIN", [101.0, 200.5, 0.0, 202.0]),
+            ("MAX", [101.0, 210.0, 0.0, 210.0]),
+        ] {
+            let node = regressor_node(vec![string("aggregate_function", aggregate), base()]);
+            let kernel = regressor_kernel(&node).expect("valid regressor");
+            assert_eq!(kernel.eval(&rows, 2, 2), expected, "{aggregate}");
+        }
+        let plain = regressor_kernel(&regressor_node(vec![])).expect("defaults");
+        assert_eq!(
+            plain.eval(&rows, 2, 2),
+            [1.0, 10.5, 0.0, 12.0],
+            "SUM, no base"
+        );
+    }
+
+    #[test]
+    fn single_target_leaves_without_weights_count_as_zero() {
+        // Tree 0's leaves 7 and 0 weigh 1 and 3, leaf 9 and tree 1 have no weight: as
+        // onnxruntime computes them, those are values of 0 that MIN and MAX see.
+        let mut node = regressor_node(vec![floats("base_values", &[100.0])]);
+        node.attribute
+            .retain(|a| !a.name.starts_with("target_") && a.name != "n_targets");
+        node.attribute.extend([
+            ints("target_treeids", &[0, 0]),
+            ints("target_nodeids", &[7, 0]),
+            ints("target_ids", &[0, 0]),
+            floats("target_weights", &[1.0, 3.0]),
+            AttributeProto {
+                name: "n_targets".into(),
+                r#type: AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            },
+        ]);
+        let rows = [0.5, 7.0, 1.0, 0.0, 1.0, -1.0];
+        for (aggregate, expected) in [
+            ("SUM", [101.0, 100.0, 103.0]),
+            ("AVERAGE", [100.5, 100.0, 101.5]),
+            ("MIN", [100.0, 100.0, 100.0]),
+            ("MAX", [101.0, 100.0, 103.0]),
+        ] {
+            let mut node = node.clone();
+            node.attribute.push(string("aggregate_function", aggregate));
+            let kernel = regressor_kernel(&node).expect("valid regressor");
+            assert_eq!(kernel.eval(&rows, 3, 2), expected, "{aggregate}");
+        }
+    }
+
+    #[test]
+    fn regressor_refuses_what_it_does_not_compute() {
+        for (extra, why) in [
+            (string("post_transform", "LOGISTIC"), "post_transform"),
+            (string("aggregate_function", "MEDIAN"), "aggregate_function"),
+            (ints("nodes_unknown", &[1]), "unknown attribute"),
+            (floats("base_values", &[1.0]), "base_values"),
+        ] {
+            let err = regressor_kernel(&regressor_node(vec![extra])).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+        let mut node = regressor_node(vec![]);
+        node.attribute.retain(|a| a.name != "n_targets");
+        let err = regressor_kernel(&node).expect_err("no n_targets");
+        assert!(err.to_string().contains("n_targets"), "{err}");
     }
 
     #[test]
