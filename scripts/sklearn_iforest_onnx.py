@@ -3,6 +3,9 @@
 test of the agent's ONNX kernels (TreeEnsembleRegressor, LabelEncoder) checks tract against.
 
   sklearn_iforest_onnx.py OUT_DIR
+  sklearn_iforest_onnx.py bench OUT_DIR
+      The same, then times onnxruntime single-row calls of model.onnx (one intra-op thread,
+      rows cycling through rows.f32, ~2 s) and prints {"ort_single_row_s": ...} as JSON.
 
 Trains IsolationForest(n_estimators=100, max_samples=256, random_state=0) on synthetic data
 (seeded, 6 features), exports it unchanged with skl2onnx, and writes into OUT_DIR:
@@ -20,9 +23,11 @@ Trains IsolationForest(n_estimators=100, max_samples=256, random_state=0) on syn
 import json
 import pathlib
 import sys
+import time
 
 import numpy as np
 import onnxruntime as ort
+import skl2onnx
 from skl2onnx import to_onnx
 from sklearn.ensemble import IsolationForest
 
@@ -66,9 +71,27 @@ def main(out_dir):
     forest.score_samples(rows).astype("<f4").tofile(out / "sklearn_score_samples.f32")
     meta = {"n_rows": len(rows), "n_features": N_FEATURES, "outputs": names}
     (out / "meta.json").write_text(json.dumps(meta))
+    return session, rows
+
+
+def bench(out_dir):
+    session, rows = main(out_dir)
+    name = session.get_inputs()[0].name
+    singles = [rows[i : i + 1] for i in range(len(rows))]
+    session.run(None, {name: singles[0]})
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 2.0:
+        session.run(None, {name: singles[calls % len(singles)]})
+        calls += 1
+    elapsed = time.perf_counter() - start
+    versions = {"onnxruntime": ort.__version__, "skl2onnx": skl2onnx.__version__}
+    print(json.dumps({"ort_single_row_s": elapsed / calls, "versions": versions}))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 2:
+        main(sys.argv[1])
+    elif len(sys.argv) == 3 and sys.argv[1] == "bench":
+        bench(sys.argv[2])
+    else:
         sys.exit(__doc__)
-    main(sys.argv[1])
