@@ -18,3 +18,4 @@ mod model_push;
 mod pipeline;
 mod pods;
 mod score;
+mod sklearn_onnx;

@@ -9,6 +9,7 @@
 //! k-of-n rule to each series' scores.
 
 pub mod alarm;
+pub mod label_encoder;
 pub mod tree_ensemble;
 
 pub use alarm::{AlarmDecision, AlarmRuleError, AlarmState};

@@ -21,8 +21,11 @@
 //! * `TreeEnsembleClassifier`: int64 class labels, `SUM` of leaf weights, optional `base_values`,
 //!   `post_transform` NONE, LOGISTIC or SOFTMAX. Anything else (string labels, tensor-valued
 //!   attributes, other transforms) goes to tract's own implementation, unchanged.
-//! * `TreeEnsembleRegressor` (tract has none): `SUM` or `AVERAGE`, `base_values`,
-//!   `post_transform` NONE.
+//! * `TreeEnsembleRegressor` (tract has none): `SUM`, `AVERAGE`, `MIN` or `MAX`, optional
+//!   `base_values`, `post_transform` NONE. Anything else is a load error, never a different score.
+//!
+//! [`register`] also registers `LabelEncoder` ([`super::label_encoder`]): with the regressor it
+//! is what scikit-learn's stock IsolationForest export (skl2onnx) needs beyond tract's own ops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -367,6 +370,31 @@ impl FlatEnsemble {
         Ok(max_depth)
     }
 
+    /// Replaces each leaf's weights by one weight for target 0, their sum (0 for a leaf with
+    /// none): a single-target ensemble then gives exactly one value per tree.
+    fn one_weight_per_leaf(&mut self) {
+        let sums: Vec<f32> = self
+            .leaf_start
+            .windows(2)
+            .map(|w| self.leaf_weights[w[0] as usize..w[1] as usize].iter().sum())
+            .collect();
+        self.leaf_start = (0..=sums.len() as u32).collect();
+        self.leaf_targets = vec![0; sums.len()];
+        self.leaf_weights = sums;
+    }
+
+    /// Whether every leaf credits every target at least once.
+    fn every_leaf_credits_every_target(&self) -> bool {
+        let mut seen = vec![false; self.n_targets];
+        self.leaf_start.windows(2).all(|w| {
+            seen.iter_mut().for_each(|s| *s = false);
+            for &t in &self.leaf_targets[w[0] as usize..w[1] as usize] {
+                seen[t as usize] = true;
+            }
+            seen.iter().all(|&s| s)
+        })
+    }
+
     /// Number of trees.
     pub fn n_trees(&self) -> usize {
         self.roots.len()
@@ -388,6 +416,21 @@ impl FlatEnsemble {
     /// # Panics
     /// If `width < self.min_input_width()` or the slices are not `n_rows` long.
     pub fn accumulate(&self, rows: &[f32], width: usize, out: &mut [f32]) {
+        self.accumulate_with(rows, width, out, |acc, w| *acc += w);
+    }
+
+    /// [`FlatEnsemble::accumulate`] with another way to fold a leaf weight into a row's value
+    /// for its target (`combine(value, weight)`, e.g. a minimum); `out` holds the initial values.
+    ///
+    /// # Panics
+    /// As [`FlatEnsemble::accumulate`].
+    pub fn accumulate_with(
+        &self,
+        rows: &[f32],
+        width: usize,
+        out: &mut [f32],
+        combine: impl Fn(&mut f32, f32) + Copy,
+    ) {
         assert!(width >= self.min_input_width, "input rows too narrow");
         let n_rows = out.len() / self.n_targets.max(1);
         assert_eq!(rows.len(), n_rows * width, "rows and outputs disagree");
@@ -404,7 +447,7 @@ impl FlatEnsemble {
                     let group = &rows[r * width..(r + LANES) * width];
                     let leaves = self.walk_modes([root; LANES], depth, group, row_offsets);
                     for (k, &at) in leaves.iter().enumerate() {
-                        self.credit(at, &mut out[(r + k) * nt..(r + k + 1) * nt]);
+                        self.credit(at, &mut out[(r + k) * nt..(r + k + 1) * nt], combine);
                     }
                 }
             }
@@ -421,27 +464,30 @@ impl FlatEnsemble {
                 let at: [u32; TREE_LANES] = std::array::from_fn(|k| roots[k]);
                 let steps = depths.iter().copied().max().unwrap_or(0);
                 for leaf in self.walk_modes(at, steps, row, [0; TREE_LANES]) {
-                    self.credit(leaf, acc);
+                    self.credit(leaf, acc, combine);
                 }
             }
             let rest = self.roots.len() / TREE_LANES * TREE_LANES;
             for (&root, &depth) in self.roots[rest..].iter().zip(&self.depths[rest..]) {
                 let [leaf] = self.walk_modes([root], depth, row, [0]);
-                self.credit(leaf, acc);
+                self.credit(leaf, acc, combine);
             }
         }
     }
 
     /// Adds the weights of the leaf at record `at` to one row's sums.
     #[inline(always)]
-    fn credit(&self, at: u32, acc: &mut [f32]) {
+    fn credit(&self, at: u32, acc: &mut [f32], combine: impl Fn(&mut f32, f32)) {
         let leaf = self.leaf_of[at as usize] as usize;
         let (from, to) = (
             self.leaf_start[leaf] as usize,
             self.leaf_start[leaf + 1] as usize,
         );
         for j in from..to {
-            acc[self.leaf_targets[j] as usize] += self.leaf_weights[j];
+            combine(
+                &mut acc[self.leaf_targets[j] as usize],
+                self.leaf_weights[j],
+            );
         }
     }
 
@@ -706,15 +752,7 @@ impl Expansion for ClassifierExpansion {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let input = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
-            inputs[0]
-        } else {
-            model.wire_node(
-                format!("{prefix}.cast"),
-                tract_onnx::tract_core::ops::cast::cast(f32::datum_type()),
-                inputs,
-            )?[0]
-        };
+        let input = cast_to_f32(prefix, model, inputs[0])?;
         model.wire_node(prefix, self.0.clone(), &[input])
     }
 }
@@ -787,12 +825,302 @@ fn classifier(
     Ok((expand(ClassifierExpansion(op)), vec![]))
 }
 
-/// Registers the fast tree-ensemble kernels in `register`, replacing tract's own.
-pub fn register(register: &mut OnnxOpRegister) {
-    register.insert("TreeEnsembleClassifier", classifier);
+/// How `TreeEnsembleRegressor` folds the leaf weights of all trees into one value per target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aggregate {
+    Sum,
+    Average,
+    Min,
+    Max,
 }
 
-/// tract's ONNX framework with the fast tree-ensemble kernels registered.
+/// The evaluation of `TreeEnsembleRegressor`, behind an `Arc` so tract can clone the op freely.
+///
+/// It follows onnxruntime where the ONNX text leaves room. With one target, a leaf's value is
+/// the sum of its weights (0 when it has none) and `MIN`/`MAX` compare those per tree. With
+/// several, each weight is folded in on its own, and a target no reached leaf credits comes out
+/// as 0, without its base value.
+#[derive(Debug)]
+struct RegressorKernel {
+    ensemble: FlatEnsemble,
+    aggregate: Aggregate,
+    base_values: Option<Vec<f32>>,
+    /// Every leaf credits every target, so every row gets a value for every target.
+    complete: bool,
+}
+
+impl RegressorKernel {
+    fn new(
+        mut ensemble: FlatEnsemble,
+        aggregate: Aggregate,
+        base_values: Option<Vec<f32>>,
+    ) -> Self {
+        if ensemble.n_targets() == 1 {
+            ensemble.one_weight_per_leaf();
+        }
+        let complete = ensemble.every_leaf_credits_every_target();
+        RegressorKernel {
+            ensemble,
+            aggregate,
+            base_values,
+            complete,
+        }
+    }
+
+    /// The `n_rows × n_targets` values for `n_rows` rows of `width` features.
+    fn eval(&self, rows: &[f32], n_rows: usize, width: usize) -> Vec<f32> {
+        let nt = self.ensemble.n_targets();
+        let (init, combine): (f32, fn(&mut f32, f32)) = match self.aggregate {
+            Aggregate::Sum | Aggregate::Average => (0.0, |v, w| *v += w),
+            Aggregate::Min => (f32::INFINITY, |v, w| *v = v.min(w)),
+            Aggregate::Max => (f32::NEG_INFINITY, |v, w| *v = v.max(w)),
+        };
+        let mut out = vec![init; n_rows * nt];
+        self.ensemble
+            .accumulate_with(rows, width, &mut out, combine);
+        if self.aggregate == Aggregate::Average {
+            let trees = self.ensemble.n_trees() as f32;
+            out.iter_mut().for_each(|v| *v /= trees);
+        }
+        if let Some(base) = &self.base_values {
+            for row in out.chunks_exact_mut(nt.max(1)) {
+                row.iter_mut().zip(base).for_each(|(v, b)| *v += b);
+            }
+        }
+        if !self.complete {
+            // A second walk counts the weights each target got; rare (multi-target ensembles
+            // whose leaves skip targets), so the common case pays nothing for it.
+            let mut credited = vec![0f32; n_rows * nt];
+            self.ensemble
+                .accumulate_with(rows, width, &mut credited, |c, _| *c += 1.0);
+            out.iter_mut()
+                .zip(&credited)
+                .filter(|(_, c)| **c == 0.0)
+                .for_each(|(v, _)| *v = 0.0);
+        }
+        out
+    }
+}
+
+/// tract op: `TreeEnsembleRegressor` (tract has none). Outputs `f32[N, n_targets]`.
+#[derive(Debug, Clone)]
+pub struct FastTreeEnsembleRegressor {
+    kernel: Arc<RegressorKernel>,
+}
+
+// As for the classifier: equal only when sharing a kernel.
+impl PartialEq for FastTreeEnsembleRegressor {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.kernel, &other.kernel)
+    }
+}
+impl Eq for FastTreeEnsembleRegressor {}
+
+impl Op for FastTreeEnsembleRegressor {
+    fn name(&self) -> StaticName {
+        "FastTreeEnsembleRegressor".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} trees, {} targets, {:?}",
+            self.kernel.ensemble.n_trees(),
+            self.kernel.ensemble.n_targets(),
+            self.kernel.aggregate
+        )])
+    }
+
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for FastTreeEnsembleRegressor {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1, "TreeEnsembleRegressor takes one input");
+        let input = &inputs[0];
+        let (n, w) = input_rows(input, self.kernel.ensemble.min_input_width())?;
+        let rows = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let values = self.kernel.eval(rows, n, w);
+        let values =
+            tract_ndarray::Array2::from_shape_vec((n, self.kernel.ensemble.n_targets()), values)?
+                .into_tensor();
+        Ok(tvec!(values.into_tvalue()))
+    }
+
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(self.eval(&EvalContext::out_of_plan(), inputs)?))
+    }
+}
+
+impl TypedOp for FastTreeEnsembleRegressor {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let n = check_input_fact(inputs[0], self.kernel.ensemble.min_input_width())?;
+        Ok(tvec!(f32::fact([
+            n,
+            self.kernel.ensemble.n_targets().to_dim()
+        ])))
+    }
+}
+
+/// The inference-time face of [`FastTreeEnsembleRegressor`].
+#[derive(Debug, Clone)]
+struct RegressorExpansion(FastTreeEnsembleRegressor);
+
+impl Expansion for RegressorExpansion {
+    fn name(&self) -> StaticName {
+        "TreeEnsembleRegressor".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].rank, 2)?;
+        s.equals(&outputs[0].rank, 2)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(
+            &outputs[0].shape[1],
+            self.0.kernel.ensemble.n_targets().to_dim(),
+        )?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let input = cast_to_f32(prefix, model, inputs[0])?;
+        model.wire_node(prefix, self.0.clone(), &[input])
+    }
+}
+
+/// `input` as f32: itself, or a cast of it (ONNX lets tree ensembles read doubles and ints).
+fn cast_to_f32(prefix: &str, model: &mut TypedModel, input: OutletId) -> TractResult<OutletId> {
+    if model.outlet_fact(input)?.datum_type == f32::datum_type() {
+        return Ok(input);
+    }
+    Ok(model.wire_node(
+        format!("{prefix}.cast"),
+        tract_onnx::tract_core::ops::cast::cast(f32::datum_type()),
+        &[input],
+    )?[0])
+}
+
+/// Every attribute `TreeEnsembleRegressor` (ai.onnx.ml 1 and 3) defines. Any other is refused:
+/// an attribute we do not know could change the result.
+const REGRESSOR_ATTRIBUTES: [&str; 21] = [
+    "aggregate_function",
+    "base_values",
+    "base_values_as_tensor",
+    "n_targets",
+    "nodes_falsenodeids",
+    "nodes_featureids",
+    "nodes_hitrates",
+    "nodes_hitrates_as_tensor",
+    "nodes_missing_value_tracks_true",
+    "nodes_modes",
+    "nodes_nodeids",
+    "nodes_treeids",
+    "nodes_truenodeids",
+    "nodes_values",
+    "nodes_values_as_tensor",
+    "post_transform",
+    "target_ids",
+    "target_nodeids",
+    "target_treeids",
+    "target_weights",
+    "target_weights_as_tensor",
+];
+
+/// Builds `TreeEnsembleRegressor`. tract has no implementation to fall back to, so anything
+/// this kernel does not compute exactly (a post transform, tensor-valued attributes, an unknown
+/// attribute) is a load error rather than a different score.
+fn regressor(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let op = FastTreeEnsembleRegressor {
+        kernel: Arc::new(regressor_kernel(node)?),
+    };
+    Ok((expand(RegressorExpansion(op)), vec![]))
+}
+
+/// Parses and checks a `TreeEnsembleRegressor` node (see [`regressor`]).
+fn regressor_kernel(node: &NodeProto) -> TractResult<RegressorKernel> {
+    if let Some(unknown) = node
+        .attribute
+        .iter()
+        .find(|a| !REGRESSOR_ATTRIBUTES.contains(&a.name.as_str()))
+    {
+        bail!(
+            "TreeEnsembleRegressor: unknown attribute {:?}",
+            unknown.name
+        );
+    }
+    let post_transform = node
+        .get_attr_opt::<&str>("post_transform")?
+        .unwrap_or("NONE");
+    ensure!(
+        post_transform == "NONE",
+        "TreeEnsembleRegressor: post_transform {post_transform:?} is not supported (only NONE)"
+    );
+    let aggregate = match node
+        .get_attr_opt::<&str>("aggregate_function")?
+        .unwrap_or("SUM")
+    {
+        "SUM" => Aggregate::Sum,
+        "AVERAGE" => Aggregate::Average,
+        "MIN" => Aggregate::Min,
+        "MAX" => Aggregate::Max,
+        other => bail!("TreeEnsembleRegressor: unknown aggregate_function {other:?}"),
+    };
+    let Some(n_targets) = node.get_attr_opt::<i64>("n_targets")? else {
+        bail!("TreeEnsembleRegressor: n_targets is missing");
+    };
+    let n_targets = usize::try_from(n_targets)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            format_err!("TreeEnsembleRegressor: n_targets {n_targets} is not positive")
+        })?;
+    let raw = RawEnsemble::parse(node, "target")?;
+    let ensemble = FlatEnsemble::build(&raw, n_targets)?;
+    let base_values = node.get_attr_opt_vec::<f32>("base_values")?;
+    if let Some(base) = &base_values {
+        ensure!(
+            base.len() == n_targets,
+            "base_values has {} entries for {n_targets} targets",
+            base.len()
+        );
+    }
+    Ok(RegressorKernel::new(ensemble, aggregate, base_values))
+}
+
+/// Registers the fast tree-ensemble kernels and `LabelEncoder` in `register`, replacing tract's
+/// own `TreeEnsembleClassifier`.
+pub fn register(register: &mut OnnxOpRegister) {
+    register.insert("TreeEnsembleClassifier", classifier);
+    register.insert("TreeEnsembleRegressor", regressor);
+    super::label_encoder::register(register);
+}
+
+/// tract's ONNX framework with the fast tree-ensemble kernels and `LabelEncoder` registered.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     register(&mut onnx.op_register);
@@ -882,6 +1210,109 @@ mod tests {
             flat.accumulate(&rows[r * 2..r * 2 + 2], 2, &mut one);
             assert_eq!(one, batch[r * 2..r * 2 + 2], "row {r}");
         }
+    }
+
+    /// [`mixed_modes`] as a two-target regressor with `extra` attributes.
+    fn regressor_node(extra: Vec<AttributeProto>) -> NodeProto {
+        let mut node = mixed_modes(9);
+        node.op_type = "TreeEnsembleRegressor".into();
+        node.attribute.retain(|a| a.name != "classlabels_int64s");
+        for a in &mut node.attribute {
+            if let Some(rest) = a.name.strip_prefix("class_") {
+                a.name = format!("target_{rest}");
+            }
+        }
+        node.attribute.push(AttributeProto {
+            name: "n_targets".into(),
+            r#type: AttributeType::Int as i32,
+            i: 2,
+            ..Default::default()
+        });
+        node.attribute.extend(extra);
+        node
+    }
+
+    fn string(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::String as i32,
+            s: v.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn regressor_aggregates_as_onnx_defines_them() {
+        // Per row, tree 0 gives {t0: 1, t1: 0.5} then {t1: 2}; tree 1 always {t1: 10}.
+        let rows = [0.5, 7.0, 1.0, 0.0];
+        let base = || floats("base_values", &[100.0, 200.0]);
+        for (aggregate, expected) in [
+            // Row 1 credits no t0 weight: onnxruntime gives it 0, base value not added.
+            ("SUM", [101.0, 210.5, 0.0, 212.0]),
+            ("AVERAGE", [100.5, 205.25, 0.0, 206.0]),
+            ("MIN", [101.0, 200.5, 0.0, 202.0]),
+            ("MAX", [101.0, 210.0, 0.0, 210.0]),
+        ] {
+            let node = regressor_node(vec![string("aggregate_function", aggregate), base()]);
+            let kernel = regressor_kernel(&node).expect("valid regressor");
+            assert_eq!(kernel.eval(&rows, 2, 2), expected, "{aggregate}");
+        }
+        let plain = regressor_kernel(&regressor_node(vec![])).expect("defaults");
+        assert_eq!(
+            plain.eval(&rows, 2, 2),
+            [1.0, 10.5, 0.0, 12.0],
+            "SUM, no base"
+        );
+    }
+
+    #[test]
+    fn single_target_leaves_without_weights_count_as_zero() {
+        // Tree 0's leaves 7 and 0 weigh 1 and 3, leaf 9 and tree 1 have no weight: as
+        // onnxruntime computes them, those are values of 0 that MIN and MAX see.
+        let mut node = regressor_node(vec![floats("base_values", &[100.0])]);
+        node.attribute
+            .retain(|a| !a.name.starts_with("target_") && a.name != "n_targets");
+        node.attribute.extend([
+            ints("target_treeids", &[0, 0]),
+            ints("target_nodeids", &[7, 0]),
+            ints("target_ids", &[0, 0]),
+            floats("target_weights", &[1.0, 3.0]),
+            AttributeProto {
+                name: "n_targets".into(),
+                r#type: AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            },
+        ]);
+        let rows = [0.5, 7.0, 1.0, 0.0, 1.0, -1.0];
+        for (aggregate, expected) in [
+            ("SUM", [101.0, 100.0, 103.0]),
+            ("AVERAGE", [100.5, 100.0, 101.5]),
+            ("MIN", [100.0, 100.0, 100.0]),
+            ("MAX", [101.0, 100.0, 103.0]),
+        ] {
+            let mut node = node.clone();
+            node.attribute.push(string("aggregate_function", aggregate));
+            let kernel = regressor_kernel(&node).expect("valid regressor");
+            assert_eq!(kernel.eval(&rows, 3, 2), expected, "{aggregate}");
+        }
+    }
+
+    #[test]
+    fn regressor_refuses_what_it_does_not_compute() {
+        for (extra, why) in [
+            (string("post_transform", "LOGISTIC"), "post_transform"),
+            (string("aggregate_function", "MEDIAN"), "aggregate_function"),
+            (ints("nodes_unknown", &[1]), "unknown attribute"),
+            (floats("base_values", &[1.0]), "base_values"),
+        ] {
+            let err = regressor_kernel(&regressor_node(vec![extra])).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+        let mut node = regressor_node(vec![]);
+        node.attribute.retain(|a| a.name != "n_targets");
+        let err = regressor_kernel(&node).expect_err("no n_targets");
+        assert!(err.to_string().contains("n_targets"), "{err}");
     }
 
     #[test]
