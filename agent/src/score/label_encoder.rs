@@ -78,9 +78,7 @@ impl Op for LabelEncoder {
         )])
     }
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
+    tract_onnx::tract_core::op_as_typed_op!();
 }
 
 impl EvalOp for LabelEncoder {
@@ -95,13 +93,7 @@ impl EvalOp for LabelEncoder {
 }
 
 impl TypedOp for LabelEncoder {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
+    tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(

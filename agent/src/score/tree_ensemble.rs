@@ -672,9 +672,7 @@ impl Op for FastTreeEnsembleClassifier {
         )])
     }
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
+    tract_onnx::tract_core::op_as_typed_op!();
 }
 
 impl EvalOp for FastTreeEnsembleClassifier {
@@ -697,13 +695,7 @@ impl EvalOp for FastTreeEnsembleClassifier {
 }
 
 impl TypedOp for FastTreeEnsembleClassifier {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
+    tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let n = check_input_fact(inputs[0], self.kernel.ensemble.min_input_width())?;
@@ -930,9 +922,7 @@ impl Op for FastTreeEnsembleRegressor {
         )])
     }
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
+    tract_onnx::tract_core::op_as_typed_op!();
 }
 
 impl EvalOp for FastTreeEnsembleRegressor {
@@ -954,13 +944,7 @@ impl EvalOp for FastTreeEnsembleRegressor {
 }
 
 impl TypedOp for FastTreeEnsembleRegressor {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
+    tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let n = check_input_fact(inputs[0], self.kernel.ensemble.min_input_width())?;
