@@ -9,7 +9,9 @@ use crate::support::forest::{self, Rng, dataset, grow_forest};
 use crate::support::kube_double::KubeDouble;
 use crate::support::moto::{Moto, aws_env, create_stream, kinesis_client, read_stream};
 use crate::support::netproxy::{Mode, TcpProxy};
-use crate::support::{KillOnDrop, fixture, free_port, http_get, selfheal, signal, write_file};
+use crate::support::{
+    KillOnDrop, fixture, free_port, http_get, selfheal, signal, stdout_of, write_file,
+};
 use selfheal_agent::config::AgentConfig;
 use selfheal_agent::detect::family_signals;
 use selfheal_agent::forward::SinkKind;
@@ -20,7 +22,7 @@ use selfheal_core::{Envelope, Family, Payload};
 use selfheal_model_export::onnx::write_model_dir;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The UID of the `web` pod of `shop/Deployment/web` in `tests/fixtures/kube/pods.json`.
@@ -435,17 +437,12 @@ fn an_agent_killed_during_an_outage_replays_its_spool_when_restarted() {
     let _ = first.0.wait();
     let (printed, _) = agent.printed("first");
     assert!(printed.len() >= 100, "{}", printed.len());
-    let inspect = Command::new(env!("CARGO_BIN_EXE_selfheal"))
-        .args(["agent", "spool", "inspect", "--json", "--dir"])
-        .arg(agent.dir.path().join("spool"))
-        .output()
-        .expect("run inspect");
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
+    let inspect = stdout_of(
+        selfheal()
+            .args(["agent", "spool", "inspect", "--json", "--dir"])
+            .arg(agent.dir.path().join("spool")),
     );
-    let ins: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let ins: serde_json::Value = serde_json::from_str(&inspect).expect("json");
     let queued = ins["sample"]["records"].as_u64().expect("records") as usize;
     assert!(
         queued >= printed.len(),

@@ -5,7 +5,7 @@
 use crate::support::faultproxy::FaultProxy;
 use crate::support::moto::{Moto, aws_env, create_stream, kinesis_client, read_stream};
 use crate::support::netproxy::{Mode, TcpProxy};
-use crate::support::{KillOnDrop, selfheal, signal};
+use crate::support::{KillOnDrop, selfheal, signal, stdout_of};
 use selfheal_agent::forward::kinesis::KinesisSink;
 use selfheal_agent::forward::{ForwardConfig, ForwardStats, Forwarder};
 use selfheal_agent::spool::{FsyncPolicy, Spool, SpoolConfig};
@@ -339,16 +339,9 @@ async fn a_forwarder_killed_during_an_outage_replays_its_spool_on_restart() {
     signal(child.0.id(), "KILL");
     drop(child);
 
-    let inspect = selfheal()
-        .args(["agent", "spool", "inspect", "--json", "--dir", &dir])
-        .output()
-        .expect("run inspect");
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
-    let ins: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let inspect =
+        stdout_of(selfheal().args(["agent", "spool", "inspect", "--json", "--dir", &dir]));
+    let ins: serde_json::Value = serde_json::from_str(&inspect).expect("json");
     assert_eq!(ins["anomaly"]["records"], 30);
     assert_eq!(ins["sample"]["records"], 270);
 
