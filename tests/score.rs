@@ -8,9 +8,9 @@ use crate::support::forest::{self, Rng, dataset, grow_forest, standard_forest};
 use crate::support::{python, repo_root};
 use selfheal_agent::score::{ScoreError, Scorer, tree_ensemble};
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
-use selfheal_core::forest::IsolationForest;
+use selfheal_core::forest::{ForestSet, IsolationForest, Member};
 use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE, ModelManifest};
-use selfheal_model_export::onnx::{sha256_hex, write_model_dir};
+use selfheal_model_export::onnx::{sha256_hex, write_model_dir, write_set_dir};
 use std::path::Path;
 use std::process::Command;
 use tract_onnx::prelude::*;
@@ -141,6 +141,76 @@ fn tract_onnxruntime_and_reference_scores_agree_on_10000_rows() {
     for r in [0, 1, 999, 1000, 9999] {
         let one = scorer
             .score_one(&rows[r * 8..(r + 1) * 8])
+            .expect("one row");
+        assert_eq!(one, tract[r], "row {r}");
+    }
+}
+
+/// Regression test for the per-signal layout: a set of forests, each over its own block of
+/// columns, exported as one multi-target `TreeEnsembleRegressor` with the offsets and the
+/// maximum in the graph, must score as `ForestSet::score` in tract and onnxruntime alike.
+#[test]
+fn forest_set_scores_agree_in_tract_onnxruntime_and_reference() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (members, width, n_features) = (4, 2, 8);
+    let mut rng = Rng::new(5);
+    let train = dataset(&mut rng, 4096, n_features);
+    let set = ForestSet {
+        n_features,
+        members: (0..members)
+            .map(|g| {
+                let cols: Vec<f32> = train
+                    .chunks_exact(n_features)
+                    .flat_map(|row| row[g * width..(g + 1) * width].to_vec())
+                    .collect();
+                let forest = grow_forest(&mut rng, &cols, width, 50, 256);
+                let mut scores: Vec<f64> =
+                    cols.chunks_exact(width).map(|r| forest.score(r)).collect();
+                scores.sort_by(f64::total_cmp);
+                Member {
+                    first_feature: g * width,
+                    offset: scores[scores.len() * 99 / 100],
+                    forest,
+                }
+            })
+            .collect(),
+    };
+    let first = &set.members[0].forest;
+    let mut manifest = forest::manifest(
+        first,
+        spec(n_features),
+        "test",
+        "1",
+        0.0,
+        AlarmRule::default(),
+    );
+    manifest.forests = members;
+    write_set_dir(dir.path(), &set, manifest).expect("write model dir");
+    let mut rows = dataset(&mut Rng::new(9), 10_000, n_features);
+    for r in 0..10 {
+        rows[r * n_features + r % n_features] = if r % 2 == 0 { 1e30 } else { -1e30 };
+    }
+
+    let scorer = Scorer::load(dir.path()).expect("model loads");
+    let tract = scorer.score_batch(&rows, 10_000).expect("tract scores");
+    let ort = onnxruntime_scores(&dir.path().join(MODEL_FILE), &rows, n_features, dir.path());
+    let reference: Vec<f32> = rows
+        .chunks_exact(n_features)
+        .map(|row| set.score(row) as f32)
+        .collect();
+    assert_close("tract vs onnxruntime", &tract, &ort, 1e-5);
+    assert_close("tract vs reference", &tract, &reference, 1e-5);
+    assert_close("onnxruntime vs reference", &ort, &reference, 1e-5);
+    // Offsets put each forest's ordinary ceiling at 0: most rows score below it, the outliers
+    // (2% of the data, and the rows pushed to ±1e30) above.
+    let above = tract.iter().filter(|&&s| s > 0.0).count();
+    assert!(
+        (100..3000).contains(&above),
+        "{above} of 10000 rows above 0"
+    );
+    for r in [0, 1, 5000, 9999] {
+        let one = scorer
+            .score_one(&rows[r * n_features..(r + 1) * n_features])
             .expect("one row");
         assert_eq!(one, tract[r], "row {r}");
     }

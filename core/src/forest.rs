@@ -203,6 +203,150 @@ impl IsolationForest {
     }
 }
 
+/// One forest of a [`ForestSet`]: an isolation forest over the contiguous block of feature
+/// columns `first_feature .. first_feature + forest.n_features`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The first feature column this forest reads.
+    pub first_feature: usize,
+    /// Subtracted from this forest's score before the set takes the largest: a high quantile of
+    /// the forest's scores on its training rows, so that every member's ordinary level is about
+    /// 0 and no member dominates the maximum just by scoring higher on everything.
+    pub offset: f64,
+    /// The forest; its feature indices are relative to `first_feature`.
+    pub forest: IsolationForest,
+}
+
+/// The model a detector scores with: one or more isolation forests over blocks of the feature
+/// vector, combined by the largest excess over each member's offset.
+///
+/// A single member over all columns with offset 0 is a plain isolation forest, scored exactly as
+/// [`IsolationForest::score`]. One member per signal (the per-signal layout) lets an anomaly that
+/// moves only a few of a family's many signals stand out: in one forest over every signal's
+/// features, random splits rarely pick the few columns that moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForestSet {
+    /// Length of the feature vectors the set scores.
+    pub n_features: usize,
+    /// The forests, in feature-column order.
+    pub members: Vec<Member>,
+}
+
+/// A forest set whose structure is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForestSetError {
+    /// No member.
+    #[error("forest set has no forest")]
+    Empty,
+    /// A member reads columns past the feature vector.
+    #[error("forest {member} reads columns {first}..{end}, but there are {n_features}")]
+    ColumnsOutOfRange {
+        /// Member index.
+        member: usize,
+        /// First column.
+        first: usize,
+        /// One past the last column.
+        end: usize,
+        /// Features in the set.
+        n_features: usize,
+    },
+    /// A member's offset is not a finite number.
+    #[error("forest {member} has a non-finite offset")]
+    NonFiniteOffset {
+        /// Member index.
+        member: usize,
+    },
+    /// A member's forest is malformed.
+    #[error("forest {member}")]
+    Forest {
+        /// Member index.
+        member: usize,
+        /// The cause.
+        #[source]
+        source: ForestError,
+    },
+}
+
+impl ForestSet {
+    /// A set of one forest over all columns with offset 0: scores are the forest's own.
+    pub fn single(forest: IsolationForest) -> Self {
+        ForestSet {
+            n_features: forest.n_features,
+            members: vec![Member {
+                first_feature: 0,
+                offset: 0.0,
+                forest,
+            }],
+        }
+    }
+
+    /// The forest when the set is a plain one (one member, all columns, offset 0).
+    pub fn as_single(&self) -> Option<&IsolationForest> {
+        match self.members.as_slice() {
+            [m] if m.first_feature == 0
+                && m.offset == 0.0
+                && m.forest.n_features == self.n_features =>
+            {
+                Some(&m.forest)
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks every member ([`IsolationForest::validate`]) and that its columns lie inside the
+    /// feature vector. A set that passes cannot index out of bounds when scored.
+    pub fn validate(&self) -> Result<(), ForestSetError> {
+        if self.members.is_empty() {
+            return Err(ForestSetError::Empty);
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            m.forest
+                .validate()
+                .map_err(|source| ForestSetError::Forest { member: i, source })?;
+            let end = m.first_feature.saturating_add(m.forest.n_features);
+            if end > self.n_features {
+                return Err(ForestSetError::ColumnsOutOfRange {
+                    member: i,
+                    first: m.first_feature,
+                    end,
+                    n_features: self.n_features,
+                });
+            }
+            if !m.offset.is_finite() {
+                return Err(ForestSetError::NonFiniteOffset { member: i });
+            }
+        }
+        Ok(())
+    }
+
+    /// Trees in all members together.
+    pub fn n_trees(&self) -> usize {
+        self.members.iter().map(|m| m.forest.trees.len()).sum()
+    }
+
+    /// Each member's score minus its offset, in member order.
+    ///
+    /// # Panics
+    /// If `x` is shorter than `n_features` or the set fails [`ForestSet::validate`].
+    pub fn member_scores<'a>(&'a self, x: &'a [f32]) -> impl Iterator<Item = f64> + 'a {
+        self.members.iter().map(move |m| {
+            let cols = &x[m.first_feature..m.first_feature + m.forest.n_features];
+            m.forest.score(cols) - m.offset
+        })
+    }
+
+    /// The set's anomaly score: the largest member score minus its offset. For a plain forest
+    /// ([`ForestSet::single`]) this is [`IsolationForest::score`].
+    ///
+    /// # Panics
+    /// If `x` is shorter than `n_features` or the set fails [`ForestSet::validate`].
+    pub fn score(&self, x: &[f32]) -> f64 {
+        self.member_scores(x).fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +404,54 @@ mod tests {
             f.validate(),
             Err(ForestError::FeatureOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_set_takes_the_largest_excess_over_offsets() {
+        let single = ForestSet::single(stump());
+        single.validate().expect("valid");
+        assert!(single.as_single().is_some());
+        assert_eq!(single.score(&[0.0]), stump().score(&[0.0]));
+        // Two members over columns 0 and 1; the second's offset hides its ordinary level.
+        let set = ForestSet {
+            n_features: 2,
+            members: vec![
+                Member {
+                    first_feature: 0,
+                    offset: 0.1,
+                    forest: stump(),
+                },
+                Member {
+                    first_feature: 1,
+                    offset: 0.2,
+                    forest: stump(),
+                },
+            ],
+        };
+        set.validate().expect("valid");
+        assert!(set.as_single().is_none());
+        let (lo, hi) = (stump().score(&[1.0]), stump().score(&[0.0]));
+        assert_eq!(set.score(&[1.0, 1.0]), (lo - 0.1).max(lo - 0.2));
+        assert_eq!(set.score(&[1.0, 0.0]), (lo - 0.1).max(hi - 0.2));
+        let mut bad = set.clone();
+        bad.members[1].first_feature = 2;
+        assert!(matches!(
+            bad.validate(),
+            Err(ForestSetError::ColumnsOutOfRange { member: 1, .. })
+        ));
+        let mut bad = set.clone();
+        bad.members[0].offset = f64::NAN;
+        assert!(matches!(
+            bad.validate(),
+            Err(ForestSetError::NonFiniteOffset { member: 0 })
+        ));
+        assert_eq!(
+            ForestSet {
+                n_features: 1,
+                members: vec![]
+            }
+            .validate(),
+            Err(ForestSetError::Empty)
+        );
     }
 }

@@ -33,6 +33,14 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
 impl Default for AlarmRule {
     fn default() -> Self {
         AlarmRule::k_of_n(3, 5)
@@ -224,8 +232,15 @@ pub struct ModelManifest {
     pub threshold: f64,
     /// k-of-n rule that turns alarms into anomalies.
     pub alarm: AlarmRule,
-    /// Trees in the forest.
+    /// Trees in the forest (in each forest, when there are several).
     pub n_trees: usize,
+    /// Forests in the model: 1 (the default, omitted from `manifest.json`) for one forest over
+    /// every feature; with the per-signal layout, one per signal, each over that signal's
+    /// features, the score being the largest excess of a forest's score over its offset
+    /// (`selfheal_core::forest::ForestSet`). The ONNX graph computes it; the agent reads one
+    /// score either way.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub forests: usize,
     /// Sub-sample size each tree was grown on.
     pub max_samples: usize,
     /// Seed the forest was grown with.

@@ -1,14 +1,14 @@
 //! Model directories: writing a trained [`Detector`] and reading it back.
 //!
 //! A model directory holds `manifest.json` (`selfheal_core::model::ModelManifest`), `model.onnx`
-//! (written by the ONNX exporter) and `forest.json`, the same forest as data. `forest.json` is
+//! (written by the ONNX exporter) and `forest.json`, the same forest (or forest set) as data. `forest.json` is
 //! what `selfheal model score|eval` run through the reference scorer
-//! `IsolationForest::score`, which the ONNX graph reproduces by construction; it also lets tests
+//! `ForestSet::score`, which the ONNX graph reproduces by construction; it also lets tests
 //! and tools compare forests without an ONNX runtime.
 
 use crate::detect::Detector;
 use selfheal_core::features::FEATURE_SCHEMA_VERSION;
-use selfheal_core::forest::{ForestError, IsolationForest};
+use selfheal_core::forest::{ForestSet, ForestSetError, IsolationForest};
 use selfheal_core::model::{MANIFEST_FILE, ModelManifest};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -45,7 +45,7 @@ pub enum ArtifactError {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: ForestError,
+        source: ForestSetError,
     },
     /// Manifest and forest disagree, or the manifest is of another feature schema.
     #[error("{dir}: {what}")]
@@ -124,7 +124,7 @@ pub fn write_model_dir(
     std::fs::write(&forest_path, json).map_err(io(&forest_path))?;
     // The exporter writes model.onnx, then the manifest with its checksum, each atomically.
     manifest.model_sha256 = String::new();
-    crate::onnx::write_model_dir(dir, &detector.forest, manifest).map_err(|source| {
+    crate::onnx::write_set_dir(dir, &detector.forest, manifest).map_err(|source| {
         ArtifactError::Export {
             dir: dir.to_owned(),
             source: Box::new(source),
@@ -150,7 +150,14 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ArtifactError> {
 pub fn read_model_dir(dir: &Path) -> Result<(Detector, ModelManifest), ArtifactError> {
     let manifest = read_manifest(dir)?;
     let forest_path = dir.join(FOREST_FILE);
-    let forest: IsolationForest = read_json(&forest_path)?;
+    // A forest set; model directories written before sets existed hold one plain forest.
+    let forest = match read_json::<ForestSet>(&forest_path) {
+        Ok(set) => set,
+        Err(set_error) => match read_json::<IsolationForest>(&forest_path) {
+            Ok(forest) => ForestSet::single(forest),
+            Err(_) => return Err(set_error),
+        },
+    };
     forest.validate().map_err(|source| ArtifactError::Forest {
         path: forest_path,
         source,

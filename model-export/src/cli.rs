@@ -11,7 +11,7 @@ use crate::detect::{
     DEFAULT_ALARM, DEFAULT_CONTAMINATION, ThresholdRule, TrainConfig, train_model,
 };
 use crate::eval::Counts;
-use crate::train::ForestParams;
+use crate::train::{ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use selfheal_core::Family;
@@ -56,9 +56,15 @@ pub struct TrainArgs {
     /// Model version; default: UTC creation time and a digest of the forest.
     #[arg(long)]
     pub version: Option<String>,
-    /// Number of trees.
+    /// Number of trees (of each forest, with `--layout per-signal`).
     #[arg(long, default_value_t = 100)]
     pub trees: usize,
+    /// `per-signal`: one forest per input column over that column's features, the score being
+    /// the largest excess of a forest's score over its 99th training percentile (an anomaly in a
+    /// few of many signals stands out; the model is that many times larger). `joint`: one forest
+    /// over every feature.
+    #[arg(long, value_enum, default_value_t = LayoutArg::PerSignal)]
+    pub layout: LayoutArg,
     /// Sub-sample size per tree (ψ).
     #[arg(long, default_value_t = 256)]
     pub max_samples: usize,
@@ -91,6 +97,15 @@ pub struct TrainArgs {
     /// columns). Default: the standard spec.
     #[arg(long)]
     pub features: Option<PathBuf>,
+}
+
+/// `--layout` of `selfheal model train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayoutArg {
+    /// One forest over every feature.
+    Joint,
+    /// One forest per signal.
+    PerSignal,
 }
 
 /// `selfheal model score`.
@@ -236,6 +251,12 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             max_depth: a.max_depth,
             seed: a.seed,
         },
+        layout: match a.layout {
+            LayoutArg::Joint => ForestLayout::Joint,
+            LayoutArg::PerSignal => ForestLayout::PerSignal {
+                offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
+            },
+        },
         features,
         alarm: AlarmRule::k_of_n(a.alarm_k, a.alarm_n).smoothed(a.smoothing_half_life),
         threshold: if a.labels.is_some() {
@@ -276,8 +297,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         features: detector.spec.clone(),
         threshold: detector.threshold,
         alarm: detector.alarm,
-        n_trees: detector.forest.trees.len(),
-        max_samples: detector.forest.max_samples,
+        n_trees: detector.forest.members[0].forest.trees.len(),
+        forests: detector.forest.members.len(),
+        max_samples: detector.forest.members[0].forest.max_samples,
         seed: a.seed,
         training_data_sha256: match lake_digest {
             Some(d) => d,

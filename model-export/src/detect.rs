@@ -11,9 +11,11 @@
 
 use crate::dataset::{DataError, Series, Windows, features, spec_for};
 use crate::eval::{Counts, Metrics};
-use crate::train::{FeatureMatrix, ForestParams, TrainError, train_forest};
+use crate::train::{
+    FeatureMatrix, ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE, TrainError, train_forest,
+};
 use selfheal_core::features::FeatureSpec;
-use selfheal_core::forest::IsolationForest;
+use selfheal_core::forest::{ForestSet, Member};
 use selfheal_core::model::{AlarmRule, AlarmState, smooth_scores};
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +44,11 @@ pub enum ThresholdRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Forest shape and seed.
+    /// Forest shape and seed (of each forest, with the per-signal layout).
     pub forest: ForestParams,
+    /// One forest over every feature, or one per signal; absent means joint.
+    #[serde(default)]
+    pub layout: ForestLayout,
     /// Feature shape; its `signals` are replaced by the input's columns.
     pub features: FeatureSpec,
     /// k-of-n rule applied after the threshold.
@@ -69,6 +74,9 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             forest: ForestParams::default(),
+            layout: ForestLayout::PerSignal {
+                offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
+            },
             features: FeatureSpec::standard(Vec::new()),
             alarm: DEFAULT_ALARM,
             threshold: ThresholdRule::Contamination(DEFAULT_CONTAMINATION),
@@ -109,8 +117,8 @@ pub enum DetectError {
 /// A trained detector: forest, features, threshold and alarm rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detector {
-    /// The forest.
-    pub forest: IsolationForest,
+    /// The forest, or forests (per-signal layout).
+    pub forest: ForestSet,
     /// The features it reads (signals = the input's columns).
     pub spec: FeatureSpec,
     /// Alarm when `score >= threshold` (before the k-of-n rule).
@@ -149,7 +157,7 @@ impl Detector {
 }
 
 /// Reference scores of every row.
-pub fn score_rows(forest: &IsolationForest, rows: &FeatureMatrix) -> Vec<f64> {
+pub fn score_rows(forest: &ForestSet, rows: &FeatureMatrix) -> Vec<f64> {
     (0..rows.n_rows())
         .map(|i| forest.score(rows.row(i)))
         .collect()
@@ -255,6 +263,9 @@ pub fn train_model(
             Err(DetectError::BadFraction { name, value })
         }
     };
+    if let ForestLayout::PerSignal { offset_quantile } = cfg.layout {
+        check("offset_quantile", offset_quantile)?;
+    }
     let (validation_fraction, contamination) = match cfg.threshold {
         ThresholdRule::Contamination(c) => {
             check("contamination", c)?;
@@ -291,9 +302,10 @@ pub fn train_model(
         rows = train.n_rows(),
         features = spec.len(),
         trees = cfg.forest.n_trees,
+        layout = ?cfg.layout,
         "growing forest"
     );
-    let forest = train_forest(&train, &cfg.forest)?;
+    let forest = grow(&train, &spec, cfg)?;
     // The contamination quantile is taken over the scores the alarm rule compares: smoothed
     // within each series (from its first training row after the feature warm-up).
     let raw_train_scores = score_rows(&forest, &train);
@@ -359,9 +371,46 @@ pub fn train_model(
     ))
 }
 
+/// Grows the model's forests on `train` per `cfg.layout`.
+fn grow(
+    train: &FeatureMatrix,
+    spec: &FeatureSpec,
+    cfg: &TrainConfig,
+) -> Result<ForestSet, DetectError> {
+    let ForestLayout::PerSignal { offset_quantile } = cfg.layout else {
+        return Ok(ForestSet::single(train_forest(train, &cfg.forest)?));
+    };
+    let width = spec.per_signal();
+    let mut members = Vec::with_capacity(spec.signals.len());
+    for (i, signal) in spec.signals.iter().enumerate() {
+        let first_feature = i * width;
+        let rows = train.columns(first_feature..first_feature + width);
+        let params = ForestParams {
+            seed: cfg.forest.seed.wrapping_add(i as u64),
+            ..cfg.forest
+        };
+        let forest = train_forest(&rows, &params)?;
+        let scores: Vec<f64> = (0..rows.n_rows())
+            .map(|r| forest.score(rows.row(r)))
+            .collect();
+        let offset = contamination_threshold(&scores, 1.0 - offset_quantile);
+        tracing::debug!(%signal, offset, "signal forest grown");
+        members.push(Member {
+            first_feature,
+            offset,
+            forest,
+        });
+    }
+    Ok(ForestSet {
+        n_features: spec.len(),
+        members,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::{Series, features};
 
     #[test]
     fn contamination_quantile_interpolates() {
@@ -391,5 +440,84 @@ mod tests {
         let (_, m) = best_f1_threshold(&[(scores, w)], two, 10.0).expect("t");
         assert_eq!(m.counts.false_alarm_events, 0);
         assert_eq!(m.counts.true_positives, 4);
+    }
+
+    /// Three noisy signals; from row 1500 on, only signal 2 steps up for 40 rows.
+    fn three_signals(n: usize) -> Series {
+        let mut state = 7u64;
+        let mut noise = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let rows = (0..n)
+            .map(|i| {
+                let step = if (1500..1540).contains(&i) { 3.0 } else { 0.0 };
+                vec![noise(), 10.0 + noise(), 5.0 + noise() + step]
+            })
+            .collect();
+        Series {
+            name: "three".into(),
+            columns: vec!["a".into(), "b".into(), "c".into()],
+            timestamps: None,
+            rows,
+        }
+    }
+
+    #[test]
+    fn per_signal_layout_grows_one_forest_per_signal_with_its_offset() {
+        let series = three_signals(1400);
+        let cfg = TrainConfig {
+            forest: ForestParams {
+                n_trees: 30,
+                ..ForestParams::default()
+            },
+            ..TrainConfig::default()
+        };
+        let (det, _) = train_model(std::slice::from_ref(&series), None, &cfg).expect("trained");
+        let width = det.spec.per_signal();
+        assert_eq!(det.forest.members.len(), 3);
+        assert_eq!(det.forest.n_features, 3 * width);
+        for (i, m) in det.forest.members.iter().enumerate() {
+            assert_eq!(m.first_feature, i * width);
+            assert_eq!(m.forest.n_features, width);
+            assert_eq!(m.forest.trees.len(), 30);
+        }
+        // Each offset is its forest's 99th training percentile: about 1% of training rows
+        // score above 0 on a given forest, so at most about 3% above 0 on the set.
+        let rows = features(&series, &det.spec).expect("features");
+        let rows = rows.slice(det.spec.warmup()..rows.n_rows());
+        let above = score_rows(&det.forest, &rows)
+            .iter()
+            .filter(|&&s| s > 0.0)
+            .count();
+        let share = above as f64 / rows.n_rows() as f64;
+        assert!((0.005..=0.035).contains(&share), "{share}");
+        // The step in signal 2 alone lifts the set's score above every forest's ceiling.
+        let run = three_signals(1600);
+        let scores = score_rows(&det.forest, &features(&run, &det.spec).expect("features"));
+        let peak = scores[1500..1540].iter().copied().fold(f64::MIN, f64::max);
+        assert!(peak > 0.05, "peak excess {peak}");
+
+        let joint = TrainConfig {
+            layout: ForestLayout::Joint,
+            ..cfg.clone()
+        };
+        let (det, _) = train_model(std::slice::from_ref(&series), None, &joint).expect("trained");
+        assert!(det.forest.as_single().is_some());
+        let bad = TrainConfig {
+            layout: ForestLayout::PerSignal {
+                offset_quantile: 1.0,
+            },
+            ..cfg
+        };
+        assert!(matches!(
+            train_model(std::slice::from_ref(&series), None, &bad),
+            Err(DetectError::BadFraction {
+                name: "offset_quantile",
+                ..
+            })
+        ));
     }
 }

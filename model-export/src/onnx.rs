@@ -17,6 +17,22 @@
 //! ```
 //!
 //! A classifier rather than a regressor because tract 0.23 ships `TreeEnsembleClassifier` only.
+//!
+//! A [`ForestSet`] of several forests (the per-signal layout) is written as one regressor with a
+//! target per forest, each forest's trees reading its own block of columns:
+//!
+//! ```text
+//! features f32[N, F]
+//!   └─ ai.onnx.ml.TreeEnsembleRegressor     target g = Σ path lengths of forest g's trees
+//!        └─ path_sums f32[N, G]
+//!   └─ Mul(-ln 2 / (trees_g · c(ψ_g)))       per forest
+//!   └─ Exp                                  forest scores f32[N, G]
+//!   └─ Sub(offset_g)                        each forest's excess over its ordinary level
+//!   └─ ReduceMax(axis 1, keepdims)          score f32[N, 1] = ForestSet::score
+//! ```
+//!
+//! tract has no regressor of its own; the agent registers its kernel for it, and onnxruntime
+//! runs it natively. A set of one plain forest is written as the classifier graph above.
 //! Every leaf credits class 0 and two class labels are declared: both runtimes then take the
 //! ONNX "binary" layout, `[1 - s, s]`, so column 1 is the plain sum `s`.
 //!
@@ -26,7 +42,9 @@
 //! manifest's threshold.
 
 use prost::Message;
-use selfheal_core::forest::{ForestError, IsolationForest, Node, average_path_length};
+use selfheal_core::forest::{
+    ForestError, ForestSet, ForestSetError, IsolationForest, Node, average_path_length,
+};
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -52,6 +70,9 @@ pub enum OnnxExportError {
     /// The forest fails [`IsolationForest::validate`].
     #[error("forest is not valid")]
     InvalidForest(#[source] ForestError),
+    /// The forest set fails [`ForestSet::validate`].
+    #[error("forest set is not valid")]
+    InvalidSet(#[source] ForestSetError),
     /// A tree has more nodes than an ONNX node id (i64) or our kernels (u32) can address.
     #[error("tree {tree} has {nodes} nodes, more than a tree may have")]
     TreeTooLarge {
@@ -83,10 +104,14 @@ pub enum WriteModelError {
     },
     /// The manifest disagrees with the forest about its trees or sub-sample size.
     #[error(
-        "manifest says {manifest_trees} trees and max_samples {manifest_max_samples}, \
-         the forest has {forest_trees} and {forest_max_samples}"
+        "manifest says {manifest_forests} forest(s) of {manifest_trees} trees and max_samples \
+         {manifest_max_samples}, the model has {forests} of {forest_trees} and {forest_max_samples}"
     )]
     ForestMismatch {
+        /// `manifest.forests`.
+        manifest_forests: usize,
+        /// Forests in the set.
+        forests: usize,
         /// `manifest.n_trees`.
         manifest_trees: usize,
         /// `manifest.max_samples`.
@@ -115,67 +140,205 @@ pub enum WriteModelError {
 pub fn export_forest(forest: &IsolationForest) -> Result<Vec<u8>, OnnxExportError> {
     forest.validate().map_err(OnnxExportError::InvalidForest)?;
     let ensemble = tree_ensemble_node(forest)?;
-
-    let c = average_path_length(forest.max_samples as f64);
-    // score = 2^(-mean/c) = exp(-ln2 · total / (trees · c)). With ψ ≤ 1 every path is 0 and the
-    // reference scores 1.0: a factor of 0 gives exp(0) = 1 without dividing by zero.
-    let factor = if c == 0.0 {
-        0.0
-    } else {
-        -std::f64::consts::LN_2 / (forest.trees.len() as f64 * c)
-    };
-
-    let slice = pb::NodeProto {
-        name: "total_path_length".into(),
-        op_type: "Slice".into(),
-        input: vec![
-            "probabilities".into(),
-            "slice_starts".into(),
-            "slice_ends".into(),
-            "slice_axes".into(),
-        ],
-        output: vec!["total_path_length".into()],
-        ..Default::default()
-    };
-    let mul = pb::NodeProto {
-        name: "exponent".into(),
-        op_type: "Mul".into(),
-        input: vec!["total_path_length".into(), "path_factor".into()],
-        output: vec!["exponent".into()],
-        ..Default::default()
-    };
-    let exp = pb::NodeProto {
-        name: "score".into(),
-        op_type: "Exp".into(),
-        input: vec!["exponent".into()],
-        output: vec![OUTPUT_NAME.into()],
-        ..Default::default()
-    };
-
     let graph = pb::GraphProto {
         name: "isolation_forest".into(),
         doc_string: "Isolation forest anomaly score 2^(-E[h(x)]/c(psi)); higher is more \
                      anomalous. scikit-learn's score_samples is -score."
             .into(),
-        node: vec![ensemble, slice, mul, exp],
+        node: vec![
+            ensemble,
+            op(
+                "total_path_length",
+                "Slice",
+                &["probabilities", "slice_starts", "slice_ends", "slice_axes"],
+                "total_path_length",
+            ),
+            op(
+                "exponent",
+                "Mul",
+                &["total_path_length", "path_factor"],
+                "exponent",
+            ),
+            op("score", "Exp", &["exponent"], OUTPUT_NAME),
+        ],
         initializer: vec![
             int64_tensor("slice_starts", &[1]),
             int64_tensor("slice_ends", &[2]),
             int64_tensor("slice_axes", &[1]),
-            pb::TensorProto {
-                name: "path_factor".into(),
-                data_type: pb::tensor_proto::DataType::Float as i32,
-                dims: vec![],
-                float_data: vec![factor as f32],
-                ..Default::default()
-            },
+            float_tensor("path_factor", vec![], vec![path_factor(forest) as f32]),
         ],
         input: vec![value_info(INPUT_NAME, forest.n_features as i64)],
         output: vec![value_info(OUTPUT_NAME, 1)],
         ..Default::default()
     };
+    let model = model_proto(
+        graph,
+        1,
+        forest.trees.len(),
+        forest.max_samples,
+        forest.n_features,
+    );
+    Ok(model.encode_to_vec())
+}
 
-    let model = pb::ModelProto {
+/// The node tables shared by both tree-ensemble operators: one entry per forest node, in tree
+/// order, node ids equal to the indices in [`selfheal_core::forest::Tree::nodes`]; each leaf
+/// credits its path length to one target.
+#[derive(Default)]
+struct NodeTables {
+    tree_ids: Vec<i64>,
+    node_ids: Vec<i64>,
+    feature_ids: Vec<i64>,
+    values: Vec<f32>,
+    modes: Vec<Vec<u8>>,
+    true_ids: Vec<i64>,
+    false_ids: Vec<i64>,
+    leaf_tree_ids: Vec<i64>,
+    leaf_node_ids: Vec<i64>,
+    leaf_targets: Vec<i64>,
+    leaf_weights: Vec<f32>,
+    trees: usize,
+}
+
+impl NodeTables {
+    /// Appends `forest`'s trees (numbered after those already added), its features shifted by
+    /// `first_feature`, its leaves crediting `target`.
+    fn add(
+        &mut self,
+        forest: &IsolationForest,
+        first_feature: usize,
+        target: i64,
+    ) -> Result<(), OnnxExportError> {
+        for tree in &forest.trees {
+            let t = self.trees;
+            if tree.nodes.len() > u32::MAX as usize {
+                return Err(OnnxExportError::TreeTooLarge {
+                    tree: t,
+                    nodes: tree.nodes.len(),
+                });
+            }
+            for (i, node) in tree.nodes.iter().enumerate() {
+                self.tree_ids.push(t as i64);
+                self.node_ids.push(i as i64);
+                match *node {
+                    Node::Split {
+                        feature,
+                        threshold,
+                        left,
+                        right,
+                    } => {
+                        self.feature_ids
+                            .push(i64::from(feature) + first_feature as i64);
+                        self.values.push(threshold);
+                        self.modes.push(b"BRANCH_LEQ".to_vec());
+                        self.true_ids.push(i64::from(left));
+                        self.false_ids.push(i64::from(right));
+                    }
+                    Node::Leaf { path_length } => {
+                        self.feature_ids.push(0);
+                        self.values.push(0.0);
+                        self.modes.push(b"LEAF".to_vec());
+                        self.true_ids.push(0);
+                        self.false_ids.push(0);
+                        self.leaf_tree_ids.push(t as i64);
+                        self.leaf_node_ids.push(i as i64);
+                        self.leaf_targets.push(target);
+                        self.leaf_weights.push(path_length as f32);
+                    }
+                }
+            }
+            self.trees += 1;
+        }
+        Ok(())
+    }
+
+    /// The `nodes_*` attributes.
+    fn node_attributes(&mut self) -> Vec<pb::AttributeProto> {
+        vec![
+            ints_attr("nodes_treeids", std::mem::take(&mut self.tree_ids)),
+            ints_attr("nodes_nodeids", std::mem::take(&mut self.node_ids)),
+            ints_attr("nodes_featureids", std::mem::take(&mut self.feature_ids)),
+            floats_attr("nodes_values", std::mem::take(&mut self.values)),
+            strings_attr("nodes_modes", std::mem::take(&mut self.modes)),
+            ints_attr("nodes_truenodeids", std::mem::take(&mut self.true_ids)),
+            ints_attr("nodes_falsenodeids", std::mem::take(&mut self.false_ids)),
+        ]
+    }
+}
+
+/// The `TreeEnsembleClassifier` node of a single forest.
+fn tree_ensemble_node(forest: &IsolationForest) -> Result<pb::NodeProto, OnnxExportError> {
+    let mut tables = NodeTables::default();
+    tables.add(forest, 0, 0)?;
+    let mut attribute = vec![ints_attr("classlabels_int64s", vec![0, 1])];
+    attribute.extend(tables.node_attributes());
+    attribute.extend([
+        ints_attr("class_treeids", tables.leaf_tree_ids),
+        ints_attr("class_nodeids", tables.leaf_node_ids),
+        ints_attr("class_ids", tables.leaf_targets),
+        floats_attr("class_weights", tables.leaf_weights),
+        string_attr("post_transform", b"NONE"),
+    ]);
+    Ok(pb::NodeProto {
+        name: "path_lengths".into(),
+        op_type: "TreeEnsembleClassifier".into(),
+        domain: ML_DOMAIN.into(),
+        input: vec![INPUT_NAME.into()],
+        output: vec!["label".into(), "probabilities".into()],
+        attribute,
+        ..Default::default()
+    })
+}
+
+/// `-ln 2 / (trees · c(ψ))`: the factor turning a forest's summed path length into the exponent
+/// of its score. With ψ ≤ 1 every path is 0 and the reference scores 1.0: a factor of 0 gives
+/// exp(0) = 1 without dividing by zero.
+fn path_factor(forest: &IsolationForest) -> f64 {
+    let c = average_path_length(forest.max_samples as f64);
+    if c == 0.0 {
+        0.0
+    } else {
+        -std::f64::consts::LN_2 / (forest.trees.len() as f64 * c)
+    }
+}
+
+fn float_tensor(name: &str, dims: Vec<i64>, values: Vec<f32>) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        dims,
+        float_data: values,
+        ..Default::default()
+    }
+}
+
+fn op(name: &str, op_type: &str, input: &[&str], output: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        name: name.into(),
+        op_type: op_type.into(),
+        input: input.iter().map(|&i| i.into()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// The `ModelProto` around `graph`, with both opsets and the forest's shape as metadata.
+fn model_proto(
+    graph: pb::GraphProto,
+    forests: usize,
+    trees: usize,
+    max_samples: usize,
+    n_features: usize,
+) -> pb::ModelProto {
+    let mut metadata_props = vec![
+        metadata("n_trees", trees.to_string()),
+        metadata("max_samples", max_samples.to_string()),
+        metadata("n_features", n_features.to_string()),
+    ];
+    if forests != 1 {
+        metadata_props.push(metadata("forests", forests.to_string()));
+    }
+    pb::ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![
             pb::OperatorSetIdProto {
@@ -190,92 +353,94 @@ pub fn export_forest(forest: &IsolationForest) -> Result<Vec<u8>, OnnxExportErro
         producer_name: "selfheal".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),
-        metadata_props: vec![
-            metadata("n_trees", forest.trees.len().to_string()),
-            metadata("max_samples", forest.max_samples.to_string()),
-            metadata("n_features", forest.n_features.to_string()),
-        ],
+        metadata_props,
         ..Default::default()
-    };
-    Ok(model.encode_to_vec())
+    }
 }
 
-/// The `TreeEnsembleClassifier` node: one entry per forest node, in tree order, node ids equal
-/// to the indices in [`selfheal_core::forest::Tree::nodes`].
-fn tree_ensemble_node(forest: &IsolationForest) -> Result<pb::NodeProto, OnnxExportError> {
-    let n_nodes: usize = forest.trees.iter().map(|t| t.nodes.len()).sum();
-    let mut tree_ids = Vec::with_capacity(n_nodes);
-    let mut node_ids = Vec::with_capacity(n_nodes);
-    let mut feature_ids = Vec::with_capacity(n_nodes);
-    let mut values = Vec::with_capacity(n_nodes);
-    let mut modes: Vec<Vec<u8>> = Vec::with_capacity(n_nodes);
-    let mut true_ids = Vec::with_capacity(n_nodes);
-    let mut false_ids = Vec::with_capacity(n_nodes);
-    let mut leaf_tree_ids = Vec::new();
-    let mut leaf_node_ids = Vec::new();
-    let mut leaf_weights = Vec::new();
-
-    for (t, tree) in forest.trees.iter().enumerate() {
-        if tree.nodes.len() > u32::MAX as usize {
-            return Err(OnnxExportError::TreeTooLarge {
-                tree: t,
-                nodes: tree.nodes.len(),
-            });
-        }
-        for (i, node) in tree.nodes.iter().enumerate() {
-            tree_ids.push(t as i64);
-            node_ids.push(i as i64);
-            match *node {
-                Node::Split {
-                    feature,
-                    threshold,
-                    left,
-                    right,
-                } => {
-                    feature_ids.push(i64::from(feature));
-                    values.push(threshold);
-                    modes.push(b"BRANCH_LEQ".to_vec());
-                    true_ids.push(i64::from(left));
-                    false_ids.push(i64::from(right));
-                }
-                Node::Leaf { path_length } => {
-                    feature_ids.push(0);
-                    values.push(0.0);
-                    modes.push(b"LEAF".to_vec());
-                    true_ids.push(0);
-                    false_ids.push(0);
-                    leaf_tree_ids.push(t as i64);
-                    leaf_node_ids.push(i as i64);
-                    leaf_weights.push(path_length as f32);
-                }
-            }
-        }
+/// Writes `set` as a standard ONNX model and returns the serialized protobuf: the classifier
+/// graph for a plain forest ([`ForestSet::as_single`]), else the regressor graph of the module
+/// docs, whose output is [`ForestSet::score`].
+pub fn export_set(set: &ForestSet) -> Result<Vec<u8>, OnnxExportError> {
+    if let Some(forest) = set.as_single() {
+        return export_forest(forest);
     }
-    let n_leaves = leaf_weights.len();
-
-    Ok(pb::NodeProto {
-        name: "path_lengths".into(),
-        op_type: "TreeEnsembleClassifier".into(),
+    set.validate().map_err(OnnxExportError::InvalidSet)?;
+    let g = set.members.len();
+    let mut tables = NodeTables::default();
+    for (i, m) in set.members.iter().enumerate() {
+        tables.add(&m.forest, m.first_feature, i as i64)?;
+    }
+    let mut attribute = vec![int_attr("n_targets", g as i64)];
+    attribute.extend(tables.node_attributes());
+    attribute.extend([
+        ints_attr("target_treeids", tables.leaf_tree_ids),
+        ints_attr("target_nodeids", tables.leaf_node_ids),
+        ints_attr("target_ids", tables.leaf_targets),
+        floats_attr("target_weights", tables.leaf_weights),
+        string_attr("aggregate_function", b"SUM"),
+        string_attr("post_transform", b"NONE"),
+    ]);
+    let ensemble = pb::NodeProto {
+        name: "path_sums".into(),
+        op_type: "TreeEnsembleRegressor".into(),
         domain: ML_DOMAIN.into(),
         input: vec![INPUT_NAME.into()],
-        output: vec!["label".into(), "probabilities".into()],
-        attribute: vec![
-            ints_attr("classlabels_int64s", vec![0, 1]),
-            ints_attr("nodes_treeids", tree_ids),
-            ints_attr("nodes_nodeids", node_ids),
-            ints_attr("nodes_featureids", feature_ids),
-            floats_attr("nodes_values", values),
-            strings_attr("nodes_modes", modes),
-            ints_attr("nodes_truenodeids", true_ids),
-            ints_attr("nodes_falsenodeids", false_ids),
-            ints_attr("class_treeids", leaf_tree_ids),
-            ints_attr("class_nodeids", leaf_node_ids),
-            ints_attr("class_ids", vec![0; n_leaves]),
-            floats_attr("class_weights", leaf_weights),
-            string_attr("post_transform", b"NONE"),
-        ],
+        output: vec!["path_sums".into()],
+        attribute,
         ..Default::default()
-    })
+    };
+    let factors = set
+        .members
+        .iter()
+        .map(|m| path_factor(&m.forest) as f32)
+        .collect();
+    let offsets = set.members.iter().map(|m| m.offset as f32).collect();
+    let mut reduce = op("score", "ReduceMax", &["excess"], OUTPUT_NAME);
+    reduce.attribute = vec![ints_attr("axes", vec![1]), int_attr("keepdims", 1)];
+    let graph = pb::GraphProto {
+        name: "isolation_forest_set".into(),
+        doc_string: "Largest excess of one of several isolation forests' scores \
+                     2^(-E[h(x)]/c(psi)) over that forest's offset; higher is more anomalous."
+            .into(),
+        node: vec![
+            ensemble,
+            op(
+                "exponents",
+                "Mul",
+                &["path_sums", "path_factors"],
+                "exponents",
+            ),
+            op("forest_scores", "Exp", &["exponents"], "forest_scores"),
+            op("excess", "Sub", &["forest_scores", "offsets"], "excess"),
+            reduce,
+        ],
+        initializer: vec![
+            float_tensor("path_factors", vec![g as i64], factors),
+            float_tensor("offsets", vec![g as i64], offsets),
+        ],
+        input: vec![value_info(INPUT_NAME, set.n_features as i64)],
+        output: vec![value_info(OUTPUT_NAME, 1)],
+        ..Default::default()
+    };
+    let first = &set.members[0].forest;
+    Ok(model_proto(
+        graph,
+        g,
+        first.trees.len(),
+        first.max_samples,
+        set.n_features,
+    )
+    .encode_to_vec())
+}
+
+fn int_attr(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
 }
 
 fn ints_attr(name: &str, ints: Vec<i64>) -> pb::AttributeProto {
@@ -376,26 +541,40 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn write_model_dir(
     dir: &Path,
     forest: &IsolationForest,
+    manifest: ModelManifest,
+) -> Result<ModelManifest, WriteModelError> {
+    write_set_dir(dir, &ForestSet::single(forest.clone()), manifest)
+}
+
+/// [`write_model_dir`] for a [`ForestSet`]: the manifest's `forests` must be the set's members
+/// and its `n_trees` and `max_samples` those of every member.
+pub fn write_set_dir(
+    dir: &Path,
+    set: &ForestSet,
     mut manifest: ModelManifest,
 ) -> Result<ModelManifest, WriteModelError> {
-    if manifest.feature_names.len() != forest.n_features
-        || manifest.features.len() != forest.n_features
-    {
+    if manifest.feature_names.len() != set.n_features || manifest.features.len() != set.n_features {
         return Err(WriteModelError::FeatureCountMismatch {
             manifest_features: manifest.feature_names.len(),
             spec_features: manifest.features.len(),
-            forest_features: forest.n_features,
+            forest_features: set.n_features,
         });
     }
-    if manifest.n_trees != forest.trees.len() || manifest.max_samples != forest.max_samples {
+    let mismatch = set.members.iter().find(|m| {
+        m.forest.trees.len() != manifest.n_trees || m.forest.max_samples != manifest.max_samples
+    });
+    if manifest.forests != set.members.len() || mismatch.is_some() {
+        let m = mismatch.or(set.members.first());
         return Err(WriteModelError::ForestMismatch {
+            manifest_forests: manifest.forests,
+            forests: set.members.len(),
             manifest_trees: manifest.n_trees,
             manifest_max_samples: manifest.max_samples,
-            forest_trees: forest.trees.len(),
-            forest_max_samples: forest.max_samples,
+            forest_trees: m.map_or(0, |m| m.forest.trees.len()),
+            forest_max_samples: m.map_or(0, |m| m.forest.max_samples),
         });
     }
-    let model = export_forest(forest)?;
+    let model = export_set(set)?;
     manifest.model_sha256 = sha256_hex(&model);
     let mut json = serde_json::to_vec_pretty(&manifest).map_err(WriteModelError::Manifest)?;
     json.push(b'\n');
@@ -463,6 +642,7 @@ mod tests {
             threshold: 0.6,
             alarm: AlarmRule::default(),
             n_trees: forest.trees.len(),
+            forests: 1,
             max_samples: forest.max_samples,
             seed: 7,
             training_data_sha256: sha256_hex(b""),
@@ -486,6 +666,74 @@ mod tests {
             .find(|a| a.name == "class_weights")
             .expect("class_weights");
         assert_eq!(weights.floats.len(), 2);
+    }
+
+    #[test]
+    fn a_forest_set_exports_one_regressor_with_offsets_and_a_maximum() {
+        // The stump over one column: its split reads feature 0.
+        let mut one = stump();
+        one.n_features = 1;
+        if let Node::Split { feature, .. } = &mut one.trees[0].nodes[0] {
+            *feature = 0;
+        }
+        let member = |first_feature, offset| selfheal_core::forest::Member {
+            first_feature,
+            offset,
+            forest: one.clone(),
+        };
+        let mut set = ForestSet {
+            n_features: 2,
+            members: vec![member(0, 0.5), member(1, 0.6)],
+        };
+        let bytes = export_set(&set).expect("valid set");
+        let graph = pb::ModelProto::decode(bytes.as_slice())
+            .expect("decodes")
+            .graph
+            .expect("graph");
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(
+            ops,
+            ["TreeEnsembleRegressor", "Mul", "Exp", "Sub", "ReduceMax"]
+        );
+        let attr = |name: &str| {
+            graph.node[0]
+                .attribute
+                .iter()
+                .find(|a| a.name == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .clone()
+        };
+        assert_eq!(attr("n_targets").i, 2);
+        assert_eq!(
+            attr("target_ids").ints,
+            [0, 0, 1, 1],
+            "each forest's leaves credit its target"
+        );
+        assert_eq!(
+            attr("nodes_treeids").ints,
+            [0, 0, 0, 1, 1, 1],
+            "trees numbered across forests"
+        );
+        // The second forest reads column 1: its split's feature id is shifted.
+        assert_eq!(attr("nodes_featureids").ints, [0, 0, 0, 1, 0, 0]);
+        assert_eq!(attr("aggregate_function").s, b"SUM");
+        let offsets = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == "offsets")
+            .expect("offsets");
+        assert_eq!(offsets.float_data, [0.5, 0.6]);
+        // A set of one plain forest is the classifier graph; a bad set is refused.
+        let single = ForestSet::single(stump());
+        assert_eq!(
+            export_set(&single).expect("valid"),
+            export_forest(&stump()).expect("valid")
+        );
+        set.members[1].first_feature = 2;
+        assert!(matches!(
+            export_set(&set),
+            Err(OnnxExportError::InvalidSet(_))
+        ));
     }
 
     #[test]

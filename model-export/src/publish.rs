@@ -201,6 +201,7 @@ mod tests {
             threshold: 0.6,
             alarm: AlarmRule::default(),
             n_trees: 1,
+            forests: 1,
             max_samples: 256,
             seed: 0,
             training_data_sha256: String::new(),

@@ -66,6 +66,22 @@ impl FeatureMatrix {
         &self.values[i * self.n_features..(i + 1) * self.n_features]
     }
 
+    /// Columns `range` of every row as a new matrix.
+    ///
+    /// # Panics
+    /// If `range` reaches past the row width.
+    pub fn columns(&self, range: std::ops::Range<usize>) -> FeatureMatrix {
+        assert!(range.end <= self.n_features, "column range");
+        let mut values = Vec::with_capacity(self.n_rows() * range.len());
+        for i in 0..self.n_rows() {
+            values.extend_from_slice(&self.row(i)[range.clone()]);
+        }
+        FeatureMatrix {
+            n_features: range.len(),
+            values,
+        }
+    }
+
     /// Rows `range` as a new matrix.
     pub fn slice(&self, range: std::ops::Range<usize>) -> FeatureMatrix {
         FeatureMatrix {
@@ -100,6 +116,29 @@ impl Default for ForestParams {
         }
     }
 }
+
+/// How a model's features are split among isolation forests.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ForestLayout {
+    /// One forest over every feature of every signal.
+    #[default]
+    Joint,
+    /// One forest per signal, over that signal's features (a contiguous block of the feature
+    /// vector, `FeatureSpec::per_signal` wide), each grown with the same [`ForestParams`] but
+    /// its own seed (the seed plus the signal's index). A forest's score has its
+    /// `offset_quantile` over its training rows
+    /// subtracted, and the model's score is the largest of these excesses: an anomaly that moves
+    /// two of 38 signals is as plain to its signals' forests as one that moves all of them.
+    PerSignal {
+        /// Quantile of each forest's training scores that becomes its offset, in (0, 1).
+        offset_quantile: f64,
+    },
+}
+
+/// The offset quantile of the default per-signal layout: a forest's 99th-percentile training
+/// score is its ordinary ceiling.
+pub const PER_SIGNAL_OFFSET_QUANTILE: f64 = 0.99;
 
 /// A forest that cannot be grown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,6 +6,7 @@
 //! venv (`scripts/test.sh`).
 
 use selfheal_core::features::FeatureSpec;
+use selfheal_core::forest::ForestSet;
 use selfheal_core::model::{AlarmRule, AlarmState, ModelManifest};
 use selfheal_model_export::dataset::{Series, Windows, features};
 use selfheal_model_export::detect::{contamination_threshold, score_rows};
@@ -116,7 +117,7 @@ fn trainer_f1_matches_scikit_learn_on_the_same_features() {
             max_depth: None,
             seed,
         };
-        let forest = train_forest(&train, &p).expect("train");
+        let forest = ForestSet::single(train_forest(&train, &p).expect("train"));
         let t = contamination_threshold(&score_rows(&forest, &train), contamination);
         let mut st = AlarmState::new(AlarmRule::k_of_n(1, 1));
         let alarms: Vec<bool> = score_rows(&forest, &test)
@@ -249,6 +250,10 @@ fn train_score_eval_publish_through_the_binary() {
     assert_eq!(manifest.feature_names, manifest.features.names());
     assert_eq!(manifest.features.signals, ["a", "b", "c"]);
     assert_eq!((manifest.n_trees, manifest.seed), (50, 3));
+    assert_eq!(
+        manifest.forests, 3,
+        "the default layout: one forest per signal"
+    );
     assert_eq!(manifest.alarm, AlarmRule::k_of_n(2, 5).smoothed(3));
 
     // score: one row per input row; the alarm column is the k-of-n rule over the smoothed score
@@ -273,7 +278,8 @@ fn train_score_eval_publish_through_the_binary() {
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
         let score: f64 = f[1].parse().expect("score");
-        assert!(score > 0.0 && score <= 1.0);
+        // A forest's score is in (0, 1]; the set's is its excess over the forest's offset.
+        assert!(score > -1.0 && score <= 1.0);
         let expect = st.push(score, manifest.threshold);
         assert_eq!(f[2] == "1", expect, "row {rows}");
         alarmed += usize::from(expect);

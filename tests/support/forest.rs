@@ -154,6 +154,7 @@ pub fn manifest(
         threshold,
         alarm,
         n_trees: forest.trees.len(),
+        forests: 1,
         max_samples: forest.max_samples,
         seed: 1,
         training_data_sha256: String::new(),
