@@ -464,12 +464,15 @@ impl Detector {
                 let Some(series) = self.series.get_mut(&(r.subject.clone(), family)) else {
                     continue;
                 };
+                // The threshold this score is compared with: the model's, raised when the
+                // series has moved to a new normal (an adapting rule).
+                let threshold = series.alarm.effective_threshold();
                 let decision = series.alarm.push(score);
                 if decision.anomalous {
                     out.anomalies.push(Anomaly {
                         record: r.clone(),
                         score: decision.compared_score,
-                        threshold: manifest.threshold,
+                        threshold,
                         model_version: manifest.version.clone(),
                         top_features: top_features(spec, names, &f),
                         features: f,

@@ -27,6 +27,16 @@ pub struct AlarmRule {
     /// each raw score. Smoothing lets a sustained moderate rise alarm and a lone spike fade.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub smoothing_half_life: u32,
+    /// Samples over which the alarm learns a new normal; 0 (the default, and omitted from
+    /// `manifest.json`) never adapts. When set, a score level that the (smoothed) score held for
+    /// at least three quarters of the last `adapt_window` samples, its 25th percentile there
+    /// ([`RecentLevel`]), raises the threshold by as much as that level exceeds the model's
+    /// ordinary score (`ModelManifest::ordinary_score`). A series that moved to a new level for
+    /// good (a deployment, a resized instance) stops alarming after about `adapt_window`
+    /// samples, while an incident shorter than three quarters of the window cannot teach the
+    /// alarm to ignore it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adapt_window: u32,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -54,6 +64,15 @@ impl AlarmRule {
             k,
             n,
             smoothing_half_life: 0,
+            adapt_window: 0,
+        }
+    }
+
+    /// This rule adapting to a new normal over `window` samples (0 turns adaptation off).
+    pub const fn adapting(self, window: u32) -> AlarmRule {
+        AlarmRule {
+            adapt_window: window,
+            ..self
         }
     }
 
@@ -72,7 +91,7 @@ impl AlarmRule {
         AlarmRule {
             k: self.k.clamp(1, n),
             n,
-            smoothing_half_life: self.smoothing_half_life,
+            ..self
         }
     }
 }
@@ -126,6 +145,79 @@ pub fn smooth_scores(scores: &[f64], rule: AlarmRule) -> Vec<f64> {
     scores.iter().map(|&s| sm.push(s)).collect()
 }
 
+/// The level a score series has recently held: the 25th percentile of its last `window` values,
+/// i.e. a level the series stayed at or above for three quarters of the window.
+///
+/// O(1) memory per series whatever the window: one value in every `window / 100` (at least 1)
+/// is kept, at most 100 of them, and the percentile is recomputed when one enters. Until the
+/// kept values span the whole window there is no level, so a series that starts out anomalous
+/// is not taken for normal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentLevel {
+    every: u32,
+    capacity: usize,
+    since: u32,
+    kept: std::collections::VecDeque<f64>,
+    level: Option<f64>,
+}
+
+impl RecentLevel {
+    /// Values kept at most.
+    pub const MAX_KEPT: u32 = 100;
+    /// The percentile reported.
+    pub const PERCENTILE: f64 = 25.0;
+
+    /// An empty tracker over `window` samples (at least 1).
+    pub fn new(window: u32) -> Self {
+        let window = window.max(1);
+        let every = window.div_ceil(Self::MAX_KEPT);
+        let capacity = window.div_ceil(every) as usize;
+        RecentLevel {
+            every,
+            capacity,
+            since: 0,
+            kept: std::collections::VecDeque::with_capacity(capacity),
+            level: None,
+        }
+    }
+
+    /// The level over the window before the latest push, once the window has filled.
+    pub fn level(&self) -> Option<f64> {
+        self.level
+    }
+
+    /// Adds one value; NaN is skipped.
+    pub fn push(&mut self, v: f64) {
+        if v.is_nan() {
+            return;
+        }
+        self.since += 1;
+        if self.since < self.every {
+            return;
+        }
+        self.since = 0;
+        if self.kept.len() == self.capacity {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(v);
+        if self.kept.len() == self.capacity {
+            let mut sorted: Vec<f64> = self.kept.iter().copied().collect();
+            sorted.sort_by(f64::total_cmp);
+            // Linear interpolation between closest ranks, as numpy.percentile.
+            let pos = Self::PERCENTILE / 100.0 * (sorted.len() - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            self.level = Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64));
+        }
+    }
+
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        self.since = 0;
+        self.kept.clear();
+        self.level = None;
+    }
+}
+
 /// Applies an [`AlarmRule`] to a stream of samples, one call per scored sample.
 ///
 /// This is THE alarm decision: the agent runs it on the node, and the trainer runs it when it
@@ -144,6 +236,8 @@ pub struct AlarmState {
     history: u128,
     /// Window mask: the low `n` bits (n is capped at 128, far beyond any useful rule).
     mask: u128,
+    /// The recent level of smoothed scores, when the rule adapts and the ordinary score is known.
+    level: Option<(RecentLevel, f64)>,
 }
 
 impl AlarmState {
@@ -165,6 +259,24 @@ impl AlarmState {
             smoother: ScoreSmoother::new(rule.smoothing_half_life),
             history: 0,
             mask,
+            level: None,
+        }
+    }
+
+    /// This state with the model's ordinary score ([`ModelManifest::ordinary_score`]), which
+    /// lets a rule with an [`AlarmRule::adapt_window`] adapt; without it the rule never adapts.
+    pub fn with_ordinary(mut self, ordinary: f64) -> Self {
+        if self.rule.adapt_window > 0 && ordinary.is_finite() {
+            self.level = Some((RecentLevel::new(self.rule.adapt_window), ordinary));
+        }
+        self
+    }
+
+    /// How far the threshold is currently raised by adaptation (0 when it is not).
+    pub fn raised_by(&self) -> f64 {
+        match &self.level {
+            Some((recent, ordinary)) => recent.level().map_or(0.0, |l| (l - ordinary).max(0.0)),
+            None => 0.0,
         }
     }
 
@@ -191,7 +303,12 @@ impl AlarmState {
     /// score an anomaly record should carry.
     pub fn push_scored(&mut self, score: f64, threshold: f64) -> (bool, bool, f64) {
         let smoothed = self.smoother.push(score);
-        let above = !score.is_nan() && smoothed >= threshold;
+        let above = !score.is_nan() && smoothed >= threshold + self.raised_by();
+        if let Some((recent, _)) = &mut self.level
+            && !score.is_nan()
+        {
+            recent.push(smoothed);
+        }
         (above, self.push_above(above), smoothed)
     }
 
@@ -211,6 +328,9 @@ impl AlarmState {
     pub fn reset(&mut self) {
         self.history = 0;
         self.smoother.reset();
+        if let Some((recent, _)) = &mut self.level {
+            recent.reset();
+        }
     }
 }
 
@@ -232,6 +352,11 @@ pub struct ModelManifest {
     pub threshold: f64,
     /// k-of-n rule that turns alarms into anomalies.
     pub alarm: AlarmRule,
+    /// The median of the training scores as the alarm rule compares them (smoothed): the level
+    /// an adapting rule ([`AlarmRule::adapt_window`]) measures a series' recent level against.
+    /// Absent in manifests written before adaptation existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinary_score: Option<f64>,
     /// Trees in the forest (in each forest, when there are several).
     pub n_trees: usize,
     /// Forests in the model: 1 (the default, omitted from `manifest.json`) for one forest over
@@ -341,5 +466,73 @@ mod tests {
         assert!(!alarms[126] && alarms[127]);
         st.reset();
         assert!(!st.push_above(true));
+    }
+
+    #[test]
+    fn recent_level_is_the_25th_percentile_of_a_full_window() {
+        let mut r = RecentLevel::new(8);
+        for v in 0..7 {
+            r.push(f64::from(v));
+            assert_eq!(r.level(), None, "window not full yet");
+        }
+        r.push(7.0);
+        assert_eq!(r.level(), Some(1.75), "25th percentile of 0..=7");
+        r.push(f64::NAN);
+        assert_eq!(r.level(), Some(1.75), "NaN skipped");
+        // A long window keeps one value in every window/100.
+        let mut r = RecentLevel::new(1000);
+        for i in 0..999 {
+            r.push(f64::from(i % 2));
+        }
+        assert_eq!(r.level(), None);
+        r.push(1.0);
+        assert!(r.level().is_some());
+        r.reset();
+        assert_eq!(r.level(), None);
+    }
+
+    #[test]
+    fn an_adapting_rule_learns_a_new_normal_but_not_a_short_incident() {
+        let rule = AlarmRule::k_of_n(1, 1).adapting(100);
+        let mut st = AlarmState::new(rule).with_ordinary(0.4);
+        // Ordinary scores, then an incident of 40 samples: it alarms throughout.
+        for _ in 0..200 {
+            assert!(!st.push(0.4, 0.6));
+        }
+        assert!(
+            (0..40).all(|_| st.push(0.7, 0.6)),
+            "a short incident alarms"
+        );
+        // A lasting move to 0.7: alarms at first, then the threshold rises by about 0.3.
+        let alarms: Vec<bool> = (0..300).map(|_| st.push(0.7, 0.6)).collect();
+        assert!(alarms[..30].iter().all(|&a| a));
+        assert!(
+            alarms[150..].iter().all(|&a| !a),
+            "the new normal stops alarming"
+        );
+        assert!((st.raised_by() - 0.3).abs() < 1e-9);
+        // A rise above the new normal alarms again.
+        assert!(st.push(1.1, 0.6));
+        // Without the ordinary score, or with window 0, the rule never adapts.
+        let mut plain = AlarmState::new(rule);
+        assert!((0..500).all(|_| plain.push(0.7, 0.6)));
+        let mut off = AlarmState::new(AlarmRule::k_of_n(1, 1)).with_ordinary(0.4);
+        assert!((0..500).all(|_| off.push(0.7, 0.6)));
+        assert_eq!(off.raised_by(), 0.0);
+    }
+
+    #[test]
+    fn adaptation_is_omitted_from_json_when_off() {
+        let rule = AlarmRule::k_of_n(3, 30).smoothed(10);
+        assert_eq!(
+            serde_json::to_string(&rule).expect("serialize"),
+            r#"{"k":3,"n":30,"smoothing_half_life":10}"#
+        );
+        let adapting = rule.adapting(1000);
+        let json = serde_json::to_string(&adapting).expect("serialize");
+        assert_eq!(
+            serde_json::from_str::<AlarmRule>(&json).expect("parse"),
+            adapting
+        );
     }
 }

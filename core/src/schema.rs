@@ -179,12 +179,14 @@ pub enum Payload {
 pub struct Anomaly {
     /// The record that tripped the alarm.
     pub record: Record,
-    /// Anomaly score that was compared with `threshold` (higher is more anomalous;
-    /// isolation-forest scores lie in 0..1): the model's score, EWMA-smoothed when the model's
-    /// alarm rule smooths (the k-of-n rule can
-    /// fire on a sample whose own score fell back below the threshold).
+    /// Anomaly score that was compared with `threshold` (higher is more anomalous; one
+    /// isolation forest's scores lie in 0..1, a per-signal model's are the largest excess over a
+    /// forest's ordinary ceiling, about 0 at the boundary): the model's score, EWMA-smoothed when
+    /// the model's alarm rule smooths (the k-of-n rule can fire on a sample whose own score fell
+    /// back below the threshold).
     pub score: f64,
-    /// The model's threshold.
+    /// The threshold the score was compared with: the model's, raised by as much as the
+    /// series' recent level exceeds the model's ordinary score when the alarm rule adapts.
     pub threshold: f64,
     /// The model's version.
     pub model_version: String,

@@ -186,6 +186,7 @@ pub fn read_model_dir(dir: &Path) -> Result<(Detector, ModelManifest), ArtifactE
             spec: spec.clone(),
             threshold: manifest.threshold,
             alarm: manifest.alarm,
+            ordinary: manifest.ordinary_score.unwrap_or(f64::NAN),
         },
         manifest,
     ))

@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// (0: raw scores).
     #[arg(long, default_value_t = DEFAULT_ALARM.smoothing_half_life)]
     pub smoothing_half_life: u32,
+    /// Samples over which the alarm learns a new normal: a score level held for three quarters
+    /// of them raises the threshold by as much as it exceeds the ordinary score (0: never).
+    #[arg(long, default_value_t = DEFAULT_ALARM.adapt_window)]
+    pub adapt_window: u32,
     /// Feature spec as JSON (a `FeatureSpec`; its `signals` are replaced by the input's
     /// columns). Default: the standard spec.
     #[arg(long)]
@@ -258,7 +262,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             },
         },
         features,
-        alarm: AlarmRule::k_of_n(a.alarm_k, a.alarm_n).smoothed(a.smoothing_half_life),
+        alarm: AlarmRule::k_of_n(a.alarm_k, a.alarm_n)
+            .smoothed(a.smoothing_half_life)
+            .adapting(a.adapt_window),
         threshold: if a.labels.is_some() {
             ThresholdRule::BestF1 {
                 validation_fraction: a.validation_fraction,
@@ -297,6 +303,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         features: detector.spec.clone(),
         threshold: detector.threshold,
         alarm: detector.alarm,
+        ordinary_score: Some(detector.ordinary),
         n_trees: detector.forest.members[0].forest.trees.len(),
         forests: detector.forest.members.len(),
         max_samples: detector.forest.members[0].forest.max_samples,

@@ -264,6 +264,29 @@ impl NodeTables {
             ints_attr("nodes_falsenodeids", std::mem::take(&mut self.false_ids)),
         ]
     }
+
+    /// The leaf attributes, `<prefix>_treeids`, `_nodeids`, `_ids` and `_weights` (`class` for
+    /// the classifier, `target` for the regressor).
+    fn leaf_attributes(&mut self, prefix: &str) -> Vec<pb::AttributeProto> {
+        vec![
+            ints_attr(
+                &format!("{prefix}_treeids"),
+                std::mem::take(&mut self.leaf_tree_ids),
+            ),
+            ints_attr(
+                &format!("{prefix}_nodeids"),
+                std::mem::take(&mut self.leaf_node_ids),
+            ),
+            ints_attr(
+                &format!("{prefix}_ids"),
+                std::mem::take(&mut self.leaf_targets),
+            ),
+            floats_attr(
+                &format!("{prefix}_weights"),
+                std::mem::take(&mut self.leaf_weights),
+            ),
+        ]
+    }
 }
 
 /// The `TreeEnsembleClassifier` node of a single forest.
@@ -272,13 +295,8 @@ fn tree_ensemble_node(forest: &IsolationForest) -> Result<pb::NodeProto, OnnxExp
     tables.add(forest, 0, 0)?;
     let mut attribute = vec![ints_attr("classlabels_int64s", vec![0, 1])];
     attribute.extend(tables.node_attributes());
-    attribute.extend([
-        ints_attr("class_treeids", tables.leaf_tree_ids),
-        ints_attr("class_nodeids", tables.leaf_node_ids),
-        ints_attr("class_ids", tables.leaf_targets),
-        floats_attr("class_weights", tables.leaf_weights),
-        string_attr("post_transform", b"NONE"),
-    ]);
+    attribute.extend(tables.leaf_attributes("class"));
+    attribute.push(string_attr("post_transform", b"NONE"));
     Ok(pb::NodeProto {
         name: "path_lengths".into(),
         op_type: "TreeEnsembleClassifier".into(),
@@ -373,11 +391,8 @@ pub fn export_set(set: &ForestSet) -> Result<Vec<u8>, OnnxExportError> {
     }
     let mut attribute = vec![int_attr("n_targets", g as i64)];
     attribute.extend(tables.node_attributes());
+    attribute.extend(tables.leaf_attributes("target"));
     attribute.extend([
-        ints_attr("target_treeids", tables.leaf_tree_ids),
-        ints_attr("target_nodeids", tables.leaf_node_ids),
-        ints_attr("target_ids", tables.leaf_targets),
-        floats_attr("target_weights", tables.leaf_weights),
         string_attr("aggregate_function", b"SUM"),
         string_attr("post_transform", b"NONE"),
     ]);
@@ -641,6 +656,7 @@ mod tests {
             features: spec,
             threshold: 0.6,
             alarm: AlarmRule::default(),
+            ordinary_score: None,
             n_trees: forest.trees.len(),
             forests: 1,
             max_samples: forest.max_samples,

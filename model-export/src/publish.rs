@@ -200,6 +200,7 @@ mod tests {
             features: spec,
             threshold: 0.6,
             alarm: AlarmRule::default(),
+            ordinary_score: None,
             n_trees: 1,
             forests: 1,
             max_samples: 256,

@@ -254,7 +254,12 @@ fn train_score_eval_publish_through_the_binary() {
         manifest.forests, 3,
         "the default layout: one forest per signal"
     );
-    assert_eq!(manifest.alarm, AlarmRule::k_of_n(2, 5).smoothed(3));
+    // The flags given, and the default adaptation window.
+    assert_eq!(
+        manifest.alarm,
+        AlarmRule::k_of_n(2, 5).smoothed(3).adapting(1000)
+    );
+    assert!(manifest.ordinary_score.is_some_and(f64::is_finite));
 
     // score: one row per input row; the alarm column is the k-of-n rule over the smoothed score
     // column, as the agent applies it.
@@ -272,7 +277,11 @@ fn train_score_eval_publish_through_the_binary() {
     let text = std::fs::read_to_string(&scored).expect("scored csv");
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("timestamp,score,alarm"));
-    let mut st = AlarmState::new(manifest.alarm);
+    let mut st = AlarmState::new(manifest.alarm).with_ordinary(
+        manifest
+            .ordinary_score
+            .expect("the trainer writes the ordinary score"),
+    );
     let mut rows = 0;
     let mut alarmed = 0;
     for line in lines {

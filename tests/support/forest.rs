@@ -153,6 +153,7 @@ pub fn manifest(
         features,
         threshold,
         alarm,
+        ordinary_score: None,
         n_trees: forest.trees.len(),
         forests: 1,
         max_samples: forest.max_samples,

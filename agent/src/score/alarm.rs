@@ -23,14 +23,27 @@ pub enum AlarmRuleError {
         /// Window length.
         n: u32,
     },
+    /// The rule adapts (`adapt_window`) but the manifest has no finite `ordinary_score` to
+    /// measure a series' level against.
+    #[error("alarm rule adapts over {window} samples but the manifest has no ordinary_score")]
+    NoOrdinaryScore {
+        /// `adapt_window`.
+        window: u32,
+    },
 }
 
-/// Checks `rule` is usable: `1 <= k <= n <= MAX_ALARM_WINDOW`.
-pub fn validate_rule(rule: AlarmRule) -> Result<(), AlarmRuleError> {
+/// Checks `rule` is usable: `1 <= k <= n <= MAX_ALARM_WINDOW`, and an adapting rule comes with
+/// the model's finite `ordinary` score.
+pub fn validate_rule(rule: AlarmRule, ordinary: Option<f64>) -> Result<(), AlarmRuleError> {
     if rule.k == 0 || rule.k > rule.n || rule.n > MAX_ALARM_WINDOW {
         return Err(AlarmRuleError::Invalid {
             k: rule.k,
             n: rule.n,
+        });
+    }
+    if rule.adapt_window > 0 && !ordinary.is_some_and(f64::is_finite) {
+        return Err(AlarmRuleError::NoOrdinaryScore {
+            window: rule.adapt_window,
         });
     }
     Ok(())
@@ -59,12 +72,26 @@ pub struct AlarmState {
 
 impl AlarmState {
     /// A fresh series: no history, so the first `k - 1` scores can never be anomalous.
-    pub fn new(rule: AlarmRule, threshold: f64) -> Result<Self, AlarmRuleError> {
-        validate_rule(rule)?;
+    /// `ordinary` is the manifest's `ordinary_score`, required by an adapting rule.
+    pub fn new(
+        rule: AlarmRule,
+        threshold: f64,
+        ordinary: Option<f64>,
+    ) -> Result<Self, AlarmRuleError> {
+        validate_rule(rule, ordinary)?;
+        let state = KOfN::new(rule);
         Ok(AlarmState {
-            rule: KOfN::new(rule),
+            rule: match ordinary {
+                Some(o) => state.with_ordinary(o),
+                None => state,
+            },
             threshold,
         })
+    }
+
+    /// The threshold a score must reach now: the model's, raised by adaptation to a new normal.
+    pub fn effective_threshold(&self) -> f64 {
+        self.threshold + self.rule.raised_by()
     }
 
     /// Records the next score of the series. A NaN score counts as no alarm.
@@ -91,7 +118,7 @@ mod tests {
 
     #[test]
     fn three_of_five_needs_three_alarms_within_five_scores() {
-        let mut s = AlarmState::new(AlarmRule::k_of_n(3, 5), 0.6).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(3, 5), 0.6, None).expect("valid rule");
         let decisions: Vec<bool> = [0.7, 0.1, 0.7, 0.1, 0.1, 0.1, 0.7, 0.7, 0.1, 0.7]
             .iter()
             .map(|&x| s.push(x).anomalous)
@@ -108,7 +135,7 @@ mod tests {
 
     #[test]
     fn score_equal_to_threshold_alarms_and_nan_does_not() {
-        let mut s = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.5).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.5, None).expect("valid rule");
         assert!(s.push(0.5).anomalous);
         assert!(!s.push(f32::NAN).alarm);
     }
@@ -117,15 +144,33 @@ mod tests {
     fn invalid_rules_are_refused() {
         for (k, n) in [(0, 5), (6, 5), (1, MAX_ALARM_WINDOW + 1)] {
             assert_eq!(
-                AlarmState::new(AlarmRule::k_of_n(k, n), 0.5).err(),
+                AlarmState::new(AlarmRule::k_of_n(k, n), 0.5, None).err(),
                 Some(AlarmRuleError::Invalid { k, n })
             );
         }
     }
 
     #[test]
+    fn an_adapting_rule_needs_the_ordinary_score_and_raises_the_threshold() {
+        let rule = AlarmRule::k_of_n(1, 1).adapting(100);
+        for ordinary in [None, Some(f64::NAN)] {
+            assert_eq!(
+                AlarmState::new(rule, 0.5, ordinary).err(),
+                Some(AlarmRuleError::NoOrdinaryScore { window: 100 })
+            );
+        }
+        let mut s = AlarmState::new(rule, 0.5, Some(0.3)).expect("valid rule");
+        assert_eq!(s.effective_threshold(), 0.5);
+        // A series that settles at 0.6 for good: the threshold rises by 0.6 - 0.3.
+        let anomalous = (0..200).filter(|_| s.push(0.6).anomalous).count();
+        assert!((75..=101).contains(&anomalous), "{anomalous}");
+        assert!((s.effective_threshold() - 0.8).abs() < 1e-6);
+        assert!(s.push(0.9).anomalous, "a rise above the new normal alarms");
+    }
+
+    #[test]
     fn reset_forgets_history() {
-        let mut s = AlarmState::new(AlarmRule::k_of_n(2, 3), 0.5).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(2, 3), 0.5, None).expect("valid rule");
         s.push(0.9);
         s.reset();
         assert!(!s.push(0.9).anomalous);
@@ -135,7 +180,7 @@ mod tests {
     #[test]
     fn smoothed_rule_decides_as_the_core_rule_the_trainer_runs() {
         let rule = AlarmRule::k_of_n(2, 3).smoothed(4);
-        let mut agent = AlarmState::new(rule, 0.55).expect("valid rule");
+        let mut agent = AlarmState::new(rule, 0.55, None).expect("valid rule");
         let mut core = KOfN::new(rule);
         let scores = [
             0.4f32,
@@ -166,7 +211,7 @@ mod tests {
     #[test]
     fn the_compared_score_is_the_smoothed_one_and_the_raw_one_without_smoothing() {
         let smoothed_rule = AlarmRule::k_of_n(1, 1).smoothed(4);
-        let mut agent = AlarmState::new(smoothed_rule, 0.55).expect("valid rule");
+        let mut agent = AlarmState::new(smoothed_rule, 0.55, None).expect("valid rule");
         let raw_scores = [0.4f32, 0.9, 0.7];
         let widened: Vec<f64> = raw_scores.iter().map(|&s| f64::from(s)).collect();
         let expected = selfheal_core::model::smooth_scores(&widened, smoothed_rule);
@@ -180,7 +225,7 @@ mod tests {
             "smoothing pulls the spike down: {got:?}"
         );
 
-        let mut raw = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.55).expect("valid rule");
+        let mut raw = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.55, None).expect("valid rule");
         assert_eq!(raw.push(0.9).compared_score, f64::from(0.9f32));
     }
 }

@@ -201,7 +201,8 @@ impl Scorer {
                 agent: FEATURE_SCHEMA_VERSION,
             });
         }
-        alarm::validate_rule(manifest.alarm).map_err(ScoreError::AlarmRule)?;
+        alarm::validate_rule(manifest.alarm, manifest.ordinary_score)
+            .map_err(ScoreError::AlarmRule)?;
         let spec = manifest.features.len();
         let names = manifest.feature_names.len();
         let mismatch = |model: String| ScoreError::FeatureCount { spec, names, model };
@@ -312,7 +313,11 @@ impl Scorer {
 
     /// A fresh k-of-n alarm state for one series, with this model's rule and threshold.
     pub fn alarm_state(&self) -> AlarmState {
-        match AlarmState::new(self.manifest.alarm, self.manifest.threshold) {
+        match AlarmState::new(
+            self.manifest.alarm,
+            self.manifest.threshold,
+            self.manifest.ordinary_score,
+        ) {
             Ok(state) => state,
             // `from_parts` validated the rule; a failure here is a broken invariant.
             Err(e) => unreachable!("alarm rule validated at load: {e}"),
