@@ -4,6 +4,10 @@
 //! `scripts/onnx_score.py bench`, with the ratios. Targets: ≤ 5 µs per single sample,
 //! ≥ 500,000 samples/s in batch on one core, load ≤ 50 ms.
 //!
+//! Last, a per-signal model of the size the trainer's default layout gives the cpu family (13
+//! forests of 100 trees, one per signal, each over that signal's 6 features), through the same
+//! scorer: its load, single-row and batch costs, for the ratio to one forest.
+//!
 //! `cargo bench --bench score` (peers need the test venv: `scripts/test.sh`, or point
 //! `SELFHEAL_PYTHON` at a Python with `scripts/requirements-test.txt` installed).
 
@@ -13,8 +17,9 @@ mod forest;
 use criterion::{Criterion, Throughput};
 use selfheal_agent::score::Scorer;
 use selfheal_core::features::FeatureSpec;
+use selfheal_core::forest::{ForestSet, Member};
 use selfheal_core::model::{AlarmRule, MODEL_FILE};
-use selfheal_model_export::onnx::write_model_dir;
+use selfheal_model_export::onnx::{write_model_dir, write_set_dir};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -141,6 +146,64 @@ fn peers(dir: &Path, rows: &[f32]) {
     );
 }
 
+/// Load, single-row and batch cost of a per-signal model: `SIGNALS` forests of 100 trees, each
+/// over its signal's `WIDTH` columns, printed beside `one_forest` (single-row seconds).
+fn per_signal() {
+    const SIGNALS: usize = 13;
+    const WIDTH: usize = 6;
+    let n = SIGNALS * WIDTH;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rng = forest::Rng::new(17);
+    let train = forest::dataset(&mut rng, 4096, WIDTH);
+    let set = ForestSet {
+        n_features: n,
+        members: (0..SIGNALS)
+            .map(|g| Member {
+                first_feature: g * WIDTH,
+                offset: 0.6,
+                forest: forest::grow_forest(&mut rng, &train, WIDTH, 100, 256),
+            })
+            .collect(),
+    };
+    let features = FeatureSpec::raw((0..n).map(|i| format!("f{i}")).collect());
+    let mut manifest = forest::manifest(
+        &set.members[0].forest,
+        features,
+        "bench",
+        "1",
+        0.0,
+        AlarmRule::default(),
+    );
+    manifest.forests = SIGNALS;
+    write_set_dir(dir.path(), &set, manifest).expect("write model dir");
+    let size = std::fs::metadata(dir.path().join(MODEL_FILE))
+        .expect("model.onnx")
+        .len();
+    let rows = forest::dataset(&mut rng, BATCH, n);
+    let load = per_call(Duration::from_secs(1), || {
+        Scorer::load(dir.path()).expect("load model");
+    });
+    let scorer = Scorer::load(dir.path()).expect("load model");
+    let mut i = 0;
+    let single = per_call(Duration::from_secs(1), || {
+        i = (i + 1) % BATCH;
+        black_box(scorer.score_one(&rows[i * n..(i + 1) * n]).expect("score"));
+    });
+    let batch = per_call(Duration::from_secs(2), || {
+        black_box(scorer.score_batch(&rows, BATCH).expect("score"));
+    });
+    println!(
+        "\nPer-signal model, {SIGNALS} forests x 100 trees, {n} features ({size} bytes of model.onnx), one core:"
+    );
+    println!(
+        "  load {:.2} ms, single row {:.2} µs ({:.1} µs per forest), batch {:.0} samples/s",
+        load * 1e3,
+        single * 1e6,
+        single * 1e6 / SIGNALS as f64,
+        BATCH as f64 / batch
+    );
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rows = write_model(dir.path());
@@ -150,5 +213,6 @@ fn main() {
     // `cargo test --benches` runs this binary in test mode: skip the slow peer comparison there.
     if !std::env::args().any(|a| a == "--test") {
         peers(dir.path(), &rows);
+        per_signal();
     }
 }

@@ -383,16 +383,45 @@ impl FlatEnsemble {
         self.leaf_weights = sums;
     }
 
-    /// Whether every leaf credits every target at least once.
-    fn every_leaf_credits_every_target(&self) -> bool {
-        let mut seen = vec![false; self.n_targets];
-        self.leaf_start.windows(2).all(|w| {
-            seen.iter_mut().for_each(|s| *s = false);
-            for &t in &self.leaf_targets[w[0] as usize..w[1] as usize] {
-                seen[t as usize] = true;
+    /// Whether every row gets at least one weight for every target: for each target, some tree
+    /// credits it at every one of its leaves (a row ends on exactly one leaf of each tree). True
+    /// when every leaf credits every target, and for a forest set whose trees each credit their
+    /// own forest's target at every leaf.
+    fn every_row_credits_every_target(&self) -> bool {
+        let mut covered = vec![false; self.n_targets];
+        // Per target: leaves of the current tree crediting it, and the last leaf counted (a
+        // leaf may credit one target twice).
+        let mut leaves_crediting = vec![0u32; self.n_targets];
+        let mut last_leaf = vec![NOT_LEAF; self.n_targets];
+        for (t, &root) in self.roots.iter().enumerate() {
+            let end = self
+                .roots
+                .get(t + 1)
+                .map_or(self.records.len(), |&r| r as usize);
+            leaves_crediting.fill(0);
+            let mut leaves = 0u32;
+            for &leaf in &self.leaf_of[root as usize..end] {
+                if leaf == NOT_LEAF {
+                    continue;
+                }
+                leaves += 1;
+                let (from, to) = (
+                    self.leaf_start[leaf as usize] as usize,
+                    self.leaf_start[leaf as usize + 1] as usize,
+                );
+                for &target in &self.leaf_targets[from..to] {
+                    let target = target as usize;
+                    if last_leaf[target] != leaf {
+                        last_leaf[target] = leaf;
+                        leaves_crediting[target] += 1;
+                    }
+                }
             }
-            seen.iter().all(|&s| s)
-        })
+            for (c, &n) in covered.iter_mut().zip(&leaves_crediting) {
+                *c |= leaves > 0 && n == leaves;
+            }
+        }
+        covered.iter().all(|&c| c)
     }
 
     /// Number of trees.
@@ -837,7 +866,8 @@ struct RegressorKernel {
     ensemble: FlatEnsemble,
     aggregate: Aggregate,
     base_values: Option<Vec<f32>>,
-    /// Every leaf credits every target, so every row gets a value for every target.
+    /// Every row gets a weight for every target, so no second walk is needed to find the
+    /// targets a row never reached.
     complete: bool,
 }
 
@@ -850,7 +880,7 @@ impl RegressorKernel {
         if ensemble.n_targets() == 1 {
             ensemble.one_weight_per_leaf();
         }
-        let complete = ensemble.every_leaf_credits_every_target();
+        let complete = ensemble.every_row_credits_every_target();
         RegressorKernel {
             ensemble,
             aggregate,
@@ -881,7 +911,8 @@ impl RegressorKernel {
         }
         if !self.complete {
             // A second walk counts the weights each target got; rare (multi-target ensembles
-            // whose leaves skip targets), so the common case pays nothing for it.
+            // in which a row can miss a target entirely), so the common case, including a
+            // per-signal forest set, pays nothing for it.
             let mut credited = vec![0f32; n_rows * nt];
             self.ensemble
                 .accumulate_with(rows, width, &mut credited, |c, _| *c += 1.0);
@@ -1242,6 +1273,10 @@ mod tests {
             assert_eq!(kernel.eval(&rows, 2, 2), expected, "{aggregate}");
         }
         let plain = regressor_kernel(&regressor_node(vec![])).expect("defaults");
+        assert!(
+            !plain.complete,
+            "row 1 reaches no t0 weight: the second walk is needed"
+        );
         assert_eq!(
             plain.eval(&rows, 2, 2),
             [1.0, 10.5, 0.0, 12.0],
