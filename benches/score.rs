@@ -17,7 +17,6 @@ mod forest;
 use criterion::{Criterion, Throughput};
 use selfheal_agent::score::Scorer;
 use selfheal_core::features::FeatureSpec;
-use selfheal_core::forest::{ForestSet, Member};
 use selfheal_core::model::{AlarmRule, MODEL_FILE};
 use selfheal_model_export::onnx::{write_model_dir, write_set_dir};
 use std::hint::black_box;
@@ -153,33 +152,12 @@ fn per_signal() {
     const WIDTH: usize = 6;
     let n = SIGNALS * WIDTH;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut rng = forest::Rng::new(17);
-    let train = forest::dataset(&mut rng, 4096, WIDTH);
-    let set = ForestSet {
-        n_features: n,
-        members: (0..SIGNALS)
-            .map(|g| Member {
-                first_feature: g * WIDTH,
-                offset: 0.6,
-                forest: forest::grow_forest(&mut rng, &train, WIDTH, 100, 256),
-            })
-            .collect(),
-    };
-    let features = FeatureSpec::raw((0..n).map(|i| format!("f{i}")).collect());
-    let mut manifest = forest::manifest(
-        &set.members[0].forest,
-        features,
-        "bench",
-        "1",
-        0.0,
-        AlarmRule::default(),
-    );
-    manifest.forests = SIGNALS;
+    let (set, manifest) = forest::forest_set(17, SIGNALS, WIDTH, 100);
     write_set_dir(dir.path(), &set, manifest).expect("write model dir");
     let size = std::fs::metadata(dir.path().join(MODEL_FILE))
         .expect("model.onnx")
         .len();
-    let rows = forest::dataset(&mut rng, BATCH, n);
+    let rows = forest::dataset(&mut forest::Rng::new(19), BATCH, n);
     let load = per_call(Duration::from_secs(1), || {
         Scorer::load(dir.path()).expect("load model");
     });

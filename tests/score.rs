@@ -8,7 +8,7 @@ use crate::support::forest::{self, Rng, dataset, grow_forest, standard_forest};
 use crate::support::{python, repo_root};
 use selfheal_agent::score::{ScoreError, Scorer, tree_ensemble};
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
-use selfheal_core::forest::{ForestSet, IsolationForest, Member};
+use selfheal_core::forest::IsolationForest;
 use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use selfheal_model_export::onnx::{sha256_hex, write_model_dir, write_set_dir};
 use std::path::Path;
@@ -152,39 +152,8 @@ fn tract_onnxruntime_and_reference_scores_agree_on_10000_rows() {
 #[test]
 fn forest_set_scores_agree_in_tract_onnxruntime_and_reference() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (members, width, n_features) = (4, 2, 8);
-    let mut rng = Rng::new(5);
-    let train = dataset(&mut rng, 4096, n_features);
-    let set = ForestSet {
-        n_features,
-        members: (0..members)
-            .map(|g| {
-                let cols: Vec<f32> = train
-                    .chunks_exact(n_features)
-                    .flat_map(|row| row[g * width..(g + 1) * width].to_vec())
-                    .collect();
-                let forest = grow_forest(&mut rng, &cols, width, 50, 256);
-                let mut scores: Vec<f64> =
-                    cols.chunks_exact(width).map(|r| forest.score(r)).collect();
-                scores.sort_by(f64::total_cmp);
-                Member {
-                    first_feature: g * width,
-                    offset: scores[scores.len() * 99 / 100],
-                    forest,
-                }
-            })
-            .collect(),
-    };
-    let first = &set.members[0].forest;
-    let mut manifest = forest::manifest(
-        first,
-        spec(n_features),
-        "test",
-        "1",
-        0.0,
-        AlarmRule::default(),
-    );
-    manifest.forests = members;
+    let n_features = 8;
+    let (set, manifest) = forest::forest_set(5, 4, 2, 50);
     write_set_dir(dir.path(), &set, manifest).expect("write model dir");
     let mut rows = dataset(&mut Rng::new(9), 10_000, n_features);
     for r in 0..10 {

@@ -163,3 +163,56 @@ pub fn manifest(
         model_sha256: String::new(),
     }
 }
+
+/// A per-signal model as the trainer's default layout shapes it: `signals` forests of `n_trees`
+/// trees (ψ = 256), forest `g` grown on columns `g * width .. (g + 1) * width` of a dataset of
+/// `signals * width` features, its offset the 99th percentile of its training scores; and a
+/// manifest for it (raw features `f0..`, threshold 0, default alarm rule).
+pub fn forest_set(
+    seed: u64,
+    signals: usize,
+    width: usize,
+    n_trees: usize,
+) -> (
+    selfheal_core::forest::ForestSet,
+    selfheal_core::model::ModelManifest,
+) {
+    let n_features = signals * width;
+    let mut rng = Rng::new(seed);
+    let train = dataset(&mut rng, 4096, n_features);
+    let members: Vec<selfheal_core::forest::Member> = (0..signals)
+        .map(|g| {
+            let cols: Vec<f32> = train
+                .chunks_exact(n_features)
+                .flat_map(|row| row[g * width..(g + 1) * width].to_vec())
+                .collect();
+            let forest = grow_forest(&mut rng, &cols, width, n_trees, 256);
+            let mut scores: Vec<f64> = cols.chunks_exact(width).map(|r| forest.score(r)).collect();
+            scores.sort_by(f64::total_cmp);
+            selfheal_core::forest::Member {
+                first_feature: g * width,
+                offset: scores[scores.len() * 99 / 100],
+                forest,
+            }
+        })
+        .collect();
+    let features = selfheal_core::features::FeatureSpec::raw(
+        (0..n_features).map(|i| format!("f{i}")).collect(),
+    );
+    let mut m = manifest(
+        &members[0].forest,
+        features,
+        "test",
+        "1",
+        0.0,
+        selfheal_core::model::AlarmRule::default(),
+    );
+    m.forests = signals;
+    (
+        selfheal_core::forest::ForestSet {
+            n_features,
+            members,
+        },
+        m,
+    )
+}
