@@ -411,6 +411,10 @@ impl Detector {
             }
             let mut rows = Vec::with_capacity(batch.len() * spec.len());
             let mut features: Vec<Vec<f64>> = Vec::with_capacity(batch.len());
+            // Whether each row's features came from full windows: the model was trained only on
+            // such rows, so a series' first `spec.warmup()` samples (a new pod, or one back after
+            // a gap) are scored but neither alarm nor feed the alarm state.
+            let mut warm: Vec<bool> = Vec::with_capacity(batch.len());
             let mut signals = Vec::with_capacity(spec.signals.len());
             for r in &batch {
                 let key = (r.subject.clone(), family);
@@ -449,6 +453,7 @@ impl Detector {
                 };
                 rows.extend(f.iter().map(|&x| x as f32));
                 features.push(f);
+                warm.push(series.extractor.warmed_up());
             }
             let scores = match scorer.score_batch(&rows, batch.len()) {
                 Ok(s) => s,
@@ -460,7 +465,10 @@ impl Detector {
             };
             out.scored.push((family, batch.len()));
             let names = &manifest.feature_names;
-            for ((r, f), score) in batch.into_iter().zip(features).zip(scores) {
+            for (((r, f), score), warm) in batch.into_iter().zip(features).zip(scores).zip(warm) {
+                if !warm {
+                    continue;
+                }
                 let Some(series) = self.series.get_mut(&(r.subject.clone(), family)) else {
                     continue;
                 };

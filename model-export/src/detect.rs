@@ -153,11 +153,20 @@ pub struct Scored {
 
 impl Detector {
     /// Scores every row of `series` and applies the threshold and the k-of-n rule, as an agent
-    /// watching the series from its first row would.
+    /// watching the series from its first row would (rows in the feature warm-up never alarm).
     pub fn run(&self, series: &Series) -> Result<Scored, DataError> {
         let rows = features(series, &self.spec)?;
         let scores = score_rows(&self.forest, &rows);
-        let alarms = alarms(&scores, self.threshold, self.ordinary, self.alarm);
+        // As on the node: the first `warmup` rows, whose features come from windows not yet
+        // full, are scored but neither alarm nor feed the alarm state.
+        let warm = self.spec.warmup().min(scores.len());
+        let mut alarms = vec![false; warm];
+        alarms.extend(self::alarms(
+            &scores[warm..],
+            self.threshold,
+            self.ordinary,
+            self.alarm,
+        ));
         Ok(Scored { scores, alarms })
     }
 }
