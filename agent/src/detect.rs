@@ -330,7 +330,7 @@ fn check_signals(family: Family, scorer: &Scorer) -> Result<(), DetectError> {
 struct Series {
     extractor: FeatureExtractor,
     alarm: AlarmState,
-    alarm_key: (AlarmRule, u64),
+    alarm_key: (AlarmRule, u64, Option<u64>),
     ring: VecDeque<Record>,
 }
 
@@ -404,7 +404,11 @@ impl Detector {
             };
             let manifest = scorer.manifest();
             let spec = &manifest.features;
-            let alarm_key = (manifest.alarm, manifest.threshold.to_bits());
+            let alarm_key = (
+                manifest.alarm,
+                manifest.threshold.to_bits(),
+                manifest.ordinary_score.map(f64::to_bits),
+            );
             let batch: Vec<&Record> = records.iter().filter(|r| r.family == family).collect();
             if batch.is_empty() {
                 continue;

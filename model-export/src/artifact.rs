@@ -151,11 +151,17 @@ pub fn read_model_dir(dir: &Path) -> Result<(Detector, ModelManifest), ArtifactE
     let manifest = read_manifest(dir)?;
     let forest_path = dir.join(FOREST_FILE);
     // A forest set; model directories written before sets existed hold one plain forest.
-    let forest = match read_json::<ForestSet>(&forest_path) {
+    let bytes = std::fs::read(&forest_path).map_err(io(&forest_path))?;
+    let forest = match serde_json::from_slice::<ForestSet>(&bytes) {
         Ok(set) => set,
-        Err(set_error) => match read_json::<IsolationForest>(&forest_path) {
+        Err(source) => match serde_json::from_slice::<IsolationForest>(&bytes) {
             Ok(forest) => ForestSet::single(forest),
-            Err(_) => return Err(set_error),
+            Err(_) => {
+                return Err(ArtifactError::Json {
+                    path: forest_path,
+                    source,
+                });
+            }
         },
     };
     forest.validate().map_err(|source| ArtifactError::Forest {
@@ -171,6 +177,13 @@ pub fn read_model_dir(dir: &Path) -> Result<(Detector, ModelManifest), ArtifactE
         return Err(mismatch(format!(
             "feature schema {} (this build reads {FEATURE_SCHEMA_VERSION})",
             spec.schema_version
+        )));
+    }
+    if forest.members.len() != manifest.forests {
+        return Err(mismatch(format!(
+            "forest.json holds {} forest(s), the manifest says {}",
+            forest.members.len(),
+            manifest.forests
         )));
     }
     if forest.n_features != spec.len() || manifest.feature_names != spec.names() {
@@ -190,4 +203,101 @@ pub fn read_model_dir(dir: &Path) -> Result<(Detector, ModelManifest), ArtifactE
         },
         manifest,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Series;
+    use crate::detect::{TrainConfig, train_model};
+    use crate::train::ForestParams;
+
+    fn trained(dir: &Path) -> (Detector, ModelManifest) {
+        let rows = (0..400)
+            .map(|i| {
+                let x = f64::from(i % 17) / 17.0;
+                vec![x, 1.0 - x, (x * 7.0).fract()]
+            })
+            .collect();
+        let series = Series {
+            name: "s".into(),
+            columns: vec!["a".into(), "b".into(), "c".into()],
+            timestamps: None,
+            rows,
+        };
+        let cfg = TrainConfig {
+            forest: ForestParams {
+                n_trees: 10,
+                ..ForestParams::default()
+            },
+            ..TrainConfig::default()
+        };
+        let (det, _) = train_model(&[series], None, &cfg).expect("trained");
+        let first = &det.forest.members[0].forest;
+        let manifest = ModelManifest {
+            family: "demo".into(),
+            version: "v1".into(),
+            feature_names: det.spec.names(),
+            features: det.spec.clone(),
+            threshold: det.threshold,
+            alarm: det.alarm,
+            ordinary_score: Some(det.ordinary),
+            n_trees: first.trees.len(),
+            forests: det.forest.members.len(),
+            max_samples: first.max_samples,
+            seed: 0,
+            training_data_sha256: String::new(),
+            created_at: "2026-11-30T00:00:00Z".into(),
+            model_sha256: String::new(),
+        };
+        let manifest = write_model_dir(dir, &det, manifest).expect("written");
+        (det, manifest)
+    }
+
+    #[test]
+    fn a_forest_set_reads_back_and_a_disagreeing_manifest_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (det, manifest) = trained(dir.path());
+        assert_eq!(manifest.forests, 3);
+        let (read, _) = read_model_dir(dir.path()).expect("reads back");
+        assert_eq!(read, det);
+
+        let mut wrong = manifest.clone();
+        wrong.forests = 1;
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            serde_json::to_vec(&wrong).expect("json"),
+        )
+        .expect("write manifest");
+        let err = read_model_dir(dir.path()).expect_err("forest count disagrees");
+        assert!(err.to_string().contains("3 forest(s)"), "{err}");
+    }
+
+    #[test]
+    fn a_plain_forest_json_from_before_sets_reads_as_a_single_forest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (det, mut manifest) = trained(dir.path());
+        let plain = det.forest.members[0].forest.clone();
+        std::fs::write(
+            dir.path().join(FOREST_FILE),
+            serde_json::to_vec(&plain).expect("json"),
+        )
+        .expect("write forest.json");
+        // The old layout: one forest over every feature.
+        manifest.forests = 1;
+        manifest.features.signals.truncate(1);
+        manifest.feature_names = manifest.features.names();
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            serde_json::to_vec(&manifest).expect("json"),
+        )
+        .expect("write manifest");
+        let (read, _) = read_model_dir(dir.path()).expect("reads");
+        assert_eq!(read.forest, ForestSet::single(plain));
+        std::fs::write(dir.path().join(FOREST_FILE), b"{\"not\": 1}").expect("write");
+        assert!(matches!(
+            read_model_dir(dir.path()),
+            Err(ArtifactError::Json { .. })
+        ));
+    }
 }
