@@ -145,6 +145,18 @@ pub fn smooth_scores(scores: &[f64], rule: AlarmRule) -> Vec<f64> {
     scores.iter().map(|&s| sm.push(s)).collect()
 }
 
+/// The `q` quantile (`0..=1`) of ascending `sorted` values, linearly interpolated between the
+/// closest ranks as `numpy.percentile` (and so scikit-learn's `offset_`) computes it; NaN when
+/// `sorted` is empty.
+pub fn quantile_of_sorted(sorted: &[f64], q: f64) -> f64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return f64::NAN;
+    };
+    let pos = q.clamp(0.0, 1.0) * last as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
 /// The level a score series has recently held: the 25th percentile of its last `window` values,
 /// i.e. a level the series stayed at or above for three quarters of the window.
 ///
@@ -203,10 +215,7 @@ impl RecentLevel {
         if self.kept.len() == self.capacity {
             let mut sorted: Vec<f64> = self.kept.iter().copied().collect();
             sorted.sort_by(f64::total_cmp);
-            // Linear interpolation between closest ranks, as numpy.percentile.
-            let pos = Self::PERCENTILE / 100.0 * (sorted.len() - 1) as f64;
-            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-            self.level = Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64));
+            self.level = Some(quantile_of_sorted(&sorted, Self::PERCENTILE / 100.0));
         }
     }
 

@@ -16,7 +16,7 @@ use crate::train::{
 };
 use selfheal_core::features::FeatureSpec;
 use selfheal_core::forest::{ForestSet, Member};
-use selfheal_core::model::{AlarmRule, AlarmState, smooth_scores};
+use selfheal_core::model::{AlarmRule, AlarmState, quantile_of_sorted, smooth_scores};
 use serde::{Deserialize, Serialize};
 
 /// How the alarm threshold is chosen.
@@ -193,10 +193,7 @@ pub fn contamination_threshold(scores: &[f64], contamination: f64) -> f64 {
     }
     let mut s = scores.to_vec();
     s.sort_by(f64::total_cmp);
-    let pos = (1.0 - contamination).clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+    quantile_of_sorted(&s, 1.0 - contamination)
 }
 
 /// The threshold maximizing pooled point-wise F1 of the alarms (after `rule`) over
