@@ -466,13 +466,9 @@ mod tests {
 
     /// Three noisy signals; from row 1500 on, only signal 2 steps up for 40 rows.
     fn three_signals(n: usize) -> Series {
-        let mut state = 7u64;
-        let mut noise = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
+        use rand_core::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+        let mut noise = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
         let rows = (0..n)
             .map(|i| {
                 let step = if (1500..1540).contains(&i) { 3.0 } else { 0.0 };
