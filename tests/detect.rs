@@ -533,8 +533,8 @@ fn a_trained_per_signal_model_learns_a_new_normal_on_the_node() {
             .collect()
     };
     // Ordinary noise: the first 60 cycles are the feature warm-up (never alarm); after that the
-    // 2% contamination threshold and the 3-of-30 hold alarm on a minority of cycles (37 of 240
-    // when written; the data and the trainer are deterministic).
+    // default threshold and k-of-n rule alarm on a minority of cycles at most (the data and the
+    // trainer are deterministic).
     let quiet = run(&mut detector, 300, 0.0);
     assert!(
         quiet.len() <= 60,

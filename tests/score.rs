@@ -8,7 +8,7 @@ use crate::support::forest::{self, Rng, dataset, grow_forest, standard_forest};
 use crate::support::{python, repo_root};
 use selfheal_agent::score::{ScoreError, Scorer, tree_ensemble};
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
-use selfheal_core::forest::IsolationForest;
+use selfheal_core::forest::{ForestSet, IsolationForest, RangeGuard};
 use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use selfheal_model_export::onnx::{sha256_hex, write_model_dir, write_set_dir};
 use std::path::Path;
@@ -182,6 +182,81 @@ fn forest_set_scores_agree_in_tract_onnxruntime_and_reference() {
             .score_one(&rows[r * n_features..(r + 1) * n_features])
             .expect("one row");
         assert_eq!(one, tract[r], "row {r}");
+    }
+}
+
+/// A range guard over `columns`, from the range each held in `train` (rows of `n_features`).
+fn guard_over(train: &[f32], n_features: usize, columns: &[usize]) -> RangeGuard {
+    RangeGuard {
+        weight: 0.3,
+        bounds: columns
+            .iter()
+            .map(|&c| {
+                RangeGuard::bound(c, train.chunks_exact(n_features).map(|r| r[c])).expect("bound")
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn range_guarded_scores_agree_in_tract_onnxruntime_and_reference() {
+    // The guard after both graphs: the per-signal regressor and the plain forest's classifier.
+    let n_features = 8;
+    let (set, set_manifest) = forest::forest_set(5, 4, 2, 50);
+    let (plain, train) = standard_forest(6, n_features);
+    let train_rows = dataset(&mut Rng::new(5), 4096, n_features);
+    let cases = [
+        (
+            set.with_range(guard_over(&train_rows, n_features, &[0, 2, 4, 6])),
+            set_manifest,
+        ),
+        (
+            ForestSet::single(plain.clone()).with_range(guard_over(&train, n_features, &[0, 3, 7])),
+            manifest_for(&plain),
+        ),
+    ];
+    for (set, manifest) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_set_dir(dir.path(), &set, manifest).expect("write model dir");
+        // Rows from the training distribution, then a tenth of them moved outside the range
+        // by up to 15 spans (the excess is capped at 10), and a few pushed to +-1e30.
+        let mut rows = dataset(&mut Rng::new(9), 10_000, n_features);
+        let mut rng = Rng::new(10);
+        for r in (0..10_000).step_by(10) {
+            let c = r % n_features;
+            rows[r * n_features + c] += ((rng.unit() - 0.5) * 600.0) as f32;
+        }
+        for r in 0..10 {
+            rows[r * n_features + r % n_features] = if r % 2 == 0 { 1e30 } else { -1e30 };
+        }
+        let scorer = Scorer::load(dir.path()).expect("model loads");
+        let tract = scorer.score_batch(&rows, 10_000).expect("tract scores");
+        let ort = onnxruntime_scores(&dir.path().join(MODEL_FILE), &rows, n_features, dir.path());
+        let reference: Vec<f32> = rows
+            .chunks_exact(n_features)
+            .map(|row| set.score(row) as f32)
+            .collect();
+        assert_close("tract vs onnxruntime", &tract, &ort, 1e-5);
+        assert_close("tract vs reference", &tract, &reference, 1e-5);
+        assert_close("onnxruntime vs reference", &ort, &reference, 1e-5);
+        // The guard adds to a share of the rows (those moved outside a guarded column's
+        // range), at most its weight times the capped excess (the rows pushed to +-1e30).
+        let guard = set.range.as_ref().expect("guard");
+        let guarded = rows
+            .chunks_exact(n_features)
+            .filter(|row| guard.score(row) > 0.0)
+            .count();
+        assert!(
+            (100..2000).contains(&guarded),
+            "{guarded} rows outside a range"
+        );
+        for (r, row) in rows.chunks_exact(n_features).take(10).enumerate() {
+            let added = f64::from(reference[r]) - set.forest_score(row);
+            let cap = f64::from(0.3 * RangeGuard::MAX_EXCESS);
+            let guarded_column = guard.bounds.iter().any(|b| b.column == r % n_features);
+            let expect = if guarded_column { cap } else { 0.0 };
+            assert!((added - expect).abs() < 1e-5, "row {r}: added {added}");
+        }
     }
 }
 

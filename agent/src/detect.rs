@@ -330,7 +330,8 @@ fn check_signals(family: Family, scorer: &Scorer) -> Result<(), DetectError> {
 struct Series {
     extractor: FeatureExtractor,
     alarm: AlarmState,
-    alarm_key: (AlarmRule, u64, Option<u64>),
+    /// What the alarm state was made from: rule, threshold, ordinary and spike scores (bits).
+    alarm_key: (AlarmRule, u64, Option<u64>, Option<u64>),
     ring: VecDeque<Record>,
 }
 
@@ -408,6 +409,7 @@ impl Detector {
                 manifest.alarm,
                 manifest.threshold.to_bits(),
                 manifest.ordinary_score.map(f64::to_bits),
+                manifest.spike_threshold.map(f64::to_bits),
             );
             let batch: Vec<&Record> = records.iter().filter(|r| r.family == family).collect();
             if batch.is_empty() {
@@ -476,15 +478,15 @@ impl Detector {
                 let Some(series) = self.series.get_mut(&(r.subject.clone(), family)) else {
                     continue;
                 };
-                // The threshold this score is compared with: the model's, raised when the
-                // series has moved to a new normal (an adapting rule).
-                let threshold = series.alarm.effective_threshold();
                 let decision = series.alarm.push(score);
                 if decision.anomalous {
                     out.anomalies.push(Anomaly {
                         record: r.clone(),
+                        // The score that decided and the threshold it was compared with (the
+                        // model's, or its spike threshold; raised when the series has moved
+                        // to a new normal).
                         score: decision.compared_score,
-                        threshold,
+                        threshold: decision.threshold,
                         model_version: manifest.version.clone(),
                         top_features: top_features(spec, names, &f),
                         features: f,

@@ -232,6 +232,123 @@ pub struct ForestSet {
     pub n_features: usize,
     /// The forests, in feature-column order.
     pub members: Vec<Member>,
+    /// How far a signal's value lies outside the range it held in training, when set:
+    /// [`RangeGuard::score`] is then added to the forests' score. Absent
+    /// (the default, omitted from JSON) in sets written before the guard existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<RangeGuard>,
+}
+
+/// The range one feature column held in training (see [`RangeGuard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bound {
+    /// The feature column (a signal's value).
+    pub column: usize,
+    /// Smallest training value.
+    pub low: f32,
+    /// Largest training value.
+    pub high: f32,
+    /// `1 / span`, span being `high - low` (floored, so a signal constant in training still
+    /// has a finite scale): excesses are measured in spans.
+    pub scale: f32,
+}
+
+/// Scores how far a sample's signal values lie outside the ranges they held in training.
+///
+/// An isolation forest cannot: a split threshold is drawn between the smallest and largest
+/// training values of a node, so a value far below the training minimum takes the same path
+/// as the minimum itself and scores like an ordinary extreme. A signal that falls to a level it
+/// never showed in training (a queue that stopped draining, traffic that collapsed) then scores
+/// as ordinary once its rolling features settle. The guard adds what the forest misses:
+/// `weight * min(MAX_EXCESS, max_j excess_j)`, where `excess_j` is how many training spans
+/// column `j` lies beyond its training range. Inside every range it adds 0, so the score of a
+/// sample like the training data is the forests' score unchanged (and an adapting alarm rule
+/// still sees a series' whole score distribution move).
+///
+/// The arithmetic is `f32`, exactly as the ONNX graph computes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeGuard {
+    /// Score per span of excess; comparable to a forest's score excess over its offset.
+    pub weight: f32,
+    /// One bound per guarded column.
+    pub bounds: Vec<Bound>,
+}
+
+impl RangeGuard {
+    /// Largest excess counted, in spans: a signal constant in training that moves gets a large
+    /// but bounded score, so a smoothed score comes back down within tens of samples after the
+    /// signal returns.
+    pub const MAX_EXCESS: f32 = 10.0;
+
+    /// Smallest span, relative to the magnitude of the bounds (at least 1): a signal constant
+    /// in training measures its excess against this.
+    pub const MIN_RELATIVE_SPAN: f32 = 1e-3;
+
+    /// The bound of `column` from its training `values` (NaN skipped); `None` when no value is
+    /// finite.
+    pub fn bound(column: usize, values: impl IntoIterator<Item = f32>) -> Option<Bound> {
+        let (mut low, mut high) = (f32::INFINITY, f32::NEG_INFINITY);
+        for v in values.into_iter().filter(|v| v.is_finite()) {
+            low = low.min(v);
+            high = high.max(v);
+        }
+        if low > high {
+            return None;
+        }
+        let floor = Self::MIN_RELATIVE_SPAN * 1f32.max(low.abs()).max(high.abs());
+        Some(Bound {
+            column,
+            low,
+            high,
+            scale: 1.0 / (high - low).max(floor),
+        })
+    }
+
+    /// Checks the guard can score a vector of `n_features`.
+    pub fn validate(&self, n_features: usize) -> Result<(), ForestSetError> {
+        if !self.weight.is_finite() || self.weight < 0.0 {
+            return Err(ForestSetError::BadRangeWeight);
+        }
+        for b in &self.bounds {
+            if b.column >= n_features {
+                return Err(ForestSetError::RangeColumnOutOfRange {
+                    column: b.column,
+                    n_features,
+                });
+            }
+            if !(b.low.is_finite() && b.high.is_finite() && b.scale.is_finite())
+                || b.low > b.high
+                || b.scale <= 0.0
+            {
+                return Err(ForestSetError::BadBound { column: b.column });
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest excess of `x` over a bound, in spans, capped at [`RangeGuard::MAX_EXCESS`]
+    /// (0 when every column is inside its range, or there is no bound).
+    ///
+    /// # Panics
+    /// If a bound's column is outside `x` (a guard that passed `validate` for `x.len()` cannot).
+    pub fn excess(&self, x: &[f32]) -> f32 {
+        self.bounds
+            .iter()
+            .map(|b| {
+                let v = x[b.column];
+                let above = (v - b.high) * b.scale;
+                let below = (b.low - v) * b.scale;
+                above.max(below).clamp(0.0, Self::MAX_EXCESS)
+            })
+            .fold(0.0, f32::max)
+    }
+
+    /// The guard's score: `weight * excess(x)`.
+    pub fn score(&self, x: &[f32]) -> f32 {
+        self.excess(x) * self.weight
+    }
 }
 
 /// A forest set whose structure is unusable.
@@ -258,6 +375,23 @@ pub enum ForestSetError {
         /// Member index.
         member: usize,
     },
+    /// The range guard's weight is negative or not finite.
+    #[error("range guard weight must be a finite number >= 0")]
+    BadRangeWeight,
+    /// A range bound reads a column past the feature vector.
+    #[error("range guard reads column {column}, but there are {n_features}")]
+    RangeColumnOutOfRange {
+        /// Column.
+        column: usize,
+        /// Features in the set.
+        n_features: usize,
+    },
+    /// A range bound is not finite, or low > high, or its scale is not positive.
+    #[error("range guard bound of column {column} is malformed")]
+    BadBound {
+        /// Column.
+        column: usize,
+    },
     /// A member's forest is malformed.
     #[error("forest {member}")]
     Forest {
@@ -279,10 +413,29 @@ impl ForestSet {
                 offset: 0.0,
                 forest,
             }],
+            range: None,
         }
     }
 
-    /// The forest when the set is a plain one (one member, all columns, offset 0).
+    /// This set with `guard` (see [`RangeGuard`]).
+    pub fn with_range(self, guard: RangeGuard) -> Self {
+        ForestSet {
+            range: Some(guard),
+            ..self
+        }
+    }
+
+    /// The forests' part of the score, without the range guard: the largest member score minus
+    /// its offset.
+    ///
+    /// # Panics
+    /// As [`ForestSet::score`].
+    pub fn forest_score(&self, x: &[f32]) -> f64 {
+        self.member_scores(x).fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// The forest when the set's forests are a plain one (one member, all columns, offset 0);
+    /// the range guard, if any, is not looked at.
     pub fn as_single(&self) -> Option<&IsolationForest> {
         match self.members.as_slice() {
             [m] if m.first_feature == 0
@@ -318,6 +471,9 @@ impl ForestSet {
                 return Err(ForestSetError::NonFiniteOffset { member: i });
             }
         }
+        if let Some(guard) = &self.range {
+            guard.validate(self.n_features)?;
+        }
         Ok(())
     }
 
@@ -337,13 +493,19 @@ impl ForestSet {
         })
     }
 
-    /// The set's anomaly score: the largest member score minus its offset. For a plain forest
-    /// ([`ForestSet::single`]) this is [`IsolationForest::score`].
+    /// The set's anomaly score: the largest member score minus its offset, plus the range
+    /// guard's score when there is a guard. For a plain forest ([`ForestSet::single`]) this is
+    /// [`IsolationForest::score`].
     ///
     /// # Panics
     /// If `x` is shorter than `n_features` or the set fails [`ForestSet::validate`].
     pub fn score(&self, x: &[f32]) -> f64 {
-        self.member_scores(x).fold(f64::NEG_INFINITY, f64::max)
+        let forests = self.forest_score(x);
+        match &self.range {
+            // As the graph does: the forests' score in f32, plus the guard's.
+            Some(guard) => f64::from(forests as f32 + guard.score(x)),
+            None => forests,
+        }
     }
 }
 
@@ -407,6 +569,79 @@ mod tests {
     }
 
     #[test]
+    fn the_range_guard_scores_spans_outside_the_training_range() {
+        let b = RangeGuard::bound(1, [2.0, f32::NAN, 4.0, 3.0]).expect("bound");
+        assert_eq!((b.column, b.low, b.high, b.scale), (1, 2.0, 4.0, 0.5));
+        assert_eq!(RangeGuard::bound(0, [f32::NAN]), None);
+        // A signal constant in training gets a floored span, not a division by zero.
+        let flat = RangeGuard::bound(0, [5.0, 5.0]).expect("bound");
+        assert_eq!(flat.scale, 1.0 / (5.0 * RangeGuard::MIN_RELATIVE_SPAN));
+        let guard = RangeGuard {
+            weight: 0.5,
+            bounds: vec![b],
+        };
+        guard.validate(2).expect("valid");
+        assert_eq!(
+            guard.excess(&[100.0, 3.0]),
+            0.0,
+            "inside: 0; column 0 unguarded"
+        );
+        assert_eq!(guard.excess(&[0.0, 5.0]), 0.5, "half a span above");
+        assert_eq!(guard.excess(&[0.0, 1.0]), 0.5, "half a span below");
+        assert_eq!(guard.excess(&[0.0, 1e30]), RangeGuard::MAX_EXCESS, "capped");
+        assert_eq!(guard.score(&[0.0, 8.0]), 1.0);
+        // In a set, the guard's score is added to the forests'.
+        let set = ForestSet {
+            n_features: 2,
+            members: vec![Member {
+                first_feature: 0,
+                offset: 0.5,
+                forest: stump(),
+            }],
+            range: None,
+        }
+        .with_range(guard.clone());
+        set.validate().expect("valid");
+        // Inside the range the guard adds 0: the forests' score, below 0 or not.
+        let forests = set.forest_score(&[1.0, 3.0]);
+        assert!(forests < 0.0);
+        assert_eq!(set.score(&[1.0, 3.0]), f64::from(forests as f32));
+        assert_eq!(set.score(&[1.0, 8.0]), f64::from(forests as f32 + 1.0));
+        assert!(set.as_single().is_none(), "offset 0.5: not a plain forest");
+        // Malformed guards are refused.
+        let bad = |g: RangeGuard| set.clone().with_range(g).validate().err();
+        assert_eq!(
+            bad(RangeGuard {
+                weight: -1.0,
+                bounds: vec![]
+            }),
+            Some(ForestSetError::BadRangeWeight)
+        );
+        assert_eq!(
+            bad(RangeGuard {
+                weight: 1.0,
+                bounds: vec![Bound { column: 2, ..b }]
+            }),
+            Some(ForestSetError::RangeColumnOutOfRange {
+                column: 2,
+                n_features: 2
+            })
+        );
+        assert_eq!(
+            bad(RangeGuard {
+                weight: 1.0,
+                bounds: vec![Bound { low: 9.0, ..b }]
+            }),
+            Some(ForestSetError::BadBound { column: 1 })
+        );
+        // A set written before the guard existed reads as one without it.
+        let json = serde_json::to_string(&ForestSet::single(stump())).expect("json");
+        assert!(!json.contains("range"));
+        let back: ForestSet = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.range, None);
+    }
+
+    #[test]
     fn a_set_takes_the_largest_excess_over_offsets() {
         let single = ForestSet::single(stump());
         single.validate().expect("valid");
@@ -427,6 +662,7 @@ mod tests {
                     forest: stump(),
                 },
             ],
+            range: None,
         };
         set.validate().expect("valid");
         assert!(set.as_single().is_none());
@@ -448,7 +684,8 @@ mod tests {
         assert_eq!(
             ForestSet {
                 n_features: 1,
-                members: vec![]
+                members: vec![],
+                range: None,
             }
             .validate(),
             Err(ForestSetError::Empty)

@@ -236,7 +236,9 @@ impl RecentLevel {
 /// [`ScoreSmoother`] (a no-op at half-life 0). Before `n` samples have been seen the window is simply shorter, so a
 /// burst at start-up can alarm as soon as `k` samples are above. The rule gives hysteresis both
 /// ways: a lone spike does not alarm when `k > 1`, and an alarm holds for up to `n - k` samples
-/// after the score falls back.
+/// after the score falls back. A model with a spike threshold ([`AlarmState::with_spike`]) also
+/// alarms on any single raw score that reaches it: a sharp incident of one or two samples that
+/// is far rarer than the k-of-n rule's threshold.
 #[derive(Debug, Clone)]
 pub struct AlarmState {
     rule: AlarmRule,
@@ -247,6 +249,25 @@ pub struct AlarmState {
     mask: u128,
     /// The recent level of smoothed scores, when the rule adapts and the ordinary score is known.
     level: Option<(RecentLevel, f64)>,
+    /// The model's spike threshold ([`ModelManifest::spike_threshold`]), when it has one.
+    spike: Option<f64>,
+}
+
+/// What one sample did to an [`AlarmState`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Its smoothed score reached the (possibly raised) threshold.
+    pub above: bool,
+    /// Its raw score reached the (possibly raised) spike threshold.
+    pub spike: bool,
+    /// The sample alarms: `k` of the last `n` smoothed scores were above, or it is a spike.
+    pub alarms: bool,
+    /// The score that decided: the raw score when only the spike threshold was reached, else
+    /// the smoothed score (the raw one when the rule does not smooth). An anomaly record
+    /// carries this score...
+    pub score: f64,
+    /// ...and this threshold: the one `score` was compared with, raised by adaptation.
+    pub threshold: f64,
 }
 
 impl AlarmState {
@@ -269,7 +290,16 @@ impl AlarmState {
             history: 0,
             mask,
             level: None,
+            spike: None,
         }
+    }
+
+    /// This state with the model's spike threshold ([`ModelManifest::spike_threshold`]): a
+    /// sample whose raw score reaches it alarms at once, whatever the smoothing and the k-of-n
+    /// rule say. A non-finite threshold is ignored.
+    pub fn with_spike(mut self, spike_threshold: f64) -> Self {
+        self.spike = spike_threshold.is_finite().then_some(spike_threshold);
+        self
     }
 
     /// This state with the model's ordinary score ([`ModelManifest::ordinary_score`]), which
@@ -303,22 +333,35 @@ impl AlarmState {
     /// whether the sample alarms. A NaN score (a failed score) never reaches the threshold and
     /// leaves the smoothed score as it was.
     pub fn push_smoothed(&mut self, score: f64, threshold: f64) -> (bool, bool) {
-        let (above, alarms, _) = self.push_scored(score, threshold);
-        (above, alarms)
+        let v = self.push_scored(score, threshold);
+        (v.above, v.alarms)
     }
 
-    /// As [`AlarmState::push_smoothed`], also returning the score that was compared with the
-    /// threshold (the smoothed score; the raw one when the rule does not smooth), which is the
-    /// score an anomaly record should carry.
-    pub fn push_scored(&mut self, score: f64, threshold: f64) -> (bool, bool, f64) {
+    /// As [`AlarmState::push_smoothed`], saying also which score and threshold decided (see
+    /// [`Verdict`]).
+    pub fn push_scored(&mut self, score: f64, threshold: f64) -> Verdict {
         let smoothed = self.smoother.push(score);
-        let above = !score.is_nan() && smoothed >= threshold + self.raised_by();
+        let raised = self.raised_by();
+        let above = !score.is_nan() && smoothed >= threshold + raised;
+        let spike_at = self.spike.map(|t| t + raised);
+        let spike = spike_at.is_some_and(|t| score >= t);
         if let Some((recent, _)) = &mut self.level
             && !score.is_nan()
         {
             recent.push(smoothed);
         }
-        (above, self.push_above(above), smoothed)
+        let sustained = self.push_above(above);
+        let (score, threshold) = match spike_at {
+            Some(t) if spike && !sustained => (score, t),
+            _ => (smoothed, threshold + raised),
+        };
+        Verdict {
+            above,
+            spike,
+            alarms: sustained || spike,
+            score,
+            threshold,
+        }
     }
 
     /// Records whether one sample was at or above threshold and says whether it alarms. This
@@ -366,6 +409,13 @@ pub struct ModelManifest {
     /// Absent in manifests written before adaptation existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordinary_score: Option<f64>,
+    /// Raw score at or above which a single sample alarms at once, bypassing smoothing and
+    /// the k-of-n rule (raised by adaptation like `threshold`): the score exceeded by a small
+    /// share of the raw training scores, for a short, sharp incident that smoothing would
+    /// average away. Absent when the model has none (too little training data to estimate so
+    /// extreme a quantile, or turned off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike_threshold: Option<f64>,
     /// Trees in the forest (in each forest, when there are several).
     pub n_trees: usize,
     /// Forests in the model: 1 (the default, omitted from `manifest.json`) for one forest over
@@ -528,6 +578,30 @@ mod tests {
         let mut off = AlarmState::new(AlarmRule::k_of_n(1, 1)).with_ordinary(0.4);
         assert!((0..500).all(|_| off.push(0.7, 0.6)));
         assert_eq!(off.raised_by(), 0.0);
+    }
+
+    #[test]
+    fn a_spike_alarms_at_once_and_reports_its_own_score_and_threshold() {
+        let rule = AlarmRule::k_of_n(3, 5).smoothed(10);
+        let mut st = AlarmState::new(rule).with_spike(0.9);
+        for _ in 0..20 {
+            assert!(!st.push(0.4, 0.6));
+        }
+        // One raw score at the spike threshold alarms although its smoothed score is far below
+        // the threshold; the verdict carries the raw score and the spike threshold.
+        let v = st.push_scored(0.95, 0.6);
+        assert!(v.spike && v.alarms && !v.above);
+        assert_eq!((v.score, v.threshold), (0.95, 0.9));
+        // The next ordinary score does not alarm; without a spike threshold nothing did.
+        assert!(!st.push(0.4, 0.6));
+        let mut plain = AlarmState::new(rule).with_spike(f64::NAN);
+        assert!((0..20).all(|_| !plain.push(0.4, 0.6)));
+        assert!(!plain.push(0.95, 0.6));
+        // A sustained alarm reports the smoothed score against the threshold.
+        let mut st = AlarmState::new(AlarmRule::k_of_n(1, 1)).with_spike(0.9);
+        let v = st.push_scored(0.95, 0.6);
+        assert!(v.above && v.spike && v.alarms);
+        assert_eq!((v.score, v.threshold), (0.95, 0.6));
     }
 
     #[test]

@@ -200,6 +200,7 @@ pub fn read_model_dir(dir: &Path) -> Result<(Detector, ModelManifest), ArtifactE
             threshold: manifest.threshold,
             alarm: manifest.alarm,
             ordinary: manifest.ordinary_score.unwrap_or(f64::NAN),
+            spike: manifest.spike_threshold,
         },
         manifest,
     ))
@@ -242,6 +243,7 @@ mod tests {
             threshold: det.threshold,
             alarm: det.alarm,
             ordinary_score: Some(det.ordinary),
+            spike_threshold: det.spike,
             n_trees: first.trees.len(),
             forests: det.forest.members.len(),
             max_samples: first.max_samples,

@@ -8,7 +8,8 @@
 use crate::artifact::{read_model_dir, sha256_files, write_model_dir};
 use crate::dataset::{Windows, read_input, read_labels, read_series};
 use crate::detect::{
-    DEFAULT_ALARM, DEFAULT_CONTAMINATION, ThresholdRule, TrainConfig, train_model,
+    DEFAULT_ALARM, DEFAULT_CONTAMINATION, DEFAULT_RANGE_WEIGHT, DEFAULT_SPIKE_CONTAMINATION,
+    ThresholdRule, TrainConfig, train_model,
 };
 use crate::eval::Counts;
 use crate::train::{ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE};
@@ -97,6 +98,15 @@ pub struct TrainArgs {
     /// of them raises the threshold by as much as it exceeds the ordinary score (0: never).
     #[arg(long, default_value_t = DEFAULT_ALARM.adapt_window)]
     pub adapt_window: u32,
+    /// Score per training span a signal's value lies outside the range it held in training
+    /// (an isolation forest scores a value beyond its training range like the range's edge);
+    /// 0: no range guard.
+    #[arg(long, default_value_t = DEFAULT_RANGE_WEIGHT)]
+    pub range_weight: f32,
+    /// Share of the raw training scores that reach the spike threshold, at which one sample
+    /// alarms at once (0: none). Set only when at least 20 training rows reach it.
+    #[arg(long, default_value_t = DEFAULT_SPIKE_CONTAMINATION)]
+    pub spike_contamination: f64,
     /// Feature spec as JSON (a `FeatureSpec`; its `signals` are replaced by the input's
     /// columns). Default: the standard spec.
     #[arg(long)]
@@ -274,6 +284,8 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         } else {
             ThresholdRule::Contamination(a.contamination)
         },
+        range_weight: a.range_weight,
+        spike_contamination: a.spike_contamination,
     };
     let (detector, report) = train_model(&series, labels.as_deref(), &cfg)?;
     let now = OffsetDateTime::now_utc();
@@ -304,6 +316,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         threshold: detector.threshold,
         alarm: detector.alarm,
         ordinary_score: Some(detector.ordinary),
+        spike_threshold: detector.spike,
         n_trees: detector.forest.members[0].forest.trees.len(),
         forests: detector.forest.members.len(),
         max_samples: detector.forest.members[0].forest.max_samples,

@@ -15,7 +15,7 @@ use crate::train::{
     FeatureMatrix, ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE, TrainError, train_forest,
 };
 use selfheal_core::features::FeatureSpec;
-use selfheal_core::forest::{ForestSet, Member};
+use selfheal_core::forest::{ForestSet, Member, RangeGuard};
 use selfheal_core::model::{AlarmRule, AlarmState, quantile_of_sorted, smooth_scores};
 use serde::{Deserialize, Serialize};
 
@@ -55,25 +55,49 @@ pub struct TrainConfig {
     pub alarm: AlarmRule,
     /// Threshold choice.
     pub threshold: ThresholdRule,
+    /// Weight of the range guard over each signal's value (`selfheal_core::forest::RangeGuard`:
+    /// how many training spans a value lies outside the range it held in training, which an
+    /// isolation forest cannot see). 0, the value when absent from a config file, trains no
+    /// guard; so does a feature spec without `value`.
+    #[serde(default)]
+    pub range_weight: f32,
+    /// Share of the raw training scores at or above the spike threshold
+    /// (`ModelManifest::spike_threshold`): one raw score that high alarms at once. 0, the value
+    /// when absent from a config file, sets none; so does training data too small to hold
+    /// [`SPIKE_MIN_ROWS_ABOVE`] rows above it.
+    #[serde(default)]
+    pub spike_contamination: f64,
 }
 
 /// Default contamination: the share of training points scoring at or above the threshold.
-pub const DEFAULT_CONTAMINATION: f64 = 0.02;
-/// Default alarm rule: scores smoothed over a half-life of 10 samples, then 3 smoothed scores at
-/// or above threshold within the last 30. Smoothing lets a sustained moderate rise alarm and
-/// fades a lone spike; 3-of-30 holds an alarm for up to 27 samples, so one incident is one alarm
+pub const DEFAULT_CONTAMINATION: f64 = 0.008;
+/// Default alarm rule: scores smoothed over a half-life of 15 samples, then 3 smoothed scores at
+/// or above threshold within the last 15. Smoothing lets a sustained moderate rise alarm and
+/// fades a lone spike; 3-of-15 holds an alarm for up to 12 samples, so one incident is one alarm
 /// rather than a flapping series of them. The rule adapts over 1000 samples: a score level held
 /// for three quarters of them becomes the series' new normal (about 83 minutes at the agent's
 /// 5 s interval, 3.5 days of NAB's 5-minute points), so a series that moved to another level for
 /// good stops alarming while any shorter incident keeps alarming. Chosen once for every series on
 /// the quality benchmark (docs/benchmarks.md, "Detection quality").
-pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 30).smoothed(10).adapting(1000);
+pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 15).smoothed(15).adapting(1000);
+
+/// Default weight of the range guard: a value one training span outside its range scores 0.3,
+/// about three times the largest excess a forest's score reaches over its offset on ordinary
+/// data, so a value clearly outside the range it held in training alarms by itself.
+pub const DEFAULT_RANGE_WEIGHT: f32 = 0.3;
+/// Default spike contamination: 0.2% of the raw training scores reach the spike threshold.
+pub const DEFAULT_SPIKE_CONTAMINATION: f64 = 0.002;
+/// Training rows that must lie at or above the spike threshold for it to be set: an extreme
+/// quantile estimated from fewer rows is little more than the training set's largest score,
+/// and on a short training set that alarms on every new high.
+pub const SPIKE_MIN_ROWS_ABOVE: f64 = 20.0;
 
 impl Default for TrainConfig {
     /// The one configuration used for every series in the quality benchmark
     /// (docs/benchmarks.md, "Detection quality"): 100 trees, ψ = 256, the standard features
     /// (value, delta, std and z-score over 12 and 60 samples), one forest per signal,
-    /// contamination 0.02 of the smoothed training scores, and [`DEFAULT_ALARM`].
+    /// contamination 0.008 of the smoothed training scores, [`DEFAULT_ALARM`], the range guard
+    /// ([`DEFAULT_RANGE_WEIGHT`]) and the spike threshold ([`DEFAULT_SPIKE_CONTAMINATION`]).
     fn default() -> Self {
         TrainConfig {
             forest: ForestParams::default(),
@@ -83,6 +107,8 @@ impl Default for TrainConfig {
             features: FeatureSpec::standard(Vec::new()),
             alarm: DEFAULT_ALARM,
             threshold: ThresholdRule::Contamination(DEFAULT_CONTAMINATION),
+            range_weight: DEFAULT_RANGE_WEIGHT,
+            spike_contamination: DEFAULT_SPIKE_CONTAMINATION,
         }
     }
 }
@@ -106,6 +132,12 @@ pub enum DetectError {
         name: &'static str,
         /// Value given.
         value: f64,
+    },
+    /// The range guard's weight is negative or not a number.
+    #[error("range_weight must be a finite number >= 0, got {value}")]
+    BadRangeWeight {
+        /// Value given.
+        value: f32,
     },
     /// Label windows were given for a different number of series.
     #[error("{labels} label sets for {series} series")]
@@ -131,6 +163,8 @@ pub struct Detector {
     /// Median of the smoothed training scores, against which an adapting rule measures a
     /// series' recent level (NaN when unknown: the rule then never adapts).
     pub ordinary: f64,
+    /// Raw score at which one sample alarms at once, if the model has one.
+    pub spike: Option<f64>,
 }
 
 /// How a threshold was chosen, for the log and the manifest's reader.
@@ -161,13 +195,20 @@ impl Detector {
         // full, are scored but neither alarm nor feed the alarm state.
         let warm = self.spec.warmup().min(scores.len());
         let mut alarms = vec![false; warm];
-        alarms.extend(self::alarms(
-            &scores[warm..],
-            self.threshold,
-            self.ordinary,
-            self.alarm,
-        ));
+        alarms.extend(self.alarms(&scores[warm..]));
         Ok(Scored { scores, alarms })
+    }
+
+    /// Alarms of a score series under this detector's threshold, spike threshold and rule
+    /// (a fresh [`AlarmState`], as for a new series on the node).
+    pub fn alarms(&self, scores: &[f64]) -> Vec<bool> {
+        alarms(
+            scores,
+            self.threshold,
+            AlarmState::new(self.alarm)
+                .with_ordinary(self.ordinary)
+                .with_spike(self.spike.unwrap_or(f64::NAN)),
+        )
     }
 }
 
@@ -178,11 +219,10 @@ pub fn score_rows(forest: &ForestSet, rows: &FeatureMatrix) -> Vec<f64> {
         .collect()
 }
 
-/// Alarms of a score series under `threshold` and `rule` (fresh [`AlarmState`] knowing the
-/// model's `ordinary` score).
-pub fn alarms(scores: &[f64], threshold: f64, ordinary: f64, rule: AlarmRule) -> Vec<bool> {
-    let mut st = AlarmState::new(rule).with_ordinary(ordinary);
-    scores.iter().map(|&s| st.push(s, threshold)).collect()
+/// Alarms of a score series under `threshold`, starting from `state` (a fresh
+/// [`AlarmState`] with the model's rule, ordinary score and spike threshold).
+pub fn alarms(scores: &[f64], threshold: f64, mut state: AlarmState) -> Vec<bool> {
+    scores.iter().map(|&s| state.push(s, threshold)).collect()
 }
 
 /// The score above which a share `contamination` of `scores` lies (linear-interpolated
@@ -202,10 +242,10 @@ pub fn contamination_threshold(scores: &[f64], contamination: f64) -> f64 {
 /// scores as the rule compares them (smoothed per series). `None` when nothing is labelled or no candidate meets the ceiling.
 pub fn best_f1_threshold(
     validation: &[(Vec<f64>, Windows)],
-    ordinary: f64,
-    rule: AlarmRule,
+    state: &AlarmState,
     max_events_per_1000: f64,
 ) -> Option<(f64, Metrics)> {
+    let rule = state.rule();
     let mut pooled: Vec<f64> = validation
         .iter()
         .flat_map(|(s, _)| smooth_scores(s, rule))
@@ -222,7 +262,7 @@ pub fn best_f1_threshold(
     for t in candidates {
         let mut c = Counts::default();
         for (scores, windows) in validation {
-            c.add(&Counts::of(&alarms(scores, t, ordinary, rule), windows));
+            c.add(&Counts::of(&alarms(scores, t, state.clone()), windows));
         }
         if c.labelled_points == 0 {
             return None;
@@ -280,6 +320,14 @@ pub fn train_model(
     if let ForestLayout::PerSignal { offset_quantile } = cfg.layout {
         check("offset_quantile", offset_quantile)?;
     }
+    if cfg.spike_contamination != 0.0 {
+        check("spike_contamination", cfg.spike_contamination)?;
+    }
+    if !(cfg.range_weight.is_finite() && cfg.range_weight >= 0.0) {
+        return Err(DetectError::BadRangeWeight {
+            value: cfg.range_weight,
+        });
+    }
     let (validation_fraction, contamination) = match cfg.threshold {
         ThresholdRule::Contamination(c) => {
             check("contamination", c)?;
@@ -319,7 +367,10 @@ pub fn train_model(
         layout = ?cfg.layout,
         "growing forest"
     );
-    let forest = grow(&train, &spec, cfg)?;
+    let mut forest = grow(&train, &spec, cfg)?;
+    if let Some(guard) = range_guard(&train, &spec, cfg.range_weight) {
+        forest = forest.with_range(guard);
+    }
     // The contamination quantile is taken over the scores the alarm rule compares: smoothed
     // within each series (from its first training row after the feature warm-up).
     let raw_train_scores = score_rows(&forest, &train);
@@ -330,6 +381,10 @@ pub fn train_model(
         at += len;
     }
     let ordinary = contamination_threshold(&train_scores, 0.5);
+    let spike = spike_threshold(&raw_train_scores, cfg.spike_contamination);
+    let state = AlarmState::new(cfg.alarm)
+        .with_ordinary(ordinary)
+        .with_spike(spike.unwrap_or(f64::NAN));
     let by_contamination = || contamination_threshold(&train_scores, contamination);
     let (threshold, report) = match (&cfg.threshold, held_back.is_empty()) {
         (
@@ -343,12 +398,7 @@ pub fn train_model(
                 .iter()
                 .map(|(rows, w)| (score_rows(&forest, rows), w.clone()))
                 .collect();
-            match best_f1_threshold(
-                &scored,
-                ordinary,
-                cfg.alarm,
-                *max_false_alarm_events_per_1000,
-            ) {
+            match best_f1_threshold(&scored, &state, *max_false_alarm_events_per_1000) {
                 Some((t, m)) => (
                     t,
                     ThresholdReport {
@@ -379,7 +429,7 @@ pub fn train_model(
             },
         ),
     };
-    tracing::info!(threshold, method = report.method, "threshold chosen");
+    tracing::info!(threshold, method = report.method, spike_threshold = ?spike, "threshold chosen");
     Ok((
         Detector {
             forest,
@@ -387,9 +437,44 @@ pub fn train_model(
             threshold,
             alarm: cfg.alarm,
             ordinary,
+            spike,
         },
         report,
     ))
+}
+
+/// The range guard over each signal's value column, from the range it held in `train`; `None`
+/// when `weight` is 0 or the spec has no value feature.
+fn range_guard(train: &FeatureMatrix, spec: &FeatureSpec, weight: f32) -> Option<RangeGuard> {
+    if weight <= 0.0 || !spec.value {
+        return None;
+    }
+    let width = spec.per_signal();
+    let bounds = (0..spec.signals.len())
+        .filter_map(|i| {
+            let column = i * width;
+            RangeGuard::bound(column, (0..train.n_rows()).map(|r| train.row(r)[column]))
+        })
+        .collect();
+    Some(RangeGuard { weight, bounds })
+}
+
+/// The spike threshold: the raw score that a share `contamination` of the raw training scores
+/// reach, when at least [`SPIKE_MIN_ROWS_ABOVE`] of them do (`None` otherwise, or when
+/// `contamination` is 0).
+fn spike_threshold(raw_train_scores: &[f64], contamination: f64) -> Option<f64> {
+    let above = raw_train_scores.len() as f64 * contamination;
+    if contamination <= 0.0 || above < SPIKE_MIN_ROWS_ABOVE {
+        if contamination > 0.0 {
+            tracing::info!(
+                rows = raw_train_scores.len(),
+                contamination,
+                "too few training rows to set a spike threshold"
+            );
+        }
+        return None;
+    }
+    Some(contamination_threshold(raw_train_scores, contamination))
 }
 
 /// Grows the model's forests on `train` per `cfg.layout`.
@@ -425,6 +510,7 @@ fn grow(
     Ok(ForestSet {
         n_features: spec.len(),
         members,
+        range: None,
     })
 }
 
@@ -450,16 +536,23 @@ mod tests {
         scores[30] = 0.9;
         let w = Windows::new(vec![(10, 14)]);
         let one = AlarmRule::k_of_n(1, 1);
-        let (t, m) =
-            best_f1_threshold(&[(scores.clone(), w.clone())], f64::NAN, one, 1000.0).expect("t");
+        let (t, m) = best_f1_threshold(
+            &[(scores.clone(), w.clone())],
+            &AlarmState::new(one),
+            1000.0,
+        )
+        .expect("t");
         assert!(t > 0.4 && t <= 0.8, "{t}");
         assert_eq!(m.counts.true_positives, 5);
         // The spike is one false-alarm event in 50 points = 20 per 1000: no threshold that
         // alarms at all meets a ceiling of 10 with a 1-of-1 rule.
-        assert!(best_f1_threshold(&[(scores.clone(), w.clone())], f64::NAN, one, 10.0).is_none());
+        assert!(
+            best_f1_threshold(&[(scores.clone(), w.clone())], &AlarmState::new(one), 10.0)
+                .is_none()
+        );
         // A 2-of-2 rule silences the lone spike, so the bump can alarm under the ceiling.
         let two = AlarmRule::k_of_n(2, 2);
-        let (_, m) = best_f1_threshold(&[(scores, w)], f64::NAN, two, 10.0).expect("t");
+        let (_, m) = best_f1_threshold(&[(scores, w)], &AlarmState::new(two), 10.0).expect("t");
         assert_eq!(m.counts.false_alarm_events, 0);
         assert_eq!(m.counts.true_positives, 4);
     }
@@ -481,6 +574,79 @@ mod tests {
             timestamps: None,
             rows,
         }
+    }
+
+    #[test]
+    fn a_value_held_outside_its_training_range_keeps_alarming_through_the_guard() {
+        let train = three_signals(1400);
+        let cfg = TrainConfig {
+            forest: ForestParams {
+                n_trees: 30,
+                ..ForestParams::default()
+            },
+            ..TrainConfig::default()
+        };
+        let (det, _) = train_model(std::slice::from_ref(&train), None, &cfg).expect("trained");
+        let width = det.spec.per_signal();
+        let guard = det.forest.range.as_ref().expect("a guard by default");
+        let columns: Vec<usize> = guard.bounds.iter().map(|b| b.column).collect();
+        assert_eq!(columns, [0, width, 2 * width], "each signal's value");
+        assert!(guard.bounds[1].low >= 9.5 && guard.bounds[1].high <= 10.5);
+        // 1,340 training rows hold fewer than 20 rows above the 0.2% quantile: no spike
+        // threshold; at 2% they hold 26.
+        assert_eq!(det.spike, None);
+        let (spiky, _) = train_model(
+            std::slice::from_ref(&train),
+            None,
+            &TrainConfig {
+                spike_contamination: 0.02,
+                ..cfg.clone()
+            },
+        )
+        .expect("trained");
+        assert!(spiky.spike.is_some_and(|t| t > spiky.threshold));
+
+        // Signal b drops from 10 to 6 at row 1500 and stays there for 300 rows: its delta
+        // and rolling features settle within 60 rows, and a forest scores a value below its
+        // training minimum like the minimum itself, so the forests alarm on only part of
+        // it (131 of the last 200 rows at this seed); its value stays 4 training spans below
+        // the range, which the guard sees on every row.
+        let mut run = three_signals(1800);
+        for row in &mut run.rows[1500..] {
+            row[1] -= 4.0;
+        }
+        let held = |det: &Detector| {
+            let alarms = det.run(&run).expect("scored").alarms;
+            alarms[1600..1800].iter().filter(|&&a| a).count()
+        };
+        assert_eq!(
+            held(&det),
+            200,
+            "the guard alarms while the value is out of range"
+        );
+        let (unguarded, _) = train_model(
+            std::slice::from_ref(&train),
+            None,
+            &TrainConfig {
+                range_weight: 0.0,
+                ..cfg.clone()
+            },
+        )
+        .expect("trained");
+        assert!(unguarded.forest.range.is_none());
+        let without = held(&unguarded);
+        assert!(without < 180, "forests alone alarm on {without} of 200");
+        assert!(matches!(
+            train_model(
+                std::slice::from_ref(&train),
+                None,
+                &TrainConfig {
+                    range_weight: f32::NAN,
+                    ..cfg
+                }
+            ),
+            Err(DetectError::BadRangeWeight { .. })
+        ));
     }
 
     #[test]

@@ -31,6 +31,18 @@
 //!   └─ ReduceMax(axis 1, keepdims)          score f32[N, 1] = ForestSet::score
 //! ```
 //!
+//! A set with a range guard (`selfheal_core::forest::RangeGuard`) ends, after either graph
+//! above, in the guard: the forests' score is renamed `forest_score` and
+//!
+//! ```text
+//! features f32[N, F]
+//!   └─ Gather(axis 1, guarded columns)      each signal's value f32[N, S]
+//!   └─ (v - high)·scale, (low - v)·scale    spans outside the training range, either side
+//!   └─ Max(·, ·, 0), Min(MAX_EXCESS)        excess per signal, 0 inside the range, capped
+//!   └─ ReduceMax(axis 1, keepdims) · weight range score f32[N, 1]
+//! score = Add(forest_score, range score)   f32[N, 1] = ForestSet::score
+//! ```
+//!
 //! tract has no regressor of its own; the agent registers its kernel for it, and onnxruntime
 //! runs it natively. A set of one plain forest is written as the classifier graph above.
 //! Every leaf credits class 0 and two class labels are declared: both runtimes then take the
@@ -43,7 +55,7 @@
 
 use prost::Message;
 use selfheal_core::forest::{
-    ForestError, ForestSet, ForestSetError, IsolationForest, Node, average_path_length,
+    ForestError, ForestSet, ForestSetError, IsolationForest, Node, RangeGuard, average_path_length,
 };
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use sha2::{Digest, Sha256};
@@ -138,6 +150,11 @@ pub enum WriteModelError {
 /// Writes `forest` as a standard ONNX model (see the module docs for the graph) and returns the
 /// serialized protobuf.
 pub fn export_forest(forest: &IsolationForest) -> Result<Vec<u8>, OnnxExportError> {
+    Ok(forest_proto(forest)?.encode_to_vec())
+}
+
+/// The classifier graph of one plain forest.
+fn forest_proto(forest: &IsolationForest) -> Result<pb::ModelProto, OnnxExportError> {
     forest.validate().map_err(OnnxExportError::InvalidForest)?;
     let ensemble = tree_ensemble_node(forest)?;
     let graph = pb::GraphProto {
@@ -171,14 +188,13 @@ pub fn export_forest(forest: &IsolationForest) -> Result<Vec<u8>, OnnxExportErro
         output: vec![value_info(OUTPUT_NAME, 1)],
         ..Default::default()
     };
-    let model = model_proto(
+    Ok(model_proto(
         graph,
         1,
         forest.trees.len(),
         forest.max_samples,
         forest.n_features,
-    );
-    Ok(model.encode_to_vec())
+    ))
 }
 
 /// The node tables shared by both tree-ensemble operators: one entry per forest node, in tree
@@ -378,12 +394,120 @@ fn model_proto(
 
 /// Writes `set` as a standard ONNX model and returns the serialized protobuf: the classifier
 /// graph for a plain forest ([`ForestSet::as_single`]), else the regressor graph of the module
-/// docs, whose output is [`ForestSet::score`].
+/// docs; followed by the range guard's nodes when the set has one. The output is
+/// [`ForestSet::score`].
 pub fn export_set(set: &ForestSet) -> Result<Vec<u8>, OnnxExportError> {
-    if let Some(forest) = set.as_single() {
-        return export_forest(forest);
-    }
     set.validate().map_err(OnnxExportError::InvalidSet)?;
+    let mut model = match set.as_single() {
+        Some(forest) => forest_proto(forest)?,
+        None => set_proto(set)?,
+    };
+    if let (Some(guard), Some(graph)) = (&set.range, model.graph.as_mut()) {
+        append_range_guard(graph, guard);
+    }
+    Ok(model.encode_to_vec())
+}
+
+/// Appends the [`RangeGuard`] to a graph whose last node writes [`OUTPUT_NAME`]: that node now
+/// writes `forest_score`, and the graph's output becomes it plus the guard's score (see the
+/// module docs).
+fn append_range_guard(graph: &mut pb::GraphProto, guard: &RangeGuard) {
+    const FOREST_SCORE: &str = "forest_score";
+    for node in &mut graph.node {
+        if node.output.iter().any(|o| o == OUTPUT_NAME) {
+            // Node and output names must stay unique: the guard's last node is `score`.
+            node.name = FOREST_SCORE.into();
+            node.output = vec![FOREST_SCORE.into()];
+        }
+    }
+    let s = guard.bounds.len() as i64;
+    let columns: Vec<i64> = guard.bounds.iter().map(|b| b.column as i64).collect();
+    let mut gather = op(
+        "guarded_values",
+        "Gather",
+        &[INPUT_NAME, "guard_columns"],
+        "guarded_values",
+    );
+    gather.attribute = vec![int_attr("axis", 1)];
+    let mut reduce = op(
+        "range_excess",
+        "ReduceMax",
+        &["capped_excess"],
+        "range_excess",
+    );
+    reduce.attribute = vec![ints_attr("axes", vec![1]), int_attr("keepdims", 1)];
+    graph.node.extend([
+        gather,
+        op(
+            "over_high",
+            "Sub",
+            &["guarded_values", "guard_high"],
+            "over_high",
+        ),
+        op(
+            "above_range",
+            "Mul",
+            &["over_high", "guard_scale"],
+            "above_range",
+        ),
+        op(
+            "under_low",
+            "Sub",
+            &["guard_low", "guarded_values"],
+            "under_low",
+        ),
+        op(
+            "below_range",
+            "Mul",
+            &["under_low", "guard_scale"],
+            "below_range",
+        ),
+        pb::NodeProto {
+            name: "outside".into(),
+            op_type: "Max".into(),
+            input: vec![
+                "above_range".into(),
+                "below_range".into(),
+                "guard_zero".into(),
+            ],
+            output: vec!["outside".into()],
+            ..Default::default()
+        },
+        op(
+            "capped_excess",
+            "Min",
+            &["outside", "guard_cap"],
+            "capped_excess",
+        ),
+        reduce,
+        op(
+            "range_score",
+            "Mul",
+            &["range_excess", "guard_weight"],
+            "range_score",
+        ),
+        op("score", "Add", &[FOREST_SCORE, "range_score"], OUTPUT_NAME),
+    ]);
+    let per_bound = |f: fn(&selfheal_core::forest::Bound) -> f32| {
+        guard.bounds.iter().map(f).collect::<Vec<f32>>()
+    };
+    graph.initializer.extend([
+        int64_tensor("guard_columns", &columns),
+        float_tensor("guard_low", vec![s], per_bound(|b| b.low)),
+        float_tensor("guard_high", vec![s], per_bound(|b| b.high)),
+        float_tensor("guard_scale", vec![s], per_bound(|b| b.scale)),
+        float_tensor("guard_zero", vec![], vec![0.0]),
+        float_tensor("guard_cap", vec![], vec![RangeGuard::MAX_EXCESS]),
+        float_tensor("guard_weight", vec![], vec![guard.weight]),
+    ]);
+    graph.doc_string.push_str(
+        " Plus the range guard: weight x spans by which a signal's value lies outside its \
+         training range (capped).",
+    );
+}
+
+/// The regressor graph of a set of several forests (module docs).
+fn set_proto(set: &ForestSet) -> Result<pb::ModelProto, OnnxExportError> {
     let g = set.members.len();
     let mut tables = NodeTables::default();
     for (i, m) in set.members.iter().enumerate() {
@@ -445,8 +569,7 @@ pub fn export_set(set: &ForestSet) -> Result<Vec<u8>, OnnxExportError> {
         first.trees.len(),
         first.max_samples,
         set.n_features,
-    )
-    .encode_to_vec())
+    ))
 }
 
 fn int_attr(name: &str, i: i64) -> pb::AttributeProto {
@@ -657,6 +780,7 @@ mod tests {
             threshold: 0.6,
             alarm: AlarmRule::default(),
             ordinary_score: None,
+            spike_threshold: None,
             n_trees: forest.trees.len(),
             forests: 1,
             max_samples: forest.max_samples,
@@ -700,6 +824,7 @@ mod tests {
         let mut set = ForestSet {
             n_features: 2,
             members: vec![member(0, 0.5), member(1, 0.6)],
+            range: None,
         };
         let bytes = export_set(&set).expect("valid set");
         let graph = pb::ModelProto::decode(bytes.as_slice())
@@ -745,6 +870,51 @@ mod tests {
             export_set(&single).expect("valid"),
             export_forest(&stump()).expect("valid")
         );
+        // A range guard follows either graph and writes the output.
+        let guard = RangeGuard {
+            weight: 0.3,
+            bounds: RangeGuard::bound(1, [0.0, 2.0]).into_iter().collect(),
+        };
+        for (guarded, forest_ops) in [
+            (set.clone().with_range(guard.clone()), 5),
+            (single.with_range(guard), 4),
+        ] {
+            let graph = pb::ModelProto::decode(export_set(&guarded).expect("valid").as_slice())
+                .expect("decodes")
+                .graph
+                .expect("graph");
+            let ops: Vec<&str> = graph.node[forest_ops..]
+                .iter()
+                .map(|n| n.op_type.as_str())
+                .collect();
+            assert_eq!(
+                ops,
+                [
+                    "Gather",
+                    "Sub",
+                    "Mul",
+                    "Sub",
+                    "Mul",
+                    "Max",
+                    "Min",
+                    "ReduceMax",
+                    "Mul",
+                    "Add"
+                ]
+            );
+            let writers: Vec<&pb::NodeProto> = graph
+                .node
+                .iter()
+                .filter(|n| n.output.iter().any(|o| o == OUTPUT_NAME))
+                .collect();
+            assert_eq!(writers.len(), 1, "one node writes the output");
+            assert_eq!(writers[0].input, ["forest_score", "range_score"]);
+            let mut names: Vec<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
+            names.sort_unstable();
+            let n = names.len();
+            names.dedup();
+            assert_eq!(names.len(), n, "node names are unique");
+        }
         set.members[1].first_feature = 2;
         assert!(matches!(
             export_set(&set),

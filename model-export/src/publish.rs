@@ -201,6 +201,7 @@ mod tests {
             threshold: 0.6,
             alarm: AlarmRule::default(),
             ordinary_score: None,
+            spike_threshold: None,
             n_trees: 1,
             forests: 1,
             max_samples: 256,

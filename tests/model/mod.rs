@@ -277,18 +277,25 @@ fn train_score_eval_publish_through_the_binary() {
     let text = std::fs::read_to_string(&scored).expect("scored csv");
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("timestamp,score,alarm"));
-    let mut st = AlarmState::new(manifest.alarm).with_ordinary(
-        manifest
-            .ordinary_score
-            .expect("the trainer writes the ordinary score"),
-    );
+    let mut st = AlarmState::new(manifest.alarm)
+        .with_ordinary(
+            manifest
+                .ordinary_score
+                .expect("the trainer writes the ordinary score"),
+        )
+        .with_spike(manifest.spike_threshold.unwrap_or(f64::NAN));
     let mut rows = 0;
     let mut alarmed = 0;
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
         let score: f64 = f[1].parse().expect("score");
-        // A forest's score is in (0, 1]; the set's is its excess over the forest's offset.
-        assert!(score > -1.0 && score <= 1.0);
+        // A forest's score is in (0, 1]; the set's is its excess over the forest's offset, plus
+        // the range guard's score (at most its weight times the capped excess).
+        let guard_max = f64::from(
+            selfheal_model_export::detect::DEFAULT_RANGE_WEIGHT
+                * selfheal_core::forest::RangeGuard::MAX_EXCESS,
+        );
+        assert!(score > -1.0 && score <= 1.0 + guard_max, "{score}");
         // Rows in the feature warm-up never alarm and are not fed to the rule, as on the node.
         let expect = rows >= manifest.features.warmup() && st.push(score, manifest.threshold);
         assert_eq!(f[2] == "1", expect, "row {rows}");

@@ -154,6 +154,7 @@ pub fn manifest(
         threshold,
         alarm,
         ordinary_score: None,
+        spike_threshold: None,
         n_trees: forest.trees.len(),
         forests: 1,
         max_samples: forest.max_samples,
@@ -212,6 +213,7 @@ pub fn forest_set(
         selfheal_core::forest::ForestSet {
             n_features,
             members,
+            range: None,
         },
         m,
     )

@@ -13,7 +13,7 @@ use selfheal_core::model::{AlarmRule, AlarmState as KOfN};
 pub const MAX_ALARM_WINDOW: u32 = KOfN::MAX_N;
 
 /// An alarm rule that cannot be applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum AlarmRuleError {
     /// `k` is 0, or larger than `n`, or `n` exceeds [`MAX_ALARM_WINDOW`].
     #[error("alarm rule {k}-of-{n} is invalid: need 1 <= k <= n <= {MAX_ALARM_WINDOW}")]
@@ -30,11 +30,24 @@ pub enum AlarmRuleError {
         /// `adapt_window`.
         window: u32,
     },
+    /// The manifest's `spike_threshold` is not a finite number.
+    #[error("spike_threshold {value} is not a finite number")]
+    BadSpikeThreshold {
+        /// Value found.
+        value: f64,
+    },
 }
 
-/// Checks `rule` is usable: `1 <= k <= n <= MAX_ALARM_WINDOW`, and an adapting rule comes with
-/// the model's finite `ordinary` score.
-pub fn validate_rule(rule: AlarmRule, ordinary: Option<f64>) -> Result<(), AlarmRuleError> {
+/// Checks `rule` is usable: `1 <= k <= n <= MAX_ALARM_WINDOW`, an adapting rule comes with
+/// the model's finite `ordinary` score, and a `spike` threshold, if any, is finite.
+pub fn validate_rule(
+    rule: AlarmRule,
+    ordinary: Option<f64>,
+    spike: Option<f64>,
+) -> Result<(), AlarmRuleError> {
+    if let Some(value) = spike.filter(|v| !v.is_finite()) {
+        return Err(AlarmRuleError::BadSpikeThreshold { value });
+    }
     if rule.k == 0 || rule.k > rule.n || rule.n > MAX_ALARM_WINDOW {
         return Err(AlarmRuleError::Invalid {
             k: rule.k,
@@ -58,9 +71,14 @@ pub struct AlarmDecision {
     pub anomalous: bool,
     /// Alarms among the last `n` scores.
     pub alarms_in_window: u32,
-    /// The score compared with the threshold: EWMA-smoothed when the rule smooths, else the
-    /// model's score itself.
+    /// The score that decided: EWMA-smoothed when the rule smooths, else the model's score
+    /// itself; the raw score when only the spike threshold was reached.
     pub compared_score: f64,
+    /// The threshold `compared_score` was compared with: the model's (or its spike threshold),
+    /// raised when the series adapted to a new normal.
+    pub threshold: f64,
+    /// The raw score reached the model's spike threshold: one sample that alone is anomalous.
+    pub spike: bool,
 }
 
 /// The k-of-n state of one series under one model's threshold.
@@ -71,20 +89,25 @@ pub struct AlarmState {
 }
 
 impl AlarmState {
-    /// A fresh series: no history, so the first `k - 1` scores can never be anomalous.
-    /// `ordinary` is the manifest's `ordinary_score`, required by an adapting rule.
+    /// A fresh series: no history, so the first `k - 1` scores can never be anomalous (unless
+    /// one reaches the `spike` threshold). `ordinary` is the manifest's `ordinary_score`,
+    /// required by an adapting rule; `spike` its `spike_threshold`.
     pub fn new(
         rule: AlarmRule,
         threshold: f64,
         ordinary: Option<f64>,
+        spike: Option<f64>,
     ) -> Result<Self, AlarmRuleError> {
-        validate_rule(rule, ordinary)?;
-        let state = KOfN::new(rule);
+        validate_rule(rule, ordinary, spike)?;
+        let mut state = KOfN::new(rule);
+        if let Some(o) = ordinary {
+            state = state.with_ordinary(o);
+        }
+        if let Some(t) = spike {
+            state = state.with_spike(t);
+        }
         Ok(AlarmState {
-            rule: match ordinary {
-                Some(o) => state.with_ordinary(o),
-                None => state,
-            },
+            rule: state,
             threshold,
         })
     }
@@ -96,13 +119,14 @@ impl AlarmState {
 
     /// Records the next score of the series. A NaN score counts as no alarm.
     pub fn push(&mut self, score: f32) -> AlarmDecision {
-        let (alarm, anomalous, compared_score) =
-            self.rule.push_scored(f64::from(score), self.threshold);
+        let v = self.rule.push_scored(f64::from(score), self.threshold);
         AlarmDecision {
-            alarm,
-            anomalous,
+            alarm: v.above,
+            anomalous: v.alarms,
             alarms_in_window: self.rule.alarms_in_window(),
-            compared_score,
+            compared_score: v.score,
+            threshold: v.threshold,
+            spike: v.spike,
         }
     }
 
@@ -118,7 +142,7 @@ mod tests {
 
     #[test]
     fn three_of_five_needs_three_alarms_within_five_scores() {
-        let mut s = AlarmState::new(AlarmRule::k_of_n(3, 5), 0.6, None).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(3, 5), 0.6, None, None).expect("valid rule");
         let decisions: Vec<bool> = [0.7, 0.1, 0.7, 0.1, 0.1, 0.1, 0.7, 0.7, 0.1, 0.7]
             .iter()
             .map(|&x| s.push(x).anomalous)
@@ -135,7 +159,7 @@ mod tests {
 
     #[test]
     fn score_equal_to_threshold_alarms_and_nan_does_not() {
-        let mut s = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.5, None).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.5, None, None).expect("valid rule");
         assert!(s.push(0.5).anomalous);
         assert!(!s.push(f32::NAN).alarm);
     }
@@ -144,7 +168,7 @@ mod tests {
     fn invalid_rules_are_refused() {
         for (k, n) in [(0, 5), (6, 5), (1, MAX_ALARM_WINDOW + 1)] {
             assert_eq!(
-                AlarmState::new(AlarmRule::k_of_n(k, n), 0.5, None).err(),
+                AlarmState::new(AlarmRule::k_of_n(k, n), 0.5, None, None).err(),
                 Some(AlarmRuleError::Invalid { k, n })
             );
         }
@@ -155,11 +179,11 @@ mod tests {
         let rule = AlarmRule::k_of_n(1, 1).adapting(100);
         for ordinary in [None, Some(f64::NAN)] {
             assert_eq!(
-                AlarmState::new(rule, 0.5, ordinary).err(),
+                AlarmState::new(rule, 0.5, ordinary, None).err(),
                 Some(AlarmRuleError::NoOrdinaryScore { window: 100 })
             );
         }
-        let mut s = AlarmState::new(rule, 0.5, Some(0.3)).expect("valid rule");
+        let mut s = AlarmState::new(rule, 0.5, Some(0.3), None).expect("valid rule");
         assert_eq!(s.effective_threshold(), 0.5);
         // A series that settles at 0.6 for good: the threshold rises by 0.6 - 0.3.
         let anomalous = (0..200).filter(|_| s.push(0.6).anomalous).count();
@@ -169,8 +193,32 @@ mod tests {
     }
 
     #[test]
+    fn a_spike_alarms_alone_and_carries_the_spike_threshold() {
+        assert_eq!(
+            AlarmState::new(AlarmRule::k_of_n(3, 5), 0.5, None, Some(f64::INFINITY)).err(),
+            Some(AlarmRuleError::BadSpikeThreshold {
+                value: f64::INFINITY
+            })
+        );
+        let rule = AlarmRule::k_of_n(3, 5).smoothed(10);
+        let mut s = AlarmState::new(rule, 0.5, None, Some(0.8)).expect("valid rule");
+        assert!((0..10).all(|_| !s.push(0.2).anomalous));
+        let d = s.push(0.85);
+        assert!(d.anomalous && d.spike && !d.alarm);
+        assert_eq!(d.threshold, 0.8);
+        assert_eq!(d.compared_score, f64::from(0.85f32));
+        assert!(!s.push(0.2).anomalous, "one spike, one anomalous sample");
+        // Without a spike threshold the same spike is smoothed away.
+        let mut plain = AlarmState::new(rule, 0.5, None, None).expect("valid rule");
+        assert!((0..10).all(|_| !plain.push(0.2).anomalous));
+        let d = plain.push(0.85);
+        assert!(!d.anomalous && !d.spike);
+        assert_eq!(d.threshold, 0.5);
+    }
+
+    #[test]
     fn reset_forgets_history() {
-        let mut s = AlarmState::new(AlarmRule::k_of_n(2, 3), 0.5, None).expect("valid rule");
+        let mut s = AlarmState::new(AlarmRule::k_of_n(2, 3), 0.5, None, None).expect("valid rule");
         s.push(0.9);
         s.reset();
         assert!(!s.push(0.9).anomalous);
@@ -180,7 +228,7 @@ mod tests {
     #[test]
     fn smoothed_rule_decides_as_the_core_rule_the_trainer_runs() {
         let rule = AlarmRule::k_of_n(2, 3).smoothed(4);
-        let mut agent = AlarmState::new(rule, 0.55, None).expect("valid rule");
+        let mut agent = AlarmState::new(rule, 0.55, None, None).expect("valid rule");
         let mut core = KOfN::new(rule);
         let scores = [
             0.4f32,
@@ -211,7 +259,7 @@ mod tests {
     #[test]
     fn the_compared_score_is_the_smoothed_one_and_the_raw_one_without_smoothing() {
         let smoothed_rule = AlarmRule::k_of_n(1, 1).smoothed(4);
-        let mut agent = AlarmState::new(smoothed_rule, 0.55, None).expect("valid rule");
+        let mut agent = AlarmState::new(smoothed_rule, 0.55, None, None).expect("valid rule");
         let raw_scores = [0.4f32, 0.9, 0.7];
         let widened: Vec<f64> = raw_scores.iter().map(|&s| f64::from(s)).collect();
         let expected = selfheal_core::model::smooth_scores(&widened, smoothed_rule);
@@ -225,7 +273,8 @@ mod tests {
             "smoothing pulls the spike down: {got:?}"
         );
 
-        let mut raw = AlarmState::new(AlarmRule::k_of_n(1, 1), 0.55, None).expect("valid rule");
+        let mut raw =
+            AlarmState::new(AlarmRule::k_of_n(1, 1), 0.55, None, None).expect("valid rule");
         assert_eq!(raw.push(0.9).compared_score, f64::from(0.9f32));
     }
 }

@@ -201,8 +201,12 @@ impl Scorer {
                 agent: FEATURE_SCHEMA_VERSION,
             });
         }
-        alarm::validate_rule(manifest.alarm, manifest.ordinary_score)
-            .map_err(ScoreError::AlarmRule)?;
+        alarm::validate_rule(
+            manifest.alarm,
+            manifest.ordinary_score,
+            manifest.spike_threshold,
+        )
+        .map_err(ScoreError::AlarmRule)?;
         let spec = manifest.features.len();
         let names = manifest.feature_names.len();
         let mismatch = |model: String| ScoreError::FeatureCount { spec, names, model };
@@ -317,6 +321,7 @@ impl Scorer {
             self.manifest.alarm,
             self.manifest.threshold,
             self.manifest.ordinary_score,
+            self.manifest.spike_threshold,
         ) {
             Ok(state) => state,
             // `from_parts` validated the rule; a failure here is a broken invariant.
