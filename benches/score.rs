@@ -6,7 +6,8 @@
 //!
 //! Last, a per-signal model of the size the trainer's default layout gives the cpu family (13
 //! forests of 100 trees, one per signal, each over that signal's 6 features), through the same
-//! scorer: its load, single-row and batch costs, for the ratio to one forest.
+//! scorer: its load, single-row and batch costs, for the ratio to one forest; with and without
+//! the range guard the trainer adds by default.
 //!
 //! `cargo bench --bench score` (peers need the test venv: `scripts/test.sh`, or point
 //! `SELFHEAL_PYTHON` at a Python with `scripts/requirements-test.txt` installed).
@@ -17,6 +18,7 @@ mod forest;
 use criterion::{Criterion, Throughput};
 use selfheal_agent::score::Scorer;
 use selfheal_core::features::FeatureSpec;
+use selfheal_core::forest::RangeGuard;
 use selfheal_core::model::{AlarmRule, MODEL_FILE};
 use selfheal_model_export::onnx::{write_model_dir, write_set_dir};
 use std::hint::black_box;
@@ -146,40 +148,55 @@ fn peers(dir: &Path, rows: &[f32]) {
 }
 
 /// Load, single-row and batch cost of a per-signal model: `SIGNALS` forests of 100 trees, each
-/// over its signal's `WIDTH` columns, printed beside `one_forest` (single-row seconds).
+/// over its signal's `WIDTH` columns, printed beside `one_forest` (single-row seconds); then the
+/// same model with the range guard the trainer adds (each signal's first column guarded).
 fn per_signal() {
     const SIGNALS: usize = 13;
     const WIDTH: usize = 6;
     let n = SIGNALS * WIDTH;
-    let dir = tempfile::tempdir().expect("temp dir");
     let (set, manifest) = forest::forest_set(17, SIGNALS, WIDTH, 100);
-    write_set_dir(dir.path(), &set, manifest).expect("write model dir");
-    let size = std::fs::metadata(dir.path().join(MODEL_FILE))
-        .expect("model.onnx")
-        .len();
     let rows = forest::dataset(&mut forest::Rng::new(19), BATCH, n);
-    let load = per_call(Duration::from_secs(1), || {
-        Scorer::load(dir.path()).expect("load model");
-    });
-    let scorer = Scorer::load(dir.path()).expect("load model");
-    let mut i = 0;
-    let single = per_call(Duration::from_secs(1), || {
-        i = (i + 1) % BATCH;
-        black_box(scorer.score_one(&rows[i * n..(i + 1) * n]).expect("score"));
-    });
-    let batch = per_call(Duration::from_secs(2), || {
-        black_box(scorer.score_batch(&rows, BATCH).expect("score"));
-    });
-    println!(
-        "\nPer-signal model, {SIGNALS} forests x 100 trees, {n} features ({size} bytes of model.onnx), one core:"
-    );
-    println!(
-        "  load {:.2} ms, single row {:.2} µs ({:.1} µs per forest), batch {:.0} samples/s",
-        load * 1e3,
-        single * 1e6,
-        single * 1e6 / SIGNALS as f64,
-        BATCH as f64 / batch
-    );
+    let guard = RangeGuard {
+        weight: 0.3,
+        bounds: (0..SIGNALS)
+            .filter_map(|g| {
+                let column = g * WIDTH;
+                RangeGuard::bound(column, rows.chunks_exact(n).map(|r| r[column]))
+            })
+            .collect(),
+    };
+    for (what, set) in [
+        ("", set.clone()),
+        (", with the range guard", set.with_range(guard)),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_set_dir(dir.path(), &set, manifest.clone()).expect("write model dir");
+        let size = std::fs::metadata(dir.path().join(MODEL_FILE))
+            .expect("model.onnx")
+            .len();
+        let load = per_call(Duration::from_secs(1), || {
+            Scorer::load(dir.path()).expect("load model");
+        });
+        let scorer = Scorer::load(dir.path()).expect("load model");
+        let mut i = 0;
+        let single = per_call(Duration::from_secs(1), || {
+            i = (i + 1) % BATCH;
+            black_box(scorer.score_one(&rows[i * n..(i + 1) * n]).expect("score"));
+        });
+        let batch = per_call(Duration::from_secs(2), || {
+            black_box(scorer.score_batch(&rows, BATCH).expect("score"));
+        });
+        println!(
+            "\nPer-signal model{what}, {SIGNALS} forests x 100 trees, {n} features ({size} bytes of model.onnx), one core:"
+        );
+        println!(
+            "  load {:.2} ms, single row {:.2} µs ({:.1} µs per forest), batch {:.0} samples/s",
+            load * 1e3,
+            single * 1e6,
+            single * 1e6 / SIGNALS as f64,
+            BATCH as f64 / batch
+        );
+    }
 }
 
 fn main() {
