@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use selfheal_core::Family;
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
-use selfheal_core::model::{AlarmRule, ModelManifest};
+use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
 use selfheal_core::store::S3Store;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,6 +112,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub features: Option<PathBuf>,
 }
+
+/// The most a ConfigMap holds (`data` plus `binaryData`, 1 MiB); `model train` warns when a
+/// model is larger (docs/models.md, "ConfigMap").
+pub const CONFIGMAP_MAX_BYTES: u64 = 1 << 20;
 
 /// `--layout` of `selfheal model train`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -339,6 +343,15 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         );
     }
     tracing::info!(out = %a.out.display(), version = %manifest.version, threshold = manifest.threshold, "model written");
+    let bytes = std::fs::metadata(a.out.join(MODEL_FILE))?.len();
+    if bytes > CONFIGMAP_MAX_BYTES {
+        tracing::warn!(
+            bytes,
+            limit = CONFIGMAP_MAX_BYTES,
+            "model.onnx is too big for a ConfigMap: publish it to a directory or S3, or train \
+             fewer trees (--trees) or one forest (--layout joint) for ConfigMap delivery"
+        );
+    }
     println!("{}", a.out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@
 
 use selfheal_core::features::FeatureSpec;
 use selfheal_core::forest::ForestSet;
-use selfheal_core::model::{AlarmRule, AlarmState, ModelManifest};
+use selfheal_core::model::{AlarmRule, AlarmState, MODEL_FILE, ModelManifest};
 use selfheal_model_export::dataset::{Series, Windows, features};
 use selfheal_model_export::detect::{contamination_threshold, score_rows};
 use selfheal_model_export::eval::Counts;
@@ -183,6 +183,42 @@ fn ok(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+#[test]
+fn train_warns_when_the_model_outgrows_a_configmap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _, _) = write_fixture(dir.path());
+    let p = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let train = |trees: &str| {
+        let out = dir.path().join(format!("model-{trees}"));
+        let run = selfheal(&[
+            "model",
+            "train",
+            "--family",
+            "demo",
+            "--input",
+            &p(&data),
+            "--out",
+            &p(&out),
+            "--trees",
+            trees,
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        ok(run);
+        let bytes = std::fs::metadata(out.join(MODEL_FILE))
+            .expect("model.onnx")
+            .len();
+        (bytes, stderr.contains("too big for a ConfigMap"))
+    };
+    // Three signals: three forests of ~250 KB per 100 trees.
+    let (big, warned) = train("200");
+    assert!(big > 1 << 20 && warned, "{big} bytes, warned: {warned}");
+    let (small, warned) = train("50");
+    assert!(
+        small < 1 << 20 && !warned,
+        "{small} bytes, warned: {warned}"
+    );
 }
 
 /// A CSV with RFC 3339 timestamps (5-minute spacing) and its NAB-style label windows.
