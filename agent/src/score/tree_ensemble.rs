@@ -54,16 +54,21 @@ enum Mode {
 }
 
 impl Mode {
-    fn parse(s: &str) -> TractResult<Option<Mode>> {
+    /// Parses one `nodes_modes` entry straight from the protobuf's bytes (a model has one per
+    /// tree node, hundreds of thousands in a per-signal model: no string is allocated).
+    fn parse(s: &[u8]) -> TractResult<Option<Mode>> {
         Ok(Some(match s {
-            "BRANCH_LEQ" => Mode::Leq,
-            "BRANCH_LT" => Mode::Lt,
-            "BRANCH_GTE" => Mode::Gte,
-            "BRANCH_GT" => Mode::Gt,
-            "BRANCH_EQ" => Mode::Eq,
-            "BRANCH_NEQ" => Mode::Neq,
-            "LEAF" => return Ok(None),
-            other => bail!("unknown tree node mode {other:?}"),
+            b"BRANCH_LEQ" => Mode::Leq,
+            b"BRANCH_LT" => Mode::Lt,
+            b"BRANCH_GTE" => Mode::Gte,
+            b"BRANCH_GT" => Mode::Gt,
+            b"BRANCH_EQ" => Mode::Eq,
+            b"BRANCH_NEQ" => Mode::Neq,
+            b"LEAF" => return Ok(None),
+            other => bail!(
+                "unknown tree node mode {:?}",
+                String::from_utf8_lossy(other)
+            ),
         }))
     }
 
@@ -161,7 +166,11 @@ impl<'a> RawEnsemble<'a> {
             feature_ids: node.get_attr_slice::<i64>("nodes_featureids")?,
             values: nodes_f32("nodes_values")?,
             modes: node
-                .get_attr_vec::<String>("nodes_modes")?
+                .attribute
+                .iter()
+                .find(|a| a.name == "nodes_modes")
+                .ok_or_else(|| format_err!("tree ensemble has no nodes_modes"))?
+                .strings
                 .iter()
                 .map(|s| Mode::parse(s))
                 .collect::<TractResult<_>>()?,
@@ -208,17 +217,31 @@ impl<'a> RawEnsemble<'a> {
     }
 }
 
+/// Leaf weights grouped by ONNX node (see [`FlatEnsemble::build`]).
+struct Contributions {
+    starts: Vec<u32>,
+    weights: Vec<(u32, f32)>,
+}
+
+impl Contributions {
+    /// Node `i`'s `(target, weight)` pairs.
+    fn of(&self, i: usize) -> &[(u32, f32)] {
+        &self.weights[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
+}
+
 impl FlatEnsemble {
     /// Flattens and checks the ensemble; `n_targets` bounds the leaf target ids.
     fn build(raw: &RawEnsemble<'_>, n_targets: usize) -> TractResult<FlatEnsemble> {
         let n = raw.tree_ids.len();
-        let index: HashMap<(i64, i64), usize> = (0..n)
-            .map(|i| ((raw.tree_ids[i], raw.node_ids[i]), i))
-            .collect();
+        let mut index: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
+        index.extend((0..n).map(|i| ((raw.tree_ids[i], raw.node_ids[i]), i)));
         ensure!(index.len() == n, "a (tree id, node id) pair appears twice");
 
-        // Leaf contributions, grouped by node.
-        let mut contributions: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();
+        // Leaf contributions, grouped by node: node i's are `contributions[starts[i]..starts[i
+        // + 1]]`, in input order (one allocation, not one per leaf).
+        let mut leaf_nodes = Vec::with_capacity(raw.leaf_tree_ids.len());
+        let mut starts = vec![0u32; n + 1];
         for j in 0..raw.leaf_tree_ids.len() {
             let key = (raw.leaf_tree_ids[j], raw.leaf_node_ids[j]);
             let Some(&i) = index.get(&key) else {
@@ -233,17 +256,27 @@ impl FlatEnsemble {
                 (0..n_targets as i64).contains(&target),
                 "leaf target {target} out of range 0..{n_targets}"
             );
-            contributions
-                .entry(i)
-                .or_default()
-                .push((target as u32, raw.leaf_weights[j]));
+            leaf_nodes.push(i);
+            starts[i + 1] += 1;
         }
-
-        // Roots: nodes no node points to, one per tree, in increasing tree id.
-        let mut is_child = vec![false; n];
         for i in 0..n {
+            starts[i + 1] += starts[i];
+        }
+        let mut filled = starts.clone();
+        let mut weights = vec![(0u32, 0f32); leaf_nodes.len()];
+        for (j, &i) in leaf_nodes.iter().enumerate() {
+            weights[filled[i] as usize] = (raw.leaf_targets[j] as u32, raw.leaf_weights[j]);
+            filled[i] += 1;
+        }
+        let contributions = Contributions { starts, weights };
+
+        // Each branch's children as node indices, and the roots: nodes no node points to, one
+        // per tree, in increasing tree id.
+        let mut children = vec![[0usize; 2]; n];
+        let mut is_child = vec![false; n];
+        for (i, node_children) in children.iter_mut().enumerate() {
             if raw.modes[i].is_some() {
-                for child in [raw.true_ids[i], raw.false_ids[i]] {
+                for (slot, child) in [raw.true_ids[i], raw.false_ids[i]].into_iter().enumerate() {
                     let Some(&c) = index.get(&(raw.tree_ids[i], child)) else {
                         bail!(
                             "tree {} node {} points to missing node {child}",
@@ -251,10 +284,12 @@ impl FlatEnsemble {
                             raw.node_ids[i]
                         );
                     };
+                    node_children[slot] = c;
                     is_child[c] = true;
                 }
             }
         }
+        drop(index);
         let mut roots_by_tree: Vec<(i64, usize)> = (0..n)
             .filter(|&i| !is_child[i])
             .map(|i| (raw.tree_ids[i], i))
@@ -284,8 +319,14 @@ impl FlatEnsemble {
         let mut visited = vec![false; n];
         for &(_, root) in &roots_by_tree {
             flat.roots.push(flat.records.len() as u32);
-            let depth =
-                flat.add_subtree(raw, &index, &contributions, root, &mut visited, &mut modes)?;
+            let depth = flat.add_subtree(
+                raw,
+                &children,
+                &contributions,
+                root,
+                &mut visited,
+                &mut modes,
+            )?;
             flat.depths.push(depth);
         }
         ensure!(
@@ -301,8 +342,8 @@ impl FlatEnsemble {
     fn add_subtree(
         &mut self,
         raw: &RawEnsemble<'_>,
-        index: &HashMap<(i64, i64), usize>,
-        contributions: &HashMap<usize, Vec<(u32, f32)>>,
+        children: &[[usize; 2]],
+        contributions: &Contributions,
         top: usize,
         visited: &mut [bool],
         modes: &mut BranchModes,
@@ -338,16 +379,14 @@ impl FlatEnsemble {
                     modes
                         .nan_true
                         .push(raw.nan_true.get(i).copied().unwrap_or(false));
-                    let tree = raw.tree_ids[i];
                     // Push false first so the true child follows its parent directly.
-                    for (child, slot) in [(raw.false_ids[i], 1), (raw.true_ids[i], 0)] {
-                        let c = index[&(tree, child)];
-                        stack.push((c, depth + 1, Some((at, slot))));
+                    for slot in [1, 0] {
+                        stack.push((children[i][slot], depth + 1, Some((at, slot))));
                     }
                 }
                 None => {
                     let leaf = self.leaf_start.len() - 1;
-                    for &(target, weight) in contributions.get(&i).into_iter().flatten() {
+                    for &(target, weight) in contributions.of(i) {
                         self.leaf_targets.push(target);
                         self.leaf_weights.push(weight);
                     }
