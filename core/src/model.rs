@@ -296,9 +296,9 @@ impl AlarmState {
 
     /// This state with the model's spike threshold ([`ModelManifest::spike_threshold`]): a
     /// sample whose raw score reaches it alarms at once, whatever the smoothing and the k-of-n
-    /// rule say. A non-finite threshold is ignored.
-    pub fn with_spike(mut self, spike_threshold: f64) -> Self {
-        self.spike = spike_threshold.is_finite().then_some(spike_threshold);
+    /// rule say. `None`, or a non-finite threshold, sets none.
+    pub fn with_spike(mut self, spike_threshold: Option<f64>) -> Self {
+        self.spike = spike_threshold.filter(|t| t.is_finite());
         self
     }
 
@@ -583,7 +583,7 @@ mod tests {
     #[test]
     fn a_spike_alarms_at_once_and_reports_its_own_score_and_threshold() {
         let rule = AlarmRule::k_of_n(3, 5).smoothed(10);
-        let mut st = AlarmState::new(rule).with_spike(0.9);
+        let mut st = AlarmState::new(rule).with_spike(Some(0.9));
         for _ in 0..20 {
             assert!(!st.push(0.4, 0.6));
         }
@@ -594,11 +594,11 @@ mod tests {
         assert_eq!((v.score, v.threshold), (0.95, 0.9));
         // The next ordinary score does not alarm; without a spike threshold nothing did.
         assert!(!st.push(0.4, 0.6));
-        let mut plain = AlarmState::new(rule).with_spike(f64::NAN);
+        let mut plain = AlarmState::new(rule).with_spike(Some(f64::NAN));
         assert!((0..20).all(|_| !plain.push(0.4, 0.6)));
         assert!(!plain.push(0.95, 0.6));
         // A sustained alarm reports the smoothed score against the threshold.
-        let mut st = AlarmState::new(AlarmRule::k_of_n(1, 1)).with_spike(0.9);
+        let mut st = AlarmState::new(AlarmRule::k_of_n(1, 1)).with_spike(Some(0.9));
         let v = st.push_scored(0.95, 0.6);
         assert!(v.above && v.spike && v.alarms);
         assert_eq!((v.score, v.threshold), (0.95, 0.6));

@@ -207,7 +207,7 @@ impl Detector {
             self.threshold,
             AlarmState::new(self.alarm)
                 .with_ordinary(self.ordinary)
-                .with_spike(self.spike.unwrap_or(f64::NAN)),
+                .with_spike(self.spike),
         )
     }
 }
@@ -384,7 +384,7 @@ pub fn train_model(
     let spike = spike_threshold(&raw_train_scores, cfg.spike_contamination);
     let state = AlarmState::new(cfg.alarm)
         .with_ordinary(ordinary)
-        .with_spike(spike.unwrap_or(f64::NAN));
+        .with_spike(spike);
     let by_contamination = || contamination_threshold(&train_scores, contamination);
     let (threshold, report) = match (&cfg.threshold, held_back.is_empty()) {
         (

@@ -319,7 +319,7 @@ fn train_score_eval_publish_through_the_binary() {
                 .ordinary_score
                 .expect("the trainer writes the ordinary score"),
         )
-        .with_spike(manifest.spike_threshold.unwrap_or(f64::NAN));
+        .with_spike(manifest.spike_threshold);
     let mut rows = 0;
     let mut alarmed = 0;
     for line in lines {

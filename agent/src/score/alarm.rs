@@ -99,22 +99,14 @@ impl AlarmState {
         spike: Option<f64>,
     ) -> Result<Self, AlarmRuleError> {
         validate_rule(rule, ordinary, spike)?;
-        let mut state = KOfN::new(rule);
+        let mut state = KOfN::new(rule).with_spike(spike);
         if let Some(o) = ordinary {
             state = state.with_ordinary(o);
-        }
-        if let Some(t) = spike {
-            state = state.with_spike(t);
         }
         Ok(AlarmState {
             rule: state,
             threshold,
         })
-    }
-
-    /// The threshold a score must reach now: the model's, raised by adaptation to a new normal.
-    pub fn effective_threshold(&self) -> f64 {
-        self.threshold + self.rule.raised_by()
     }
 
     /// Records the next score of the series. A NaN score counts as no alarm.
@@ -184,12 +176,14 @@ mod tests {
             );
         }
         let mut s = AlarmState::new(rule, 0.5, Some(0.3), None).expect("valid rule");
-        assert_eq!(s.effective_threshold(), 0.5);
         // A series that settles at 0.6 for good: the threshold rises by 0.6 - 0.3.
-        let anomalous = (0..200).filter(|_| s.push(0.6).anomalous).count();
+        let decisions: Vec<AlarmDecision> = (0..200).map(|_| s.push(0.6)).collect();
+        assert_eq!(decisions[0].threshold, 0.5);
+        let anomalous = decisions.iter().filter(|d| d.anomalous).count();
         assert!((75..=101).contains(&anomalous), "{anomalous}");
-        assert!((s.effective_threshold() - 0.8).abs() < 1e-6);
-        assert!(s.push(0.9).anomalous, "a rise above the new normal alarms");
+        let risen = s.push(0.9);
+        assert!((risen.threshold - 0.8).abs() < 1e-6);
+        assert!(risen.anomalous, "a rise above the new normal alarms");
     }
 
     #[test]
