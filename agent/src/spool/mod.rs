@@ -21,9 +21,9 @@
 //! the agent is stopped); `inspect` only reads.
 
 pub mod cli;
-mod frame;
 
-pub use frame::MAX_RECORD_BYTES;
+pub use selfheal_runtime::frame::MAX_RECORD_BYTES;
+use selfheal_runtime::frame;
 
 use selfheal_core::schema::{Envelope, Payload, encode_wire};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,6 @@
-//! The on-disk framing of one spooled record, and the scanner that finds frames in a segment.
+//! The on-disk framing of one logged record, and the scanner that finds frames in a segment: the
+//! format of the agent's spool and of the aggregator's ingest log, so both recover from a torn
+//! or corrupt write the same way.
 //!
 //! A frame is `magic (4) | body length u32 LE | CRC32 u32 LE | body`, the CRC covering the length
 //! and the body. The body is `appended_ms i64 LE | key length u16 LE | partition key | wire record`.
@@ -7,19 +9,19 @@
 //! scan is linear and cannot loop.
 
 /// Marks the start of every frame.
-pub(crate) const MAGIC: [u8; 4] = *b"SHS1";
+pub const MAGIC: [u8; 4] = *b"SHS1";
 /// magic + length + CRC.
-pub(crate) const HEADER_LEN: usize = 12;
+pub const HEADER_LEN: usize = 12;
 /// Fixed part of the body: append time + key length.
 const BODY_FIXED_LEN: usize = 10;
 /// Largest wire record plus partition key a frame may hold: Kinesis' 1 MiB record limit, which
 /// counts the partition key too.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Largest body a frame may declare; anything longer is corruption.
-pub(crate) const MAX_BODY_LEN: usize = MAX_RECORD_BYTES + BODY_FIXED_LEN;
+pub const MAX_BODY_LEN: usize = MAX_RECORD_BYTES + BODY_FIXED_LEN;
 
 /// Encodes one frame.
-pub(crate) fn encode(appended_ms: i64, key: &str, wire: &[u8]) -> Vec<u8> {
+pub fn encode(appended_ms: i64, key: &str, wire: &[u8]) -> Vec<u8> {
     let body_len = BODY_FIXED_LEN + key.len() + wire.len();
     let mut out = Vec::with_capacity(HEADER_LEN + body_len);
     out.extend_from_slice(&MAGIC);
@@ -43,7 +45,7 @@ fn checksum(len: &[u8], body: &[u8]) -> u32 {
 
 /// One record found by the scanner, borrowing from the scanned buffer.
 #[derive(Debug, PartialEq)]
-pub(crate) struct Frame<'a> {
+pub struct Frame<'a> {
     /// Offset of the frame in the scanned buffer.
     pub offset: usize,
     /// Total frame length (header + body).
@@ -58,7 +60,7 @@ pub(crate) struct Frame<'a> {
 
 /// What the scanner found at one position.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Scanned<'a> {
+pub enum Scanned<'a> {
     /// A valid frame.
     Frame(Frame<'a>),
     /// Bytes `[offset, offset + len)` are not a valid frame and were skipped up to the next magic
@@ -78,7 +80,7 @@ pub(crate) enum Scanned<'a> {
 }
 
 /// Parses the frame at `pos`, resynchronising on the next magic when it is corrupt.
-pub(crate) fn scan_at(buf: &[u8], pos: usize) -> Scanned<'_> {
+pub fn scan_at(buf: &[u8], pos: usize) -> Scanned<'_> {
     match parse_at(buf, pos) {
         Parsed::Ok(f) => Scanned::Frame(f),
         Parsed::Incomplete => Scanned::Incomplete { offset: pos },
