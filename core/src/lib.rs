@@ -11,7 +11,9 @@ pub mod family;
 pub mod features;
 pub mod forest;
 pub mod model;
+pub mod model_bounds;
 pub mod schema;
+pub mod signature;
 pub mod store;
 
 pub use family::{Family, Metric};
