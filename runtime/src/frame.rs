@@ -84,13 +84,41 @@ pub fn scan_at(buf: &[u8], pos: usize) -> Scanned<'_> {
     match parse_at(buf, pos) {
         Parsed::Ok(f) => Scanned::Frame(f),
         Parsed::Incomplete => Scanned::Incomplete { offset: pos },
-        Parsed::Bad => {
-            let next = find_magic(buf, pos + 1).unwrap_or(buf.len());
-            Scanned::Corrupt {
-                offset: pos,
-                len: next - pos,
-            }
-        }
+        Parsed::Bad => Scanned::Corrupt {
+            offset: pos,
+            len: resync_from(buf, pos) - pos,
+        },
+    }
+}
+
+/// Where scanning resumes after bad bytes at `pos`: the next magic, else the start of a magic
+/// prefix the buffer ends in, else the end. Never skipping such a tail matters to a reader that
+/// scans a log chunk by chunk: a magic cut by the chunk's end starts the next chunk's frame.
+fn resync_from(buf: &[u8], pos: usize) -> usize {
+    find_magic(buf, pos + 1).unwrap_or_else(|| {
+        let from = (pos + 1).max(buf.len().saturating_sub(MAGIC.len() - 1));
+        (from..buf.len())
+            .find(|&i| MAGIC.starts_with(&buf[i..]))
+            .unwrap_or(buf.len())
+    })
+}
+
+/// [`scan_at`] for a buffer that holds the log up to its end, such as a whole segment file read
+/// at recovery: there a frame running past the end is a torn tail only when no magic follows it.
+/// A length field corrupted to point past the end would otherwise pass for a torn tail and hide
+/// every later frame; here it is skipped up to the next magic like any other bad frame. A chunked
+/// reader uses it on its last chunk only: in an earlier one, a frame running past the chunk's
+/// end is simply longer than the chunk.
+pub fn scan_complete(buf: &[u8], pos: usize) -> Scanned<'_> {
+    match scan_at(buf, pos) {
+        Scanned::Incomplete { offset } => match find_magic(buf, offset.saturating_add(1)) {
+            Some(next) => Scanned::Corrupt {
+                offset,
+                len: next - offset,
+            },
+            None => Scanned::Incomplete { offset },
+        },
+        other => other,
     }
 }
 
@@ -148,6 +176,10 @@ fn find_magic(buf: &[u8], from: usize) -> Option<usize> {
         .position(|w| w == MAGIC)
         .map(|p| p + from)
 }
+
+#[cfg(test)]
+#[path = "frame_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
