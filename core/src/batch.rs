@@ -70,6 +70,10 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<&[u8]>, BatchDecodeError> {
 }
 
 #[cfg(test)]
+#[path = "batch_fuzz.rs"]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -308,6 +308,10 @@ pub fn decode_wire(bytes: &[u8]) -> Result<Envelope, DecodeError> {
 }
 
 #[cfg(test)]
+#[path = "schema_fuzz.rs"]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
