@@ -6,12 +6,23 @@
 # node_exporter is scraped once a second, and so is the agent's /metrics, as Prometheus would.
 # CPU is utime+stime over the window from /proc/<pid>/stat; memory is VmRSS at the end and VmHWM.
 #
-#   benches/agent_footprint.sh                 # DURATION=60 PODS=100
+# With MODELS=1 the measured agent scores with models for every family trained from its own lake:
+# first the agent runs TRAIN_SECS at TRAIN_INTERVAL over the same host and pod tree, forwarding
+# to an aggregator (HTTP ingest) that writes a lake directory; then `selfheal model train
+# --family F --input <lake>` with the trainer's defaults for each family the lake holds, and
+# `selfheal model publish` into a store the measured agent loads (`models.source`). Model sizes
+# and the families loaded are printed before the measurement.
+#
+#   benches/agent_footprint.sh                 # DURATION=60 PODS=100 MODELS=0
 #   DURATION=300 benches/agent_footprint.sh
+#   MODELS=1 TRAIN_SECS=240 TRAIN_INTERVAL=0.2 benches/agent_footprint.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
 PODS=${PODS:-100}
+MODELS=${MODELS:-0}
+TRAIN_SECS=${TRAIN_SECS:-240}
+TRAIN_INTERVAL=${TRAIN_INTERVAL:-0.2}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/selfheal/target}"
 command -v prometheus-node-exporter >/dev/null || {
   echo "installing prometheus-node-exporter (Debian)" >&2
@@ -48,9 +59,45 @@ for i in range(n):
 PY
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+models_env=()
+if [ "$MODELS" = 1 ]; then
+  agg_port=$(port); train_port=$(port)
+  SELFHEAL_LOG=warn SELFHEAL_AGGREGATOR_LISTEN_ADDR="127.0.0.1:$agg_port" \
+    SELFHEAL_AGGREGATOR_INGEST__SOURCE=http SELFHEAL_AGGREGATOR_LAKE__LOCATION="$tmp/lake" \
+    SELFHEAL_AGGREGATOR_CHECKPOINT__DIR="$tmp/checkpoints" \
+    "$bin" aggregator >/dev/null 2>"$tmp/aggregator.log" &
+  pids+=($!); agg=$!
+  SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS="$TRAIN_INTERVAL" SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
+    SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$train_port" SELFHEAL_AGENT_SPOOL__DIR="$tmp/spool" \
+    SELFHEAL_AGENT_FORWARD__SINK=http \
+    SELFHEAL_AGENT_FORWARD__HTTP__URL="http://127.0.0.1:$agg_port/v1/ingest" \
+    "$bin" agent >/dev/null 2>"$tmp/train-agent.log" &
+  pids+=($!); train_agent=$!
+  echo "recording the agent's own lake for ${TRAIN_SECS} s at ${TRAIN_INTERVAL} s" >&2
+  sleep "$TRAIN_SECS"
+  kill -TERM "$train_agent"; wait "$train_agent" || true
+  sleep 2
+  kill -TERM "$agg"; wait "$agg" || true
+  for family in cpu memory traffic pressure restarts; do
+    if "$bin" model train --family "$family" --input "$tmp/lake" --out "$tmp/model-$family" \
+        --version footprint >/dev/null 2>"$tmp/train-$family.log"; then
+      "$bin" model publish "$tmp/model-$family" --to "$tmp/store" >/dev/null
+      python3 - "$tmp/model-$family" "$family" <<'PY'
+import json, os, sys
+d, family = sys.argv[1], sys.argv[2]
+m = json.load(open(os.path.join(d, "manifest.json")))
+print(f"model {family}: {len(m['features']['signals'])} signals, {m['forests']} forests x "
+      f"{m['n_trees']} trees (psi {m['max_samples']}), model.onnx {os.path.getsize(os.path.join(d, 'model.onnx'))} bytes")
+PY
+    else
+      echo "model $family: not trained: $(tail -1 "$tmp/train-$family.log")"
+    fi
+  done
+  models_env=(SELFHEAL_AGENT_MODELS__SOURCE="$tmp/store")
+fi
 agent_port=$(port); ne_port=$(port)
-SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
-  SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$agent_port" "$bin" agent >/dev/null 2>"$tmp/agent.log" &
+env SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
+  SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$agent_port" "${models_env[@]}" "$bin" agent >/dev/null 2>"$tmp/agent.log" &
 pids+=($!); agent=$!
 prometheus-node-exporter --web.listen-address="127.0.0.1:$ne_port" >/dev/null 2>&1 &
 pids+=($!); ne=$!
@@ -65,6 +112,12 @@ for _ in $(seq "$DURATION"); do scrape; sleep 1; done
 a1=$(ticks $agent); n1=$(ticks $ne); t1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
 pods_seen=$(curl -s "http://127.0.0.1:$agent_port/metrics" | awk '$1=="selfheal_agent_pods" {print $2}')
+if [ "$MODELS" = 1 ]; then
+  echo "models in use: $(curl -s "http://127.0.0.1:$agent_port/metrics" | grep -c '^selfheal_agent_model_info{') families"
+  grep -h 'ModelRefused' "$tmp/agent.log" | head -3 || true
+  anon=$(awk '$1=="Anonymous:" {print $2}' "/proc/$agent/smaps_rollup")
+  echo "agent anonymous memory: $((anon / 1024)) MiB"
+fi
 python3 - "$a0" "$a1" "$n0" "$n1" "$t0" "$t1" "$hz" "$(kib $agent VmRSS)" "$(kib $agent VmHWM)" \
   "$(kib $ne VmRSS)" "$(kib $ne VmHWM)" "$DURATION" "$pods_seen" <<'PY'
 import sys

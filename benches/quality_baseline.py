@@ -3,12 +3,14 @@
 Protocol (the same splits and metric definitions as selfheal's quality bench):
 * NAB realAWSCloudwatch: per series, fit on the first 15%, predict the remaining 85%;
   counts pooled over the series.
-* SMD machine-2-1: one forest per metric (38), fit on train/, a test point alarms when any
-  metric's forest flags it.
-Each forest: 100 trees, max_samples="auto" (256), contamination=0.01, random_state=0; the alarm
-is scikit-learn's predict() == -1, with no smoothing and no point adjustment.
+* SMD machines 2-1, 2-2, 3-4 and ASD omi-1 ... omi-6: one forest per metric (38 / 19), fit on
+  train/, a test point alarms when any metric's forest flags it; counts pooled per data set.
+Each forest: 100 trees, max_samples="auto" (256), random_state=0, contamination 0.01 and 0.001
+(the two rows the issue compares with); the alarm is scikit-learn's predict() == -1, with no
+smoothing and no point adjustment.
 
-Usage: python benches/quality_baseline.py DATA_ROOT  -> one JSON object on stdout.
+Usage: python benches/quality_baseline.py DATA_ROOT  -> one JSON object on stdout:
+{"0.01": {"nab": counts, "smd": counts, "asd": counts}, "0.001": {...}}.
 """
 
 import json
@@ -60,15 +62,35 @@ def add(a, b):
     return {k: a.get(k, 0) + v for k, v in b.items()}
 
 
+QUANTILES = (0.01, 0.001)
+
+
 def forest():
-    return IsolationForest(n_estimators=100, max_samples="auto", contamination=0.01, random_state=0)
+    return IsolationForest(n_estimators=100, max_samples="auto", random_state=0)
+
+
+def alarms_by_quantile(train, test):
+    """Per contamination q: alarm where any metric's forest flags the point.
+
+    scikit-learn's contamination only sets offset_, the q-quantile of score_samples on the
+    training rows, and predict() == -1 is score_samples < offset_; so one fit serves every q
+    and is exactly IsolationForest(contamination=q).fit(train).predict(test) == -1.
+    """
+    out = {q: np.zeros(len(test), dtype=bool) for q in QUANTILES}
+    for m in range(train.shape[1]):
+        model = forest().fit(train[:, m:m + 1])
+        s_train = model.score_samples(train[:, m:m + 1])
+        s_test = model.score_samples(test[:, m:m + 1])
+        for q in QUANTILES:
+            out[q] |= s_test < np.percentile(s_train, 100.0 * q)
+    return out
 
 
 def nab(root):
     d = os.path.join(root, "NAB", "data", "realAWSCloudwatch")
     with open(os.path.join(root, "NAB", "labels", "combined_windows.json")) as f:
         windows = json.load(f)
-    total = {}
+    total = {q: {} for q in QUANTILES}
     for name in sorted(os.listdir(d)):
         if not name.endswith(".csv"):
             continue
@@ -86,24 +108,28 @@ def nab(root):
                 for a, b in ws:
                     labels |= (ts >= parse_time(a)) & (ts <= parse_time(b))
         cut = int(round(len(ts) * 0.15))
-        model = forest().fit(x[:cut])
-        alarms = model.predict(x[cut:]) == -1
-        total = add(total, counts(alarms, labels[cut:]))
+        for q, alarms in alarms_by_quantile(x[:cut], x[cut:]).items():
+            total[q] = add(total[q], counts(alarms, labels[cut:]))
     return total
 
 
-def smd(root):
-    base = os.path.join(root, "SMD", "ServerMachineDataset")
-    train = np.loadtxt(os.path.join(base, "train", "machine-2-1.txt"), delimiter=",", dtype=np.float32)
-    test = np.loadtxt(os.path.join(base, "test", "machine-2-1.txt"), delimiter=",", dtype=np.float32)
-    labels = np.loadtxt(os.path.join(base, "test_label", "machine-2-1.txt"), dtype=int) == 1
-    alarms = np.zeros(len(test), dtype=bool)
-    for m in range(train.shape[1]):
-        model = forest().fit(train[:, m:m + 1])
-        alarms |= model.predict(test[:, m:m + 1]) == -1
-    return counts(alarms, labels)
+def split(base, names):
+    total = {q: {} for q in QUANTILES}
+    for name in names:
+        load = lambda part: np.loadtxt(os.path.join(base, part, name + ".txt"), delimiter=",",
+                                       dtype=np.float32, ndmin=2)
+        train, test = load("train"), load("test")
+        labels = np.loadtxt(os.path.join(base, "test_label", name + ".txt"), dtype=int) == 1
+        for q, alarms in alarms_by_quantile(train, test).items():
+            total[q] = add(total[q], counts(alarms, labels))
+    return total
 
 
 if __name__ == "__main__":
     root = sys.argv[1]
-    print(json.dumps({"nab": nab(root), "smd": smd(root)}))
+    smd = split(os.path.join(root, "SMD", "ServerMachineDataset"),
+                ["machine-2-1", "machine-2-2", "machine-3-4"])
+    asd = split(os.path.join(root, "ASD"), ["omi-%d" % i for i in range(1, 7)])
+    nab_counts = nab(root)
+    print(json.dumps({str(q): {"nab": nab_counts[q], "smd": smd[q], "asd": asd[q]}
+                      for q in QUANTILES}))

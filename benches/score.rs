@@ -9,6 +9,9 @@
 //! scorer: its load, single-row and batch costs, for the ratio to one forest; with and without
 //! the range guard the trainer adds by default.
 //!
+//! Then the cpu family's model as the trainer writes it by default, for the issue-16 targets
+//! (≤ 256 KB of `model.onnx`, load ≤ 50 ms, a row ≤ 10 µs).
+//!
 //! `cargo bench --bench score` (peers need the test venv: `scripts/test.sh`, or point
 //! `SELFHEAL_PYTHON` at a Python with `scripts/requirements-test.txt` installed).
 
@@ -199,6 +202,76 @@ fn per_signal() {
     }
 }
 
+/// The model the trainer writes by default for the cpu family (its 13 metrics, `TrainConfig::
+/// default()`: the forest size, features, range guard and alarm chosen in docs/benchmarks.md),
+/// trained by `train_model` on 20,000 rows of noise and written by the same artifact writer as
+/// `selfheal model train`: its `model.onnx` size, load time, single-row and batch cost. Targets
+/// (issue 16): ≤ 256 KB, load ≤ 50 ms, a row ≤ 10 µs.
+fn default_family_model() {
+    use selfheal_model_export::dataset::Series;
+    use selfheal_model_export::detect::{TrainConfig, train_model};
+    let columns: Vec<String> = selfheal_core::Family::Cpu
+        .metrics()
+        .map(|m| m.as_str().to_owned())
+        .collect();
+    let mut rng = forest::Rng::new(23);
+    let series = Series {
+        name: "cpu".into(),
+        columns: columns.clone(),
+        timestamps: None,
+        rows: (0..20_000)
+            .map(|_| (0..columns.len()).map(|c| c as f64 + rng.unit()).collect())
+            .collect(),
+    };
+    let cfg = TrainConfig::default();
+    let (det, _) = train_model(std::slice::from_ref(&series), None, &cfg).expect("train");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut manifest = forest::manifest(
+        &det.forest.members[0].forest,
+        det.spec.clone(),
+        "cpu",
+        "1",
+        det.threshold,
+        det.alarm,
+    );
+    manifest.forests = det.forest.members.len();
+    manifest.ordinary_score = Some(det.ordinary);
+    manifest.spike_threshold = det.spike;
+    selfheal_model_export::artifact::write_model_dir(dir.path(), &det, manifest)
+        .expect("write model dir");
+    let size = std::fs::metadata(dir.path().join(MODEL_FILE))
+        .expect("model.onnx")
+        .len();
+    let n = det.spec.len();
+    let rows = forest::dataset(&mut forest::Rng::new(29), BATCH, n);
+    let load = per_call(Duration::from_secs(1), || {
+        Scorer::load(dir.path()).expect("load model");
+    });
+    let scorer = Scorer::load(dir.path()).expect("load model");
+    let mut i = 0;
+    let single = per_call(Duration::from_secs(1), || {
+        i = (i + 1) % BATCH;
+        black_box(scorer.score_one(&rows[i * n..(i + 1) * n]).expect("score"));
+    });
+    let batch = per_call(Duration::from_secs(2), || {
+        black_box(scorer.score_batch(&rows, BATCH).expect("score"));
+    });
+    println!(
+        "\nDefault cpu model (TrainConfig::default()): {} forests x {} trees, psi {}, {n} features, \
+         {size} bytes of model.onnx, one core:",
+        det.forest.members.len(),
+        cfg.forest.n_trees,
+        cfg.forest.max_samples,
+    );
+    println!(
+        "  load {:.2} ms, single row {:.2} µs, batch {:.0} samples/s (a row of a batch {:.2} µs)",
+        load * 1e3,
+        single * 1e6,
+        BATCH as f64 / batch,
+        batch / BATCH as f64 * 1e6
+    );
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rows = write_model(dir.path());
@@ -209,5 +282,6 @@ fn main() {
     if !std::env::args().any(|a| a == "--test") {
         peers(dir.path(), &rows);
         per_signal();
+        default_family_model();
     }
 }

@@ -565,3 +565,131 @@ fn a_trained_per_signal_model_learns_a_new_normal_on_the_node() {
         "anomalies carry the raised threshold"
     );
 }
+
+/// Issue 16, item 4, through the binaries: a CSV of the node's cpu metrics (the 10 a node
+/// record has, not the pod-only three, columns in reverse schema order) trains with
+/// `selfheal model train --family cpu`, publishes with `selfheal model publish`, and the agent
+/// loads it and scores its node records by metric name. A CSV with a column that is not a cpu
+/// metric is refused at train time, naming the column.
+#[test]
+fn a_model_trained_on_a_csv_of_some_family_metrics_in_any_order_scores_on_the_agent() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pod_only = ["cpu_limit_cores", "cpu_throttled_ratio", "cpu_throttled_secs_per_sec"];
+    let mut columns: Vec<String> = family_signals(Family::Cpu)
+        .into_iter()
+        .filter(|m| !pod_only.contains(&m.as_str()))
+        .collect();
+    columns.reverse();
+    assert_eq!(columns.len(), 10);
+    // Training values far from any real host's (about 1000 on every metric), so that the node's
+    // real records lie outside the training range and the model alarms once warm: what this
+    // proves is that the agent reads the model's columns by name and scores them.
+    let mut rng = Rng::new(5);
+    let mut csv = |columns: &[String]| {
+        let mut text = columns.join(",") + "\n";
+        for _ in 0..1500 {
+            let row: Vec<String> = columns
+                .iter()
+                .map(|_| (1000.0 + rng.unit()).to_string())
+                .collect();
+            text += &(row.join(",") + "\n");
+        }
+        text
+    };
+    let train = |input: &Path, out: &Path| {
+        selfheal()
+            .args(["model", "train", "--family", "cpu", "--trees", "10"])
+            .args(["--max-samples", "64", "--version", "csv1", "--input"])
+            .arg(input)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .output()
+            .expect("run selfheal model train")
+    };
+    let data = root.path().join("cpu.csv");
+    std::fs::write(&data, csv(&columns)).expect("write csv");
+    let model = root.path().join("model");
+    let out = train(&data, &model);
+    assert!(
+        out.status.success(),
+        "model train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A column that is not a cpu metric is refused, by name, and no model is written.
+    let mut bad_columns = columns.clone();
+    bad_columns.insert(3, "memory_used_bytes".into());
+    let bad = root.path().join("bad.csv");
+    std::fs::write(&bad, csv(&bad_columns)).expect("write csv");
+    let refused_dir = root.path().join("refused");
+    let out = train(&bad, &refused_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a memory column trained a cpu model");
+    assert!(
+        stderr.contains("\"memory_used_bytes\" is not a cpu metric"),
+        "{stderr}"
+    );
+    assert!(!refused_dir.exists(), "nothing is written for a refused input");
+
+    let store = root.path().join("store");
+    let status = selfheal()
+        .args(["model", "publish"])
+        .arg(&model)
+        .arg("--to")
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run selfheal model publish");
+    assert!(status.success(), "model publish failed");
+
+    let port = free_port();
+    let child = selfheal()
+        .args(["agent", "--print"])
+        .env("SELFHEAL_AGENT_INTERVAL_SECS", "0.1")
+        .env("SELFHEAL_AGENT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("SELFHEAL_AGENT_PODS__SOURCE", "none")
+        .env("SELFHEAL_AGENT_MODELS__SOURCE", &store)
+        .env("SELFHEAL_AGENT_MODELS__POLL_SECS", "0.2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut agent = KillOnDrop(child);
+    let stdout = agent.0.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let env: Envelope = serde_json::from_str(&line).expect("envelope per line");
+            if let Payload::Anomaly(a) = env.payload
+                && tx.send(a).is_err()
+            {
+                break;
+            }
+        }
+    });
+    // The feature warm-up is 60 cycles (6 s at 0.1 s); then the node's cpu record alarms.
+    let a = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the csv-trained cpu model scores the node's records");
+    assert_eq!(a.record.family, Family::Cpu);
+    assert_eq!(a.record.subject, Subject::Node);
+    assert_eq!(a.model_version, "csv1");
+    let spec = FeatureSpec::standard(columns.clone());
+    assert_eq!(a.features.len(), spec.len(), "the model's 10 signals' features");
+    assert!(
+        a.top_features
+            .iter()
+            .all(|(name, _)| columns.iter().any(|c| name.starts_with(c.as_str()))),
+        "{:?}",
+        a.top_features
+    );
+    let metrics = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        metrics.contains("selfheal_agent_model_loads_total{family=\"cpu\",result=\"loaded\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("result=\"refused\""), "{metrics}");
+}

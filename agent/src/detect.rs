@@ -11,7 +11,8 @@
 //! and reads both files from that one resolved directory, so a swap between reading
 //! `model.onnx` and `manifest.json` cannot pair files of two updates. It loads a
 //! changed model with [`Scorer::load`] and refuses (logs, counts, keeps the previous one) any model
-//! that does not load or whose signals are not its family's metrics. Loading does file I/O and
+//! that does not load or names a signal that is not one of its family's metrics (a model may
+//! take any subset of them, in any order: rows are read by metric name). Loading does file I/O and
 //! compiles the graph, so the loop runs [`ModelRegistry::poll`] off the hot path and hands the
 //! results to the [`Detector`] between cycles: a cycle sees the old model or the new one, never a
 //! mix.
@@ -24,9 +25,9 @@
 //! anomalous at ~13 ms, almost all of it those copies.
 
 use crate::score::{AlarmState, ScoreError, Scorer};
-use selfheal_core::family::Family;
+use selfheal_core::family::{Family, Metric};
 use selfheal_core::features::{FeatureExtractor, FeatureSpec};
-use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE};
+use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE, SignalError, family_metrics};
 use selfheal_core::schema::{Anomaly, Record, Subject};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -119,15 +120,16 @@ pub enum DetectError {
         #[source]
         source: ScoreError,
     },
-    /// The manifest's signals are not the family's metrics, in schema order.
-    #[error("model signals {model:?} are not the {family} metrics {expected:?}")]
+    /// The manifest names a signal that is not a metric of the family, or one twice.
+    #[error("model signals {model:?} cannot be read from {family} records")]
     Signals {
         /// The family.
         family: Family,
         /// `manifest.features.signals`.
         model: Vec<String>,
-        /// `Family::metrics()` names.
-        expected: Vec<String>,
+        /// Which signal, and why.
+        #[source]
+        source: SignalError,
     },
     /// Scoring a cycle's batch failed; the family's records pass through unscored.
     #[error("scoring {family}")]
@@ -180,9 +182,21 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     }
 }
 
-/// The signal names a family's model must take, in order.
+/// The names of a family's metrics, in schema order: a model for the family may take any of
+/// them, in any order (see [`model_metrics`]).
 pub fn family_signals(family: Family) -> Vec<String> {
     family.metrics().map(|m| m.as_str().to_owned()).collect()
+}
+
+/// The family metric each of a model's `signals` names, in the model's order (see
+/// [`family_metrics`]): a model trained on any subset of a family's metrics, in any column
+/// order, reads each row by metric name.
+pub fn model_metrics(family: Family, signals: &[String]) -> Result<Vec<Metric>, DetectError> {
+    family_metrics(family, signals).map_err(|source| DetectError::Signals {
+        family,
+        model: signals.to_vec(),
+        source,
+    })
 }
 
 /// Watches the models directory; see the module docs.
@@ -309,20 +323,15 @@ pub fn load_for(family: Family, dir: &Path) -> Result<Scorer, DetectError> {
         dir: dir.to_owned(),
         source,
     })?;
-    check_signals(family, &scorer)?;
+    model_metrics(family, &scorer.manifest().features.signals)?;
     Ok(scorer)
 }
 
-fn check_signals(family: Family, scorer: &Scorer) -> Result<(), DetectError> {
-    let expected = family_signals(family);
-    if scorer.manifest().features.signals != expected {
-        return Err(DetectError::Signals {
-            family,
-            model: scorer.manifest().features.signals.clone(),
-            expected,
-        });
-    }
-    Ok(())
+/// A family's model and the metric each of its signals reads.
+#[derive(Debug)]
+struct FamilyModel {
+    scorer: Arc<Scorer>,
+    metrics: Vec<Metric>,
 }
 
 /// One (subject, family) series' state.
@@ -349,7 +358,7 @@ pub struct Detection {
 /// Scores each cycle's records; see the module docs.
 #[derive(Debug)]
 pub struct Detector {
-    models: HashMap<Family, Arc<Scorer>>,
+    models: HashMap<Family, FamilyModel>,
     series: HashMap<(Subject, Family), Series>,
     window_records: usize,
 }
@@ -364,11 +373,11 @@ impl Detector {
         }
     }
 
-    /// Uses `scorer` for `family` from the next cycle on, unless its signals are not the
-    /// family's metrics (then the previous model stays).
+    /// Uses `scorer` for `family` from the next cycle on, unless one of its signals is not a
+    /// metric of the family (then the previous model stays).
     pub fn set_model(&mut self, family: Family, scorer: Arc<Scorer>) -> Result<(), DetectError> {
-        check_signals(family, &scorer)?;
-        self.models.insert(family, scorer);
+        let metrics = model_metrics(family, &scorer.manifest().features.signals)?;
+        self.models.insert(family, FamilyModel { scorer, metrics });
         Ok(())
     }
 
@@ -386,7 +395,7 @@ impl Detector {
 
     /// The model in use for `family`.
     pub fn model(&self, family: Family) -> Option<&Arc<Scorer>> {
-        self.models.get(&family)
+        self.models.get(&family).map(|m| &m.scorer)
     }
 
     /// Series with state held.
@@ -400,9 +409,10 @@ impl Detector {
         let mut out = Detection::default();
         let mut seen: std::collections::HashSet<(Subject, Family)> = Default::default();
         for family in Family::ALL {
-            let Some(scorer) = self.models.get(&family).cloned() else {
+            let Some(FamilyModel { scorer, metrics }) = self.models.get(&family) else {
                 continue;
             };
+            let scorer = scorer.clone();
             let manifest = scorer.manifest();
             let spec = &manifest.features;
             let alarm_key = (
@@ -445,16 +455,17 @@ impl Detector {
                     series.ring.push_back((*r).clone());
                 }
                 signals.clear();
-                // A metric the record lacks is NaN: the extractor imputes it.
+                // The model's signals by name, in its order; a metric the record lacks is NaN:
+                // the extractor imputes it.
                 signals.extend(
-                    family
-                        .metrics()
-                        .map(|m| r.values.get(&m).copied().unwrap_or(f64::NAN)),
+                    metrics
+                        .iter()
+                        .map(|m| r.values.get(m).copied().unwrap_or(f64::NAN)),
                 );
                 let f = match series.extractor.push(&signals) {
                     Ok(f) => f,
-                    // `set_model` only admits a model whose signals are the family's metrics, and
-                    // the extractor follows the model's spec, so the lengths always match.
+                    // `set_model` resolved one metric per signal of the model's spec, and the
+                    // extractor follows that spec, so the lengths always match.
                     Err(e) => unreachable!("signals checked at load: {e}"),
                 };
                 rows.extend(f.iter().map(|&x| x as f32));

@@ -4,6 +4,7 @@
 //! file checksum, feature schema or input shape disagrees with this manifest, and keeps the model
 //! it had.
 
+use crate::family::{Family, Metric};
 use crate::features::FeatureSpec;
 use serde::{Deserialize, Serialize};
 
@@ -386,6 +387,56 @@ impl AlarmState {
     }
 }
 
+/// A model's signal list that a family cannot feed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    /// A signal that is not one of the family's metrics.
+    #[error("{signal:?} is not a {family} metric (the {family} metrics are {})", metric_names(*family))]
+    NotInFamily {
+        /// The family.
+        family: Family,
+        /// The signal.
+        signal: String,
+    },
+    /// A metric named twice.
+    #[error("{signal:?} appears twice")]
+    Duplicate {
+        /// The signal.
+        signal: String,
+    },
+}
+
+fn metric_names(family: Family) -> String {
+    family
+        .metrics()
+        .map(Metric::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The metric of `family` each of `signals` names, in the order given. A model may take any
+/// subset of its family's metrics in any order (a CSV of a node's records has none of the pod
+/// metrics), since the agent reads each row by metric name; the trainer refuses a column that
+/// is not a metric of the family, and the agent a model that names one.
+pub fn family_metrics(family: Family, signals: &[String]) -> Result<Vec<Metric>, SignalError> {
+    let mut out: Vec<Metric> = Vec::with_capacity(signals.len());
+    for signal in signals {
+        let Some(metric) = family.metrics().find(|m| m.as_str() == signal) else {
+            return Err(SignalError::NotInFamily {
+                family,
+                signal: signal.clone(),
+            });
+        };
+        if out.contains(&metric) {
+            return Err(SignalError::Duplicate {
+                signal: signal.clone(),
+            });
+        }
+        out.push(metric);
+    }
+    Ok(out)
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -602,6 +653,31 @@ mod tests {
         let v = st.push_scored(0.95, 0.6);
         assert!(v.above && v.spike && v.alarms);
         assert_eq!((v.score, v.threshold), (0.95, 0.6));
+    }
+
+    #[test]
+    fn a_model_may_take_any_subset_of_its_family_in_any_order() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            family_metrics(Family::Cpu, &names(&["cpu_load1", "cpu_user_ratio"])),
+            Ok(vec![Metric::CpuLoad1, Metric::CpuUserRatio])
+        );
+        let err = family_metrics(Family::Cpu, &names(&["cpu_load1", "memory_used_bytes"]))
+            .expect_err("not cpu");
+        assert_eq!(
+            err,
+            SignalError::NotInFamily {
+                family: Family::Cpu,
+                signal: "memory_used_bytes".into()
+            }
+        );
+        assert!(err.to_string().contains("\"memory_used_bytes\" is not a cpu metric"));
+        assert_eq!(
+            family_metrics(Family::Cpu, &names(&["cpu_load1", "cpu_load1"])),
+            Err(SignalError::Duplicate {
+                signal: "cpu_load1".into()
+            })
+        );
     }
 
     #[test]

@@ -214,7 +214,8 @@ mod tests {
     use crate::train::ForestParams;
 
     fn trained(dir: &Path) -> (Detector, ModelManifest) {
-        let rows = (0..400)
+        // Enough rows after the feature warm-up to place the default threshold.
+        let rows = (0..1200)
             .map(|i| {
                 let x = f64::from(i % 17) / 17.0;
                 vec![x, 1.0 - x, (x * 7.0).fract()]

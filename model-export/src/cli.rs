@@ -8,16 +8,18 @@
 use crate::artifact::{read_model_dir, sha256_files, write_model_dir};
 use crate::dataset::{Windows, read_input, read_labels, read_series};
 use crate::detect::{
-    DEFAULT_ALARM, DEFAULT_CONTAMINATION, DEFAULT_RANGE_WEIGHT, DEFAULT_SPIKE_CONTAMINATION,
-    ThresholdRule, TrainConfig, train_model,
+    DEFAULT_ALARM, DEFAULT_RANGE_WEIGHT, DEFAULT_SENSITIVITY, DEFAULT_SPIKE_RATIO, ThresholdRule,
+    TrainConfig, sensitivity_contamination, train_model,
 };
 use crate::eval::Counts;
-use crate::train::{ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE};
+use crate::train::{
+    DEFAULT_MAX_SAMPLES, DEFAULT_TREES, ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE,
+};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use selfheal_core::Family;
 use selfheal_core::features::{FEATURE_SCHEMA_VERSION, FeatureSpec};
-use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest};
+use selfheal_core::model::{AlarmRule, MODEL_FILE, ModelManifest, family_metrics};
 use selfheal_core::store::S3Store;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,7 +60,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub version: Option<String>,
     /// Number of trees (of each forest, with `--layout per-signal`).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = DEFAULT_TREES)]
     pub trees: usize,
     /// `per-signal`: one forest per input column over that column's features, the score being
     /// the largest excess of a forest's score over its 99th training percentile (an anomaly in a
@@ -67,7 +69,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = LayoutArg::PerSignal)]
     pub layout: LayoutArg,
     /// Sub-sample size per tree (ψ).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULT_MAX_SAMPLES)]
     pub max_samples: usize,
     /// Maximum tree depth; default ceil(log2 ψ).
     #[arg(long)]
@@ -75,9 +77,16 @@ pub struct TrainArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Share of training points expected anomalous; sets the threshold without labels.
-    #[arg(long, default_value_t = DEFAULT_CONTAMINATION)]
-    pub contamination: f64,
+    /// How readily the model alarms, from 0 to 1: the threshold is placed so that a share
+    /// 0.001 × 100^s of the training samples reach it (0.001 at 0, 0.01 at 0.5, 0.1 at 1).
+    /// Higher catches more incidents for more false alarms; docs/benchmarks.md ("Detection
+    /// quality") gives the operating curve, windows hit against false-alarm events per 1000
+    /// samples, measured leave-one-machine-out, and how the default was chosen.
+    #[arg(long, default_value_t = DEFAULT_SENSITIVITY)]
+    pub sensitivity: f64,
+    /// Share of training points expected anomalous; overrides --sensitivity.
+    #[arg(long)]
+    pub contamination: Option<f64>,
     /// With --labels: share of each series held back to choose the threshold on.
     #[arg(long, default_value_t = 0.3)]
     pub validation_fraction: f64,
@@ -104,9 +113,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = DEFAULT_RANGE_WEIGHT)]
     pub range_weight: f32,
     /// Share of the raw training scores that reach the spike threshold, at which one sample
-    /// alarms at once (0: none). Set only when at least 20 training rows reach it.
-    #[arg(long, default_value_t = DEFAULT_SPIKE_CONTAMINATION)]
-    pub spike_contamination: f64,
+    /// alarms at once (0: none); default a quarter of the threshold's contamination. Set only
+    /// when at least 20 training rows reach it.
+    #[arg(long)]
+    pub spike_contamination: Option<f64>,
     /// Feature spec as JSON (a `FeatureSpec`; its `signals` are replaced by the input's
     /// columns). Default: the standard spec.
     #[arg(long)]
@@ -236,7 +246,20 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         );
         (lake.series, Some(lake.digest))
     } else {
-        (read_input(&a.input)?, None)
+        let series = read_input(&a.input)?;
+        // A model for a metric family is read by metric name on the node: every column must
+        // be one of the family's metrics (any subset, any order).
+        if let Ok(family) = a.family.parse::<Family>()
+            && let Some(first) = series.first()
+        {
+            family_metrics(family, &first.columns).with_context(|| {
+                format!(
+                    "{}: the columns cannot train a {family} model",
+                    a.input.display()
+                )
+            })?;
+        }
+        (series, None)
     };
     let labels = match &a.labels {
         Some(p) => Some(
@@ -262,6 +285,12 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             features.schema_version
         );
     }
+    if !(0.0..=1.0).contains(&a.sensitivity) {
+        bail!("--sensitivity must be in [0, 1], got {}", a.sensitivity);
+    }
+    let contamination = a
+        .contamination
+        .unwrap_or_else(|| sensitivity_contamination(a.sensitivity));
     let cfg = TrainConfig {
         forest: ForestParams {
             n_trees: a.trees,
@@ -283,13 +312,15 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             ThresholdRule::BestF1 {
                 validation_fraction: a.validation_fraction,
                 max_false_alarm_events_per_1000: a.max_false_alarm_events_per_1000,
-                fallback_contamination: a.contamination,
+                fallback_contamination: contamination,
             }
         } else {
-            ThresholdRule::Contamination(a.contamination)
+            ThresholdRule::Contamination(contamination)
         },
         range_weight: a.range_weight,
-        spike_contamination: a.spike_contamination,
+        spike_contamination: a
+            .spike_contamination
+            .unwrap_or(contamination * DEFAULT_SPIKE_RATIO),
     };
     let (detector, report) = train_model(&series, labels.as_deref(), &cfg)?;
     let now = OffsetDateTime::now_utc();
@@ -359,15 +390,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
 fn score(a: ScoreArgs) -> Result<ExitCode> {
     let (detector, _) =
         read_model_dir(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
-    let series = read_series(&a.input)?;
-    if series.columns != detector.spec.signals {
-        bail!(
-            "{}: columns {:?} differ from the model's signals {:?}",
-            a.input.display(),
-            series.columns,
-            detector.spec.signals
-        );
-    }
+    let series = read_series(&a.input)?.select_columns(&detector.spec.signals)?;
     let scored = detector.run(&series)?;
     let file =
         std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -396,14 +419,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         read_model_dir(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
     let mut counts = Counts::default();
     for series in read_input(&a.input)? {
-        if series.columns != detector.spec.signals {
-            bail!(
-                "{}: columns {:?} differ from the model's signals {:?}",
-                series.name,
-                series.columns,
-                detector.spec.signals
-            );
-        }
+        let series = series.select_columns(&detector.spec.signals)?;
         let windows = read_labels(&a.labels, &series)?;
         let scored = detector.run(&series)?;
         counts.add(&Counts::of(&scored.alarms, &windows));

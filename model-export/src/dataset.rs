@@ -119,6 +119,18 @@ pub enum DataError {
         /// Columns of this one.
         found: Vec<String>,
     },
+    /// A series lacks a column a model reads.
+    #[error("{series}: no column {column:?} (the model reads {wanted:?}; the series has {found:?})")]
+    MissingColumn {
+        /// Series name.
+        series: String,
+        /// The column missing.
+        column: String,
+        /// The columns the model reads.
+        wanted: Vec<String>,
+        /// The series' columns.
+        found: Vec<String>,
+    },
     /// Feature extraction refused a row (a width mismatch: a bug, reported rather than panicking).
     #[error("feature extraction failed")]
     Features(#[source] FeatureError),
@@ -138,6 +150,38 @@ pub struct Series {
 }
 
 impl Series {
+    /// This series with the columns `names`, in that order, picked by name (as the agent reads
+    /// a record's metrics by name): a CSV may hold a model's columns in any order, and others.
+    pub fn select_columns(&self, names: &[String]) -> Result<Series, DataError> {
+        if self.columns == names {
+            return Ok(self.clone());
+        }
+        let idx = names
+            .iter()
+            .map(|n| {
+                self.columns
+                    .iter()
+                    .position(|c| c == n)
+                    .ok_or_else(|| DataError::MissingColumn {
+                        series: self.name.clone(),
+                        column: n.clone(),
+                        wanted: names.to_vec(),
+                        found: self.columns.clone(),
+                    })
+            })
+            .collect::<Result<Vec<usize>, DataError>>()?;
+        Ok(Series {
+            name: self.name.clone(),
+            columns: names.to_vec(),
+            timestamps: self.timestamps.clone(),
+            rows: self
+                .rows
+                .iter()
+                .map(|r| idx.iter().map(|&i| r[i]).collect())
+                .collect(),
+        })
+    }
+
     /// Rows `range` as a new series with the same name and columns.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Series {
         Series {

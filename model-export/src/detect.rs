@@ -69,8 +69,22 @@ pub struct TrainConfig {
     pub spike_contamination: f64,
 }
 
-/// Default contamination: the share of training points scoring at or above the threshold.
-pub const DEFAULT_CONTAMINATION: f64 = 0.008;
+/// Default `--sensitivity` (docs/benchmarks.md, "Detection quality": chosen by
+/// leave-one-machine-out).
+pub const DEFAULT_SENSITIVITY: f64 = 0.3;
+
+/// Least and most contamination `--sensitivity` reaches (at 0 and at 1).
+pub const SENSITIVITY_CONTAMINATION: (f64, f64) = (0.001, 0.1);
+
+/// The contamination of sensitivity `s` in `[0, 1]` (clamped): log-linear from 0.001 of the
+/// training scores above the threshold at 0 to 0.1 at 1, so each step of 0.1 lets about 1.6×
+/// as many ordinary samples reach the threshold. Sensitivity is what a user turns to move
+/// along the operating curve (windows hit against false alarms, docs/benchmarks.md).
+pub fn sensitivity_contamination(s: f64) -> f64 {
+    let (lo, hi) = SENSITIVITY_CONTAMINATION;
+    lo * (hi / lo).powf(s.clamp(0.0, 1.0))
+}
+
 /// Default alarm rule: scores smoothed over a half-life of 15 samples, then 3 smoothed scores at
 /// or above threshold within the last 15. Smoothing lets a sustained moderate rise alarm and
 /// fades a lone spike; 3-of-15 holds an alarm for up to 12 samples, so one incident is one alarm
@@ -85,8 +99,14 @@ pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 15).smoothed(15).adapt
 /// about three times the largest excess a forest's score reaches over its offset on ordinary
 /// data, so a value clearly outside the range it held in training alarms by itself.
 pub const DEFAULT_RANGE_WEIGHT: f32 = 0.3;
-/// Default spike contamination: 0.2% of the raw training scores reach the spike threshold.
-pub const DEFAULT_SPIKE_CONTAMINATION: f64 = 0.002;
+/// Default spike share, as a fraction of the threshold's contamination: a quarter as many raw
+/// training scores reach the spike threshold as smoothed ones reach the threshold.
+pub const DEFAULT_SPIKE_RATIO: f64 = 0.25;
+
+/// The contamination of [`DEFAULT_SENSITIVITY`].
+pub fn default_contamination() -> f64 {
+    sensitivity_contamination(DEFAULT_SENSITIVITY)
+}
 /// Training rows that must lie at or above the spike threshold for it to be set: an extreme
 /// quantile estimated from fewer rows is little more than the training set's largest score,
 /// and on a short training set that alarms on every new high.
@@ -106,9 +126,9 @@ impl Default for TrainConfig {
             },
             features: FeatureSpec::standard(Vec::new()),
             alarm: DEFAULT_ALARM,
-            threshold: ThresholdRule::Contamination(DEFAULT_CONTAMINATION),
+            threshold: ThresholdRule::Contamination(default_contamination()),
             range_weight: DEFAULT_RANGE_WEIGHT,
-            spike_contamination: DEFAULT_SPIKE_CONTAMINATION,
+            spike_contamination: default_contamination() * DEFAULT_SPIKE_RATIO,
         }
     }
 }
@@ -138,6 +158,20 @@ pub enum DetectError {
     BadRangeWeight {
         /// Value given.
         value: f32,
+    },
+    /// Too few training rows to place the threshold (see [`MIN_ROWS_ABOVE_THRESHOLD`]).
+    #[error(
+        "{rows} training rows (after the feature warm-up) cannot place a threshold at \
+         contamination {contamination}: at least {needed} are needed; observe the node longer \
+         or raise the sensitivity"
+    )]
+    TooFewTrainingRows {
+        /// Training rows.
+        rows: usize,
+        /// Rows needed.
+        needed: usize,
+        /// The contamination asked for.
+        contamination: f64,
     },
     /// Label windows were given for a different number of series.
     #[error("{labels} label sets for {series} series")]
@@ -191,25 +225,42 @@ impl Detector {
     pub fn run(&self, series: &Series) -> Result<Scored, DataError> {
         let rows = features(series, &self.spec)?;
         let scores = score_rows(&self.forest, &rows);
-        // As on the node: the first `warmup` rows, whose features come from windows not yet
-        // full, are scored but neither alarm nor feed the alarm state.
-        let warm = self.spec.warmup().min(scores.len());
-        let mut alarms = vec![false; warm];
-        alarms.extend(self.alarms(&scores[warm..]));
+        let alarms = alarms_after_warmup(
+            &scores,
+            self.spec.warmup(),
+            self.threshold,
+            self.alarm_state(),
+        );
         Ok(Scored { scores, alarms })
+    }
+
+    /// A fresh [`AlarmState`] for a new series, with this detector's rule, ordinary score and
+    /// spike threshold.
+    pub fn alarm_state(&self) -> AlarmState {
+        AlarmState::new(self.alarm)
+            .with_ordinary(self.ordinary)
+            .with_spike(self.spike)
     }
 
     /// Alarms of a score series under this detector's threshold, spike threshold and rule
     /// (a fresh [`AlarmState`], as for a new series on the node).
     pub fn alarms(&self, scores: &[f64]) -> Vec<bool> {
-        alarms(
-            scores,
-            self.threshold,
-            AlarmState::new(self.alarm)
-                .with_ordinary(self.ordinary)
-                .with_spike(self.spike),
-        )
+        alarms(scores, self.threshold, self.alarm_state())
     }
+}
+
+/// Alarms of a series' scores as the node decides them: the first `warmup` rows, whose features
+/// come from windows not yet full, are scored but neither alarm nor feed `state`.
+pub fn alarms_after_warmup(
+    scores: &[f64],
+    warmup: usize,
+    threshold: f64,
+    state: AlarmState,
+) -> Vec<bool> {
+    let warm = warmup.min(scores.len());
+    let mut out = vec![false; warm];
+    out.extend(alarms(&scores[warm..], threshold, state));
+    out
 }
 
 /// Reference scores of every row.
@@ -343,49 +394,25 @@ pub fn train_model(
             (labels.map(|_| validation_fraction), fallback_contamination)
         }
     };
-    // Featurize each series once; split off the validation tail when there is one.
-    let mut train = FeatureMatrix::new(spec.len());
-    // Training rows per series, so that scores are smoothed series by series.
-    let mut train_lens: Vec<usize> = Vec::with_capacity(series.len());
-    let mut held_back: Vec<(FeatureMatrix, Windows)> = Vec::new();
-    for (i, s) in series.iter().enumerate() {
-        let rows = features(s, &spec)?;
-        let n = rows.n_rows();
-        let cut = validation_fraction.map_or(n, |f| n - ((n as f64 * f).round() as usize).min(n));
-        let part = training_rows(&rows.slice(0..cut), spec.warmup());
-        train_lens.push(part.n_rows());
-        train.extend(&part);
-        if let (Some(l), true) = (labels, cut < n) {
-            held_back.push((rows.slice(cut..n), l[i].slice(cut..n)));
-        }
-        tracing::info!(series = %s.name, rows = n, training_rows = cut, "featurized");
-    }
-    tracing::info!(
-        rows = train.n_rows(),
-        features = spec.len(),
-        trees = cfg.forest.n_trees,
-        layout = ?cfg.layout,
-        "growing forest"
-    );
-    let mut forest = grow(&train, &spec, cfg)?;
-    if let Some(guard) = range_guard(&train, &spec, cfg.range_weight) {
-        forest = forest.with_range(guard);
-    }
-    // The contamination quantile is taken over the scores the alarm rule compares: smoothed
-    // within each series (from its first training row after the feature warm-up).
-    let raw_train_scores = score_rows(&forest, &train);
-    let mut train_scores = Vec::with_capacity(raw_train_scores.len());
-    let mut at = 0;
-    for len in train_lens {
-        train_scores.extend(smooth_scores(&raw_train_scores[at..at + len], cfg.alarm));
-        at += len;
-    }
-    let ordinary = contamination_threshold(&train_scores, 0.5);
-    let spike = spike_threshold(&raw_train_scores, cfg.spike_contamination);
+    let grown = grow_forests(series, labels, validation_fraction, &spec, cfg)?;
+    let Calibration {
+        threshold: by_contamination,
+        ordinary,
+        spike,
+        training_rows,
+    } = calibrate(
+        &grown.train_scores,
+        cfg.alarm,
+        contamination,
+        cfg.spike_contamination,
+    )?;
+    let Grown {
+        forest, held_back, ..
+    } = grown;
+    tracing::info!(training_rows, "calibrated");
     let state = AlarmState::new(cfg.alarm)
         .with_ordinary(ordinary)
         .with_spike(spike);
-    let by_contamination = || contamination_threshold(&train_scores, contamination);
     let (threshold, report) = match (&cfg.threshold, held_back.is_empty()) {
         (
             ThresholdRule::BestF1 {
@@ -412,7 +439,7 @@ pub fn train_model(
                          ceiling; falling back to the contamination threshold"
                     );
                     (
-                        by_contamination(),
+                        by_contamination,
                         ThresholdReport {
                             method: "contamination",
                             validation: None,
@@ -422,7 +449,7 @@ pub fn train_model(
             }
         }
         _ => (
-            by_contamination(),
+            by_contamination,
             ThresholdReport {
                 method: "contamination",
                 validation: None,
@@ -441,6 +468,137 @@ pub fn train_model(
         },
         report,
     ))
+}
+
+/// What [`grow_forests`] leaves for calibration.
+#[derive(Debug, Clone)]
+pub struct Grown {
+    /// The forests, with the range guard when the configuration asks for one.
+    pub forest: ForestSet,
+    /// Raw scores of each series' training rows (after its feature warm-up), series by series.
+    pub train_scores: Vec<Vec<f64>>,
+    /// Each labelled series' held-back validation tail (best-F1 thresholds only).
+    pub held_back: Vec<(FeatureMatrix, Windows)>,
+}
+
+/// Featurizes every series, splits off the validation tails (`validation_fraction`, with
+/// `labels`), grows the forests of `cfg` on the rest, and scores the training rows.
+pub fn grow_forests(
+    series: &[Series],
+    labels: Option<&[Windows]>,
+    validation_fraction: Option<f64>,
+    spec: &FeatureSpec,
+    cfg: &TrainConfig,
+) -> Result<Grown, DetectError> {
+    let mut train = FeatureMatrix::new(spec.len());
+    // Training rows per series, so that scores are smoothed series by series.
+    let mut train_lens: Vec<usize> = Vec::with_capacity(series.len());
+    let mut held_back: Vec<(FeatureMatrix, Windows)> = Vec::new();
+    for (i, s) in series.iter().enumerate() {
+        let rows = features(s, spec)?;
+        let n = rows.n_rows();
+        let cut = validation_fraction.map_or(n, |f| n - ((n as f64 * f).round() as usize).min(n));
+        let part = training_rows(&rows.slice(0..cut), spec.warmup());
+        train_lens.push(part.n_rows());
+        train.extend(&part);
+        if let (Some(l), true) = (labels, cut < n) {
+            held_back.push((rows.slice(cut..n), l[i].slice(cut..n)));
+        }
+        tracing::info!(series = %s.name, rows = n, training_rows = cut, "featurized");
+    }
+    tracing::info!(
+        rows = train.n_rows(),
+        features = spec.len(),
+        trees = cfg.forest.n_trees,
+        layout = ?cfg.layout,
+        "growing forest"
+    );
+    let mut forest = grow(&train, spec, cfg)?;
+    if let Some(guard) = range_guard(&train, spec, cfg.range_weight) {
+        forest = forest.with_range(guard);
+    }
+    let raw = score_rows(&forest, &train);
+    let mut train_scores = Vec::with_capacity(train_lens.len());
+    let mut at = 0;
+    for len in train_lens {
+        train_scores.push(raw[at..at + len].to_vec());
+        at += len;
+    }
+    Ok(Grown {
+        forest,
+        train_scores,
+        held_back,
+    })
+}
+
+/// The thresholds a model's alarm compares with, from its raw training scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// The score exceeded by `contamination` of the smoothed training scores.
+    pub threshold: f64,
+    /// Median smoothed training score ([`Detector::ordinary`]).
+    pub ordinary: f64,
+    /// Spike threshold, when the training set can estimate one.
+    pub spike: Option<f64>,
+    /// Training rows the quantiles were taken over.
+    pub training_rows: usize,
+}
+
+/// Training rows that must lie above the threshold for it to be more than the training set's
+/// largest scores: with fewer, [`calibrate`] refuses (a model trained on a few minutes of a
+/// node alarms on almost every cycle once anything changes).
+pub const MIN_ROWS_ABOVE_THRESHOLD: f64 = 2.0;
+/// Training rows above the threshold below which [`calibrate`] warns that the threshold is
+/// poorly estimated.
+pub const WARN_ROWS_ABOVE_THRESHOLD: f64 = 10.0;
+
+/// Training rows (after each series' feature warm-up) that `contamination` needs: below the
+/// first, training is refused; below the second, it warns.
+pub fn training_rows_needed(contamination: f64) -> (usize, usize) {
+    (
+        (MIN_ROWS_ABOVE_THRESHOLD / contamination).ceil() as usize,
+        (WARN_ROWS_ABOVE_THRESHOLD / contamination).ceil() as usize,
+    )
+}
+
+/// Chooses the threshold (the `contamination` quantile of the training scores smoothed series
+/// by series as `alarm` smooths them), the ordinary score and the spike threshold from raw
+/// training scores, one `Vec` per series. Refuses a training set too small to place the
+/// threshold ([`MIN_ROWS_ABOVE_THRESHOLD`]) and warns below [`WARN_ROWS_ABOVE_THRESHOLD`].
+pub fn calibrate(
+    train_scores: &[Vec<f64>],
+    alarm: AlarmRule,
+    contamination: f64,
+    spike_contamination: f64,
+) -> Result<Calibration, DetectError> {
+    let raw: Vec<f64> = train_scores.iter().flatten().copied().collect();
+    let (refuse, warn) = training_rows_needed(contamination);
+    if raw.len() < refuse {
+        return Err(DetectError::TooFewTrainingRows {
+            rows: raw.len(),
+            needed: refuse,
+            contamination,
+        });
+    }
+    if raw.len() < warn {
+        tracing::warn!(
+            rows = raw.len(),
+            recommended = warn,
+            contamination,
+            "TrainingSetSmall: the threshold is estimated from fewer than 10 training rows above \
+             it; observe the node longer (docs/models.md, \"How long to observe\")"
+        );
+    }
+    let smoothed: Vec<f64> = train_scores
+        .iter()
+        .flat_map(|s| smooth_scores(s, alarm))
+        .collect();
+    Ok(Calibration {
+        threshold: contamination_threshold(&smoothed, contamination),
+        ordinary: contamination_threshold(&smoothed, 0.5),
+        spike: spike_threshold(&raw, spike_contamination),
+        training_rows: raw.len(),
+    })
 }
 
 /// The range guard over each signal's value column, from the range it held in `train`; `None`
@@ -647,6 +805,35 @@ mod tests {
             ),
             Err(DetectError::BadRangeWeight { .. })
         ));
+    }
+
+    #[test]
+    fn a_training_set_too_small_to_place_the_threshold_is_refused() {
+        let cfg = TrainConfig {
+            forest: ForestParams {
+                n_trees: 10,
+                ..ForestParams::default()
+            },
+            ..TrainConfig::default()
+        };
+        let ThresholdRule::Contamination(c) = cfg.threshold else {
+            unreachable!("the default threshold is a contamination");
+        };
+        let (refuse, warn) = training_rows_needed(c);
+        assert!(refuse < warn);
+        // A few minutes of a node: the feature warm-up (60 rows) plus a little.
+        let warmup = cfg.features.warmup();
+        assert!(refuse > warmup, "the series below keep their warm-up off the training rows");
+        let short = three_signals(warmup + refuse - 1);
+        match train_model(std::slice::from_ref(&short), None, &cfg) {
+            Err(DetectError::TooFewTrainingRows { rows, needed, .. }) => {
+                assert_eq!((rows, needed), (refuse - 1, refuse));
+            }
+            other => panic!("{other:?}"),
+        }
+        // One more row trains (with a warning).
+        let enough = three_signals(warmup + refuse);
+        assert!(train_model(std::slice::from_ref(&enough), None, &cfg).is_ok());
     }
 
     #[test]

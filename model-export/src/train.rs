@@ -106,11 +106,16 @@ pub struct ForestParams {
     pub seed: u64,
 }
 
+/// Default trees per forest (per signal, with the per-signal layout).
+pub const DEFAULT_TREES: usize = 100;
+/// Default sub-sample size ψ.
+pub const DEFAULT_MAX_SAMPLES: usize = 256;
+
 impl Default for ForestParams {
     fn default() -> Self {
         ForestParams {
-            n_trees: 100,
-            max_samples: 256,
+            n_trees: DEFAULT_TREES,
+            max_samples: DEFAULT_MAX_SAMPLES,
             max_depth: None,
             seed: 0,
         }

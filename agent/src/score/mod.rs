@@ -107,10 +107,11 @@ fn onnx_error(e: TractError) -> ScoreError {
 pub struct Scorer {
     manifest: ModelManifest,
     n_features: usize,
-    /// The graph for batches of any size.
+    /// The graph for batches of any size, one row included. One plan, not a second one fixed
+    /// at one row: a second optimization of the graph cost as much memory and load time again
+    /// for a gain of about a microsecond per lone row, and the agent scores a family's series
+    /// in one batch per cycle.
     batch: PlanWithState,
-    /// The same graph with the batch fixed at one row: no symbol to resolve per call.
-    single: PlanWithState,
 }
 
 /// A runnable plan and one run state kept between calls: spawning a state allocates per node,
@@ -159,7 +160,6 @@ impl Clone for Scorer {
             manifest: self.manifest.clone(),
             n_features: self.n_features,
             batch: PlanWithState::new(self.batch.plan.clone()),
-            single: PlanWithState::new(self.single.plan.clone()),
         }
     }
 }
@@ -234,7 +234,6 @@ impl Scorer {
                 declared.map_or("undeclared".into(), |w| w.to_string()),
             ));
         }
-        let mut single = inference.clone();
         let batch = inference.symbols.sym("N");
         inference
             .set_input_fact(0, f32::fact([batch.to_dim(), spec.to_dim()]).into())
@@ -257,18 +256,10 @@ impl Scorer {
             ));
         }
         let batch = typed.into_runnable().map_err(onnx_error)?;
-        single
-            .set_input_fact(0, f32::fact([1, spec]).into())
-            .map_err(onnx_error)?;
-        let single = single
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(onnx_error)?;
         Ok(Scorer {
             manifest,
             n_features: spec,
             batch: PlanWithState::new(batch),
-            single: PlanWithState::new(single),
         })
     }
 
@@ -297,7 +288,7 @@ impl Scorer {
         self.batch.run(input)
     }
 
-    /// Scores one feature vector (through a plan specialised for one row).
+    /// Scores one feature vector (a batch of one row).
     pub fn score_one(&self, row: &[f32]) -> Result<f32, ScoreError> {
         if row.len() != self.n_features {
             return Err(ScoreError::BatchShape {
@@ -308,7 +299,7 @@ impl Scorer {
         }
         let input = Tensor::from_shape(&[1, self.n_features], row)
             .map_err(|e| ScoreError::Run(e.into()))?;
-        let scores = self.single.run(input)?;
+        let scores = self.batch.run(input)?;
         scores
             .first()
             .copied()
