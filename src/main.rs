@@ -58,7 +58,11 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Causes on one line, a cause already in its parent's message said once.
+            eprintln!(
+                "error: {}",
+                selfheal_runtime::chain::ErrorChain::new(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -17,14 +17,7 @@
 pub const LATEST_FILE: &str = "latest";
 
 /// A store location that is not a usable `s3://bucket/prefix` URL.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{url:?} is not a valid s3://bucket/prefix URL: {reason}")]
-pub struct S3UrlError {
-    /// The URL given.
-    pub url: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
+pub use selfheal_runtime::s3url::S3UrlError;
 
 /// An S3 store: a bucket and a key prefix (no leading or trailing `/`; may be empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,32 +29,15 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Parses `s3://bucket[/prefix]`; `Ok(None)` when `url` is not an `s3://` URL at all.
+    /// Parses `s3://bucket[/prefix]`; `Ok(None)` when `url` is not an `s3://` URL at all. The
+    /// rules are [`selfheal_runtime::s3url::S3Url::parse`]'s, shared with the lake.
     pub fn parse(url: &str) -> Result<Option<S3Store>, S3UrlError> {
-        let Some(rest) = url.strip_prefix("s3://") else {
-            return Ok(None);
-        };
-        let err = |reason| S3UrlError {
-            url: url.to_owned(),
-            reason,
-        };
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        // S3's own bucket naming rules: 3-63 lowercase letters, digits, '.', '-'.
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        if !bucket_ok {
-            return Err(err("the bucket name is not a valid S3 bucket name"));
-        }
-        let prefix = prefix.trim_matches('/');
-        if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
-            return Err(err("the prefix has an empty, `.` or `..` component"));
-        }
-        Ok(Some(S3Store {
-            bucket: bucket.to_owned(),
-            prefix: prefix.to_owned(),
-        }))
+        Ok(
+            selfheal_runtime::s3url::S3Url::parse(url)?.map(|u| S3Store {
+                bucket: u.bucket,
+                prefix: u.prefix,
+            }),
+        )
     }
 
     fn key(&self, rest: &str) -> String {

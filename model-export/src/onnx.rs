@@ -59,7 +59,6 @@ use selfheal_core::forest::{
 };
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tract_onnx::pb;
 
@@ -726,21 +725,13 @@ pub fn write_set_dir(
     Ok(manifest)
 }
 
-/// Writes `bytes` to `path` through a synced temporary sibling and a rename.
+/// Writes `bytes` to `path` durably (`selfheal_runtime::atomic`: the file and its directory are
+/// fsynced, so a trainer's host losing power never leaves a renamed but empty model).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WriteModelError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| WriteModelError::Io { path, source }
-    };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
+    selfheal_runtime::atomic::write(path, bytes).map_err(|e| WriteModelError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

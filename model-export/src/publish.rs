@@ -9,6 +9,10 @@
 //! * S3 ([`s3::publish`]): `model.onnx` then `manifest.json` under `<prefix>/<family>/<version>/`,
 //!   then `<prefix>/<family>/latest`.
 //!
+//! The directory store's writes go through `selfheal_runtime::atomic`: the version directory is
+//! fsynced whole before its rename and `latest` is replaced durably, so after a power cut
+//! `latest` never names a version whose files did not reach the disk.
+//!
 //! Either way the source's checksum is verified first and `latest` is written last, so a reader
 //! following `latest` always finds a complete, verified version. A published version is never
 //! changed: publishing it again with the same files is a no-op that points `latest` at it again
@@ -21,6 +25,7 @@ use crate::artifact::{ArtifactError, read_manifest, sha256_file};
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
 pub use selfheal_core::store::LATEST_FILE;
 use selfheal_core::store::is_plain_name;
+use selfheal_runtime::atomic::{self, AtomicWriteError};
 use std::path::{Path, PathBuf};
 
 /// A publish that did not happen.
@@ -48,6 +53,9 @@ pub enum PublishError {
         /// Checksum of the file.
         actual: String,
     },
+    /// A durable write into the store failed (the step and path are in the message).
+    #[error(transparent)]
+    Write(#[from] AtomicWriteError),
     /// That family and version are already in the store, with different files.
     #[error("{0} already exists with different content: versions are never overwritten")]
     Exists(String),
@@ -122,7 +130,7 @@ fn verify(dir: &Path, expected: &str) -> Result<(), PublishError> {
 pub fn publish(model_dir: &Path, to: &Path) -> Result<PathBuf, PublishError> {
     let manifest = checked_source(model_dir)?;
     let family_dir = to.join(&manifest.family);
-    std::fs::create_dir_all(&family_dir).map_err(io(&family_dir))?;
+    atomic::create_dir_all(&family_dir)?;
     let dest = family_dir.join(&manifest.version);
     if dest.exists() {
         for name in [MODEL_FILE, MANIFEST_FILE] {
@@ -146,12 +154,10 @@ pub fn publish(model_dir: &Path, to: &Path) -> Result<PathBuf, PublishError> {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        atomic::rename_dir(&tmp, &dest)?;
     }
     let latest = family_dir.join(LATEST_FILE);
-    let latest_tmp = family_dir.join(format!(".{LATEST_FILE}.tmp-{}", std::process::id()));
-    std::fs::write(&latest_tmp, format!("{}\n", manifest.version)).map_err(io(&latest_tmp))?;
-    std::fs::rename(&latest_tmp, &latest).map_err(io(&latest))?;
+    atomic::write(&latest, format!("{}\n", manifest.version).as_bytes())?;
     tracing::info!(family = %manifest.family, version = %manifest.version, dest = %dest.display(), "ModelPublished");
     Ok(dest)
 }

@@ -9,7 +9,8 @@
 //! both win; the loser re-reads and compares like any other re-publish.
 //!
 //! The client comes from the standard AWS chain ([`client_from_env`]): credentials (environment,
-//! profile, web identity / IRSA, instance metadata), region, and `AWS_ENDPOINT_URL`.
+//! profile, web identity / IRSA, instance metadata), region, and `AWS_ENDPOINT_URL`, with the
+//! addressing rule of `selfheal_runtime::aws` that the agent's mirror of this store shares.
 
 use super::{PublishError, checked_source};
 use aws_sdk_s3::Client;
@@ -19,19 +20,12 @@ use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE};
 use selfheal_core::store::S3Store;
 use std::path::Path;
 
-/// An S3 client from the standard AWS configuration chain. When an endpoint is configured
-/// (`AWS_ENDPOINT_URL`: MinIO, moto, a VPC endpoint) requests use path-style addressing, which
-/// such endpoints need; AWS's own endpoints keep virtual-hosted style.
+/// An S3 client from the standard AWS configuration chain (path-style when an endpoint is
+/// overridden: `selfheal_runtime::aws::s3_client`).
 pub async fn client_from_env() -> Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let path_style = sdk.endpoint_url().is_some();
-    Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(path_style)
-            .build(),
-    )
+    let sdk =
+        selfheal_runtime::aws::sdk_config(&selfheal_runtime::aws::AwsSettings::default()).await;
+    selfheal_runtime::aws::s3_client(&sdk)
 }
 
 fn s3_error<'a, E>(
