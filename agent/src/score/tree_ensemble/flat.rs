@@ -81,7 +81,7 @@ pub struct FlatEnsemble {
     /// Per record: its index in the leaf table, or [`NOT_LEAF`].
     leaf_of: Vec<u32>,
     /// `None` on the fast path: every branch is `BRANCH_LEQ` and NaN follows the comparison.
-    modes: Option<BranchModes>,
+    pub(super) modes: Option<BranchModes>,
     /// Record of each tree's root.
     roots: Vec<u32>,
     /// Steps from each tree's root to its deepest leaf.

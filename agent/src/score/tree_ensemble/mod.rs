@@ -104,8 +104,11 @@ pub fn onnx() -> tract_onnx::Onnx {
 
 #[cfg(test)]
 mod tests {
+    use super::flat::RawEnsemble;
+    use super::regressor::regressor_kernel;
     use super::*;
     use tract_onnx::pb::AttributeProto;
+    use tract_onnx::pb::NodeProto;
     use tract_onnx::pb::attribute_proto::AttributeType;
 
     fn ints(name: &str, v: &[i64]) -> AttributeProto {

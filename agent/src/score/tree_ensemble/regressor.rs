@@ -29,7 +29,7 @@ pub(super) struct RegressorKernel {
     base_values: Option<Vec<f32>>,
     /// Every row gets a weight for every target, so no second walk is needed to find the
     /// targets a row never reached.
-    complete: bool,
+    pub(super) complete: bool,
 }
 
 impl RegressorKernel {
