@@ -1,4 +1,4 @@
-//! Lake write throughput: the aggregator's `LakeWriter` writing batches of decoded envelopes as
+//! Lake write throughput: `selfheal_lake::LakeWriter` (the aggregator's lake handler) writing batches of decoded envelopes as
 //! partitioned Parquet to a local directory and to a real moto S3 on this machine (a bench
 //! command, not criterion: the figure of merit is records/s end to end, with a server).
 //!
@@ -11,8 +11,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use selfheal_aggregator::lake::format::{self, LakeRow, rows_of};
-use selfheal_aggregator::lake::{LakeStore, LakeWriter, S3Options};
+use selfheal_lake::format::{self, LakeRow, rows_of};
+use selfheal_lake::{LakeStore, LakeWriter, S3Options};
 use selfheal_core::Envelope;
 use std::time::Instant;
 use support::moto::{Moto, s3_client};

@@ -1,15 +1,16 @@
 //! The HTTP transport end to end: the agent binary with `forward.sink = "http"` posting to the
-//! `selfheal aggregator` binary with `ingest.source = "http"`, which writes a local Parquet lake.
-//! While the lake cannot be written the agent is answered 503 and keeps its records; once it
-//! can, every record the agent printed must be in the lake exactly once. A body that is not a batch
+//! `selfheal aggregator` binary with `ingest.source = "http"`, which logs each batch and writes
+//! a local Parquet lake from the log. While the lake cannot be written the log fills and the
+//! agent is answered 503 and keeps its records; once it can, every record the agent printed
+//! must be in the lake exactly once. A body that is not a batch
 //! is answered 400, one over `max_body_bytes` 413, and a framed record that is not a selfheal
 //! record is counted as malformed and skipped.
 
 use crate::agent_forward::{AgentFiles, metric, runtime, stop, wait_metrics};
-use crate::lake::{Aggregator, all_rows};
+use crate::lake::{Aggregator, all_rows, wait_for_ids};
 use crate::support::{free_port, selfheal, write_file};
-use selfheal_aggregator::lake::format::RowKind;
-use selfheal_aggregator::lake::{LakeStore, S3Options, partition};
+use selfheal_lake::format::RowKind;
+use selfheal_lake::{LakeStore, S3Options, partition};
 use selfheal_core::Family;
 use selfheal_core::batch::{CONTENT_TYPE, encode_batch};
 use std::collections::HashMap;
@@ -64,9 +65,16 @@ shutdown_grace_secs = 10
 [ingest]
 source = "http"
 max_body_bytes = {MAX_BODY_BYTES}
+log_dir = "{}"
+# Small, so that a lake outage fills it within a second or two and reaches the agent as 503s.
+log_max_bytes = 4096
+[batch]
+flush_interval_ms = 300
+retry_max_ms = 500
 [lake]
 location = "{}"
 "#,
+            tmp.path().join("ingest-log").display(),
             lake.display()
         ),
     );
@@ -80,7 +88,8 @@ location = "{}"
     let junk = encode_batch([b"{\"not\": \"a wire record\"}".as_slice()]).expect("frame");
     assert_eq!(rt.block_on(post(&url, junk)), 200);
 
-    // Until the agent has been answered 503 a few times, the lake cannot be written: a file
+    // Until the agent has been answered 503 a few times (the log filled up behind the lake
+    // handler), the lake cannot be written: a file
     // stands where today's date partition directory must go. (A run that straddles midnight UTC
     // may see later records succeed at once; the first ones still fail.)
     let now_ms = i64::try_from(
@@ -125,13 +134,17 @@ location = "{}"
     assert!(printed.len() >= 50, "{} records printed", printed.len());
 
     // The agent exited after its spool drained, i.e. after every POST was answered 200, which
-    // the aggregator sends only once the objects are written: the lake is complete now.
+    // the aggregator sends once the records are in its log; the lake handler writes them within
+    // a flush interval (300 ms here).
     let store = rt
         .block_on(LakeStore::open(
             &lake.to_string_lossy(),
             &S3Options::default(),
         ))
         .expect("open lake dir");
+    rt.block_on(wait_for_ids(&store, &printed));
+    // Give a second write of the same records (which would be a bug) time to land.
+    std::thread::sleep(Duration::from_millis(1000));
     let rows = rt.block_on(all_rows(&store));
     let mut seen: HashMap<u128, usize> = HashMap::new();
     for (key, row) in &rows {
@@ -190,4 +203,123 @@ location = "{}"
         "{m}"
     );
     aggregator.stop();
+}
+
+/// The must-show of the ingest log: one agent at 1 s over 100 pods for 5 minutes, on a
+/// compressed timescale: the agent runs at 0.2 s (5× faster) for 300 cycles (a minute of wall
+/// time), and the flush interval is 2 s (10 s compressed 5×). The aggregator is SIGKILLed
+/// mid-run and restarted on the same log. At most one object per family per flush interval
+/// (plus the partial batch each start and stop cuts), and every record the agent printed is in
+/// the lake exactly once.
+#[test]
+fn http_ingest_from_100_pods_makes_one_object_per_family_per_flush_interval_across_a_sigkill() {
+    const FLUSH_MS: u64 = 2000;
+    let rt = runtime();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cgroup = tmp.path().join("cgroup");
+    crate::support::cgroup_fixture::write_v2_pods(&cgroup, 100, 1);
+    let lake = tmp.path().join("lake");
+    let port = free_port();
+    let config = write_file(
+        tmp.path(),
+        "aggregator.toml",
+        &format!(
+            r#"listen_addr = "127.0.0.1:{port}"
+shutdown_grace_secs = 20
+[ingest]
+source = "http"
+log_dir = "{}"
+[batch]
+flush_interval_ms = {FLUSH_MS}
+retry_max_ms = 500
+[lake]
+location = "{}"
+"#,
+            tmp.path().join("ingest-log").display(),
+            lake.display()
+        ),
+    );
+    let started = Instant::now();
+    let aggregator = Aggregator::spawn(selfheal(), &config, port);
+    let url = format!("http://127.0.0.1:{port}/v1/ingest");
+    let agent = AgentFiles::http(
+        &url,
+        &format!(
+            "cgroup_root = \"{}\"\n[pods]\nsource = \"none\"\n",
+            cgroup.display()
+        ),
+    );
+    let mut child = agent.start("out");
+    wait_metrics(&agent, "150 cycles", Duration::from_secs(120), |m| {
+        metric(m, "selfheal_agent_cycles_total") >= 150.0
+    });
+    let requests_before = metric(
+        &aggregator.metrics_text(),
+        "selfheal_aggregator_ingest_requests_total{status=\"200\"}",
+    );
+    aggregator.kill();
+    // The agent spools while nobody listens, then resends.
+    std::thread::sleep(Duration::from_secs(2));
+    let aggregator = Aggregator::spawn(selfheal(), &config, port);
+    wait_metrics(&agent, "300 cycles", Duration::from_secs(120), |m| {
+        metric(m, "selfheal_agent_cycles_total") >= 300.0
+    });
+    let status = stop(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "agent exit 0: {status:?}\n{}", agent.log("out"));
+    let (printed, _) = agent.printed("out");
+    assert!(printed.len() >= 300 * 100, "{} records printed", printed.len());
+
+    let store = rt
+        .block_on(LakeStore::open(
+            &lake.to_string_lossy(),
+            &S3Options::default(),
+        ))
+        .expect("open lake dir");
+    rt.block_on(wait_for_ids(&store, &printed));
+    let requests = requests_before
+        + metric(
+            &aggregator.metrics_text(),
+            "selfheal_aggregator_ingest_requests_total{status=\"200\"}",
+        );
+    aggregator.stop();
+    let elapsed = started.elapsed();
+    let rows = rt.block_on(all_rows(&store));
+
+    let mut seen: HashMap<u128, usize> = HashMap::new();
+    let mut names: HashMap<Family, std::collections::HashSet<String>> = HashMap::new();
+    for (key, row) in &rows {
+        if row.kind != RowKind::Window {
+            *seen.entry(row.id.as_u128()).or_default() += 1;
+        }
+        let file = key.rsplit('/').next().expect("object name").to_owned();
+        names.entry(row.family).or_default().insert(file);
+    }
+    let twice = seen.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "{twice} records in the lake more than once");
+    let missing = printed.iter().filter(|id| !seen.contains_key(id)).count();
+    assert_eq!(missing, 0, "{missing} of {} printed records missing", printed.len());
+    assert_eq!(seen.len(), printed.len(), "the lake holds records never printed");
+
+    // One object per family per flush interval of wall time, plus one partial batch at each of
+    // the two starts (the replay after the kill is the interrupted batch, under its own name)
+    // and one at the final stop.
+    let intervals = elapsed.as_millis().div_ceil(u128::from(FLUSH_MS)) as usize;
+    let bound = intervals + 3;
+    let objects: usize = names.values().map(|n| n.len()).sum();
+    eprintln!(
+        "{} records over {elapsed:?} in {requests} requests answered 200 -> {objects} objects in {} families (bound {bound} per family)",
+        printed.len(),
+        names.len()
+    );
+    for (family, files) in &names {
+        assert!(
+            files.len() <= bound,
+            "{} objects of {family:?} in {elapsed:?} (at most {bound})",
+            files.len()
+        );
+    }
+    assert!(
+        (objects as f64) < requests / 5.0,
+        "{objects} objects for {requests} requests: the log is not batching"
+    );
 }

@@ -7,8 +7,8 @@ use crate::support::moto::{Moto, aws_env, create_stream, kinesis_client, s3_clie
 use crate::support::{KillOnDrop, free_port, http_get, selfheal, signal, stdout_of, write_file};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use selfheal_aggregator::lake::format::{self, LakeRow, RowKind};
-use selfheal_aggregator::lake::{LakeStore, S3Options, partition};
+use selfheal_lake::format::{self, LakeRow, RowKind};
+use selfheal_lake::{LakeStore, S3Options, partition};
 use selfheal_core::schema::{Anomaly, OwnerRef, encode_wire};
 use selfheal_core::{Envelope, Family, Metric, Payload, PodRef, Record, RecordId, Subject};
 use std::collections::{BTreeMap, HashSet};
@@ -197,6 +197,12 @@ impl Aggregator {
     /// The whole `/metrics` exposition.
     pub(crate) fn metrics_text(&self) -> String {
         http_get(self.port, "/metrics").expect("/metrics answers").1
+    }
+
+    /// SIGKILL: no shutdown, no last flush; what was acknowledged must survive it.
+    pub(crate) fn kill(mut self) {
+        signal(self.child.0.id(), "KILL");
+        let _ = self.child.0.wait();
     }
 
     /// SIGTERM, and the exit status must be success.

@@ -3,17 +3,35 @@
 //! every shard of it into a Parquet lake in moto S3; the trainer trains a new model from that
 //! lake. Every anomaly the agent raised must be in the lake, as an anomaly row carrying its
 //! score, threshold and model version.
+//!
+//! Then the pipeline's failure rules, with the real Kinesis consumer on moto and the real HTTP
+//! source: a poison batch is set aside and the shard moves on; a panicking task ends the run.
 
 use crate::agent_forward::{PodAgent, metric, runtime, stop, wait_metrics};
 use crate::lake::{start_aggregator, wait_for_ids};
 use crate::support::moto::{
     Moto, aws_env, create_bucket, create_stream, kinesis_client, s3_client,
 };
-use crate::support::{selfheal, stdout_of};
-use selfheal_aggregator::lake::LakeStore;
-use selfheal_aggregator::lake::format::RowKind;
+use crate::support::records::pod_cpu_sample;
+use crate::support::{free_port, selfheal, stdout_of, write_file};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use selfheal_aggregator::config::AggregatorConfig;
+use selfheal_aggregator::pipeline::dead_letter::DeadLetters;
+use selfheal_aggregator::pipeline::{
+    Batch, Delivery, FileCheckpoints, Handler, HandlerError, HandlerLabels, PipelineMetrics,
+    SharedHandler,
+};
+use selfheal_aggregator::run::{RunError, run_with};
+use selfheal_aggregator::sources::kinesis::{ConsumeMetrics, Consumer, ConsumerSettings};
+use selfheal_core::batch::encode_batch;
+use selfheal_core::schema::{decode_wire, encode_wire};
+use selfheal_lake::LakeStore;
+use selfheal_lake::format::RowKind;
+use selfheal_runtime::frame;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[test]
 fn anomalies_from_the_agent_reach_the_s3_lake_through_kinesis_and_train_a_model() {
@@ -115,4 +133,228 @@ fn anomalies_from_the_agent_reach_the_s3_lake_through_kinesis_and_train_a_model(
         std::fs::metadata(model.join("model.onnx")).is_ok_and(|m| m.len() > 0),
         "model.onnx written"
     );
+}
+
+/// A handler for the pipeline tests: refuses as poison any batch holding record `poison`,
+/// panics on any batch holding record `panic`, and remembers the ids of what it handled.
+struct Picky {
+    poison: u128,
+    panic: u128,
+    handled: Arc<Mutex<Vec<u128>>>,
+}
+
+impl Handler for Picky {
+    fn name(&self) -> &'static str {
+        "picky"
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
+        let ids: Vec<u128> = batch
+            .records
+            .iter()
+            .map(|r| r.envelope.record().id.as_u128())
+            .collect();
+        assert!(!ids.contains(&self.panic), "a bug in the handler");
+        if ids.contains(&self.poison) {
+            return Err(HandlerError::poison(format!(
+                "record {:x} breaks an invariant of this handler",
+                self.poison
+            )));
+        }
+        self.handled
+            .lock()
+            .map_err(|e| HandlerError::retryable(e.to_string()))?
+            .extend(ids);
+        Ok(())
+    }
+}
+
+fn picky(poison: u128, panic: u128) -> Picky {
+    Picky {
+        poison,
+        panic,
+        handled: Arc::default(),
+    }
+}
+
+async fn put_ids(client: &aws_sdk_kinesis::Client, stream: &str, ids: std::ops::Range<u64>) {
+    let entries: Vec<PutRecordsRequestEntry> = ids
+        .map(|i| {
+            let env = pod_cpu_sample(i, 1_764_000_000_000 + i as i64 * 1000);
+            PutRecordsRequestEntry::builder()
+                .partition_key("shop/Deployment/web")
+                .data(Blob::new(encode_wire(&env).expect("encode")))
+                .build()
+                .expect("entry")
+        })
+        .collect();
+    client
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .expect("put records");
+}
+
+fn consumer_settings(stream: &str) -> ConsumerSettings {
+    ConsumerSettings {
+        stream: stream.into(),
+        batch_max_records: 10,
+        batch_max_bytes: 1 << 20,
+        flush_interval: Duration::from_millis(300),
+        poll_interval: Duration::from_millis(100),
+        get_records_limit: 10_000,
+        shard_refresh: Duration::from_secs(1),
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(500),
+    }
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not within 30 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Kinesis consumer with a handler that refuses one batch as poison: that batch is written
+/// to the dead-letter directory (framed records that decode to its ids, and the reason), counted,
+/// and the checkpoint moves past it, so the shard's next batch is handled. Then a handler that
+/// panics: the consumer task panics too (so `run` stops the process non-zero) instead of
+/// logging the reader's death and leaving its shard unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_batch_is_set_aside_and_the_shard_moves_on_and_a_panic_ends_the_consumer() {
+    let moto = Moto::start();
+    let kinesis = kinesis_client(&moto.endpoint());
+    create_stream(&kinesis, "poison", 1).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Ten records: one batch (batch_max_records = 10), holding the poison record 5.
+    put_ids(&kinesis, "poison", 0..10).await;
+
+    let handler = picky(5, 25);
+    let handled = Arc::clone(&handler.handled);
+    let metrics = Arc::new(PipelineMetrics::default());
+    let dead = tmp.path().join("dead-letter");
+    let delivery = Delivery::new(
+        handler,
+        FileCheckpoints::new(tmp.path().join("checkpoints")),
+        DeadLetters::new(dead.clone()),
+        Arc::clone(&metrics),
+        (Duration::from_millis(50), Duration::from_millis(500)),
+    );
+    let consumer = Consumer::new(
+        kinesis.clone(),
+        consumer_settings("poison"),
+        delivery,
+        Arc::new(ConsumeMetrics::default()),
+        true,
+    );
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(consumer.run(stop));
+    let labels = HandlerLabels {
+        handler: "picky".into(),
+    };
+    eventually("the poison batch is set aside", || {
+        metrics.dead_letter_batches.get_or_create(&labels).get() == 1
+    })
+    .await;
+    put_ids(&kinesis, "poison", 10..20).await;
+    eventually("the next batch is handled", || {
+        handled.lock().expect("lock").len() == 10
+    })
+    .await;
+    assert_eq!(
+        *handled.lock().expect("lock"),
+        (10..20).collect::<Vec<u128>>()
+    );
+    assert_eq!(metrics.dead_letter_records.get_or_create(&labels).get(), 10);
+
+    let files: Vec<_> = std::fs::read_dir(&dead)
+        .expect("dead-letter dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let records = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "records"))
+        .expect("a .records file");
+    let reason = std::fs::read_to_string(records.with_extension("reason")).expect("reason");
+    assert!(reason.contains("breaks an invariant"), "{reason}");
+    let bytes = std::fs::read(records).expect("read dead letter");
+    let mut ids = Vec::new();
+    let mut pos = 0;
+    while let frame::Scanned::Frame(f) = frame::scan_at(&bytes, pos) {
+        ids.push(decode_wire(f.wire).expect("wire").record().id.as_u128());
+        pos = f.offset + f.len;
+    }
+    assert_eq!(pos, bytes.len(), "only whole frames");
+    assert_eq!(ids, (0..10).collect::<Vec<u128>>());
+
+    // A bug: the handler panics on the next batch.
+    put_ids(&kinesis, "poison", 20..30).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the consumer ends when its reader panics");
+    assert!(
+        ended.as_ref().is_err_and(tokio::task::JoinError::is_panic),
+        "{ended:?}"
+    );
+    drop(stop_tx);
+}
+
+/// `run` with a handler that panics on its first batch: the HTTP source's log reader panics,
+/// and `run` stops the server and returns `TaskPanicked` (the binary exits 1 on it), where
+/// before a dead task left the process running, or exiting 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_task_makes_run_fail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = write_file(
+        tmp.path(),
+        "aggregator.toml",
+        &format!(
+            "listen_addr = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\n[ingest]\nsource = \"http\"\n\
+             log_dir = \"{}\"\n[batch]\nflush_interval_ms = 100\n",
+            tmp.path().join("log").display()
+        ),
+    );
+    let settings = AggregatorConfig::load(Some(&config))
+        .expect("config")
+        .validate()
+        .expect("valid");
+    let handler: SharedHandler = Arc::new(picky(u128::MAX, 3));
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(run_with(
+        settings,
+        vec![handler],
+        prometheus_client::registry::Registry::default(),
+        stop,
+    ));
+    let wire = encode_wire(&pod_cpu_sample(3, 1_764_000_000_000)).expect("encode");
+    let body = encode_batch([wire.as_slice()]).expect("frame");
+    let start = Instant::now();
+    loop {
+        let sent = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/ingest"))
+            .body(body.clone())
+            .send()
+            .await;
+        if sent.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "ingest never answered 200");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run returns once a task panicked")
+        .expect("run itself does not panic");
+    match ended {
+        Err(RunError::TaskPanicked(task)) => assert_eq!(task, "picky reader"),
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
 }

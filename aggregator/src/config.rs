@@ -5,12 +5,15 @@
 //! Sources, later ones winning: built-in defaults, the TOML file (`--config`), then environment
 //! variables `SELFHEAL_AGGREGATOR_<FIELD>` with `__` between nested fields, e.g.
 //! `SELFHEAL_AGGREGATOR_KINESIS__STREAM_NAME=selfheal`. With `ingest.source = "http"` the
-//! `[kinesis]`, `[checkpoint]` and `[batch]` sections are not used (each request is a batch). AWS credentials, region and endpoint
-//! come from the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, ...) unless set here.
+//! `[kinesis]` and `[checkpoint]` sections are not used (the handlers' checkpoints live in the
+//! ingest log's directory); `[batch]` applies to both sources. AWS credentials, region and
+//! endpoint come from the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, ...) unless set
+//! here.
 
-use crate::consume::ConsumerSettings;
-use crate::ingest::IngestSettings;
-use crate::lake::S3Options;
+use crate::sources::http::IngestSettings;
+use crate::sources::http::log::LogSettings;
+use crate::sources::kinesis::ConsumerSettings;
+use selfheal_lake::S3Options;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -35,7 +38,7 @@ pub struct AggregatorConfig {
     pub kinesis: KinesisSourceConfig,
     /// Where per-shard checkpoints are kept.
     pub checkpoint: CheckpointConfig,
-    /// Batching between the stream and the lake.
+    /// Batching between a source and each handler, and the handlers' retries.
     pub batch: BatchConfig,
     /// The data lake.
     pub lake: LakeConfig,
@@ -88,17 +91,27 @@ pub struct IngestConfig {
     /// With `source = "http"`: requests read and written at once; more are answered 429 and
     /// retried by the agents. Bounds memory to this × `max_body_bytes`.
     pub max_concurrent_requests: usize,
+    /// With `source = "http"`: the directory of the durable ingest log (segments, and the
+    /// handlers' checkpoints and dead letters). Put it on a persistent volume: a request is
+    /// answered 200 once it is here.
+    pub log_dir: PathBuf,
+    /// With `source = "http"`: requests are answered 503 once the log holds this many bytes
+    /// not yet consumed by every handler (the agents keep spooling and retry).
+    pub log_max_bytes: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             source: SourceKind::Kinesis,
-            path: crate::ingest::DEFAULT_PATH.into(),
+            path: crate::sources::http::DEFAULT_PATH.into(),
             // The agent's largest batch (5 MiB, the PutRecords limit) plus framing, with room.
             max_body_bytes: 8 * 1024 * 1024,
-            // A few writes in flight keep the lake store busy; beyond that requests only queue.
+            // A few appends in flight keep the disk busy; beyond that requests only queue.
             max_concurrent_requests: 8,
+            log_dir: PathBuf::from("/var/lib/selfheal/ingest-log"),
+            // An hour of a 300-node fleet at 1 s (about 300 KB/s on the wire).
+            log_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -116,10 +129,17 @@ pub struct CheckpointConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
-    /// A shard's batch is written when it holds this many records...
+    /// A shard's batch is handed to a handler when it holds this many records...
     pub max_records: usize,
+    /// ... or this many bytes of wire records (the lake makes one object per family of it; an
+    /// open batch holds about 1 KB of memory per record, decoded)...
+    pub max_bytes: usize,
     /// ... or when its first record was read this many milliseconds ago.
     pub flush_interval_ms: u64,
+    /// First delay before a handler retries a batch it failed on, milliseconds.
+    pub retry_initial_ms: u64,
+    /// Largest such delay, milliseconds.
+    pub retry_max_ms: u64,
 }
 
 /// `[lake]`.
@@ -175,8 +195,13 @@ impl Default for CheckpointConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_records: 20_000,
+            // Bytes, not records, cut a batch by default: 64 MiB of ~260-byte records is ~35 MB
+            // of Parquet, so the larger families' objects reach 8 MB before the interval does.
+            max_records: 1_000_000,
+            max_bytes: 64 * 1024 * 1024,
             flush_interval_ms: 60_000,
+            retry_initial_ms: 200,
+            retry_max_ms: 10_000,
         }
     }
 }
@@ -218,6 +243,8 @@ pub struct Settings {
     pub health_max_age: Duration,
     /// The HTTP ingest endpoint, when it is the source (`None`: the Kinesis consumer is).
     pub http_ingest: Option<IngestSettings>,
+    /// First and largest delay before a handler retries a failed batch.
+    pub handler_retry: (Duration, Duration),
     /// Consumer settings.
     pub consumer: ConsumerSettings,
     /// Kinesis region override.
@@ -298,10 +325,28 @@ impl AggregatorConfig {
                 format!("must be at least retry_initial_ms ({})", k.retry_initial_ms),
             ));
         }
-        if self.batch.max_records == 0 || self.batch.max_records > 1_000_000 {
+        if self.batch.max_records == 0 || self.batch.max_records > 10_000_000 {
             return Err(invalid(
                 "batch.max_records",
-                format!("must be in 1..=1000000, got {}", self.batch.max_records),
+                format!("must be in 1..=10000000, got {}", self.batch.max_records),
+            ));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.batch.max_bytes) {
+            return Err(invalid(
+                "batch.max_bytes",
+                format!("must be in 1024..=1073741824, got {}", self.batch.max_bytes),
+            ));
+        }
+        let handler_retry_initial =
+            millis("batch.retry_initial_ms", self.batch.retry_initial_ms, 60_000)?;
+        let handler_retry_max = millis("batch.retry_max_ms", self.batch.retry_max_ms, 600_000)?;
+        if handler_retry_max < handler_retry_initial {
+            return Err(invalid(
+                "batch.retry_max_ms",
+                format!(
+                    "must be at least retry_initial_ms ({})",
+                    self.batch.retry_initial_ms
+                ),
             ));
         }
         if self.lake.location.is_empty() {
@@ -311,7 +356,7 @@ impl AggregatorConfig {
             ));
         }
         if self.lake.location.starts_with("s3://")
-            && crate::lake::store::parse_s3_url(&self.lake.location).is_none()
+            && selfheal_lake::store::parse_s3_url(&self.lake.location).is_none()
         {
             return Err(invalid(
                 "lake.location",
@@ -332,9 +377,11 @@ impl AggregatorConfig {
             shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
             health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,
             http_ingest,
+            handler_retry: (handler_retry_initial, handler_retry_max),
             consumer: ConsumerSettings {
                 stream: k.stream_name.clone(),
                 batch_max_records: self.batch.max_records,
+                batch_max_bytes: self.batch.max_bytes,
                 flush_interval: millis(
                     "batch.flush_interval_ms",
                     self.batch.flush_interval_ms,
@@ -385,10 +432,23 @@ impl IngestConfig {
                 format!("must be in 1..=4096, got {}", self.max_concurrent_requests),
             ));
         }
+        if self.log_dir.as_os_str().is_empty() {
+            return Err(invalid("ingest.log_dir", "must be set"));
+        }
+        if !(4096..=1 << 40).contains(&self.log_max_bytes) {
+            return Err(invalid(
+                "ingest.log_max_bytes",
+                format!("must be in 4096..=1099511627776, got {}", self.log_max_bytes),
+            ));
+        }
         Ok(IngestSettings {
             path: self.path.clone(),
             max_body_bytes: self.max_body_bytes,
             max_concurrent_requests: self.max_concurrent_requests,
+            log: LogSettings {
+                dir: self.log_dir.clone(),
+                max_bytes: self.log_max_bytes,
+            },
         })
     }
 }
@@ -436,7 +496,7 @@ mod tests {
         let s = from_toml("[ingest]\nsource = \"http\"\n").expect("valid");
         assert_eq!(
             s.http_ingest.expect("http ingest").path,
-            crate::ingest::DEFAULT_PATH
+            crate::sources::http::DEFAULT_PATH
         );
         let e = from_toml("[ingest]\nsource = \"http\"\npath = \"/metrics\"\n")
             .expect_err("reserved path")

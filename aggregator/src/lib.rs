@@ -1,19 +1,30 @@
 //! selfheal-aggregator: the cloud side of the loop.
 //!
-//! Today it owns the path from the stream to the data lake: [`consume`] reads every shard of the
-//! agents' Kinesis stream with durable per-shard checkpoints and hands decoded batches to a
-//! [`consume::BatchHandler`]; [`lake`] is the handler that writes them as partitioned Parquet to a
-//! directory or S3, and the reader the trainer uses. The incident pipeline (dedup, policy,
-//! guardrails, healing) will be a second handler on the same consumer. Without AWS, [`ingest`]
-//! replaces the consumer: agents POST batches to the HTTP server, and each request is a batch for
-//! the same handler. [`run`] wires the stages,
-//! [`config`] validates their settings, [`server`] serves `/metrics` and `/healthz`, and [`cli`]
-//! is the binary's edge.
+//! Records flow source → pipeline → handlers:
+//!
+//! - [`sources`]: [`sources::kinesis`] reads every shard of the agents' stream;
+//!   [`sources::http`] takes agents' POSTs into a durable local log that is read the same way.
+//! - [`pipeline`]: the seam. [`pipeline::Batch`], the [`pipeline::Handler`] trait, the
+//!   [`pipeline::HandlerError`] retry class (retryable, or poison: set aside as a dead letter),
+//!   and per-handler checkpoints, so each handler reads at its own pace and one failing handler
+//!   never stalls another.
+//! - Handlers: [`lake`] writes the data lake ([`selfheal_lake`], shared with the trainer).
+//!   The incident pipeline is the next handler: `incident` (dedup and grouping of anomalies into
+//!   incidents), `store` (where incidents, silences and heal history persist) and `api` (the
+//!   incident and silence HTTP API and its page) are being written on their own branch and land
+//!   next to these modules.
+//! - [`policy`] (rules and guardrails) and [`heal`] (executors: dry-run, kube direct, the remote
+//!   heal API) are named places, empty until their issues land.
+//!
+//! [`run`] wires the stages and exits non-zero when any task panics, [`config`] validates their
+//! settings, [`server`] serves `/metrics` and `/healthz`, and [`cli`] is the binary's edge.
 
 pub mod cli;
 pub mod config;
-pub mod consume;
-pub mod ingest;
+pub mod heal;
 pub mod lake;
+pub mod pipeline;
+pub mod policy;
 pub mod run;
 pub mod server;
+pub mod sources;

@@ -1,22 +1,34 @@
-//! `run(settings, shutdown)`: the aggregator's stages wired together: a source feeding the
-//! [`LakeWriter`], and the `/metrics` + `/healthz` server. The source is the Kinesis
-//! [`Consumer`], with checkpoints in files, or the HTTP [`ingest`](crate::ingest) endpoint on the
-//! same server.
+//! `run(settings, shutdown)`: the aggregator's stages wired together: a source feeding every
+//! handler (the lake writer today; the incident pipeline next) through its own reader and
+//! checkpoints, and the `/metrics` + `/healthz` server. The source is the Kinesis stream (one
+//! [`Consumer`] per handler, checkpoints under `<checkpoint.dir>/<stream>/<handler>/`) or the
+//! HTTP ingest endpoint with its log (one [`LogReader`] per handler, checkpoints under
+//! `<ingest.log_dir>/checkpoints/<handler>/`).
 //!
-//! Shutdown: when `shutdown` turns true every shard reader writes its open batch and
-//! checkpoints it, or the server stops accepting and answers the requests in flight once their
-//! writes are done; `run` waits for that at most `shutdown_grace` and then returns (an error if
-//! the grace ran out: those batches are read again on the next start, or resent by the agents,
-//! which were not answered; nothing is lost).
+//! Shutdown: when `shutdown` turns true the server stops accepting and answers the requests in
+//! flight, and every reader hands over its open batch and checkpoints it; `run` waits for that at
+//! most `shutdown_grace` and then returns (an error if the grace ran out: those batches are read
+//! again on the next start, cut where they were; nothing is lost).
+//!
+//! A task that panics (a reader, a handler inside it, the server) stops the others the same way
+//! and makes `run` return [`RunError::TaskPanicked`], so the process exits non-zero and its
+//! supervisor restarts it, instead of running on with a shard nobody reads.
 
 use crate::config::Settings;
-use crate::consume::{ConsumeMetrics, Consumer, FileCheckpoints};
-use crate::ingest::{IngestMetrics, IngestSettings};
-use crate::lake::{LakeStore, LakeWriter, StoreError};
+use crate::lake::LakeHandler;
+use crate::pipeline::dead_letter::DeadLetters;
+use crate::pipeline::{CheckpointError, Delivery, FileCheckpoints, PipelineMetrics, SharedHandler};
+use crate::sources::http::log::{IngestLog, LogError, LogMetrics};
+use crate::sources::http::reader::{BatchLimits, LogReader};
+use crate::sources::http::{IngestMetrics, IngestSettings};
+use crate::sources::kinesis::{ConsumeMetrics, Consumer};
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use prometheus_client::registry::Registry;
+use selfheal_lake::{LakeStore, LakeWriter, StoreError};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// Why the aggregator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +36,18 @@ pub enum RunError {
     /// The lake could not be opened.
     #[error("cannot open the lake")]
     Lake(#[source] StoreError),
+    /// The HTTP ingest log could not be opened.
+    #[error("cannot open the ingest log")]
+    Log(#[source] LogError),
+    /// A handler's checkpoint could not be read at start.
+    #[error("cannot read the checkpoint of handler {handler}")]
+    Checkpoint {
+        /// The handler.
+        handler: &'static str,
+        /// The cause.
+        #[source]
+        source: CheckpointError,
+    },
     /// The HTTP address could not be bound.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -33,73 +57,109 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// A task panicked (its message is on stderr); the others were stopped.
+    #[error("the {0} task panicked")]
+    TaskPanicked(String),
+    /// A task that runs until shutdown ended before it.
+    #[error("the {0} task ended before shutdown")]
+    TaskEnded(String),
     /// Open batches were not all written within the shutdown grace period.
     #[error("shutdown grace of {0:?} ran out before every batch was written")]
     GraceExceeded(std::time::Duration),
 }
 
-/// Runs source → lake until `shutdown` turns true.
+/// Runs the source into the lake until `shutdown` turns true.
 pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let mut registry = Registry::with_prefix("selfheal_aggregator");
-    let consume_metrics = Arc::new(ConsumeMetrics::default());
-    consume_metrics.register(&mut registry);
-
     let store = LakeStore::open(&settings.lake_location, &settings.lake_s3)
         .await
         .map_err(RunError::Lake)?;
     let writer = LakeWriter::new(store);
     writer.stats().register(&mut registry);
-    match settings.http_ingest.clone() {
-        Some(ingest) => {
-            run_http(
-                &settings,
-                &ingest,
-                registry,
-                consume_metrics,
-                writer,
-                shutdown,
-            )
-            .await
-        }
-        None => run_kinesis(&settings, registry, consume_metrics, writer, shutdown).await,
+    tracing::info!(lake = %writer.store().location(), "LakeOpened");
+    let handlers: Vec<SharedHandler> = vec![Arc::new(LakeHandler::new(writer))];
+    run_with(settings, handlers, registry, shutdown).await
+}
+
+/// The tasks `run` supervises, by name.
+#[derive(Debug, Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, String>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for the next task to end: its name, or the error when it panicked.
+    async fn next(&mut self) -> Option<Result<String, RunError>> {
+        let done = self.set.join_next_with_id().await?;
+        Some(match done {
+            Ok((id, ())) => Ok(self.names.remove(&id).unwrap_or_default()),
+            Err(e) => {
+                let name = self.names.remove(&e.id()).unwrap_or_default();
+                if e.is_panic() {
+                    tracing::error!(task = %name, "TaskPanicked");
+                    Err(RunError::TaskPanicked(name))
+                } else {
+                    Ok(name)
+                }
+            }
+        })
     }
 }
 
-/// The HTTP source: the ingest route on the server, nothing else running.
-async fn run_http(
-    settings: &Settings,
-    ingest: &IngestSettings,
+/// Runs the configured source into `handlers` until `shutdown` turns true; `registry` holds the
+/// handlers' own metrics already. The seam tests and later handlers use.
+pub async fn run_with(
+    settings: Settings,
+    handlers: Vec<SharedHandler>,
     mut registry: Registry,
-    consume_metrics: Arc<ConsumeMetrics>,
-    writer: LakeWriter,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let ingest_metrics = Arc::new(IngestMetrics::default());
-    ingest_metrics.register(&mut registry);
-    tracing::info!(
-        path = %ingest.path,
-        lake = %writer.store().location(),
-        "AggregatorStarting"
-    );
-    let routes = crate::ingest::router(ingest, writer, consume_metrics, ingest_metrics);
-    let (addr, server) = crate::server::serve(
-        settings.listen_addr,
-        Arc::new(registry),
-        None,
-        settings.health_max_age,
-        routes,
-        shutdown.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Listen {
-        addr: settings.listen_addr,
-        source,
-    })?;
-    tracing::info!(%addr, path = %ingest.path, "HttpServerListening");
-    let _ = shutdown.wait_for(|s| *s).await;
-    // The server stops accepting; requests in flight finish their lake writes and are answered.
-    match tokio::time::timeout(settings.shutdown_grace, server).await {
-        Ok(_) => {
+    let consume = Arc::new(ConsumeMetrics::default());
+    consume.register(&mut registry);
+    let pipeline = Arc::new(PipelineMetrics::default());
+    pipeline.register(&mut registry);
+    // Follows `shutdown`, and is raised when a task fails, so the others drain the same way.
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Tasks::default();
+    match settings.http_ingest.clone() {
+        Some(ingest) => {
+            start_http(
+                &settings, &ingest, handlers, registry, consume, pipeline, &stop, &mut tasks,
+            )
+            .await?;
+        }
+        None => {
+            start_kinesis(&settings, handlers, registry, consume, pipeline, &stop, &mut tasks)
+                .await?;
+        }
+    }
+    let mut failure = tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => None,
+        Some(ended) = tasks.next() => Some(match ended {
+            Ok(name) => RunError::TaskEnded(name),
+            Err(e) => e,
+        }),
+    };
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        while let Some(ended) = tasks.next().await {
+            if let Err(e) = ended {
+                failure.get_or_insert(e);
+            }
+        }
+    })
+    .await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    match drained {
+        Ok(()) => {
             tracing::info!("AggregatorStopped");
             Ok(())
         }
@@ -107,13 +167,86 @@ async fn run_http(
     }
 }
 
-/// The Kinesis source: the consumer, and the server for `/metrics` and `/healthz`.
-async fn run_kinesis(
+/// The HTTP source: the ingest route and its log, one log reader per handler.
+#[allow(clippy::too_many_arguments)]
+async fn start_http(
     settings: &Settings,
+    ingest: &IngestSettings,
+    handlers: Vec<SharedHandler>,
+    mut registry: Registry,
+    consume: Arc<ConsumeMetrics>,
+    pipeline: Arc<PipelineMetrics>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Tasks,
+) -> Result<(), RunError> {
+    let ingest_metrics = Arc::new(IngestMetrics::default());
+    ingest_metrics.register(&mut registry);
+    let log_metrics = Arc::new(LogMetrics::default());
+    log_metrics.register(&mut registry);
+    let log_settings = ingest.log.clone();
+    let log = tokio::task::spawn_blocking(move || IngestLog::open(log_settings, log_metrics))
+        .await
+        .map_err(|e| RunError::Log(LogError::Join(e)))?
+        .map_err(RunError::Log)?;
+    let log = Arc::new(log);
+    let limits = BatchLimits {
+        max_records: settings.consumer.batch_max_records,
+        max_bytes: settings.consumer.batch_max_bytes,
+        flush_interval: settings.consumer.flush_interval,
+        retry_initial: settings.handler_retry.0,
+        retry_max: settings.handler_retry.1,
+    };
+    // Every reader registers before any runs: no segment is deleted under one not started.
+    let mut readers = Vec::new();
+    for h in handlers {
+        let name = crate::pipeline::Handler::name(&h);
+        let delivery = Delivery::new(
+            h,
+            FileCheckpoints::new(ingest.log.dir.join("checkpoints").join(name)),
+            DeadLetters::new(ingest.log.dir.join("dead-letter").join(name)),
+            Arc::clone(&pipeline),
+            settings.handler_retry,
+        );
+        let reader = LogReader::register(Arc::clone(&log), delivery, limits)
+            .await
+            .map_err(|source| RunError::Checkpoint {
+                handler: name,
+                source,
+            })?;
+        readers.push((name, reader));
+    }
+    tracing::info!(path = %ingest.path, log = %ingest.log.dir.display(), "AggregatorStarting");
+    let routes = crate::sources::http::router(ingest, Arc::clone(&log), consume, ingest_metrics);
+    let (addr, server) = crate::server::serve(
+        settings.listen_addr,
+        Arc::new(registry),
+        None,
+        settings.health_max_age,
+        routes,
+        stop.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Listen {
+        addr: settings.listen_addr,
+        source,
+    })?;
+    tracing::info!(%addr, path = %ingest.path, "HttpServerListening");
+    tasks.spawn("server".into(), join(server));
+    for (name, reader) in readers {
+        tasks.spawn(format!("{name} reader"), reader.run(stop.clone()));
+    }
+    Ok(())
+}
+
+/// The Kinesis source: one consumer per handler, and the server for `/metrics` and `/healthz`.
+async fn start_kinesis(
+    settings: &Settings,
+    handlers: Vec<SharedHandler>,
     registry: Registry,
-    consume_metrics: Arc<ConsumeMetrics>,
-    writer: LakeWriter,
-    shutdown: watch::Receiver<bool>,
+    consume: Arc<ConsumeMetrics>,
+    pipeline: Arc<PipelineMetrics>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Tasks,
 ) -> Result<(), RunError> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         // The consumer retries with its own backoff and counts each retry.
@@ -125,27 +258,51 @@ async fn run_kinesis(
         loader = loader.endpoint_url(u);
     }
     let client = aws_sdk_kinesis::Client::new(&loader.load().await);
-    let checkpoints = FileCheckpoints::new(&settings.checkpoint_dir, &settings.consumer.stream);
+    let stream_dir = settings.checkpoint_dir.join(&settings.consumer.stream);
     tracing::info!(
         stream = %settings.consumer.stream,
-        lake = %writer.store().location(),
         checkpoints = %settings.checkpoint_dir.display(),
         "AggregatorStarting"
     );
-    let consumer = Consumer::new(
-        client,
-        settings.consumer.clone(),
-        checkpoints,
-        writer,
-        Arc::clone(&consume_metrics),
-    );
+    let mut consumers = Vec::new();
+    let mut progress = None;
+    for (i, h) in handlers.into_iter().enumerate() {
+        let name = crate::pipeline::Handler::name(&h);
+        let mut checkpoints = FileCheckpoints::new(stream_dir.join(name));
+        if name == "lake" {
+            // Before handlers had namespaces the lake's checkpoints sat in the stream's dir.
+            checkpoints = checkpoints.with_legacy(stream_dir.clone());
+        }
+        let delivery = Delivery::new(
+            h,
+            checkpoints,
+            DeadLetters::new(
+                settings
+                    .checkpoint_dir
+                    .join("dead-letter")
+                    .join(&settings.consumer.stream)
+                    .join(name),
+            ),
+            Arc::clone(&pipeline),
+            settings.handler_retry,
+        );
+        let consumer = Consumer::new(
+            client.clone(),
+            settings.consumer.clone(),
+            delivery,
+            Arc::clone(&consume),
+            i == 0,
+        );
+        progress.get_or_insert_with(|| consumer.progress());
+        consumers.push((name, consumer));
+    }
     let (addr, server) = crate::server::serve(
         settings.listen_addr,
         Arc::new(registry),
-        Some(consumer.progress()),
+        progress,
         settings.health_max_age,
         axum::Router::new(),
-        shutdown.clone(),
+        stop.clone(),
     )
     .await
     .map_err(|source| RunError::Listen {
@@ -153,26 +310,18 @@ async fn run_kinesis(
         source,
     })?;
     tracing::info!(%addr, "HttpServerListening");
-    let mut task = tokio::spawn(consumer.run(shutdown.clone()));
-    let mut stop = shutdown;
-    tokio::select! {
-        _ = stop.wait_for(|s| *s) => {}
-        r = &mut task => {
-            // The consumer returns only on shutdown; a panic ends up here.
-            if let Err(e) = r {
-                tracing::error!(error = %e, "ConsumerPanicked");
-            }
-            server.abort();
-            return Ok(());
-        }
+    tasks.spawn("server".into(), join(server));
+    for (name, consumer) in consumers {
+        tasks.spawn(format!("{name} consumer"), consumer.run(stop.clone()));
     }
-    let drained = tokio::time::timeout(settings.shutdown_grace, task).await;
-    let _ = server.await;
-    match drained {
-        Ok(_) => {
-            tracing::info!("AggregatorStopped");
-            Ok(())
-        }
-        Err(_) => Err(RunError::GraceExceeded(settings.shutdown_grace)),
+    Ok(())
+}
+
+/// Waits for a spawned task, re-raising its panic in the waiting task.
+async fn join(task: tokio::task::JoinHandle<()>) {
+    if let Err(e) = task.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
     }
 }

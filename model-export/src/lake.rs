@@ -1,6 +1,6 @@
 //! Training input from the data lake (`selfheal model train --input LAKE_DIR|s3://bucket/prefix`).
 //!
-//! The aggregator writes one Parquet row per record ([`selfheal_aggregator::lake`]). Training
+//! The aggregator writes one Parquet row per record ([`selfheal_lake`]). Training
 //! needs contiguous series, and the agent samples normal records in contiguous blocks per series
 //! (series = subject + family), so this module:
 //!
@@ -18,8 +18,8 @@
 //! a metric missing from a row is NaN, which feature extraction imputes (as the agent does).
 
 use crate::dataset::Series;
-use selfheal_aggregator::lake::format::{LakeRow, RowKind};
-use selfheal_aggregator::lake::{LakeError, LakeStore, S3Options, StoreError, read_family};
+use selfheal_lake::format::{LakeRow, RowKind};
+use selfheal_lake::{LakeError, LakeStore, S3Options, StoreError, read_family};
 use selfheal_core::{Family, Metric};
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -211,7 +211,7 @@ fn typical_interval_ms(rows: &[LakeRow]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use selfheal_aggregator::lake::format::rows_of;
+    use selfheal_lake::format::rows_of;
     use selfheal_core::RecordId;
     use selfheal_core::schema::{Envelope, Payload, Record, Subject};
 

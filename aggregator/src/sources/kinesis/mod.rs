@@ -1,7 +1,7 @@
-//! The Kinesis consumer: every shard of one stream, read in order, decoded with core's wire
-//! decoder and handed in batches to a [`BatchHandler`] (the lake writer today, the incident
-//! pipeline later), with a durable per-shard [`checkpoint`] saved only after the handler
-//! succeeds: delivery to the handler is at least once.
+//! The Kinesis source: every shard of one stream, read in order, decoded with core's wire
+//! decoder and handed in batches to one [`Handler`] through its [`Delivery`] (one [`Consumer`]
+//! per handler, each with its own checkpoint namespace, so handlers never wait for each other).
+//! Delivery to the handler is at least once, and a replay is the same batch.
 //!
 //! Shards: [`Consumer::run`] lists the stream's shards now and every `shard_refresh`, and starts
 //! one reader task per open shard whose parents are done (a child shard of a split or merge is
@@ -9,72 +9,37 @@
 //! order). A reader resumes after its checkpoint's sequence number, or at `TRIM_HORIZON` for a
 //! shard never read; a closed shard is read to its end, then checkpointed as `shard-end`.
 //!
+//! Batches are cut at `batch.max_records` records, `batch.max_bytes` wire bytes, or
+//! `flush_interval` after their first record was read, whichever comes first; and, after a
+//! crash, exactly where the pending checkpoint says the interrupted batch ended.
+//!
 //! Errors are events: throttling and transport errors back off (jittered, doubling, capped) and
 //! retry; an expired iterator is renewed from the last record read; a record that does not
-//! decode is logged once, counted and skipped, never blocking the shard; a handler failure keeps
-//! the batch and retries it, without advancing the checkpoint.
-
-pub mod checkpoint;
+//! decode is logged once, counted and skipped, never blocking the shard; handler failures are
+//! [`Delivery`]'s (retried, or set aside when poison). A reader task that panics takes the
+//! consumer down with it (and so the process, non-zero): a bug is not retried in a loop.
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
-pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpoints};
+use crate::pipeline::deliver::{Backoff, sleep_or_stop};
+use crate::pipeline::{
+    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use selfheal_core::schema::{Envelope, decode_wire};
+use selfheal_core::schema::decode_wire;
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-
-/// One decoded record of a batch.
-#[derive(Debug, Clone)]
-pub struct ConsumedRecord {
-    /// Its sequence number in the shard (from [`crate::ingest`]: its record id, 32 hex digits).
-    pub sequence: String,
-    /// The partition key it was put with (the workload identity).
-    pub partition_key: String,
-    /// The decoded envelope.
-    pub envelope: Envelope,
-}
-
-/// A run of consecutive records of one shard, handed to a [`BatchHandler`]. [`crate::ingest`]
-/// makes one of each request: shard `http`, first and last record ids (the last with the record
-/// count appended), so that the same request names the same lake objects.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// The shard.
-    pub shard_id: String,
-    /// Sequence number of the first record read into the batch (decoded or not).
-    pub first_seq: String,
-    /// Sequence number of the last record read into the batch (decoded or not): the checkpoint
-    /// once the handler succeeds.
-    pub last_seq: String,
-    /// The records that decoded, in shard order.
-    pub records: Vec<ConsumedRecord>,
-}
-
-/// A handler's failure; the consumer logs it and retries the same batch later.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct HandlerError(pub Box<dyn std::error::Error + Send + Sync>);
-
-/// What the consumer feeds: called once per batch, from one task per shard (so concurrently
-/// across shards, in order within one). Return only once the batch's effects are durable: the
-/// checkpoint advances right after.
-pub trait BatchHandler: Send + Sync + 'static {
-    /// Handles one batch.
-    fn handle(&self, batch: &Batch) -> impl Future<Output = Result<(), HandlerError>> + Send;
-}
 
 /// Validated consumer settings (built from the aggregator's config).
 #[derive(Debug, Clone)]
@@ -83,6 +48,8 @@ pub struct ConsumerSettings {
     pub stream: String,
     /// A batch is handed over when it holds this many records...
     pub batch_max_records: usize,
+    /// ... or this many bytes of wire records...
+    pub batch_max_bytes: usize,
     /// ... or when its first record was read this long ago.
     pub flush_interval: Duration,
     /// Pause after a GetRecords call that returned less than a full page (Kinesis allows five
@@ -108,20 +75,21 @@ pub struct ShardLabels {
 /// Labels of `selfheal_aggregator_consume_errors_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// `list_shards`, `get_shard_iterator`, `get_records`, `throttled`, `expired_iterator`,
-    /// `handler` or `checkpoint`.
+    /// `list_shards`, `get_shard_iterator`, `get_records`, `throttled`, `expired_iterator` or
+    /// `checkpoint` (loading one; handler and checkpoint-save errors are
+    /// [`crate::pipeline::PipelineMetrics`]').
     pub kind: &'static str,
 }
 
-/// The consumer's counters (`selfheal_aggregator_consume_*`).
+/// The sources' counters (`selfheal_aggregator_consume_*`), shared by both sources. Records are
+/// counted once however many handlers read them: by the HTTP endpoint as it logs them, by the
+/// first handler's Kinesis readers as they decode them.
 #[derive(Debug, Default)]
 pub struct ConsumeMetrics {
     /// Records decoded.
     pub records: Counter,
     /// Records skipped because they did not decode.
     pub malformed: Counter,
-    /// Batches handled and checkpointed.
-    pub batches: Counter,
     /// Errors, by kind (each retried).
     pub errors: Family<ErrorLabels, Counter>,
     /// Milliseconds the last GetRecords of each shard was behind the tip of the stream.
@@ -142,11 +110,6 @@ impl ConsumeMetrics {
             "Records skipped because they did not decode",
             self.malformed.clone(),
         );
-        r.register(
-            "batches",
-            "Batches handled and checkpointed",
-            self.batches.clone(),
-        );
         r.register("errors", "Errors, by kind", self.errors.clone());
         r.register(
             "millis_behind_latest",
@@ -165,12 +128,12 @@ impl ConsumeMetrics {
         );
     }
 
-    fn error(&self, kind: &'static str) {
+    pub(crate) fn error(&self, kind: &'static str) {
         self.errors.get_or_create(&ErrorLabels { kind }).inc();
     }
 }
 
-/// Reads a stream's shards into a handler, with checkpoints.
+/// Reads a stream's shards into one handler, with that handler's checkpoints.
 #[derive(Debug)]
 pub struct Consumer<C, H> {
     inner: Arc<Inner<C, H>>,
@@ -180,40 +143,13 @@ pub struct Consumer<C, H> {
 struct Inner<C, H> {
     client: Client,
     settings: ConsumerSettings,
-    checkpoints: C,
-    handler: H,
+    delivery: Delivery<C, H>,
     metrics: Arc<ConsumeMetrics>,
+    /// Whether this consumer's decoded and malformed records are the source's count (the first
+    /// handler's consumer; the others decode the same records again).
+    counts_records: bool,
     /// Monotonic time of the last successful Kinesis call, for `/healthz`.
     last_progress: watch::Sender<Instant>,
-}
-
-/// Jittered exponential backoff.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    initial: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            next: initial,
-            initial,
-            max,
-        }
-    }
-
-    /// The next delay: uniformly in [d/2, d], then d doubles (capped).
-    fn delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(self.max);
-        d.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
 }
 
 /// Resolves when shutdown is requested (or the sender is gone, which means the same).
@@ -221,35 +157,24 @@ async fn wait_stop(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// Sleeps `d`, or less if shutdown is requested; true when shutdown was requested.
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return true;
-    }
-    let stopped = tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        () = wait_stop(stop) => true,
-    };
-    stopped || *stop.borrow()
-}
-
-impl<C: CheckpointStore, H: BatchHandler> Consumer<C, H> {
-    /// A consumer of `settings.stream` through `client`.
+impl<C: CheckpointStore, H: Handler> Consumer<C, H> {
+    /// A consumer of `settings.stream` through `client` into `delivery`; `counts_records` for
+    /// the one consumer whose records count in [`ConsumeMetrics`].
     pub fn new(
         client: Client,
         settings: ConsumerSettings,
-        checkpoints: C,
-        handler: H,
+        delivery: Delivery<C, H>,
         metrics: Arc<ConsumeMetrics>,
+        counts_records: bool,
     ) -> Self {
         let (last_progress, _) = watch::channel(Instant::now());
         Consumer {
             inner: Arc::new(Inner {
                 client,
                 settings,
-                checkpoints,
-                handler,
+                delivery,
                 metrics,
+                counts_records,
                 last_progress,
             }),
         }
@@ -261,7 +186,8 @@ impl<C: CheckpointStore, H: BatchHandler> Consumer<C, H> {
     }
 
     /// Runs until `shutdown` turns true: then every reader hands over its partial batch, waits
-    /// for the handler and the checkpoint, and returns; `run` returns when all have.
+    /// for the handler and the checkpoint, and returns; `run` returns when all have. A reader
+    /// that panics makes `run` panic with its payload.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let inner = self.inner;
         let mut running: HashSet<String> = HashSet::new();
@@ -292,7 +218,7 @@ impl<C: CheckpointStore, H: BatchHandler> Consumer<C, H> {
                         tracing::info!(shards = running.len(), "ConsumerStopping");
                         while let Some(done) = tasks.join_next().await {
                             if let Err(e) = done {
-                                tracing::error!(error = %e, "ShardReaderPanicked");
+                                reader_failed(e);
                             }
                         }
                         return;
@@ -307,7 +233,7 @@ impl<C: CheckpointStore, H: BatchHandler> Consumer<C, H> {
                                     break;
                                 }
                             }
-                            Err(e) => tracing::error!(error = %e, "ShardReaderPanicked"),
+                            Err(e) => reader_failed(e),
                         }
                     }
                 }
@@ -316,7 +242,17 @@ impl<C: CheckpointStore, H: BatchHandler> Consumer<C, H> {
     }
 }
 
-impl<C: CheckpointStore, H: BatchHandler> Inner<C, H> {
+/// A reader task ended without returning: a panic is re-raised here (its message was printed
+/// by the panic hook already); a cancelled task can only mean the runtime is going away.
+fn reader_failed(e: tokio::task::JoinError) {
+    if e.is_panic() {
+        tracing::error!(error = %e, "ShardReaderPanicked");
+        std::panic::resume_unwind(e.into_panic());
+    }
+    tracing::warn!(error = %e, "ShardReaderCancelled");
+}
+
+impl<C: CheckpointStore, H: Handler> Inner<C, H> {
     fn progress(&self) {
         self.last_progress.send_replace(Instant::now());
     }
@@ -362,7 +298,7 @@ impl<C: CheckpointStore, H: BatchHandler> Inner<C, H> {
             if finished.contains(id) || running.contains(id) {
                 continue;
             }
-            match self.checkpoints.load(id).await {
+            match self.delivery.checkpoints().load(id).await {
                 Ok(Some(Checkpoint::ShardEnd)) => {
                     finished.insert(id.to_owned());
                 }
@@ -371,7 +307,7 @@ impl<C: CheckpointStore, H: BatchHandler> Inner<C, H> {
                 }
                 Err(e) => {
                     self.metrics.error("checkpoint");
-                    tracing::warn!(shard = %id, error = %e, "CheckpointLoadError");
+                    tracing::warn!(handler = self.delivery.name(), shard = %id, error = %crate::pipeline::error_chain(&e), "CheckpointLoadError");
                 }
             }
         }
@@ -430,28 +366,37 @@ impl<C: CheckpointStore, H: BatchHandler> Inner<C, H> {
         checkpoint: Option<Checkpoint>,
         mut stop: watch::Receiver<bool>,
     ) -> bool {
-        let mut last_read = match checkpoint {
-            Some(Checkpoint::After(seq)) => Some(seq),
-            _ => None,
-        };
-        tracing::info!(shard, after = ?last_read, "ShardReaderStarted");
+        let handler = self.delivery.name();
+        // The last record read (where a renewed iterator starts) and the last one checkpointed
+        // (where the open batch starts).
+        let mut last_read = checkpoint
+            .as_ref()
+            .and_then(Checkpoint::resume_after)
+            .map(str::to_owned);
+        let mut after = last_read.clone();
+        let mut cut = checkpoint
+            .as_ref()
+            .and_then(Checkpoint::cut_at)
+            .map(str::to_owned);
+        tracing::info!(handler, shard, after = ?last_read, replay_through = ?cut, "ShardReaderStarted");
         let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
         let mut iterator: Option<String> = None;
-        let mut batch: Option<(Batch, Instant)> = None;
+        let mut batch = OpenBatch::default();
         let behind_labels = ShardLabels {
             shard: shard.to_owned(),
         };
         loop {
             if *stop.borrow() {
-                self.flush(&mut batch, &mut stop).await;
-                tracing::info!(shard, "ShardReaderStopped");
+                self.flush(&mut batch, &mut after, &mut stop).await;
+                tracing::info!(handler, shard, "ShardReaderStopped");
                 return false;
             }
-            if let Some((b, started)) = &batch
-                && (b.records.len() >= self.settings.batch_max_records
-                    || started.elapsed() >= self.settings.flush_interval)
+            if batch
+                .started
+                .is_some_and(|t| t.elapsed() >= self.settings.flush_interval)
+                && !self.flush(&mut batch, &mut after, &mut stop).await
             {
-                self.flush(&mut batch, &mut stop).await;
+                return false;
             }
             let it = match iterator.take() {
                 Some(it) => it,
@@ -517,54 +462,61 @@ impl<C: CheckpointStore, H: BatchHandler> Inner<C, H> {
             let n = out.records().len();
             for r in out.records() {
                 let seq = r.sequence_number().to_owned();
-                let (b, _) = batch.get_or_insert_with(|| {
-                    (
-                        Batch {
-                            shard_id: shard.to_owned(),
-                            first_seq: seq.clone(),
-                            last_seq: seq.clone(),
-                            records: Vec::new(),
-                        },
-                        Instant::now(),
-                    )
-                });
-                b.last_seq.clone_from(&seq);
+                batch.add(shard, &seq, r.data().as_ref().len());
                 match decode_wire(r.data().as_ref()) {
                     Ok(envelope) => {
-                        self.metrics.records.inc();
-                        b.records.push(ConsumedRecord {
+                        if self.counts_records {
+                            self.metrics.records.inc();
+                        }
+                        batch.push(ConsumedRecord {
                             sequence: seq.clone(),
                             partition_key: r.partition_key().to_owned(),
                             envelope,
                         });
                     }
                     Err(e) => {
-                        self.metrics.malformed.inc();
-                        tracing::warn!(
-                            shard,
-                            sequence = %seq,
-                            partition_key = r.partition_key(),
-                            bytes = r.data().as_ref().len(),
-                            error = %e,
-                            "MalformedRecordSkipped"
-                        );
+                        if self.counts_records {
+                            self.metrics.malformed.inc();
+                            tracing::warn!(
+                                shard,
+                                sequence = %seq,
+                                partition_key = r.partition_key(),
+                                bytes = r.data().as_ref().len(),
+                                error = %e,
+                                "MalformedRecordSkipped"
+                            );
+                        }
                     }
                 }
-                last_read = Some(seq);
+                last_read = Some(seq.clone());
+                let replayed = cut.as_deref().is_some_and(|c| seq_at_or_after(&seq, c));
+                if replayed {
+                    cut = None;
+                }
+                let full = batch.records() >= self.settings.batch_max_records
+                    || batch.bytes >= self.settings.batch_max_bytes;
+                if (replayed || full) && !self.flush(&mut batch, &mut after, &mut stop).await {
+                    // Stopped before the batch was durable: the rest of this page is read again
+                    // next time, after the checkpoint.
+                    return false;
+                }
             }
             match out.next_shard_iterator {
                 Some(next) => iterator = Some(next),
                 None => {
-                    self.flush(&mut batch, &mut stop).await;
-                    if batch.is_some() {
+                    if !self.flush(&mut batch, &mut after, &mut stop).await {
                         // Stopped before the last batch was durable: read it again next time.
                         return false;
                     }
-                    self.save_checkpoint(shard, &Checkpoint::ShardEnd, &mut stop)
+                    let done = self
+                        .delivery
+                        .save(shard, &Checkpoint::ShardEnd, &mut stop)
                         .await;
-                    self.metrics.shards_finished.inc();
-                    tracing::info!(shard, "ShardFinished");
-                    return true;
+                    if done {
+                        self.metrics.shards_finished.inc();
+                        tracing::info!(handler, shard, "ShardFinished");
+                    }
+                    return done;
                 }
             }
             let full = i32::try_from(n).unwrap_or(i32::MAX) >= self.settings.get_records_limit;
@@ -574,62 +526,59 @@ impl<C: CheckpointStore, H: BatchHandler> Inner<C, H> {
         }
     }
 
-    /// Hands the open batch to the handler until it succeeds (or, once shutdown is requested,
-    /// after one more failure), then checkpoints its last sequence number. Leaves `batch` as
-    /// `None` when it was written.
-    async fn flush(&self, batch: &mut Option<(Batch, Instant)>, stop: &mut watch::Receiver<bool>) {
-        let Some((b, _)) = batch.as_ref() else {
-            return;
+    /// Delivers the open batch, if any. True when there was none or it is checkpointed (then
+    /// `after` is its last record and the batch is empty again); false when shutdown came first.
+    async fn flush(
+        &self,
+        batch: &mut OpenBatch,
+        after: &mut Option<String>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let Some(b) = batch.batch.as_ref() else {
+            return true;
         };
-        let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
-        loop {
-            let result = if b.records.is_empty() {
-                // Only malformed records: nothing to write, but the checkpoint moves past them.
-                Ok(())
-            } else {
-                self.handler.handle(b).await
-            };
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    self.metrics.error("handler");
-                    tracing::warn!(shard = %b.shard_id, first = %b.first_seq, last = %b.last_seq, records = b.records.len(), error = %e, "BatchHandlerError");
-                    if *stop.borrow() {
-                        tracing::warn!(shard = %b.shard_id, "BatchAbandonedAtShutdown");
-                        return;
-                    }
-                    sleep_or_stop(backoff.delay(), stop).await;
-                }
-            }
+        if !self.delivery.deliver(b, after.as_deref(), stop).await {
+            return false;
         }
-        let cp = Checkpoint::After(b.last_seq.clone());
-        let shard = b.shard_id.clone();
-        self.save_checkpoint(&shard, &cp, stop).await;
-        self.metrics.batches.inc();
-        *batch = None;
+        *after = Some(b.last_seq.clone());
+        *batch = OpenBatch::default();
+        true
+    }
+}
+
+/// The batch a shard reader is filling.
+#[derive(Debug, Default)]
+struct OpenBatch {
+    batch: Option<Batch>,
+    /// When its first record was read.
+    started: Option<Instant>,
+    /// Wire bytes read into it.
+    bytes: usize,
+}
+
+impl OpenBatch {
+    /// Counts a record read (decoded or not) into the batch.
+    fn add(&mut self, shard: &str, seq: &str, bytes: usize) {
+        let b = self.batch.get_or_insert_with(|| Batch {
+            shard_id: shard.to_owned(),
+            first_seq: seq.to_owned(),
+            last_seq: seq.to_owned(),
+            records: Vec::new(),
+        });
+        b.last_seq = seq.to_owned();
+        self.started.get_or_insert_with(Instant::now);
+        self.bytes += bytes;
     }
 
-    /// Saves a checkpoint, retrying until it sticks; at shutdown, one try.
-    async fn save_checkpoint(
-        &self,
-        shard: &str,
-        cp: &Checkpoint,
-        stop: &mut watch::Receiver<bool>,
-    ) {
-        let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
-        loop {
-            match self.checkpoints.save(shard, cp).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.metrics.error("checkpoint");
-                    tracing::warn!(shard, error = %e, "CheckpointSaveError");
-                    if *stop.borrow() {
-                        return;
-                    }
-                    sleep_or_stop(backoff.delay(), stop).await;
-                }
-            }
+    /// Adds a decoded record (after [`OpenBatch::add`]).
+    fn push(&mut self, record: ConsumedRecord) {
+        if let Some(b) = &mut self.batch {
+            b.records.push(record);
         }
+    }
+
+    fn records(&self) -> usize {
+        self.batch.as_ref().map_or(0, |b| b.records.len())
     }
 }
 
@@ -650,21 +599,5 @@ fn classify<R>(e: &SdkError<GetRecordsError, R>) -> ReadError {
             _ => ReadError::Other,
         },
         _ => ReadError::Other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let d: Vec<Duration> = (0..4).map(|_| b.delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
-        assert!(d[1] >= Duration::from_millis(100) && d[1] <= Duration::from_millis(200));
-        assert!(d[3] >= Duration::from_millis(175) && d[3] <= Duration::from_millis(350));
-        b.reset();
-        assert!(b.delay() <= Duration::from_millis(100));
     }
 }

@@ -1,17 +1,18 @@
-//! The data lake: decoded envelopes in, partitioned Parquet objects out, and the read path the
-//! trainer uses.
+//! selfheal-lake: the data lake table, its writer and its reader. Decoded envelopes in,
+//! partitioned Parquet objects out (the aggregator's lake handler), and the read path the
+//! trainer uses; a local directory or an S3 bucket and prefix. It is a writer/reader contract
+//! like the wire schema, with Parquet and S3 I/O, so the trainer depends on it and not on the
+//! aggregator (no Kinesis, no HTTP server in the trainer's build).
 //!
-//! Layout: `dt=YYYY-MM-DD/hour=HH/family=<family>/<shard>-<first seq>-<last seq>.parquet`, times
-//! in UTC from each record's own timestamp. The family level lets a trainer, who always trains
-//! one family, read only that family's objects; the date and hour levels let lifecycle rules and
-//! query engines (Athena, DuckDB, Spark: all read Hive-style `key=value` paths) prune by time.
+//! Layout: `dt=YYYY-MM-DD/hour=HH/family=<family>/<name>.parquet`, times in UTC from each
+//! record's own timestamp. The family level lets a trainer, who always trains one family, read
+//! only that family's objects; the date and hour levels let lifecycle rules and query engines
+//! (Athena, DuckDB, Spark: all read Hive-style `key=value` paths) prune by time.
 //!
-//! Object names are deterministic: a batch handed over by [`crate::consume`] names its shard and
-//! the first and last sequence numbers in it, so writing the same batch again after a crash (the
-//! checkpoint had not advanced) overwrites the same objects instead of adding copies. A batch
-//! POSTed to [`crate::ingest`] is named `http-<first id>-<last id>-<records>` the same way, so an
-//! agent's retry of an unanswered request overwrites too. Rows are
-//! de-duplicated by record id within a write; a duplicate that arrives in another batch (the
+//! Object names are the writer's to choose; the aggregator names each object after the source
+//! range it holds (shard or ingest log, first and last position), so writing the same range
+//! again after a crash overwrites the same objects instead of adding copies. Rows are
+//! de-duplicated by record id within a write; a duplicate that arrives in another write (an
 //! agent resent it) is dropped on read, by [`read_family`].
 //!
 //! [`format`] owns the table and its Parquet encoding, [`store`] the directory or S3 bucket.
@@ -19,7 +20,6 @@
 pub mod format;
 pub mod store;
 
-use crate::consume::{Batch, BatchHandler, HandlerError};
 use format::{LakeRow, RowKind};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -60,7 +60,7 @@ pub struct WriteReport {
     pub bytes: usize,
 }
 
-/// Counters of everything the writer has done (`selfheal_aggregator_lake_*`).
+/// Counters of everything the writer has done (`<prefix>_lake_*` once registered).
 #[derive(Debug, Default)]
 pub struct LakeStats {
     /// Objects written.
@@ -71,7 +71,7 @@ pub struct LakeStats {
     pub duplicates: Counter,
     /// Bytes written.
     pub bytes: Counter,
-    /// Failed object writes (the consumer retries the batch).
+    /// Failed object writes (the caller retries).
     pub errors: Counter,
 }
 
@@ -181,34 +181,6 @@ impl LakeWriter {
         self.stats.duplicates.inc_by(report.duplicates as u64);
         self.stats.bytes.inc_by(report.bytes as u64);
         Ok(report)
-    }
-}
-
-/// The object name of a batch: shard and sequence range, so a rewrite replaces it.
-pub fn batch_name(batch: &Batch) -> String {
-    format!("{}-{}-{}", batch.shard_id, batch.first_seq, batch.last_seq)
-}
-
-impl BatchHandler for LakeWriter {
-    async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
-        let rows: Vec<LakeRow> = batch
-            .records
-            .iter()
-            .flat_map(|r| format::rows_of(&r.envelope))
-            .collect();
-        let report = self
-            .write_rows(&batch_name(batch), rows)
-            .await
-            .map_err(|e| HandlerError(Box::new(e)))?;
-        tracing::debug!(
-            shard = %batch.shard_id,
-            objects = report.objects,
-            rows = report.rows,
-            duplicates = report.duplicates,
-            bytes = report.bytes,
-            "LakeBatchWritten"
-        );
-        Ok(())
     }
 }
 

@@ -1,28 +1,36 @@
-//! HTTP ingest: the source that replaces the Kinesis [`crate::consume`]r where there is no AWS
-//! (`selfheal up`, on-premise). Agents with `forward.sink = "http"` POST batches of wire records
-//! (framed by [`selfheal_core::batch`]) to `POST /v1/ingest` on the aggregator's HTTP server;
-//! each request becomes one [`Batch`] for the same [`BatchHandler`] the Kinesis consumer feeds
-//! (the lake writer), so both sources write the same objects the same way.
+//! The HTTP source, for where there is no AWS (`selfheal up`, on-premise). Agents with
+//! `forward.sink = "http"` POST batches of wire records (framed by [`selfheal_core::batch`]) to
+//! `POST /v1/ingest` on the aggregator's HTTP server; the endpoint appends them to the durable
+//! [`log::IngestLog`], and each handler reads that log with its own [`reader::LogReader`] and
+//! checkpoints, as it reads a Kinesis shard. So both sources feed the same pipeline, and the lake
+//! gets objects of the same useful size on both (one per family per `flush_interval`, not one per
+//! request).
 //!
-//! The answer is the agent's acknowledgement, so it is sent only once the handler returned,
-//! i.e. once the records are durable: 200 then; 503 when the handler failed (the agent keeps the
-//! batch in its spool and retries); 400 for a body whose framing is broken and 413 for one over
-//! `max_body_bytes`, which the agent does not retry. A record that frames but does not decode is
-//! counted in the consumer's malformed counter and skipped, as on the stream.
+//! The answer is the agent's acknowledgement, sent once the records are in the log and the log
+//! is fsynced: 200 then (the handlers have not run yet; they will, after a crash too); 503 with
+//! `Retry-After` when the log is full (a handler is behind; the agent keeps the batch in its
+//! spool and retries, so back-pressure reaches the fleet, not the aggregator's disk) or cannot be
+//! written; 400 for a body whose framing is broken and 413 for one over `max_body_bytes`, which
+//! the agent does not retry. A record that frames but does not decode is counted in the
+//! consumer's malformed counter and skipped, as on the stream; only records that decode are
+//! logged.
 //!
 //! The `Content-Type` is not checked: the framing and each record's magic-and-version header
 //! already tell a batch from anything else, and a client that forgets the header loses nothing.
 //!
-//! At most `max_concurrent_requests` requests are read and written at once; one over that is
+//! At most `max_concurrent_requests` requests are read and logged at once; one over that is
 //! answered 429 before its body is read (the agent backs off and retries, as for Kinesis
 //! throttling), so memory stays under `max_concurrent_requests × max_body_bytes` and a fleet of
 //! agents reconnecting after an outage queues in their spools, not in the aggregator.
 //!
-//! A retried request must not duplicate: the batch is named after the first and last record ids
-//! in it and their count (`http-<first>-<last>-<n>`), so the lake writer overwrites the objects
-//! of an earlier attempt, and de-duplicates rows by id within the write.
+//! A retried request must not duplicate: the log drops records whose ids it logged recently
+//! (see [`log`]), and the lake handler de-duplicates rows by id within a batch.
 
-use crate::consume::{Batch, BatchHandler, ConsumeMetrics, ConsumedRecord};
+pub mod log;
+pub mod reader;
+
+use crate::sources::kinesis::ConsumeMetrics;
+use log::{IngestLog, LogError, LogRecord};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -51,6 +59,8 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
     /// Requests read and written at once; more are answered 429.
     pub max_concurrent_requests: usize,
+    /// The durable log requests are appended to.
+    pub log: log::LogSettings,
 }
 
 /// Labels of `selfheal_aggregator_ingest_requests_total`.
@@ -88,8 +98,8 @@ impl IngestMetrics {
     }
 }
 
-struct Ingest<H> {
-    handler: H,
+struct Ingest {
+    log: Arc<IngestLog>,
     /// One permit per request in progress.
     permits: Arc<Semaphore>,
     consume: Arc<ConsumeMetrics>,
@@ -97,25 +107,25 @@ struct Ingest<H> {
 }
 
 /// The ingest route, to merge into the aggregator's HTTP server.
-pub fn router<H: BatchHandler>(
+pub fn router(
     settings: &IngestSettings,
-    handler: H,
+    log: Arc<IngestLog>,
     consume: Arc<ConsumeMetrics>,
     metrics: Arc<IngestMetrics>,
 ) -> Router {
     let state = Arc::new(Ingest {
-        handler,
+        log,
         permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         consume,
         metrics,
     });
     Router::new()
-        .route(&settings.path, post(ingest::<H>))
+        .route(&settings.path, post(ingest))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .with_state(state)
 }
 
-async fn ingest<H: BatchHandler>(State(s): State<Arc<Ingest<H>>>, req: Request) -> Response {
+async fn ingest(State(s): State<Arc<Ingest>>, req: Request) -> Response {
     // The permit is taken before the body is read, so waiting requests hold no body in memory.
     let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
         tracing::debug!("IngestBusy");
@@ -139,10 +149,16 @@ async fn ingest<H: BatchHandler>(State(s): State<Arc<Ingest<H>>>, req: Request) 
         }
     };
     s.count(status);
-    (status, text).into_response()
+    let mut answer = (status, text).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        answer
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    answer
 }
 
-impl<H: BatchHandler> Ingest<H> {
+impl Ingest {
     fn count(&self, status: StatusCode) {
         self.metrics
             .requests
@@ -163,15 +179,25 @@ impl<H: BatchHandler> Ingest<H> {
         self.metrics.bytes.inc_by(body.len() as u64);
         let mut records = Vec::with_capacity(wire.len());
         for (i, data) in wire.iter().enumerate() {
-            match decode_wire(data) {
-                Ok(envelope) => {
+            let decoded = decode_wire(data).map_err(|e| e.to_string()).and_then(|envelope| {
+                let rec = envelope.record();
+                let key = rec.subject.workload_key(&rec.node);
+                // A frame holds at most MAX_RECORD_BYTES of key and record (Kinesis' limit).
+                if key.len() + data.len() > selfheal_runtime::frame::MAX_RECORD_BYTES
+                    || key.len() > usize::from(u16::MAX)
+                {
+                    return Err(format!("{} bytes with its key exceed the 1 MiB record limit", data.len()));
+                }
+                Ok(LogRecord {
+                    id: rec.id.as_u128(),
+                    key,
+                    wire: data.to_vec(),
+                })
+            });
+            match decoded {
+                Ok(r) => {
                     self.consume.records.inc();
-                    let rec = envelope.record();
-                    records.push(ConsumedRecord {
-                        sequence: format!("{:032x}", rec.id.as_u128()),
-                        partition_key: rec.subject.workload_key(&rec.node),
-                        envelope,
-                    });
+                    records.push(r);
                 }
                 Err(e) => {
                     self.consume.malformed.inc();
@@ -184,34 +210,32 @@ impl<H: BatchHandler> Ingest<H> {
                 }
             }
         }
-        let (Some(first), Some(last)) = (records.first(), records.last()) else {
-            // Empty, or only malformed records: nothing to write, and nothing worth resending.
-            return (StatusCode::OK, "0 records written\n".into());
-        };
-        // The "shard" and "sequence range" of an HTTP batch, which name its lake objects.
-        let batch = Batch {
-            shard_id: "http".into(),
-            first_seq: first.sequence.clone(),
-            last_seq: format!("{}-{}", last.sequence, records.len()),
-            records,
-        };
-        match self.handler.handle(&batch).await {
-            Ok(()) => {
-                self.consume.batches.inc();
+        if records.is_empty() {
+            // Empty, or only malformed records: nothing to log, and nothing worth resending.
+            return (StatusCode::OK, "0 records logged\n".into());
+        }
+        let log = Arc::clone(&self.log);
+        let appended = tokio::task::spawn_blocking(move || log.append(&records))
+            .await
+            .map_err(LogError::Join)
+            .and_then(|r| r);
+        match appended {
+            Ok(a) => (
+                StatusCode::OK,
+                format!("{} records logged, {} logged already\n", a.records, a.duplicates),
+            ),
+            Err(e @ LogError::Full { .. }) => {
+                tracing::debug!(error = %e, "IngestLogFull");
                 (
-                    StatusCode::OK,
-                    format!("{} records written\n", batch.records.len()),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{e}; retry later\n"),
                 )
             }
             Err(e) => {
-                self.consume
-                    .errors
-                    .get_or_create(&crate::consume::ErrorLabels { kind: "handler" })
-                    .inc();
-                tracing::warn!(first = %batch.first_seq, last = %batch.last_seq, records = batch.records.len(), error = %e, "BatchHandlerError");
+                tracing::warn!(dir = %self.log.dir().display(), error = %crate::pipeline::error_chain(&e), "IngestLogWriteError");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the batch could not be written; retry\n".into(),
+                    "the batch could not be logged; retry\n".into(),
                 )
             }
         }
@@ -221,40 +245,11 @@ impl<H: BatchHandler> Ingest<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consume::HandlerError;
     use selfheal_core::batch::encode_batch;
     use selfheal_core::schema::{Envelope, Payload, Record, RecordId, Subject, encode_wire};
     use selfheal_core::{Family, Metric};
     use std::collections::BTreeMap;
-    use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::sync::Notify;
-
-    /// A handler that holds every batch until released, remembering the ids it wrote.
-    #[derive(Default)]
-    struct Held {
-        entered: Notify,
-        release: Notify,
-        written: Mutex<Vec<u128>>,
-    }
-
-    impl BatchHandler for Arc<Held> {
-        async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
-            self.entered.notify_one();
-            self.release.notified().await;
-            let mut w = self
-                .written
-                .lock()
-                .map_err(|e| HandlerError(e.to_string().into()))?;
-            w.extend(
-                batch
-                    .records
-                    .iter()
-                    .map(|r| r.envelope.record().id.as_u128()),
-            );
-            Ok(())
-        }
-    }
 
     fn body(id: u128) -> Vec<u8> {
         let env = Envelope::new(Payload::Sample {
@@ -272,32 +267,47 @@ mod tests {
         encode_batch([wire.as_slice()]).expect("frame")
     }
 
-    /// POSTs `body` over a fresh connection; the status line and headers of the answer.
-    async fn post(addr: std::net::SocketAddr, body: Vec<u8>) -> String {
+    /// Sends the head of a POST of `body`; the connection, to send the body on.
+    async fn post_head(addr: std::net::SocketAddr, body: &[u8]) -> tokio::net::TcpStream {
         let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let head = format!(
             "POST {DEFAULT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         conn.write_all(head.as_bytes()).await.expect("write head");
+        conn
+    }
+
+    /// Sends `body` on `conn`; the status line and headers of the answer.
+    async fn finish(mut conn: tokio::net::TcpStream, body: Vec<u8>) -> String {
         conn.write_all(&body).await.expect("write body");
         let mut answer = String::new();
         conn.read_to_string(&mut answer).await.expect("read answer");
         answer
     }
 
+    async fn post(addr: std::net::SocketAddr, body: Vec<u8>) -> String {
+        let conn = post_head(addr, &body).await;
+        finish(conn, body).await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_over_the_concurrency_cap_is_answered_429_and_its_retry_lands() {
-        let held = Arc::new(Held::default());
+        let tmp = tempfile::tempdir().expect("tempdir");
         let metrics = Arc::new(IngestMetrics::default());
         let settings = IngestSettings {
             path: DEFAULT_PATH.into(),
             max_body_bytes: 1 << 20,
             max_concurrent_requests: 1,
+            log: log::LogSettings {
+                dir: tmp.path().to_owned(),
+                max_bytes: 1 << 20,
+            },
         };
+        let log = Arc::new(IngestLog::open(settings.log.clone(), Arc::default()).expect("log"));
         let app = router(
             &settings,
-            held.clone(),
+            Arc::clone(&log),
             Arc::new(ConsumeMetrics::default()),
             metrics.clone(),
         );
@@ -307,26 +317,36 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let first = tokio::spawn(post(addr, body(1)));
-        held.entered.notified().await; // the first request holds the only permit
+        // The first request holds the only permit while its body has not arrived.
+        let first_body = body(1);
+        let first = post_head(addr, &first_body).await;
+        // The server reads the head (and takes the permit) as soon as it arrives on loopback.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let busy = post(addr, body(2)).await;
         assert!(busy.starts_with("HTTP/1.1 429"), "{busy}");
         assert!(
             busy.to_ascii_lowercase().contains("retry-after: 1"),
             "{busy}"
         );
-
-        held.release.notify_one();
-        let ok = first.await.expect("first request");
+        let ok = finish(first, first_body).await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-        let retry = tokio::spawn(post(addr, body(2)));
-        held.entered.notified().await;
-        held.release.notify_one();
-        let ok = retry.await.expect("retried request");
+        let ok = post(addr, body(2)).await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 
-        let written = held.written.lock().expect("lock").clone();
-        assert_eq!(written, vec![1, 2]);
+        let logged: Vec<u128> = log
+            .read(0)
+            .expect("read log")
+            .records
+            .iter()
+            .map(|r| {
+                selfheal_core::schema::decode_wire(&r.wire)
+                    .expect("wire")
+                    .record()
+                    .id
+                    .as_u128()
+            })
+            .collect();
+        assert_eq!(logged, vec![1, 2]);
         let count = |status: u16| {
             metrics
                 .requests
