@@ -237,14 +237,26 @@ impl AlarmVariant {
         self.contamination() * self.spike_ratio
     }
 
-    /// Counts of machine `m` with scores `s` under this variant.
+    /// Counts of machine `m` with scores `s` under this variant. A variant whose threshold
+    /// `m`'s training set is too small to place is a model `selfheal model train` refuses: it
+    /// counts as one that never alarms (every window missed).
     pub fn counts(&self, m: &Machine, s: &Scores) -> Result<Counts, DetectError> {
-        let cal = calibrate(
+        let cal = match calibrate(
             std::slice::from_ref(&s.train),
             self.alarm,
             self.contamination(),
             self.spike_contamination(),
-        )?;
+        ) {
+            Ok(cal) => cal,
+            Err(DetectError::TooFewTrainingRows { .. }) => {
+                let n = s.run.len();
+                return Ok(Counts::of(
+                    &vec![false; n - m.from],
+                    &m.windows.slice(m.from..n),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let state = AlarmState::new(self.alarm)
             .with_ordinary(cal.ordinary)
             .with_spike(cal.spike);
@@ -334,6 +346,23 @@ impl Table {
                 .iter()
                 .map(|per_variant| idx.iter().map(|&i| per_variant[i].clone()).collect())
                 .collect(),
+        }
+    }
+
+    /// The same table with only the forest configurations `keep` admits (e.g. those that fit
+    /// the node's model-size budget).
+    pub fn restricted_forests(&self, keep: impl Fn(&TrainConfig) -> bool) -> Table {
+        let idx: Vec<usize> = (0..self.grid.forests.len())
+            .filter(|&i| keep(&self.grid.forests[i]))
+            .collect();
+        Table {
+            grid: Grid {
+                forests: idx.iter().map(|&i| self.grid.forests[i].clone()).collect(),
+                variants: self.grid.variants.clone(),
+            },
+            data_sets: self.data_sets.clone(),
+            names: self.names.clone(),
+            counts: idx.iter().map(|&i| self.counts[i].clone()).collect(),
         }
     }
 
