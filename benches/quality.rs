@@ -19,13 +19,13 @@
 //! grid; `SELFHEAL_QUALITY_FORESTS=100x256,25x64` replaces the forest sizes of the grid
 //! (trees x ψ).
 
+use selfheal_core::model::AlarmRule;
 use selfheal_model_export::detect::{DEFAULT_SENSITIVITY, TrainConfig, sensitivity_contamination};
 use selfheal_model_export::eval::{Counts, Metrics};
 use selfheal_model_export::quality::{
     self, AlarmVariant, Cell, DataSet, Grid, PerDataSet, Table, objective, pooled_all,
 };
 use selfheal_model_export::train::ForestParams;
-use selfheal_core::model::AlarmRule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -273,16 +273,16 @@ fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut sizes = Vec::new();
     for f in &full.grid.forests {
-        let (det, _) = selfheal_model_export::detect::train_model(
-            std::slice::from_ref(&sample),
-            None,
-            f,
-        )
-        .map_err(|e| e.to_string())?;
+        let (det, _) =
+            selfheal_model_export::detect::train_model(std::slice::from_ref(&sample), None, f)
+                .map_err(|e| e.to_string())?;
         let bytes = selfheal_model_export::onnx::export_set(&det.forest)
             .map_err(|e| e.to_string())?
             .len();
-        sizes.push(((f.forest.n_trees, f.forest.max_samples, f.range_weight), bytes));
+        sizes.push((
+            (f.forest.n_trees, f.forest.max_samples, f.range_weight),
+            bytes,
+        ));
     }
     let size_of = |f: &TrainConfig| {
         sizes
@@ -290,7 +290,9 @@ fn run() -> Result<(), String> {
             .find(|(k, _)| *k == (f.forest.n_trees, f.forest.max_samples, f.range_weight))
             .map_or(usize::MAX, |(_, b)| *b)
     };
-    println!("model.onnx of a 13-signal model per forest configuration (budget {MODEL_BUDGET} bytes):\n");
+    println!(
+        "model.onnx of a 13-signal model per forest configuration (budget {MODEL_BUDGET} bytes):\n"
+    );
     for f in &full.grid.forests {
         println!(
             "- {} trees x psi {}, range guard {}: {} bytes{}",
@@ -298,7 +300,11 @@ fn run() -> Result<(), String> {
             f.forest.max_samples,
             f.range_weight,
             size_of(f),
-            if size_of(f) <= MODEL_BUDGET { "" } else { " (over budget)" }
+            if size_of(f) <= MODEL_BUDGET {
+                ""
+            } else {
+                " (over budget)"
+            }
         );
     }
     println!();
@@ -328,7 +334,10 @@ fn run() -> Result<(), String> {
 
     let all = t.select(None);
     let in_sample = t.pooled(all, |_| true);
-    println!("\n### Chosen on every machine (the default)\n\n{}\n", describe(t, all));
+    println!(
+        "\n### Chosen on every machine (the default)\n\n{}\n",
+        describe(t, all)
+    );
     println!("objective {:?}\n", objective(&in_sample));
     header();
     table(&in_sample, "selfheal, in-sample", None);

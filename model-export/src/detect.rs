@@ -831,7 +831,10 @@ mod tests {
         assert!(refuse < warn);
         // A few minutes of a node: the feature warm-up (60 rows) plus a little.
         let warmup = cfg.features.warmup();
-        assert!(refuse > warmup, "the series below keep their warm-up off the training rows");
+        assert!(
+            refuse > warmup,
+            "the series below keep their warm-up off the training rows"
+        );
         let short = three_signals(warmup + refuse - 1);
         match train_model(std::slice::from_ref(&short), None, &cfg) {
             Err(DetectError::TooFewTrainingRows { rows, needed, .. }) => {

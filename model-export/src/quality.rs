@@ -399,7 +399,10 @@ impl Table {
         let mut best: Option<(Cell, (usize, f64))> = None;
         for cell in self.cells() {
             let key = objective(&self.pooled(cell, |i| Some(i) != excluded));
-            if best.as_ref().is_none_or(|(_, b)| key.0 > b.0 || (key.0 == b.0 && key.1 > b.1)) {
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| key.0 > b.0 || (key.0 == b.0 && key.1 > b.1))
+            {
                 best = Some((cell, key));
             }
         }
@@ -588,7 +591,10 @@ mod tests {
         // Without machine 0, the cells tie on windows (1 of 2 each); F1 ties too: the lower
         // index. Machine 2 is scored with cell 0, chosen on machines 0 and 1.
         let (per, chosen) = table.lomo();
-        assert_eq!(chosen.iter().map(|c| c.variant).collect::<Vec<_>>(), [0, 0, 0]);
+        assert_eq!(
+            chosen.iter().map(|c| c.variant).collect::<Vec<_>>(),
+            [0, 0, 0]
+        );
         assert_eq!(per[0].1.counts.windows_hit, 2);
         let only_two = table.restricted(|_| true);
         assert_eq!(only_two.counts, table.counts);
