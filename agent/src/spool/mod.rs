@@ -22,8 +22,8 @@
 
 pub mod cli;
 
-use selfheal_runtime::frame;
 pub use selfheal_runtime::frame::MAX_RECORD_BYTES;
+use selfheal_runtime::frame;
 
 use selfheal_core::schema::{Envelope, Payload, encode_wire};
 use serde::{Deserialize, Serialize};
