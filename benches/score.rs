@@ -150,6 +150,27 @@ fn peers(dir: &Path, rows: &[f32]) {
     );
 }
 
+/// The model in `dir`: bytes of `model.onnx`, then seconds per load, per single row (cycling
+/// through `rows`, `n` features each) and per batch of all of `rows`.
+fn time_model(dir: &Path, rows: &[f32], n: usize) -> (u64, f64, f64, f64) {
+    let size = std::fs::metadata(dir.join(MODEL_FILE))
+        .expect("model.onnx")
+        .len();
+    let load = per_call(Duration::from_secs(1), || {
+        Scorer::load(dir).expect("load model");
+    });
+    let scorer = Scorer::load(dir).expect("load model");
+    let mut i = 0;
+    let single = per_call(Duration::from_secs(1), || {
+        i = (i + 1) % BATCH;
+        black_box(scorer.score_one(&rows[i * n..(i + 1) * n]).expect("score"));
+    });
+    let batch = per_call(Duration::from_secs(2), || {
+        black_box(scorer.score_batch(rows, BATCH).expect("score"));
+    });
+    (size, load, single, batch)
+}
+
 /// Load, single-row and batch cost of a per-signal model: `SIGNALS` forests of 100 trees, each
 /// over its signal's `WIDTH` columns, printed beside `one_forest` (single-row seconds); then the
 /// same model with the range guard the trainer adds (each signal's first column guarded).
@@ -174,21 +195,7 @@ fn per_signal() {
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         write_set_dir(dir.path(), &set, manifest.clone()).expect("write model dir");
-        let size = std::fs::metadata(dir.path().join(MODEL_FILE))
-            .expect("model.onnx")
-            .len();
-        let load = per_call(Duration::from_secs(1), || {
-            Scorer::load(dir.path()).expect("load model");
-        });
-        let scorer = Scorer::load(dir.path()).expect("load model");
-        let mut i = 0;
-        let single = per_call(Duration::from_secs(1), || {
-            i = (i + 1) % BATCH;
-            black_box(scorer.score_one(&rows[i * n..(i + 1) * n]).expect("score"));
-        });
-        let batch = per_call(Duration::from_secs(2), || {
-            black_box(scorer.score_batch(&rows, BATCH).expect("score"));
-        });
+        let (size, load, single, batch) = time_model(dir.path(), &rows, n);
         println!(
             "\nPer-signal model{what}, {SIGNALS} forests x 100 trees, {n} features ({size} bytes of model.onnx), one core:"
         );
@@ -239,23 +246,9 @@ fn default_family_model() {
     manifest.spike_threshold = det.spike;
     selfheal_model_export::artifact::write_model_dir(dir.path(), &det, manifest)
         .expect("write model dir");
-    let size = std::fs::metadata(dir.path().join(MODEL_FILE))
-        .expect("model.onnx")
-        .len();
     let n = det.spec.len();
     let rows = forest::dataset(&mut forest::Rng::new(29), BATCH, n);
-    let load = per_call(Duration::from_secs(1), || {
-        Scorer::load(dir.path()).expect("load model");
-    });
-    let scorer = Scorer::load(dir.path()).expect("load model");
-    let mut i = 0;
-    let single = per_call(Duration::from_secs(1), || {
-        i = (i + 1) % BATCH;
-        black_box(scorer.score_one(&rows[i * n..(i + 1) * n]).expect("score"));
-    });
-    let batch = per_call(Duration::from_secs(2), || {
-        black_box(scorer.score_batch(&rows, BATCH).expect("score"));
-    });
+    let (size, load, single, batch) = time_model(dir.path(), &rows, n);
     println!(
         "\nDefault cpu model (TrainConfig::default()): {} forests x {} trees, psi {}, {n} features, \
          {size} bytes of model.onnx, one core:",

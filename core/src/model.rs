@@ -671,7 +671,10 @@ mod tests {
                 signal: "memory_used_bytes".into()
             }
         );
-        assert!(err.to_string().contains("\"memory_used_bytes\" is not a cpu metric"));
+        assert!(
+            err.to_string()
+                .contains("\"memory_used_bytes\" is not a cpu metric")
+        );
         assert_eq!(
             family_metrics(Family::Cpu, &names(&["cpu_load1", "cpu_load1"])),
             Err(SignalError::Duplicate {

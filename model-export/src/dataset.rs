@@ -120,7 +120,9 @@ pub enum DataError {
         found: Vec<String>,
     },
     /// A series lacks a column a model reads.
-    #[error("{series}: no column {column:?} (the model reads {wanted:?}; the series has {found:?})")]
+    #[error(
+        "{series}: no column {column:?} (the model reads {wanted:?}; the series has {found:?})"
+    )]
     MissingColumn {
         /// Series name.
         series: String,

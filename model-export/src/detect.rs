@@ -71,7 +71,7 @@ pub struct TrainConfig {
 
 /// Default `--sensitivity` (docs/benchmarks.md, "Detection quality": chosen by
 /// leave-one-machine-out).
-pub const DEFAULT_SENSITIVITY: f64 = 0.3;
+pub const DEFAULT_SENSITIVITY: f64 = 0.9;
 
 /// Least and most contamination `--sensitivity` reaches (at 0 and at 1).
 pub const SENSITIVITY_CONTAMINATION: (f64, f64) = (0.001, 0.1);
@@ -85,23 +85,22 @@ pub fn sensitivity_contamination(s: f64) -> f64 {
     lo * (hi / lo).powf(s.clamp(0.0, 1.0))
 }
 
-/// Default alarm rule: scores smoothed over a half-life of 15 samples, then 3 smoothed scores at
-/// or above threshold within the last 15. Smoothing lets a sustained moderate rise alarm and
-/// fades a lone spike; 3-of-15 holds an alarm for up to 12 samples, so one incident is one alarm
-/// rather than a flapping series of them. The rule adapts over 1000 samples: a score level held
-/// for three quarters of them becomes the series' new normal (about 83 minutes at the agent's
-/// 5 s interval, 3.5 days of NAB's 5-minute points), so a series that moved to another level for
-/// good stops alarming while any shorter incident keeps alarming. Chosen once for every series on
-/// the quality benchmark (docs/benchmarks.md, "Detection quality").
-pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 15).smoothed(15).adapting(1000);
+/// Default alarm rule: scores smoothed over a half-life of 5 samples, then 3 smoothed scores at
+/// or above threshold within the last 15, the threshold adapting to a new normal over 1000
+/// samples (a score level held for three quarters of them: about 83 minutes at the agent's 5 s
+/// interval). Chosen leave-one-machine-out with [`DEFAULT_SENSITIVITY`] on 26 machines
+/// (docs/benchmarks.md, "Detection quality"): a short half-life lets a two- or three-sample
+/// incident reach the threshold, 3-of-15 keeps one incident one alarm.
+pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 15).smoothed(5).adapting(1000);
 
 /// Default weight of the range guard: a value one training span outside its range scores 0.3,
 /// about three times the largest excess a forest's score reaches over its offset on ordinary
 /// data, so a value clearly outside the range it held in training alarms by itself.
 pub const DEFAULT_RANGE_WEIGHT: f32 = 0.3;
-/// Default spike share, as a fraction of the threshold's contamination: a quarter as many raw
-/// training scores reach the spike threshold as smoothed ones reach the threshold.
-pub const DEFAULT_SPIKE_RATIO: f64 = 0.25;
+/// Default spike share, as a fraction of the threshold's contamination: 0, no spike threshold
+/// (leave-one-machine-out chose none at the default sensitivity, whose smoothing half-life of 5
+/// samples already lets a short incident through; `--spike-contamination` sets one).
+pub const DEFAULT_SPIKE_RATIO: f64 = 0.0;
 
 /// The contamination of [`DEFAULT_SENSITIVITY`].
 pub fn default_contamination() -> f64 {
@@ -113,11 +112,12 @@ pub fn default_contamination() -> f64 {
 pub const SPIKE_MIN_ROWS_ABOVE: f64 = 20.0;
 
 impl Default for TrainConfig {
-    /// The one configuration used for every series in the quality benchmark
-    /// (docs/benchmarks.md, "Detection quality"): 100 trees, ψ = 256, the standard features
-    /// (value, delta, std and z-score over 12 and 60 samples), one forest per signal,
-    /// contamination 0.008 of the smoothed training scores, [`DEFAULT_ALARM`], the range guard
-    /// ([`DEFAULT_RANGE_WEIGHT`]) and the spike threshold ([`DEFAULT_SPIKE_CONTAMINATION`]).
+    /// The configuration chosen leave-one-machine-out (docs/benchmarks.md, "Detection
+    /// quality"): one forest per signal of [`crate::train::DEFAULT_TREES`] trees at ψ =
+    /// [`crate::train::DEFAULT_MAX_SAMPLES`], the standard features (value, delta, std and
+    /// z-score over 12 and 60 samples), the contamination of [`DEFAULT_SENSITIVITY`] over the
+    /// smoothed training scores, [`DEFAULT_ALARM`], the range guard ([`DEFAULT_RANGE_WEIGHT`]),
+    /// and no spike threshold ([`DEFAULT_SPIKE_RATIO`]).
     fn default() -> Self {
         TrainConfig {
             forest: ForestParams::default(),
@@ -580,6 +580,14 @@ pub fn calibrate(
             contamination,
         });
     }
+    if alarm.adapt_window > 0 && raw.len() < alarm.adapt_window as usize {
+        tracing::warn!(
+            rows = raw.len(),
+            adapt_window = alarm.adapt_window,
+            "TrainingSetSmall: fewer training rows than the alarm takes to learn a new normal; \
+             every level the node did not show in training alarms until then"
+        );
+    }
     if raw.len() < warn {
         tracing::warn!(
             rows = raw.len(),
@@ -823,7 +831,10 @@ mod tests {
         assert!(refuse < warn);
         // A few minutes of a node: the feature warm-up (60 rows) plus a little.
         let warmup = cfg.features.warmup();
-        assert!(refuse > warmup, "the series below keep their warm-up off the training rows");
+        assert!(
+            refuse > warmup,
+            "the series below keep their warm-up off the training rows"
+        );
         let short = three_signals(warmup + refuse - 1);
         match train_model(std::slice::from_ref(&short), None, &cfg) {
             Err(DetectError::TooFewTrainingRows { rows, needed, .. }) => {

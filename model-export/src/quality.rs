@@ -237,14 +237,26 @@ impl AlarmVariant {
         self.contamination() * self.spike_ratio
     }
 
-    /// Counts of machine `m` with scores `s` under this variant.
+    /// Counts of machine `m` with scores `s` under this variant. A variant whose threshold
+    /// `m`'s training set is too small to place is a model `selfheal model train` refuses: it
+    /// counts as one that never alarms (every window missed).
     pub fn counts(&self, m: &Machine, s: &Scores) -> Result<Counts, DetectError> {
-        let cal = calibrate(
+        let cal = match calibrate(
             std::slice::from_ref(&s.train),
             self.alarm,
             self.contamination(),
             self.spike_contamination(),
-        )?;
+        ) {
+            Ok(cal) => cal,
+            Err(DetectError::TooFewTrainingRows { .. }) => {
+                let n = s.run.len();
+                return Ok(Counts::of(
+                    &vec![false; n - m.from],
+                    &m.windows.slice(m.from..n),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let state = AlarmState::new(self.alarm)
             .with_ordinary(cal.ordinary)
             .with_spike(cal.spike);
@@ -337,6 +349,23 @@ impl Table {
         }
     }
 
+    /// The same table with only the forest configurations `keep` admits (e.g. those that fit
+    /// the node's model-size budget).
+    pub fn restricted_forests(&self, keep: impl Fn(&TrainConfig) -> bool) -> Table {
+        let idx: Vec<usize> = (0..self.grid.forests.len())
+            .filter(|&i| keep(&self.grid.forests[i]))
+            .collect();
+        Table {
+            grid: Grid {
+                forests: idx.iter().map(|&i| self.grid.forests[i].clone()).collect(),
+                variants: self.grid.variants.clone(),
+            },
+            data_sets: self.data_sets.clone(),
+            names: self.names.clone(),
+            counts: idx.iter().map(|&i| self.counts[i].clone()).collect(),
+        }
+    }
+
     /// Every cell.
     pub fn cells(&self) -> impl Iterator<Item = Cell> + '_ {
         (0..self.grid.forests.len()).flat_map(move |forest| {
@@ -370,7 +399,10 @@ impl Table {
         let mut best: Option<(Cell, (usize, f64))> = None;
         for cell in self.cells() {
             let key = objective(&self.pooled(cell, |i| Some(i) != excluded));
-            if best.as_ref().is_none_or(|(_, b)| key.0 > b.0 || (key.0 == b.0 && key.1 > b.1)) {
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| key.0 > b.0 || (key.0 == b.0 && key.1 > b.1))
+            {
                 best = Some((cell, key));
             }
         }
@@ -559,7 +591,10 @@ mod tests {
         // Without machine 0, the cells tie on windows (1 of 2 each); F1 ties too: the lower
         // index. Machine 2 is scored with cell 0, chosen on machines 0 and 1.
         let (per, chosen) = table.lomo();
-        assert_eq!(chosen.iter().map(|c| c.variant).collect::<Vec<_>>(), [0, 0, 0]);
+        assert_eq!(
+            chosen.iter().map(|c| c.variant).collect::<Vec<_>>(),
+            [0, 0, 0]
+        );
         assert_eq!(per[0].1.counts.windows_hit, 2);
         let only_two = table.restricted(|_| true);
         assert_eq!(only_two.counts, table.counts);

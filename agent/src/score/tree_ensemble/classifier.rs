@@ -250,4 +250,3 @@ pub(super) fn classifier(
     };
     Ok((expand(ClassifierExpansion(op)), vec![]))
 }
-

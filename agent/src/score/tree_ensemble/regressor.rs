@@ -275,4 +275,3 @@ pub(super) fn regressor_kernel(node: &NodeProto) -> TractResult<RegressorKernel>
     }
     Ok(RegressorKernel::new(ensemble, aggregate, base_values))
 }
-
