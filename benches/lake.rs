@@ -1,6 +1,7 @@
-//! Lake write throughput: `selfheal_lake::LakeWriter` (the aggregator's lake handler) writing batches of decoded envelopes as
-//! partitioned Parquet to a local directory and to a real moto S3 on this machine (a bench
-//! command, not criterion: the figure of merit is records/s end to end, with a server).
+//! Lake write throughput: `selfheal_lake::LakeWriter` (what the aggregator's lake handler calls)
+//! writing batches of decoded envelopes as partitioned Parquet to a local directory and to a real
+//! moto S3 on this machine (a bench command, not criterion: the figure of merit is records/s end
+//! to end, with a server).
 //!
 //!   cargo bench --bench lake [-- RECORDS]
 //!
@@ -11,9 +12,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use selfheal_core::Envelope;
 use selfheal_lake::format::{self, LakeRow, rows_of};
 use selfheal_lake::{LakeStore, LakeWriter, S3Options};
-use selfheal_core::Envelope;
 use std::time::Instant;
 use support::moto::{Moto, s3_client};
 use support::records::pod_cpu_sample;

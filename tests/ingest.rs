@@ -9,10 +9,10 @@
 use crate::agent_forward::{AgentFiles, metric, runtime, stop, wait_metrics};
 use crate::lake::{Aggregator, all_rows, wait_for_ids};
 use crate::support::{free_port, selfheal, write_file};
-use selfheal_lake::format::RowKind;
-use selfheal_lake::{LakeStore, S3Options, partition};
 use selfheal_core::Family;
 use selfheal_core::batch::{CONTENT_TYPE, encode_batch};
+use selfheal_lake::format::RowKind;
+use selfheal_lake::{LakeStore, S3Options, partition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -265,9 +265,17 @@ location = "{}"
         metric(m, "selfheal_agent_cycles_total") >= 300.0
     });
     let status = stop(&mut child, Duration::from_secs(30));
-    assert!(status.success(), "agent exit 0: {status:?}\n{}", agent.log("out"));
+    assert!(
+        status.success(),
+        "agent exit 0: {status:?}\n{}",
+        agent.log("out")
+    );
     let (printed, _) = agent.printed("out");
-    assert!(printed.len() >= 300 * 100, "{} records printed", printed.len());
+    assert!(
+        printed.len() >= 300 * 100,
+        "{} records printed",
+        printed.len()
+    );
 
     let store = rt
         .block_on(LakeStore::open(
@@ -297,8 +305,17 @@ location = "{}"
     let twice = seen.values().filter(|n| **n > 1).count();
     assert_eq!(twice, 0, "{twice} records in the lake more than once");
     let missing = printed.iter().filter(|id| !seen.contains_key(id)).count();
-    assert_eq!(missing, 0, "{missing} of {} printed records missing", printed.len());
-    assert_eq!(seen.len(), printed.len(), "the lake holds records never printed");
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} printed records missing",
+        printed.len()
+    );
+    assert_eq!(
+        seen.len(),
+        printed.len(),
+        "the lake holds records never printed"
+    );
 
     // One object per family per flush interval of wall time, plus one partial batch at each of
     // the two starts (the replay after the kill is the interrupted batch, under its own name)

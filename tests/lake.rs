@@ -7,10 +7,10 @@ use crate::support::moto::{Moto, aws_env, create_stream, kinesis_client, s3_clie
 use crate::support::{KillOnDrop, free_port, http_get, selfheal, signal, stdout_of, write_file};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use selfheal_lake::format::{self, LakeRow, RowKind};
-use selfheal_lake::{LakeStore, S3Options, partition};
 use selfheal_core::schema::{Anomaly, OwnerRef, encode_wire};
 use selfheal_core::{Envelope, Family, Metric, Payload, PodRef, Record, RecordId, Subject};
+use selfheal_lake::format::{self, LakeRow, RowKind};
+use selfheal_lake::{LakeStore, S3Options, partition};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -346,7 +346,10 @@ async fn a_panicking_handler_task_makes_run_fail() {
         if sent.is_ok_and(|r| r.status() == 200) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "ingest never answered 200");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ingest never answered 200"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ended = tokio::time::timeout(Duration::from_secs(30), run)

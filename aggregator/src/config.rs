@@ -13,9 +13,9 @@
 use crate::sources::http::IngestSettings;
 use crate::sources::http::log::LogSettings;
 use crate::sources::kinesis::ConsumerSettings;
-use selfheal_lake::S3Options;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use selfheal_lake::S3Options;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -337,8 +337,11 @@ impl AggregatorConfig {
                 format!("must be in 1024..=1073741824, got {}", self.batch.max_bytes),
             ));
         }
-        let handler_retry_initial =
-            millis("batch.retry_initial_ms", self.batch.retry_initial_ms, 60_000)?;
+        let handler_retry_initial = millis(
+            "batch.retry_initial_ms",
+            self.batch.retry_initial_ms,
+            60_000,
+        )?;
         let handler_retry_max = millis("batch.retry_max_ms", self.batch.retry_max_ms, 600_000)?;
         if handler_retry_max < handler_retry_initial {
             return Err(invalid(
@@ -438,7 +441,10 @@ impl IngestConfig {
         if !(4096..=1 << 40).contains(&self.log_max_bytes) {
             return Err(invalid(
                 "ingest.log_max_bytes",
-                format!("must be in 4096..=1099511627776, got {}", self.log_max_bytes),
+                format!(
+                    "must be in 4096..=1099511627776, got {}",
+                    self.log_max_bytes
+                ),
             ));
         }
         Ok(IngestSettings {
@@ -510,5 +516,15 @@ mod tests {
             .expect_err("no permits")
             .to_string();
         assert!(e.contains("`ingest.max_concurrent_requests`"), "{e}");
+        let e = from_toml("[ingest]\nsource = \"http\"\nlog_max_bytes = 10\n")
+            .expect_err("tiny log")
+            .to_string();
+        assert!(e.contains("`ingest.log_max_bytes`"), "{e}");
+        let e = from_toml(
+            "[kinesis]\nstream_name = \"s\"\n[batch]\nretry_initial_ms = 900\nretry_max_ms = 100\n",
+        )
+        .expect_err("retry order")
+        .to_string();
+        assert!(e.contains("`batch.retry_max_ms`"), "{e}");
     }
 }

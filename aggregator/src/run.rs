@@ -135,8 +135,10 @@ pub async fn run_with(
             .await?;
         }
         None => {
-            start_kinesis(&settings, handlers, registry, consume, pipeline, &stop, &mut tasks)
-                .await?;
+            start_kinesis(
+                &settings, handlers, registry, consume, pipeline, &stop, &mut tasks,
+            )
+            .await?;
         }
     }
     let mut failure = tokio::select! {

@@ -18,9 +18,9 @@
 //! a metric missing from a row is NaN, which feature extraction imputes (as the agent does).
 
 use crate::dataset::Series;
+use selfheal_core::{Family, Metric};
 use selfheal_lake::format::{LakeRow, RowKind};
 use selfheal_lake::{LakeError, LakeStore, S3Options, StoreError, read_family};
-use selfheal_core::{Family, Metric};
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -211,9 +211,9 @@ fn typical_interval_ms(rows: &[LakeRow]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use selfheal_lake::format::rows_of;
     use selfheal_core::RecordId;
     use selfheal_core::schema::{Envelope, Payload, Record, Subject};
+    use selfheal_lake::format::rows_of;
 
     fn row(id: u128, ts_ms: i64, v: f64) -> LakeRow {
         let env = Envelope::new(Payload::Sample {

@@ -137,7 +137,8 @@ fn parse(path: &Path, text: &str) -> Result<Checkpoint, CheckpointError> {
     if t == "shard-end" {
         return Ok(Checkpoint::ShardEnd);
     }
-    let seq = |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_owned());
+    let seq =
+        |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_owned());
     let words: Vec<&str> = t.split(' ').collect();
     let parsed = match words.as_slice() {
         ["after", a] => seq(a).map(Checkpoint::After),
@@ -280,7 +281,10 @@ mod tests {
             },
         ] {
             cps.save("shardId-000", &cp).await.expect("save");
-            assert_eq!(cps.load("shardId-000").await.expect("load"), Some(cp.clone()));
+            assert_eq!(
+                cps.load("shardId-000").await.expect("load"),
+                Some(cp.clone())
+            );
         }
         assert_eq!(
             Checkpoint::Pending {

@@ -248,7 +248,10 @@ impl<C: CheckpointStore, H: Handler> Delivery<C, H> {
         loop {
             match self.dead_letters.set_aside(name, batch, error).await {
                 Ok(path) => {
-                    self.metrics.dead_letter_batches.get_or_create(&self.labels).inc();
+                    self.metrics
+                        .dead_letter_batches
+                        .get_or_create(&self.labels)
+                        .inc();
                     self.metrics
                         .dead_letter_records
                         .get_or_create(&self.labels)
@@ -328,10 +331,15 @@ mod tests {
 
         async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
             if self.poison.contains(&batch.first_seq.as_str()) {
-                return Err(HandlerError::poison("a record this handler can never accept"));
+                return Err(HandlerError::poison(
+                    "a record this handler can never accept",
+                ));
             }
             {
-                let mut flaky = self.flaky.lock().map_err(|e| HandlerError::retryable(e.to_string()))?;
+                let mut flaky = self
+                    .flaky
+                    .lock()
+                    .map_err(|e| HandlerError::retryable(e.to_string()))?;
                 if *flaky > 0 {
                     *flaky -= 1;
                     return Err(HandlerError::retryable("store unavailable"));
@@ -404,12 +412,16 @@ mod tests {
             kind: "retryable",
         };
         assert_eq!(metrics.errors.get_or_create(&retried).get(), 2);
-        let records = std::fs::read(tmp.path().join("dead/shardId-0-3-4.records")).expect("records");
+        let records =
+            std::fs::read(tmp.path().join("dead/shardId-0-3-4.records")).expect("records");
         match selfheal_runtime::frame::scan_at(&records, 0) {
             selfheal_runtime::frame::Scanned::Frame(f) => {
                 assert_eq!(f.key, "node/node-a");
                 assert_eq!(
-                    selfheal_core::schema::decode_wire(f.wire).expect("wire").record().id,
+                    selfheal_core::schema::decode_wire(f.wire)
+                        .expect("wire")
+                        .record()
+                        .id,
                     RecordId::from_u128(7)
                 );
             }

@@ -143,8 +143,16 @@ impl LogMetrics {
             bytes.clone(),
             self.bytes.clone(),
         );
-        r.register("segments", "Ingest log segment files", self.segments.clone());
-        r.register("appended_records", "Records appended", self.appended.clone());
+        r.register(
+            "segments",
+            "Ingest log segment files",
+            self.segments.clone(),
+        );
+        r.register(
+            "appended_records",
+            "Records appended",
+            self.appended.clone(),
+        );
         r.register(
             "duplicate_records",
             "Records not appended because they were logged already (resends)",
@@ -391,11 +399,7 @@ impl IngestLog {
         let oldest = st.oldest();
         let pos = match after {
             Some(a) if a > st.end => {
-                tracing::warn!(
-                    checkpoint = a,
-                    end = st.end,
-                    "IngestCheckpointBeyondLogEnd"
-                );
+                tracing::warn!(checkpoint = a, end = st.end, "IngestCheckpointBeyondLogEnd");
                 st.end
             }
             Some(a) if a < oldest => {
@@ -542,7 +546,12 @@ impl IngestLog {
                     pos = oldest;
                     moved = true;
                 }
-                let start = st.segments.range(..=pos).next_back().copied().unwrap_or(oldest);
+                let start = st
+                    .segments
+                    .range(..=pos)
+                    .next_back()
+                    .copied()
+                    .unwrap_or(oldest);
                 match st.segments.range(start + 1..).next().copied() {
                     Some(next) => (start, next, true),
                     None => (start, st.end, false),
@@ -602,7 +611,11 @@ impl IngestLog {
                 }
                 Scanned::Corrupt { offset, len } => {
                     self.metrics.corrupt_bytes.inc_by(len as u64);
-                    tracing::warn!(offset = pos + offset as u64, bytes = len, "IngestLogCorruptBytesSkipped");
+                    tracing::warn!(
+                        offset = pos + offset as u64,
+                        bytes = len,
+                        "IngestLogCorruptBytesSkipped"
+                    );
                     p = offset + len;
                 }
                 Scanned::Incomplete { offset } => {
@@ -614,7 +627,11 @@ impl IngestLog {
                         // damage (a segment cut short by hand): skip it.
                         let len = buf.len() - offset;
                         self.metrics.corrupt_bytes.inc_by(len as u64);
-                        tracing::warn!(offset = pos + offset as u64, bytes = len, "IngestLogCorruptBytesSkipped");
+                        tracing::warn!(
+                            offset = pos + offset as u64,
+                            bytes = len,
+                            "IngestLogCorruptBytesSkipped"
+                        );
                         p = buf.len();
                     }
                     break;
@@ -738,17 +755,19 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_at_open_and_known_ids_survive_a_restart() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let env = |id: u128| selfheal_core::schema::Envelope::new(selfheal_core::schema::Payload::Sample {
-            record: selfheal_core::schema::Record {
-                id: selfheal_core::RecordId::from_u128(id),
-                ts_ms: 1,
-                node: "a".into(),
-                subject: selfheal_core::schema::Subject::Node,
-                family: selfheal_core::Family::Cpu,
-                values: Default::default(),
-            },
-            inclusion_probability: 1.0,
-        });
+        let env = |id: u128| {
+            selfheal_core::schema::Envelope::new(selfheal_core::schema::Payload::Sample {
+                record: selfheal_core::schema::Record {
+                    id: selfheal_core::RecordId::from_u128(id),
+                    ts_ms: 1,
+                    node: "a".into(),
+                    subject: selfheal_core::schema::Subject::Node,
+                    family: selfheal_core::Family::Cpu,
+                    values: Default::default(),
+                },
+                inclusion_probability: 1.0,
+            })
+        };
         let wire = |id| selfheal_core::schema::encode_wire(&env(id)).expect("wire");
         let end = {
             let log = open(tmp.path(), 1 << 20);
@@ -764,7 +783,10 @@ mod tests {
         };
         let seg = segment_path(tmp.path(), 0);
         let torn = frame::encode(9, "k", &wire(4));
-        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("open");
         f.write_all(&torn[..torn.len() / 2]).expect("torn write");
         drop(f);
         let log = open(tmp.path(), 1 << 20);

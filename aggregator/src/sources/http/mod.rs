@@ -30,7 +30,6 @@ pub mod log;
 pub mod reader;
 
 use crate::sources::kinesis::ConsumeMetrics;
-use log::{IngestLog, LogError, LogRecord};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -38,6 +37,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use log::{IngestLog, LogError, LogRecord};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -179,21 +179,26 @@ impl Ingest {
         self.metrics.bytes.inc_by(body.len() as u64);
         let mut records = Vec::with_capacity(wire.len());
         for (i, data) in wire.iter().enumerate() {
-            let decoded = decode_wire(data).map_err(|e| e.to_string()).and_then(|envelope| {
-                let rec = envelope.record();
-                let key = rec.subject.workload_key(&rec.node);
-                // A frame holds at most MAX_RECORD_BYTES of key and record (Kinesis' limit).
-                if key.len() + data.len() > selfheal_runtime::frame::MAX_RECORD_BYTES
-                    || key.len() > usize::from(u16::MAX)
-                {
-                    return Err(format!("{} bytes with its key exceed the 1 MiB record limit", data.len()));
-                }
-                Ok(LogRecord {
-                    id: rec.id.as_u128(),
-                    key,
-                    wire: data.to_vec(),
-                })
-            });
+            let decoded = decode_wire(data)
+                .map_err(|e| e.to_string())
+                .and_then(|envelope| {
+                    let rec = envelope.record();
+                    let key = rec.subject.workload_key(&rec.node);
+                    // A frame holds at most MAX_RECORD_BYTES of key and record (Kinesis' limit).
+                    if key.len() + data.len() > selfheal_runtime::frame::MAX_RECORD_BYTES
+                        || key.len() > usize::from(u16::MAX)
+                    {
+                        return Err(format!(
+                            "{} bytes with its key exceed the 1 MiB record limit",
+                            data.len()
+                        ));
+                    }
+                    Ok(LogRecord {
+                        id: rec.id.as_u128(),
+                        key,
+                        wire: data.to_vec(),
+                    })
+                });
             match decoded {
                 Ok(r) => {
                     self.consume.records.inc();
@@ -222,7 +227,10 @@ impl Ingest {
         match appended {
             Ok(a) => (
                 StatusCode::OK,
-                format!("{} records logged, {} logged already\n", a.records, a.duplicates),
+                format!(
+                    "{} records logged, {} logged already\n",
+                    a.records, a.duplicates
+                ),
             ),
             Err(e @ LogError::Full { .. }) => {
                 tracing::debug!(error = %e, "IngestLogFull");

@@ -105,11 +105,10 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
             appended.borrow_and_update();
             let log = Arc::clone(&self.log);
             let pos = self.pos;
-            let chunk: Result<Chunk, LogError> =
-                tokio::task::spawn_blocking(move || log.read(pos))
-                    .await
-                    .map_err(LogError::Join)
-                    .and_then(|r| r);
+            let chunk: Result<Chunk, LogError> = tokio::task::spawn_blocking(move || log.read(pos))
+                .await
+                .map_err(LogError::Join)
+                .and_then(|r| r);
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -147,8 +146,8 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
                 if replayed {
                     self.cut = None;
                 }
-                let full = b.records.len() >= self.limits.max_records
-                    || bytes >= self.limits.max_bytes;
+                let full =
+                    b.records.len() >= self.limits.max_records || bytes >= self.limits.max_bytes;
                 if replayed || full {
                     if !self.flush(&mut batch, &mut stop).await {
                         return;

@@ -19,15 +19,15 @@
 //! [`Delivery`]'s (retried, or set aside when poison). A reader task that panics takes the
 //! consumer down with it (and so the process, non-zero): a bug is not retried in a loop.
 
+use crate::pipeline::deliver::{Backoff, sleep_or_stop};
+use crate::pipeline::{
+    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
+};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
-use crate::pipeline::deliver::{Backoff, sleep_or_stop};
-use crate::pipeline::{
-    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
-};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
