@@ -8,16 +8,20 @@
 #
 #   benches/agent_footprint.sh                 # DURATION=60 PODS=100
 #   DURATION=300 benches/agent_footprint.sh
+#   POD_WATCH=handwritten benches/agent_footprint.sh   # pod identity from benches/kube_api_stub.py,
+#   POD_WATCH=kube benches/agent_footprint.sh          # watched by either client implementation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
 PODS=${PODS:-100}
+POD_WATCH=${POD_WATCH:-}
+features=(); [ "$POD_WATCH" = kube ] && features=(--features selfheal-agent/kube)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/selfheal/target}"
 command -v prometheus-node-exporter >/dev/null || {
   echo "installing prometheus-node-exporter (Debian)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-node-exporter >/dev/null
 }
-cargo build --release -q --bin selfheal
+cargo build --release -q --bin selfheal "${features[@]}"
 bin="$CARGO_TARGET_DIR/release/selfheal"
 
 tmp=$(mktemp -d)
@@ -49,7 +53,12 @@ PY
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 agent_port=$(port); ne_port=$(port)
-SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
+pod_env=(SELFHEAL_AGENT_PODS__SOURCE=none)
+if [ -n "$POD_WATCH" ]; then
+  api_port=$(port); python3 benches/kube_api_stub.py "$api_port" "$PODS" & pids+=($!); sleep 1
+  pod_env=(SELFHEAL_AGENT_PODS__SOURCE=api SELFHEAL_AGENT_PODS__API_URL="http://127.0.0.1:$api_port")
+fi
+env "${pod_env[@]}" SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
   SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$agent_port" "$bin" agent >/dev/null 2>"$tmp/agent.log" &
 pids+=($!); agent=$!
 prometheus-node-exporter --web.listen-address="127.0.0.1:$ne_port" >/dev/null 2>&1 &

@@ -3,7 +3,7 @@
 //! [`ModelRegistry`] watches a models directory laid out as `selfheal model publish` writes it —
 //! `<dir>/<family>/latest` naming a version, the model in `<dir>/<family>/<version>/` — or with
 //! `model.onnx` + `manifest.json` directly in `<dir>/<family>/` (a mounted ConfigMap). An S3
-//! store is read through the same code: [`crate::model_mirror`] keeps a local copy of it in the
+//! store is read through the same code: [`crate::models::mirror`] keeps a local copy of it in the
 //! publish layout and the registry watches that copy. A Kubernetes volume (ConfigMap, Secret,
 //! projected) is updated by the kubelet by writing a new hidden timestamped directory and
 //! swapping the `..data` symlink to it; the visible files are symlinks through `..data`. The
@@ -22,6 +22,9 @@
 //! while `k` alarms remain in its window, and each such cycle's anomaly copies the whole ring:
 //! `benches/detect.rs` measures a quiet 200-pod cycle at ~0.9 ms and one where every pod is
 //! anomalous at ~13 ms, almost all of it those copies.
+
+mod stage;
+pub use stage::DetectStage;
 
 use crate::score::{AlarmState, ScoreError, Scorer};
 use selfheal_core::family::Family;

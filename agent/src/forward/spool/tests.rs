@@ -1,5 +1,6 @@
 //! Unit tests of the spool on real files in a temp dir.
 
+use super::lane::list_segments;
 use super::*;
 
 fn settings(dir: &Path, max_bytes: u64, segment_bytes: u64) -> SpoolSettings {
