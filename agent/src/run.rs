@@ -121,6 +121,7 @@ pub async fn run(
     let mut detect = DetectStage::new(&settings, registry).await;
     let mut sampler = Sampler::new(settings.sampling.clone());
     let sample_metrics = SampleMetrics::register(registry);
+    sample_metrics.publish(sampler.stats());
     let metrics = Arc::new(metrics);
     let health = Arc::new(Health::new(settings.interval * 3));
     let (addr, server) = serve(

@@ -20,7 +20,6 @@ const MAX_EVENT_BYTES: usize = 16 << 20;
 /// First wait after a failure.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 
-
 /// Which request a failure came from; decides the counter and the log event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -545,7 +544,6 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::pods::parse_pod_list;
 
     const PODS: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
