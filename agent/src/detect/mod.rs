@@ -13,10 +13,10 @@
 //! changed model with [`Scorer::load`] and refuses (logs, counts, keeps the previous one) any model
 //! that does not load or whose signals are not its family's metrics. Loading does file I/O and
 //! compiles the graph, so the loop runs [`ModelRegistry::poll`] off the hot path and hands the
-//! results to the [`Detector`] between cycles: a cycle sees the old model or the new one, never a
+//! results to the [`SeriesDetector`] between cycles: a cycle sees the old model or the new one, never a
 //! mix.
 //!
-//! [`Detector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
+//! [`SeriesDetector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
 //! a ring of the last raw records (the flight recorder). Each cycle it scores every series of a
 //! family in one batch and turns k-of-n alarms into [`Anomaly`] values. A series stays anomalous
 //! while `k` alarms remain in its window, and each such cycle's anomaly copies the whole ring:
@@ -351,16 +351,16 @@ pub struct Detection {
 
 /// Scores each cycle's records; see the module docs.
 #[derive(Debug)]
-pub struct Detector {
+pub struct SeriesDetector {
     models: HashMap<Family, Arc<Scorer>>,
     series: HashMap<(Subject, Family), Series>,
     window_records: usize,
 }
 
-impl Detector {
+impl SeriesDetector {
     /// A detector with no model, keeping `window_records` raw records per series.
     pub fn new(window_records: usize) -> Self {
-        Detector {
+        SeriesDetector {
             models: HashMap::new(),
             series: HashMap::new(),
             window_records,

@@ -1,8 +1,8 @@
-//! The detect stage as the loop drives it: the [`Detector`], the [`ModelPoller`] that keeps its
+//! The detect stage as the loop drives it: the [`SeriesDetector`], the [`ModelPoller`] that keeps its
 //! models current, and the stage's metrics (anomalies raised, batches that failed to score, the
 //! stage's wall time).
 
-use super::{DetectError, Detector};
+use super::{DetectError, SeriesDetector};
 use crate::config::Settings;
 use crate::models::poller::ModelPoller;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,7 +22,7 @@ struct FamilyLabels {
 /// The detector, its model source and its metrics.
 #[derive(Debug)]
 pub struct DetectStage {
-    detector: Detector,
+    detector: SeriesDetector,
     models: ModelPoller,
     anomalies: MetricFamily<FamilyLabels, Counter>,
     score_errors: MetricFamily<FamilyLabels, Counter>,
@@ -34,7 +34,7 @@ impl DetectStage {
     /// until the first [`DetectStage::between_cycles`].
     pub async fn new(settings: &Settings, registry: &mut Registry) -> Self {
         let stage = DetectStage {
-            detector: Detector::new(settings.models.window_records),
+            detector: SeriesDetector::new(settings.models.window_records),
             models: ModelPoller::new(settings, registry).await,
             anomalies: MetricFamily::default(),
             score_errors: MetricFamily::default(),

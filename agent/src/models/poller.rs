@@ -4,12 +4,12 @@
 //! an S3 source). Each poll runs on a task of its own: the mirror's async S3 requests on the
 //! runtime, the registry's file reads and graph compilation on a blocking thread. Between
 //! cycles the loop calls [`ModelPoller::between_cycles`], which starts a poll when one is due
-//! and hands a finished poll's events to the [`Detector`], so a cycle sees the old model
+//! and hands a finished poll's events to the [`SeriesDetector`], so a cycle sees the old model
 //! or the new one, never a mix. A poll task that panics is logged and the poller starts over
 //! with a fresh registry (every model loaded again).
 
 use crate::config::Settings;
-use crate::detect::{ModelEvent, ModelRegistry, ModelSource, Detector};
+use crate::detect::{ModelEvent, ModelRegistry, ModelSource, SeriesDetector};
 use crate::models::mirror::{S3Mirror, S3Settings, s3_client};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -176,7 +176,7 @@ impl ModelPoller {
     /// Between cycles: starts a poll when one is due, and applies a finished one to
     /// `detector`. With `wait`, waits for the poll, at most [`FIRST_POLL_WAIT`] (at start, so
     /// the first cycle is scored).
-    pub async fn between_cycles(&mut self, detector: &mut Detector, wait: bool) {
+    pub async fn between_cycles(&mut self, detector: &mut SeriesDetector, wait: bool) {
         if self.polling.is_none()
             && Instant::now() >= self.next_poll
             && let Some(source) = self.source.take()
