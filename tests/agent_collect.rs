@@ -1,12 +1,12 @@
 //! The collect → normalize path on recorded fixture trees and hostile procfs contents.
 
 use crate::support::{cgroup_fixture, fixture, write_file};
-use selfheal_agent::collect::cgroup::{CgroupMode, CgroupReader};
 use selfheal_agent::collect::CycleErrors;
-use selfheal_agent::config::{AgentConfig, Settings};
+use selfheal_agent::collect::Pipeline;
+use selfheal_agent::collect::cgroup::{CgroupMode, CgroupReader};
 use selfheal_agent::collect::pods::PodDirectory;
 use selfheal_agent::collect::procfs::CollectError;
-use selfheal_agent::collect::Pipeline;
+use selfheal_agent::config::{AgentConfig, Settings};
 use selfheal_core::schema::{QosClass, Record, Subject};
 use selfheal_core::{Family, Metric};
 use std::path::{Path, PathBuf};

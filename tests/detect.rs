@@ -6,7 +6,7 @@
 use crate::support::forest::{self, Rng, dataset, grow_forest};
 use crate::support::{KillOnDrop, free_port, http_get, selfheal};
 use selfheal_agent::detect::{
-    DetectError, SeriesDetector, LATEST_FILE, ModelEvent, ModelRegistry, family_signals,
+    DetectError, LATEST_FILE, ModelEvent, ModelRegistry, SeriesDetector, family_signals,
 };
 use selfheal_agent::score::ScoreError;
 use selfheal_core::features::FeatureSpec;

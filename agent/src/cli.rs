@@ -1,9 +1,9 @@
 //! `selfheal agent ...`: the binary's edge for the agent (the one place here that uses anyhow).
 
 use crate::collect::CycleErrors;
-use crate::config::AgentConfig;
-use crate::collect::pods::{PodWatcher, SharedPodDirectory};
 use crate::collect::Pipeline;
+use crate::collect::pods::{PodWatcher, SharedPodDirectory};
+use crate::config::AgentConfig;
 use crate::run::{Output, run};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
@@ -73,17 +73,19 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let mut pipeline = Pipeline::new(&settings);
         // Inside the runtime: a client may spawn its connection tasks when it is built.
         let pods = runtime()?.block_on(async {
-            anyhow::Ok(match PodWatcher::new(&settings.pods, &settings.node_name)? {
-                Some(w) => {
-                    let n = w
-                        .sync_once()
-                        .await
-                        .context("cannot list the pods on this node")?;
-                    tracing::info!(pods = n, "PodsListed");
-                    w.directory()
-                }
-                None => SharedPodDirectory::default(),
-            })
+            anyhow::Ok(
+                match PodWatcher::new(&settings.pods, &settings.node_name)? {
+                    Some(w) => {
+                        let n = w
+                            .sync_once()
+                            .await
+                            .context("cannot list the pods on this node")?;
+                        tracing::info!(pods = n, "PodsListed");
+                        w.directory()
+                    }
+                    None => SharedPodDirectory::default(),
+                },
+            )
         })?;
         let mut errs = CycleErrors::default();
         let _ = pipeline.cycle(&pods.read(), &mut errs);

@@ -6,11 +6,11 @@
 //! variables `SELFHEAL_AGENT_<FIELD>` with `__` between nested fields, e.g.
 //! `SELFHEAL_AGENT_INTERVAL_SECS=1` or `SELFHEAL_AGENT_PODS__SOURCE=none`.
 
-use crate::detect::{ModelSource, ModelsConfig};
-use crate::forward::{ForwardConfig, ForwardSettings};
 use crate::collect::pods::PodsConfig;
-use crate::sample::{SamplingConfig, SamplingSettings};
+use crate::detect::{ModelSource, ModelsConfig};
 use crate::forward::spool::{SpoolConfig, SpoolSettings};
+use crate::forward::{ForwardConfig, ForwardSettings};
+use crate::sample::{SamplingConfig, SamplingSettings};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};

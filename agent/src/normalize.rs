@@ -8,16 +8,16 @@
 //! The normalizer keeps the previous reading of the node and of each pod. A pod missing from a
 //! reading is forgotten at once, so memory follows the pods on the node, not the pods ever seen.
 
-use crate::collect::{PodSnapshot, Snapshot};
 use crate::collect::pods::{PodDirectory, PodInfo};
 use crate::collect::procfs::{DiskCounters, NetCounters, NodeSnapshot, PsiTotals};
-use selfheal_core::family::{Family, Metric};
-use selfheal_core::features::{CounterIncrease, CounterWidth, counter_increase};
-use selfheal_core::schema::{PodRef, Record, RecordId, Subject};
+use crate::collect::{PodSnapshot, Snapshot};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use selfheal_core::family::{Family, Metric};
+use selfheal_core::features::{CounterIncrease, CounterWidth, counter_increase};
+use selfheal_core::schema::{PodRef, Record, RecordId, Subject};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 

@@ -115,8 +115,13 @@ pub async fn run(
     let mut forward = ForwardStage::start(&settings, registry)
         .await
         .map_err(AgentError::Forward)?;
-    let pods = pods::start(&settings.pods, &settings.node_name, registry, shutdown.clone())
-        .map_err(AgentError::Pods)?;
+    let pods = pods::start(
+        &settings.pods,
+        &settings.node_name,
+        registry,
+        shutdown.clone(),
+    )
+    .map_err(AgentError::Pods)?;
     let mut pipeline = Pipeline::with_metrics(&settings, registry);
     let mut detect = DetectStage::new(&settings, registry).await;
     let mut sampler = Sampler::new(settings.sampling.clone());

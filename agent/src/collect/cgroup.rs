@@ -15,7 +15,9 @@
 //! (`cpu,cpuacct` when co-mounted); on v2 there is one. Per-cgroup PSI exists only on v2.
 //! Reading the pod-level cgroup rather than each container gives the pod's totals directly.
 
-use crate::collect::procfs::{CollectError, ParseError, PsiTotals, parse_psi, read_parse, read_parse_opt};
+use crate::collect::procfs::{
+    CollectError, ParseError, PsiTotals, parse_psi, read_parse, read_parse_opt,
+};
 use selfheal_core::schema::QosClass;
 use std::path::{Path, PathBuf};
 

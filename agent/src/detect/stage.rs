@@ -38,15 +38,9 @@ impl DetectStage {
             models: ModelPoller::new(settings, registry).await,
             anomalies: MetricFamily::default(),
             score_errors: MetricFamily::default(),
-            duration: Histogram::new([
-                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
-            ]),
+            duration: Histogram::new([0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1]),
         };
-        registry.register(
-            "anomalies",
-            "Anomalies raised",
-            stage.anomalies.clone(),
-        );
+        registry.register("anomalies", "Anomalies raised", stage.anomalies.clone());
         registry.register(
             "score_errors",
             "Batches that could not be scored",

@@ -13,7 +13,7 @@ pub mod kinesis;
 pub mod spool;
 pub mod stage;
 
-use crate::forward::spool::{SpooledBatch, DropReason, Spool, SpooledRecord};
+use crate::forward::spool::{DropReason, Spool, SpooledBatch, SpooledRecord};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;

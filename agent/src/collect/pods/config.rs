@@ -248,5 +248,4 @@ mod tests {
         assert_eq!(c.source, PodSource::Kubelet);
         assert_eq!(c.kubelet_url, DEFAULT_KUBELET_URL);
     }
-    }
 }

@@ -14,7 +14,6 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// Label the Deployment controller puts on every pod of a ReplicaSet it owns.
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
-
 /// `v1.PodList`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -215,7 +214,6 @@ pub fn parse_pod_list(body: &[u8]) -> Result<(Vec<PodInfo>, Option<String>), Pod
     let pods = list.items.iter().filter_map(Pod::info).collect();
     Ok((pods, list.metadata.resource_version))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -144,5 +144,4 @@ mod tests {
         assert_eq!(info.name, "web-7d4b9c8f6d-x2x9k");
         assert!(dir.get("00000000-0000-0000-0000-000000000000").is_none());
     }
-
 }

@@ -167,7 +167,8 @@ impl Context<'_> {
             .any_semantic();
         let mut last_list: Option<Instant> = None;
         loop {
-            let stream = watcher::watcher(self.api(), config.clone()).backoff(FullJitter::default());
+            let stream =
+                watcher::watcher(self.api(), config.clone()).backoff(FullJitter::default());
             let mut stream = std::pin::pin!(stream);
             let relist = async {
                 self.relist.notified().await;

@@ -123,7 +123,12 @@ impl prometheus_client::collector::Collector for PodMetrics {
             "Failed or broken pod watches",
             s.watch_errors_total,
         )?;
-        counter(&mut enc, "pod_relists", "Full re-lists of pods", s.relists_total)
+        counter(
+            &mut enc,
+            "pod_relists",
+            "Full re-lists of pods",
+            s.relists_total,
+        )
     }
 }
 
@@ -263,4 +268,3 @@ impl PodsError {
         }
     }
 }
-

@@ -621,7 +621,6 @@ mod tests {
         assert!(PodWatcher::new(&none, "n").expect("none").is_none());
     }
 
-
     #[test]
     fn backoff_is_full_jitter_under_a_doubling_ceiling() {
         let mut b = FullJitter::default();
@@ -635,7 +634,10 @@ mod tests {
                     probe.next_wait()
                 })
                 .collect();
-            assert!(waits.iter().all(|w| *w <= ceiling), "{waits:?} over {ceiling:?}");
+            assert!(
+                waits.iter().all(|w| *w <= ceiling),
+                "{waits:?} over {ceiling:?}"
+            );
             // Spread over the whole window, not bunched at its top.
             assert!(waits.iter().any(|w| *w < ceiling / 4), "{waits:?}");
             assert!(waits.iter().any(|w| *w > ceiling * 3 / 4), "{waits:?}");

@@ -49,7 +49,6 @@ pub enum FsyncPolicy {
     Never,
 }
 
-
 /// Validated spool settings.
 #[derive(Debug, Clone)]
 pub struct SpoolSettings {
@@ -104,4 +103,3 @@ impl SpoolConfig {
         })
     }
 }
-

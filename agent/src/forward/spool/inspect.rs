@@ -71,4 +71,3 @@ pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
     }
     Ok(out)
 }
-

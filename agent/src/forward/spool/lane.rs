@@ -36,7 +36,6 @@ pub(super) struct LaneState {
     pub(super) unacked: u64,
 }
 
-
 pub(super) fn seg_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.seg"))
 }
@@ -102,7 +101,11 @@ pub(super) fn scan_bytes(buf: &[u8], from: usize) -> ScanSummary {
 }
 
 impl LaneState {
-    pub(super) fn open(root: &Path, lane: Lane, stats: &SpoolStats) -> Result<LaneState, SpoolError> {
+    pub(super) fn open(
+        root: &Path,
+        lane: Lane,
+        stats: &SpoolStats,
+    ) -> Result<LaneState, SpoolError> {
         let dir = root.join(lane.as_str());
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let seqs = list_segments(&dir)?;
@@ -269,4 +272,3 @@ pub(super) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8
     buf.truncate(filled);
     Ok(buf)
 }
-

@@ -20,7 +20,6 @@
 //! One process owns a spool directory at a time (the agent, or `selfheal agent spool drain` while
 //! the agent is stopped); `inspect` only reads.
 
-
 pub mod cli;
 mod config;
 mod inspect;
@@ -45,7 +44,6 @@ use tokio::sync::Notify;
 
 /// Kinesis refuses partition keys longer than this many characters.
 pub const MAX_PARTITION_KEY_LEN: usize = 256;
-
 
 /// Why the spool cannot start or be inspected. Once running, errors are events (counted and
 /// logged), never returned.
@@ -76,7 +74,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
         source,
     }
 }
-
 
 /// One record handed to the forwarder.
 #[derive(Debug, Clone)]
@@ -133,7 +130,6 @@ impl SpooledBatch {
     }
 }
 
-
 #[derive(Debug)]
 struct Inner {
     settings: SpoolSettings,
@@ -141,7 +137,6 @@ struct Inner {
     total_bytes: u64,
     last_sync: Instant,
 }
-
 
 /// The spool. Cheap to share behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
@@ -157,7 +152,6 @@ fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
-
 
 /// How much to read from a segment at once.
 const READ_CHUNK: usize = 256 * 1024;
@@ -600,7 +594,6 @@ impl Spool {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests;

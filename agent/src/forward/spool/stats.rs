@@ -143,7 +143,6 @@ impl SpoolStats {
     }
 }
 
-
 /// Labels of the per-lane spool metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabels {
