@@ -49,7 +49,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Counters the agent's telemetry exports (`selfheal_agent_pods_*`).
 #[derive(Debug, Default)]
@@ -139,7 +138,7 @@ pub fn start(
     config: &PodsConfig,
     node_name: &str,
     registry: &mut prometheus_client::registry::Registry,
-    shutdown: watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SharedPodDirectory, PodsError> {
     let (directory, stats) = match PodWatcher::new(config, node_name)? {
         Some(w) => {
