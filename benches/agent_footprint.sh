@@ -16,6 +16,8 @@
 #   benches/agent_footprint.sh                 # DURATION=60 PODS=100 MODELS=0
 #   DURATION=300 benches/agent_footprint.sh
 #   MODELS=1 TRAIN_SECS=240 TRAIN_INTERVAL=0.2 benches/agent_footprint.sh
+#   POD_WATCH=handwritten benches/agent_footprint.sh   # pod identity from benches/kube_api_stub.py,
+#   POD_WATCH=kube benches/agent_footprint.sh          # watched by either client implementation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
@@ -23,12 +25,14 @@ PODS=${PODS:-100}
 MODELS=${MODELS:-0}
 TRAIN_SECS=${TRAIN_SECS:-240}
 TRAIN_INTERVAL=${TRAIN_INTERVAL:-0.2}
+POD_WATCH=${POD_WATCH:-}
+features=(); [ "$POD_WATCH" = kube ] && features=(--features selfheal-agent/kube)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/selfheal/target}"
 command -v prometheus-node-exporter >/dev/null || {
   echo "installing prometheus-node-exporter (Debian)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-node-exporter >/dev/null
 }
-cargo build --release -q --bin selfheal
+cargo build --release -q --bin selfheal "${features[@]}"
 bin="$CARGO_TARGET_DIR/release/selfheal"
 
 tmp=$(mktemp -d)
@@ -96,7 +100,12 @@ PY
   models_env=(SELFHEAL_AGENT_MODELS__SOURCE="$tmp/store")
 fi
 agent_port=$(port); ne_port=$(port)
-env SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
+pod_env=(SELFHEAL_AGENT_PODS__SOURCE=none)
+if [ -n "$POD_WATCH" ]; then
+  api_port=$(port); python3 benches/kube_api_stub.py "$api_port" "$PODS" & pids+=($!); sleep 1
+  pod_env=(SELFHEAL_AGENT_PODS__SOURCE=api SELFHEAL_AGENT_PODS__API_URL="http://127.0.0.1:$api_port")
+fi
+env "${pod_env[@]}" SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
   SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$agent_port" "${models_env[@]}" "$bin" agent >/dev/null 2>"$tmp/agent.log" &
 pids+=($!); agent=$!
 prometheus-node-exporter --web.listen-address="127.0.0.1:$ne_port" >/dev/null 2>&1 &

@@ -10,9 +10,9 @@ mod cgroup_fixture;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use selfheal_agent::collect::CycleErrors;
+use selfheal_agent::collect::Pipeline;
+use selfheal_agent::collect::pods::PodDirectory;
 use selfheal_agent::config::AgentConfig;
-use selfheal_agent::pods::PodDirectory;
-use selfheal_agent::run::Pipeline;
 use std::hint::black_box;
 use std::time::Duration;
 

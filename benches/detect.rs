@@ -1,4 +1,4 @@
-//! The score stage of one agent cycle: `Detector::detect` on 200 pods' CPU records (13 signals,
+//! The score stage of one agent cycle: `SeriesDetector::detect` on 200 pods' CPU records (13 signals,
 //! the standard feature set: 78 features), one batch through a 100-tree forest, alarms, and the
 //! flight recorder. Two cases: `quiet` (threshold above every score: no anomaly, the usual
 //! cycle) and `storm` (threshold 0, 1-of-1: every pod anomalous, each anomaly copying its
@@ -10,7 +10,7 @@
 mod forest;
 
 use criterion::{Criterion, Throughput};
-use selfheal_agent::detect::{Detector, family_signals};
+use selfheal_agent::detect::{SeriesDetector, family_signals};
 use selfheal_agent::score::Scorer;
 use selfheal_core::Family;
 use selfheal_core::features::FeatureSpec;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 const PODS: usize = 200;
 
-fn detector(threshold: f64, alarm: AlarmRule) -> Detector {
+fn detector(threshold: f64, alarm: AlarmRule) -> SeriesDetector {
     let features = FeatureSpec::standard(family_signals(Family::Cpu));
     let n = features.len();
     let (forest, _) = forest::standard_forest(7, n);
@@ -30,7 +30,7 @@ fn detector(threshold: f64, alarm: AlarmRule) -> Detector {
     let dir = tempfile::tempdir().expect("tempdir");
     write_model_dir(dir.path(), &forest, manifest).expect("write model");
     let scorer = Arc::new(Scorer::load(dir.path()).expect("load model"));
-    let mut detector = Detector::new(60);
+    let mut detector = SeriesDetector::new(60);
     detector
         .set_model(Family::Cpu, scorer)
         .expect("signals are the cpu metrics");

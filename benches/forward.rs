@@ -19,8 +19,8 @@ mod support;
 
 use selfheal_agent::forward::http::{HttpConfig, HttpSink};
 use selfheal_agent::forward::kinesis::KinesisSink;
+use selfheal_agent::forward::spool::{FsyncPolicy, Spool, SpoolConfig};
 use selfheal_agent::forward::{ForwardConfig, Forwarder, Sink};
-use selfheal_agent::spool::{FsyncPolicy, Spool, SpoolConfig};
 use selfheal_core::Envelope;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -8,9 +8,9 @@
 
 use crate::support::{KillOnDrop, envelopes, selfheal, stdout_of, write_file};
 use selfheal_agent::collect::CycleErrors;
+use selfheal_agent::collect::Pipeline;
+use selfheal_agent::collect::pods::PodDirectory;
 use selfheal_agent::config::AgentConfig;
-use selfheal_agent::pods::PodDirectory;
-use selfheal_agent::run::Pipeline;
 use selfheal_core::schema::Subject;
 use selfheal_core::{Family, Metric};
 use std::path::{Path, PathBuf};

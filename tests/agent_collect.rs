@@ -1,12 +1,12 @@
 //! The collect → normalize path on recorded fixture trees and hostile procfs contents.
 
 use crate::support::{cgroup_fixture, fixture, write_file};
-use selfheal_agent::cgroup::{CgroupMode, CgroupReader};
 use selfheal_agent::collect::CycleErrors;
+use selfheal_agent::collect::Pipeline;
+use selfheal_agent::collect::cgroup::{CgroupMode, CgroupReader};
+use selfheal_agent::collect::pods::PodDirectory;
+use selfheal_agent::collect::procfs::CollectError;
 use selfheal_agent::config::{AgentConfig, Settings};
-use selfheal_agent::pods::PodDirectory;
-use selfheal_agent::procfs::CollectError;
-use selfheal_agent::run::Pipeline;
 use selfheal_core::schema::{QosClass, Record, Subject};
 use selfheal_core::{Family, Metric};
 use std::path::{Path, PathBuf};
@@ -172,7 +172,7 @@ fn a_pod_that_vanishes_between_discovery_and_read_is_not_an_error() {
     std::fs::remove_dir_all(dir.path().join(&pods[0].rel)).expect("remove");
     let mut buf = Vec::new();
     let mut errors = Vec::new();
-    let mut cache = selfheal_agent::cgroup::PodCache::default();
+    let mut cache = selfheal_agent::collect::cgroup::PodCache::default();
     let sample = r.read(&pods[0], &mut cache, &mut buf, &mut errors);
     assert_eq!(sample.memory_current, None);
     assert!(!errors.is_empty());

@@ -1,12 +1,12 @@
 //! The agent's score stage end to end: real model directories written by
 //! `selfheal_model_export::onnx::write_model_dir`, picked up by `detect::ModelRegistry`, scored by
-//! `detect::Detector` cycle after cycle — the k-of-n rule, refusals that keep the old model, and a
+//! `detect::SeriesDetector` cycle after cycle — the k-of-n rule, refusals that keep the old model, and a
 //! hot swap of `latest` while cycles run.
 
 use crate::support::forest::{self, Rng, dataset, grow_forest};
 use crate::support::{KillOnDrop, free_port, http_get, selfheal};
 use selfheal_agent::detect::{
-    DetectError, Detector, LATEST_FILE, ModelEvent, ModelRegistry, family_signals,
+    DetectError, LATEST_FILE, ModelEvent, ModelRegistry, SeriesDetector, family_signals,
 };
 use selfheal_agent::score::ScoreError;
 use selfheal_core::features::FeatureSpec;
@@ -134,12 +134,12 @@ fn refused(events: &[ModelEvent]) -> Vec<&DetectError> {
 }
 
 /// A detector with `v1` loaded from `root`, and its registry.
-fn loaded_detector(root: &Path, window: usize) -> (ModelRegistry, Detector) {
+fn loaded_detector(root: &Path, window: usize) -> (ModelRegistry, SeriesDetector) {
     publish(root, "v1", &forest(1), family_signals(FAMILY));
     let mut registry = ModelRegistry::new(root.to_owned());
     let events = registry.poll();
     assert_eq!(loaded(&events), ["v1"], "{events:?}");
-    let mut detector = Detector::new(window);
+    let mut detector = SeriesDetector::new(window);
     detector.apply(&events);
     let scorer = detector.model(FAMILY).expect("model in use");
     let normal = scorer
@@ -158,7 +158,7 @@ fn anomalies_need_k_of_n_alarms_and_carry_their_context() {
     let root = tempfile::tempdir().expect("tempdir");
     let (_registry, mut detector) = loaded_detector(root.path(), 8);
     let mut id = 0;
-    let mut cycle = |detector: &mut Detector, spike: [f64; 5], sustained: [f64; 5]| {
+    let mut cycle = |detector: &mut SeriesDetector, spike: [f64; 5], sustained: [f64; 5]| {
         id += 3;
         let node_cpu = Record {
             family: Family::Cpu,
@@ -473,7 +473,7 @@ fn agent_scores_with_published_models_and_swaps_them_live() {
 }
 
 /// Regression test for the default model the trainer writes (one forest per signal, an alarm
-/// rule that adapts): trained by `selfheal model train` and run by the agent's `Detector`, a
+/// rule that adapts): trained by `selfheal model train` and run by the agent's `SeriesDetector`, a
 /// series whose one signal moves to a new level for good alarms at first, then learns it as its
 /// new normal (anomalies carry the raised threshold), and a further rise alarms again.
 #[test]
@@ -528,7 +528,7 @@ fn a_trained_per_signal_model_learns_a_new_normal_on_the_node() {
     let mut registry = ModelRegistry::new(root.path().to_owned());
     let events = registry.poll();
     assert_eq!(loaded(&events), ["v1"], "{events:?}");
-    let mut detector = Detector::new(0);
+    let mut detector = SeriesDetector::new(0);
     detector.apply(&events);
     let manifest = detector.model(FAMILY).expect("model").manifest().clone();
     assert_eq!(manifest.forests, signals.len(), "one forest per signal");
@@ -536,7 +536,7 @@ fn a_trained_per_signal_model_learns_a_new_normal_on_the_node() {
     assert!(manifest.ordinary_score.is_some());
 
     let mut id = 0;
-    let mut run = |detector: &mut Detector, cycles: usize, shift: f64| -> Vec<Anomaly> {
+    let mut run = |detector: &mut SeriesDetector, cycles: usize, shift: f64| -> Vec<Anomaly> {
         (0..cycles)
             .flat_map(|_| {
                 id += 1;

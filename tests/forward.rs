@@ -7,8 +7,8 @@ use crate::support::moto::{Moto, aws_env, create_stream, kinesis_client, read_st
 use crate::support::netproxy::{Mode, TcpProxy};
 use crate::support::{KillOnDrop, selfheal, signal, stdout_of};
 use selfheal_agent::forward::kinesis::KinesisSink;
+use selfheal_agent::forward::spool::{FsyncPolicy, Spool, SpoolConfig};
 use selfheal_agent::forward::{ForwardConfig, ForwardStats, Forwarder};
-use selfheal_agent::spool::{FsyncPolicy, Spool, SpoolConfig};
 use selfheal_core::schema::{Anomaly, OwnerRef, decode_wire};
 use selfheal_core::{Envelope, Family, Metric, Payload, PodRef, Record, RecordId, Subject};
 use std::collections::{BTreeMap, HashMap};

@@ -4,7 +4,7 @@
 
 use crate::support::fixture;
 use crate::support::kube_double::{KubeDouble, pods};
-use selfheal_agent::pods::{
+use selfheal_agent::collect::pods::{
     PodDirectory, PodInfo, PodSource, PodStatsSnapshot, PodWatcher, PodsConfig, SharedPodDirectory,
     parse_pod_list,
 };
@@ -348,7 +348,7 @@ fn kubectl_watch_shows_a_change() {
 /// A running [`PodWatcher`] with its shutdown switch; stops the watcher when dropped.
 struct Running {
     directory: SharedPodDirectory,
-    stats: Arc<selfheal_agent::pods::PodStats>,
+    stats: Arc<selfheal_agent::collect::pods::PodStats>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     token_file: tempfile::NamedTempFile,

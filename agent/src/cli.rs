@@ -1,9 +1,10 @@
 //! `selfheal agent ...`: the binary's edge for the agent (the one place here that uses anyhow).
 
 use crate::collect::CycleErrors;
+use crate::collect::Pipeline;
+use crate::collect::pods::{PodWatcher, SharedPodDirectory};
 use crate::config::AgentConfig;
-use crate::pods::{PodWatcher, SharedPodDirectory};
-use crate::run::{Output, Pipeline, run};
+use crate::run::{Output, run};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ pub enum OutputFormat {
 pub enum AgentCommand {
     /// Inspect or drain the on-disk spool.
     #[command(subcommand)]
-    Spool(crate::spool::cli::SpoolCommand),
+    Spool(crate::forward::spool::cli::SpoolCommand),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -64,22 +65,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if let Some(cmd) = args.command {
         return match cmd {
-            AgentCommand::Spool(c) => crate::spool::cli::main(c),
+            AgentCommand::Spool(c) => crate::forward::spool::cli::main(c),
         };
     }
     let settings = AgentConfig::load(args.config.as_deref())?.validate()?;
     if args.once {
         let mut pipeline = Pipeline::new(&settings);
-        let pods = match PodWatcher::new(&settings.pods, &settings.node_name)? {
-            Some(w) => {
-                let n = runtime()?
-                    .block_on(w.sync_once())
-                    .context("cannot list the pods on this node")?;
-                tracing::info!(pods = n, "PodsListed");
-                w.directory()
-            }
-            None => SharedPodDirectory::default(),
-        };
+        // Inside the runtime: a client may spawn its connection tasks when it is built.
+        let pods = runtime()?.block_on(async {
+            anyhow::Ok(
+                match PodWatcher::new(&settings.pods, &settings.node_name)? {
+                    Some(w) => {
+                        let n = w
+                            .sync_once()
+                            .await
+                            .context("cannot list the pods on this node")?;
+                        tracing::info!(pods = n, "PodsListed");
+                        w.directory()
+                    }
+                    None => SharedPodDirectory::default(),
+                },
+            )
+        })?;
         let mut errs = CycleErrors::default();
         let _ = pipeline.cycle(&pods.read(), &mut errs);
         std::thread::sleep(Duration::from_millis(args.once_gap_ms.max(1)));

@@ -6,11 +6,11 @@
 //! variables `SELFHEAL_AGENT_<FIELD>` with `__` between nested fields, e.g.
 //! `SELFHEAL_AGENT_INTERVAL_SECS=1` or `SELFHEAL_AGENT_PODS__SOURCE=none`.
 
+use crate::collect::pods::PodsConfig;
 use crate::detect::{ModelSource, ModelsConfig};
+use crate::forward::spool::{SpoolConfig, SpoolSettings};
 use crate::forward::{ForwardConfig, ForwardSettings};
-use crate::pods::PodsConfig;
 use crate::sample::{SamplingConfig, SamplingSettings};
-use crate::spool::{SpoolConfig, SpoolSettings};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -272,7 +272,7 @@ impl AgentConfig {
         let models_source = self.models.validate()?;
         let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
         let spool = self.spool.validate().map_err(|e| match e {
-            crate::spool::SpoolError::Invalid { field, reason } => invalid(field, reason),
+            crate::forward::spool::SpoolError::Invalid { field, reason } => invalid(field, reason),
             other => invalid("spool", other.to_string()),
         })?;
         let forward_settings = self

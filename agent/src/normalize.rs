@@ -8,9 +8,13 @@
 //! The normalizer keeps the previous reading of the node and of each pod. A pod missing from a
 //! reading is forgotten at once, so memory follows the pods on the node, not the pods ever seen.
 
+use crate::collect::pods::{PodDirectory, PodInfo};
+use crate::collect::procfs::{DiskCounters, NetCounters, NodeSnapshot, PsiTotals};
 use crate::collect::{PodSnapshot, Snapshot};
-use crate::pods::{PodDirectory, PodInfo};
-use crate::procfs::{DiskCounters, NetCounters, NodeSnapshot, PsiTotals};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use selfheal_core::family::{Family, Metric};
 use selfheal_core::features::{CounterIncrease, CounterWidth, counter_increase};
 use selfheal_core::schema::{PodRef, Record, RecordId, Subject};
@@ -28,6 +32,72 @@ pub struct NormalizeStats {
     pub non_finite: u64,
     /// Readings skipped because no time had passed since the previous one.
     pub zero_elapsed: u64,
+}
+
+/// Labels of `selfheal_agent_records_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    /// Metric family.
+    family: &'static str,
+}
+
+/// The normalize stage's metrics: records made, series held, and what it worked around.
+#[derive(Debug)]
+pub struct NormalizeMetrics {
+    records: prometheus_client::metrics::family::Family<FamilyLabels, Counter>,
+    series: Gauge,
+    counter_resets: Counter,
+    non_finite_values: Counter,
+    /// The normalizer's totals at the last observation, to count the difference.
+    seen: NormalizeStats,
+}
+
+impl NormalizeMetrics {
+    /// Registers the normalize stage's metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = NormalizeMetrics {
+            records: Default::default(),
+            series: Gauge::default(),
+            counter_resets: Counter::default(),
+            non_finite_values: Counter::default(),
+            seen: NormalizeStats::default(),
+        };
+        registry.register("records", "Records produced", m.records.clone());
+        registry.register(
+            "series",
+            "Subjects with state held between cycles",
+            m.series.clone(),
+        );
+        registry.register(
+            "counter_resets",
+            "Counters that went backwards and were taken as reset",
+            m.counter_resets.clone(),
+        );
+        registry.register(
+            "non_finite_values",
+            "Values dropped for not being finite numbers",
+            m.non_finite_values.clone(),
+        );
+        m
+    }
+
+    /// Counts a cycle's records and what the normalizer worked around since the last one.
+    pub fn observe(&mut self, records: &[Record], normalizer: &Normalizer) {
+        for r in records {
+            self.records
+                .get_or_create(&FamilyLabels {
+                    family: r.family.as_str(),
+                })
+                .inc();
+        }
+        let now = normalizer.stats();
+        self.counter_resets
+            .inc_by(now.counter_resets - self.seen.counter_resets);
+        self.non_finite_values
+            .inc_by(now.non_finite - self.seen.non_finite);
+        self.seen = now;
+        self.series.set(normalizer.series_count() as i64);
+    }
 }
 
 /// Unique record ids: a random 64-bit prefix per process and a counter.
@@ -63,7 +133,7 @@ impl IdGen {
 #[derive(Debug, Clone)]
 struct PodPrev {
     mono_secs: f64,
-    sample: crate::cgroup::PodCgroupSample,
+    sample: crate::collect::cgroup::PodCgroupSample,
     net: Option<Vec<(String, NetCounters)>>,
     restarts_total: Option<u64>,
 }
@@ -324,7 +394,7 @@ fn node_records(b: &mut Builder<'_>, prev: &NodeSnapshot, cur: &NodeSnapshot, dt
     if let (Some(p), Some(c)) = (&prev.stat, &cur.stat) {
         let s = &mut *b.stats;
         let total = increase(s, p.total.total(), c.total.total());
-        let part = |s: &mut NormalizeStats, f: fn(&crate::procfs::CpuTicks) -> u64| {
+        let part = |s: &mut NormalizeStats, f: fn(&crate::collect::procfs::CpuTicks) -> u64| {
             ratio(increase(s, f(&p.total), f(&c.total)), total)
         };
         let busy = part(s, |t| t.busy());

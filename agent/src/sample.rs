@@ -1,4 +1,4 @@
-//! Sample: the stage between `detect` and the [`crate::spool`]. It decides which of a cycle's
+//! Sample: the stage between `detect` and the [`crate::forward::spool`]. It decides which of a cycle's
 //! records are forwarded, so a node ships a bounded number of bytes per hour and the lake stays
 //! usable for training and unbiased for estimates.
 //!
@@ -32,6 +32,7 @@ use selfheal_core::schema::{Anomaly, Envelope, Payload, Record, Subject, wire_le
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Sampling settings as written by the user (the `sampling` section of the agent config).
@@ -209,6 +210,100 @@ pub struct SamplerStats {
     pub unsized_records: u64,
     /// Window records left out of anomalies because they were forwarded already.
     pub window_records_trimmed: u64,
+}
+
+/// The sampler's metrics (`selfheal_agent_sample_*`): the loop stores the sampler's state here
+/// once per cycle ([`SampleMetrics::publish`]), and a scrape reads the last one.
+#[derive(Debug, Clone, Default)]
+pub struct SampleMetrics(Arc<Mutex<SamplerStats>>);
+
+impl SampleMetrics {
+    /// Registers the sampler's metrics.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = SampleMetrics::default();
+        registry.register_collector(Box::new(m.clone()));
+        m
+    }
+
+    /// Stores the sampler's state after a cycle.
+    pub fn publish(&self, stats: SamplerStats) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+}
+
+impl prometheus_client::collector::Collector for SampleMetrics {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::telemetry::{counter, gauge};
+        let s = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        gauge(
+            &mut enc,
+            "sample_inclusion_probability",
+            "Inclusion probability of normal series in the current sampling block",
+            s.probability,
+        )?;
+        gauge(
+            &mut enc,
+            "sample_budget_bytes_per_hour",
+            "Configured forwarding budget",
+            s.budget_bytes_per_hour,
+        )?;
+        gauge(
+            &mut enc,
+            "sample_offered_bytes_per_hour",
+            "Moving average of the bytes per hour all normal records would take",
+            s.offered_bytes_per_hour,
+        )?;
+        gauge(
+            &mut enc,
+            "sample_anomaly_bytes_per_hour",
+            "Moving average of the bytes per hour anomalies take",
+            s.anomaly_bytes_per_hour,
+        )?;
+        let counters = [
+            (
+                "sample_offered_records",
+                "Normal records offered to the sampler",
+                s.offered_records,
+            ),
+            (
+                "sample_offered_bytes",
+                "Wire bytes of the normal records offered",
+                s.offered_bytes,
+            ),
+            (
+                "sample_selected_records",
+                "Normal records selected for forwarding",
+                s.selected_records,
+            ),
+            (
+                "sample_selected_bytes",
+                "Wire bytes of the normal records selected",
+                s.selected_bytes,
+            ),
+            (
+                "sample_anomaly_records",
+                "Anomalies selected for forwarding (all of them)",
+                s.anomaly_records,
+            ),
+            (
+                "sample_anomaly_bytes",
+                "Wire bytes of the anomalies selected",
+                s.anomaly_bytes,
+            ),
+            (
+                "sample_window_records_trimmed",
+                "Flight-recorder records left out of anomalies as already forwarded",
+                s.window_records_trimmed,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut enc, name, help, v)?;
+        }
+        Ok(())
+    }
 }
 
 /// One envelope chosen for forwarding, with its size on the wire (record plus partition key).

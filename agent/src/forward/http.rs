@@ -9,7 +9,7 @@
 //! `max_body_bytes`) refuses the batch's content for good: its records are dropped and counted.
 
 use super::{RecordOutcome, Sink, SinkError};
-use crate::spool::SpooledRecord;
+use crate::forward::spool::SpooledRecord;
 use selfheal_core::batch::encode_batch;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

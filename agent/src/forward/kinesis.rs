@@ -6,7 +6,7 @@
 //! The SDK's own retries are off: the forwarder retries with the spool behind it, and counts.
 
 use super::{RecordOutcome, Sink, SinkError};
-use crate::spool::SpooledRecord;
+use crate::forward::spool::SpooledRecord;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;

@@ -1,4 +1,4 @@
-//! Forwarding: the stage after the [`crate::spool`]. A [`Forwarder`] task takes batches from the
+//! Forwarding: the stage after the [`crate::forward::spool`]. A [`Forwarder`] task takes batches from the
 //! spool, hands them to a [`Sink`] ([`kinesis::KinesisSink`] in production, [`http::HttpSink`]
 //! for `selfheal up`), resends only the records the sink refused with jittered exponential
 //! backoff, and acknowledges a batch in the spool only once every record in it was accepted.
@@ -10,8 +10,10 @@
 
 pub mod http;
 pub mod kinesis;
+pub mod spool;
+pub mod stage;
 
-use crate::spool::{Batch, DropReason, Spool, SpooledRecord};
+use crate::forward::spool::{DropReason, Spool, SpooledBatch, SpooledRecord};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -221,7 +223,7 @@ impl ForwardConfig {
 }
 
 /// Forwarder counters, shared with telemetry (plain atomics). Spool depth and drops are in
-/// [`crate::spool::SpoolStats`].
+/// [`crate::forward::spool::SpoolStats`].
 #[derive(Debug, Default)]
 pub struct ForwardStats {
     /// Records the sink accepted.
@@ -242,6 +244,62 @@ pub struct ForwardStats {
     pub throttled: AtomicU64,
     /// Batches acknowledged in the spool.
     pub batches_acked: AtomicU64,
+}
+
+/// The forwarder's metrics (`selfheal_agent_forward_*`), read at scrape time from its atomics.
+#[derive(Debug)]
+pub struct ForwardMetrics(pub Arc<ForwardStats>);
+
+impl prometheus_client::collector::Collector for ForwardMetrics {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let f = &self.0;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters = [
+            (
+                "forward_sent_records",
+                "Records the sink accepted",
+                load(&f.records_sent),
+            ),
+            (
+                "forward_sent_bytes",
+                "Wire bytes (data plus partition keys) the sink accepted",
+                load(&f.bytes_sent),
+            ),
+            (
+                "forward_retried_records",
+                "Records sent again after a refusal or failed call",
+                load(&f.records_retried),
+            ),
+            (
+                "forward_failed_records",
+                "Record refusals by the sink (each failed retry counts)",
+                load(&f.records_failed),
+            ),
+            (
+                "forward_rejected_records",
+                "Records the sink refused for good",
+                load(&f.records_rejected),
+            ),
+            ("forward_calls", "Calls made to the sink", load(&f.calls)),
+            (
+                "forward_call_errors",
+                "Sink calls that failed as a whole",
+                load(&f.call_errors),
+            ),
+            (
+                "forward_throttled",
+                "Calls or records refused for throttling",
+                load(&f.throttled),
+            ),
+        ];
+        for (name, help, v) in counters {
+            crate::telemetry::counter(&mut enc, name, help, v)?;
+        }
+        Ok(())
+    }
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -333,7 +391,7 @@ impl<S: Sink> Forwarder<S> {
         );
     }
 
-    fn read(&self) -> Batch {
+    fn read(&self) -> SpooledBatch {
         self.spool.read_batch(
             self.settings.max_batch_records,
             self.settings.max_batch_bytes,
@@ -344,7 +402,7 @@ impl<S: Sink> Forwarder<S> {
     /// shutdown deadline passed first (the batch is then left unacknowledged).
     async fn deliver(
         &self,
-        batch: &Batch,
+        batch: &SpooledBatch,
         shutdown: &mut watch::Receiver<bool>,
         deadline: &mut Option<Instant>,
         grace: Duration,

@@ -1,6 +1,8 @@
 //! Unit tests of the spool on real files in a temp dir.
 
+use super::lane::list_segments;
 use super::*;
+use std::fs::OpenOptions;
 
 fn settings(dir: &Path, max_bytes: u64, segment_bytes: u64) -> SpoolSettings {
     SpoolConfig {

@@ -2,7 +2,7 @@
 //!
 //! [`CgroupReader::discover`] finds pod cgroups under the kubepods hierarchy and tells each pod's
 //! UID and QoS class from its path; [`CgroupReader::read`] reads one pod's raw counters into a
-//! [`PodCgroupSample`]. Rates are [`crate::normalize`]'s job; names come from [`crate::pods`].
+//! [`PodCgroupSample`]. Rates are [`crate::normalize`]'s job; names come from [`crate::collect::pods`].
 //!
 //! Layouts handled (the QoS level is absent for Guaranteed pods):
 //!
@@ -15,7 +15,9 @@
 //! (`cpu,cpuacct` when co-mounted); on v2 there is one. Per-cgroup PSI exists only on v2.
 //! Reading the pod-level cgroup rather than each container gives the pod's totals directly.
 
-use crate::procfs::{CollectError, ParseError, PsiTotals, parse_psi, read_parse, read_parse_opt};
+use crate::collect::procfs::{
+    CollectError, ParseError, PsiTotals, parse_psi, read_parse, read_parse_opt,
+};
 use selfheal_core::schema::QosClass;
 use std::path::{Path, PathBuf};
 

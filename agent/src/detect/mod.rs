@@ -3,7 +3,7 @@
 //! [`ModelRegistry`] watches a models directory laid out as `selfheal model publish` writes it —
 //! `<dir>/<family>/latest` naming a version, the model in `<dir>/<family>/<version>/` — or with
 //! `model.onnx` + `manifest.json` directly in `<dir>/<family>/` (a mounted ConfigMap). An S3
-//! store is read through the same code: [`crate::model_mirror`] keeps a local copy of it in the
+//! store is read through the same code: [`crate::models::mirror`] keeps a local copy of it in the
 //! publish layout and the registry watches that copy. A Kubernetes volume (ConfigMap, Secret,
 //! projected) is updated by the kubelet by writing a new hidden timestamped directory and
 //! swapping the `..data` symlink to it; the visible files are symlinks through `..data`. The
@@ -14,15 +14,18 @@
 //! that does not load or names a signal that is not one of its family's metrics (a model may
 //! take any subset of them, in any order: rows are read by metric name). Loading does file I/O and
 //! compiles the graph, so the loop runs [`ModelRegistry::poll`] off the hot path and hands the
-//! results to the [`Detector`] between cycles: a cycle sees the old model or the new one, never a
+//! results to the [`SeriesDetector`] between cycles: a cycle sees the old model or the new one, never a
 //! mix.
 //!
-//! [`Detector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
+//! [`SeriesDetector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
 //! a ring of the last raw records (the flight recorder). Each cycle it scores every series of a
 //! family in one batch and turns k-of-n alarms into [`Anomaly`] values. A series stays anomalous
 //! while `k` alarms remain in its window, and each such cycle's anomaly copies the whole ring:
 //! `benches/detect.rs` measures a quiet 200-pod cycle at ~0.9 ms and one where every pod is
 //! anomalous at ~13 ms, almost all of it those copies.
+
+mod stage;
+pub use stage::DetectStage;
 
 use crate::score::{AlarmState, ScoreError, Scorer};
 use selfheal_core::family::{Family, Metric};
@@ -357,16 +360,16 @@ pub struct Detection {
 
 /// Scores each cycle's records; see the module docs.
 #[derive(Debug)]
-pub struct Detector {
+pub struct SeriesDetector {
     models: HashMap<Family, FamilyModel>,
     series: HashMap<(Subject, Family), Series>,
     window_records: usize,
 }
 
-impl Detector {
+impl SeriesDetector {
     /// A detector with no model, keeping `window_records` raw records per series.
     pub fn new(window_records: usize) -> Self {
-        Detector {
+        SeriesDetector {
             models: HashMap::new(),
             series: HashMap::new(),
             window_records,

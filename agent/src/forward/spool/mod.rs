@@ -2,7 +2,7 @@
 //! wire records, so a Kinesis outage or an agent restart loses nothing that matters.
 //!
 //! The pipeline [`Spool::push`]es every [`Envelope`] it wants shipped; the forwarder
-//! ([`crate::forward`]) takes [`Batch`]es with [`Spool::read_batch`] and calls [`Spool::ack`]
+//! ([`crate::forward`]) takes [`SpooledBatch`]es with [`Spool::read_batch`] and calls [`Spool::ack`]
 //! only once the sink accepted them, so delivery is at-least-once (consumers de-duplicate by
 //! `Record.id`).
 //!
@@ -21,201 +21,29 @@
 //! the agent is stopped); `inspect` only reads.
 
 pub mod cli;
+mod config;
+mod inspect;
+mod lane;
+mod stats;
 
+pub use config::{FsyncPolicy, SpoolConfig, SpoolSettings};
+pub use inspect::{Inspection, LaneInspection, inspect};
 pub use selfheal_runtime::frame::MAX_RECORD_BYTES;
-use selfheal_runtime::frame;
+pub use stats::{DropReason, Lane, SpoolMetrics, SpoolStats};
 
-use selfheal_core::schema::{Envelope, Payload, encode_wire};
-use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use lane::{LaneState, Pos, read_at, remove_segment, scan_bytes, seg_path};
+use selfheal_core::schema::{Envelope, encode_wire};
+use selfheal_runtime::frame;
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// Kinesis refuses partition keys longer than this many characters.
 pub const MAX_PARTITION_KEY_LEN: usize = 256;
-
-/// Spool settings as written by the user (the `spool` section of the agent configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpoolConfig {
-    /// Directory of the segments and checkpoints, created if absent. In the DaemonSet a hostPath,
-    /// so queued records outlive the pod.
-    pub dir: PathBuf,
-    /// Most bytes the spool keeps on disk, both lanes together. Past it, samples are dropped or
-    /// evicted first (see the module docs).
-    pub max_bytes: u64,
-    /// A segment is closed and the next one started when a record would take it past this size;
-    /// eviction frees space one segment at a time.
-    pub segment_bytes: u64,
-    /// When appended records are forced to stable storage.
-    pub fsync: FsyncPolicy,
-    /// With `fsync = "interval"`: most milliseconds between two fsyncs.
-    pub fsync_interval_ms: u64,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            dir: PathBuf::from("/var/lib/selfheal/spool"),
-            max_bytes: 256 * 1024 * 1024,
-            segment_bytes: 8 * 1024 * 1024,
-            fsync: FsyncPolicy::Interval,
-            fsync_interval_ms: 1000,
-        }
-    }
-}
-
-/// When the spool calls fsync. Records are written to the kernel at once in every mode, so a
-/// killed agent loses nothing; fsync guards against losing the host (power, kernel panic).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FsyncPolicy {
-    /// After every record and checkpoint: safest, slowest.
-    Always,
-    /// At most every `fsync_interval_ms`, on the next append.
-    Interval,
-    /// Never; the kernel writes back on its own schedule.
-    Never,
-}
-
-/// The two priority classes; each is a directory of its own segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
-    /// Anomalies: read first, evicted last.
-    Anomaly,
-    /// Sampled normal records: dropped or evicted first when the spool is full.
-    Sample,
-}
-
-impl Lane {
-    /// Both lanes, in read priority order.
-    pub const ALL: [Lane; 2] = [Lane::Anomaly, Lane::Sample];
-
-    /// The lane a payload belongs in.
-    pub fn of(payload: &Payload) -> Lane {
-        match payload {
-            Payload::Anomaly(_) => Lane::Anomaly,
-            Payload::Sample { .. } => Lane::Sample,
-        }
-    }
-
-    /// The lane's directory name and label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Anomaly => "anomaly",
-            Lane::Sample => "sample",
-        }
-    }
-
-    fn idx(self) -> usize {
-        self as usize
-    }
-}
-
-/// Why a record was lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// A new sampled normal record arrived while the spool was full.
-    SampleFull,
-    /// A queued sampled normal record was evicted to make room for an anomaly.
-    SampleEvicted,
-    /// A queued anomaly was evicted to make room for a newer one (no samples were left).
-    AnomalyEvicted,
-    /// The record (wire bytes plus partition key) is over [`MAX_RECORD_BYTES`], its key over
-    /// [`MAX_PARTITION_KEY_LEN`], or it is larger than the whole spool.
-    TooLarge,
-    /// The envelope could not be encoded.
-    Encode,
-    /// Writing failed (a full disk included).
-    Io,
-    /// The sink refused the record for good (not retryable).
-    Rejected,
-}
-
-impl DropReason {
-    /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 7] = [
-        DropReason::SampleFull,
-        DropReason::SampleEvicted,
-        DropReason::AnomalyEvicted,
-        DropReason::TooLarge,
-        DropReason::Encode,
-        DropReason::Io,
-        DropReason::Rejected,
-    ];
-
-    /// Label for metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::SampleFull => "sample_full",
-            DropReason::SampleEvicted => "sample_evicted",
-            DropReason::AnomalyEvicted => "anomaly_evicted",
-            DropReason::TooLarge => "too_large",
-            DropReason::Encode => "encode",
-            DropReason::Io => "io",
-            DropReason::Rejected => "rejected",
-        }
-    }
-}
-
-/// Live counters and gauges, shared with telemetry (plain atomics: read them any time).
-#[derive(Debug, Default)]
-pub struct SpoolStats {
-    appended: [AtomicU64; 2],
-    dropped: [AtomicU64; DropReason::ALL.len()],
-    /// Records acknowledged by the sink.
-    pub acked_records: AtomicU64,
-    /// Corrupt or torn regions skipped while reading or recovering.
-    pub corrupt_regions: AtomicU64,
-    /// Bytes in those regions.
-    pub corrupt_bytes: AtomicU64,
-    /// Write, fsync or checkpoint errors (each also logged).
-    pub io_errors: AtomicU64,
-    /// Records queued and not yet acknowledged (in flight included).
-    pub depth_records: AtomicU64,
-    /// Bytes of segment files on disk.
-    pub depth_bytes: AtomicU64,
-    lane_records: [AtomicU64; 2],
-    lane_bytes: [AtomicU64; 2],
-}
-
-impl SpoolStats {
-    /// Records appended to `lane` since start.
-    pub fn appended(&self, lane: Lane) -> u64 {
-        self.appended[lane.idx()].load(Ordering::Relaxed)
-    }
-
-    /// Records queued in `lane` and not yet acknowledged.
-    pub fn depth_records_in(&self, lane: Lane) -> u64 {
-        self.lane_records[lane.idx()].load(Ordering::Relaxed)
-    }
-
-    /// Bytes of `lane`'s segment files on disk.
-    pub fn depth_bytes_in(&self, lane: Lane) -> u64 {
-        self.lane_bytes[lane.idx()].load(Ordering::Relaxed)
-    }
-
-    /// Records lost for `reason` since start.
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.dropped[reason as usize].load(Ordering::Relaxed)
-    }
-
-    /// Records lost for any reason since start.
-    pub fn dropped_total(&self) -> u64 {
-        DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
-    }
-
-    /// Counts `n` records lost for `reason`.
-    pub fn count_drop(&self, reason: DropReason, n: u64) {
-        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
-    }
-}
 
 /// Why the spool cannot start or be inspected. Once running, errors are events (counted and
 /// logged), never returned.
@@ -247,61 +75,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
-/// Validated spool settings.
-#[derive(Debug, Clone)]
-pub struct SpoolSettings {
-    /// Spool directory.
-    pub dir: PathBuf,
-    /// Byte bound.
-    pub max_bytes: u64,
-    /// Segment size.
-    pub segment_bytes: u64,
-    /// fsync policy.
-    pub fsync: FsyncPolicy,
-    /// fsync interval for [`FsyncPolicy::Interval`].
-    pub fsync_interval: Duration,
-}
-
-impl SpoolConfig {
-    /// Checks the fields.
-    pub fn validate(&self) -> Result<SpoolSettings, SpoolError> {
-        let invalid = |field, reason: String| Err(SpoolError::Invalid { field, reason });
-        if self.dir.as_os_str().is_empty() {
-            return invalid("spool.dir", "must not be empty".into());
-        }
-        if self.segment_bytes < 4096 {
-            return invalid(
-                "spool.segment_bytes",
-                format!("must be at least 4096, got {}", self.segment_bytes),
-            );
-        }
-        // Eviction frees whole segments: with fewer than four the bound would be coarse.
-        if self.max_bytes < 4 * self.segment_bytes {
-            return invalid(
-                "spool.max_bytes",
-                format!(
-                    "must be at least 4 × segment_bytes ({}), got {}",
-                    4 * self.segment_bytes,
-                    self.max_bytes
-                ),
-            );
-        }
-        if self.fsync == FsyncPolicy::Interval && self.fsync_interval_ms == 0 {
-            return invalid(
-                "spool.fsync_interval_ms",
-                "must be positive with fsync = \"interval\"".into(),
-            );
-        }
-        Ok(SpoolSettings {
-            dir: self.dir.clone(),
-            max_bytes: self.max_bytes,
-            segment_bytes: self.segment_bytes,
-            fsync: self.fsync,
-            fsync_interval: Duration::from_millis(self.fsync_interval_ms),
-        })
-    }
-}
-
 /// One record handed to the forwarder.
 #[derive(Debug, Clone)]
 pub struct SpooledRecord {
@@ -317,7 +90,7 @@ pub struct SpooledRecord {
 
 /// Records read together; acknowledge them with [`Spool::ack`] once the sink took them all.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub struct SpooledBatch {
     /// The records, anomalies first.
     pub records: Vec<SpooledRecord>,
     /// Per lane: the position after the last record read, if any was.
@@ -326,7 +99,7 @@ pub struct Batch {
     counts: [u64; 2],
 }
 
-impl Batch {
+impl SpooledBatch {
     /// No records.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
@@ -338,7 +111,7 @@ impl Batch {
     }
 
     /// Appends a batch read after this one (the linger top-up); acknowledge the result once.
-    pub fn merge(&mut self, later: Batch) {
+    pub fn merge(&mut self, later: SpooledBatch) {
         self.records.extend(later.records);
         for i in 0..2 {
             if later.ends[i].is_some() {
@@ -355,32 +128,6 @@ impl Batch {
             .map(|r| r.data.len() + r.partition_key.len())
             .sum()
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-struct Pos {
-    seq: u64,
-    offset: u64,
-}
-
-#[derive(Debug)]
-struct Segment {
-    seq: u64,
-    len: u64,
-}
-
-#[derive(Debug)]
-struct LaneState {
-    lane: Lane,
-    dir: PathBuf,
-    /// Oldest first; the last one is the active segment `writer` appends to.
-    segments: VecDeque<Segment>,
-    writer: File,
-    reader: Option<(u64, File)>,
-    read: Pos,
-    acked: Pos,
-    /// Records not yet acknowledged.
-    unacked: u64,
 }
 
 #[derive(Debug)]
@@ -404,239 +151,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn seg_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:020}.seg"))
-}
-
-fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
-    let mut seqs = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        if let Some(seq) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            seqs.push(seq);
-        }
-    }
-    seqs.sort_unstable();
-    Ok(seqs)
-}
-
-fn read_checkpoint(dir: &Path) -> Option<Pos> {
-    let text = fs::read_to_string(dir.join("ack")).ok()?;
-    let mut it = text.split_whitespace();
-    let seq = it.next()?.parse().ok()?;
-    let offset = it.next()?.parse().ok()?;
-    Some(Pos { seq, offset })
-}
-
-/// What a scan of one segment file found.
-#[derive(Debug, Default)]
-struct ScanSummary {
-    records: u64,
-    oldest_ms: Option<i64>,
-    corrupt_regions: u64,
-    corrupt_bytes: u64,
-    /// Offset of a torn final frame, if the file ends inside one.
-    torn_at: Option<u64>,
-}
-
-fn scan_bytes(buf: &[u8], from: usize) -> ScanSummary {
-    let mut s = ScanSummary::default();
-    let mut pos = from;
-    while pos < buf.len() {
-        match frame::scan_at(buf, pos) {
-            frame::Scanned::Frame(f) => {
-                s.records += 1;
-                s.oldest_ms = Some(s.oldest_ms.map_or(f.appended_ms, |o| o.min(f.appended_ms)));
-                pos = f.offset + f.len;
-            }
-            frame::Scanned::Corrupt { offset, len } => {
-                s.corrupt_regions += 1;
-                s.corrupt_bytes += len as u64;
-                pos = offset + len;
-            }
-            frame::Scanned::Incomplete { offset } => {
-                s.torn_at = Some(offset as u64);
-                break;
-            }
-        }
-    }
-    s
-}
-
-impl LaneState {
-    fn open(root: &Path, lane: Lane, stats: &SpoolStats) -> Result<LaneState, SpoolError> {
-        let dir = root.join(lane.as_str());
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let seqs = list_segments(&dir)?;
-        let checkpoint = read_checkpoint(&dir);
-        let mut acked = checkpoint.unwrap_or(Pos {
-            seq: seqs.first().copied().unwrap_or(0),
-            offset: 0,
-        });
-        let mut segments = VecDeque::new();
-        let mut unacked = 0;
-        for &seq in &seqs {
-            let path = seg_path(&dir, seq);
-            if seq < acked.seq {
-                // Acknowledged before a crash that came before its deletion.
-                if let Err(e) = fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "SpoolSegmentDeleteError");
-                }
-                continue;
-            }
-            let buf = fs::read(&path).map_err(io_err(&path))?;
-            let from = if seq == acked.seq {
-                (acked.offset as usize).min(buf.len())
-            } else {
-                0
-            };
-            let summary = scan_bytes(&buf, from);
-            let mut len = buf.len() as u64;
-            if let Some(torn) = summary.torn_at {
-                // A crash mid-write: cut the partial frame so the file ends on a boundary.
-                tracing::warn!(path = %path.display(), offset = torn, "SpoolTornTailTruncated");
-                stats.corrupt_regions.fetch_add(1, Ordering::Relaxed);
-                stats.corrupt_bytes.fetch_add(len - torn, Ordering::Relaxed);
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
-                f.set_len(torn).map_err(io_err(&path))?;
-                len = torn;
-            }
-            if summary.corrupt_regions > 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    regions = summary.corrupt_regions,
-                    bytes = summary.corrupt_bytes,
-                    "SpoolCorruptRegionsFound"
-                );
-            }
-            unacked += summary.records;
-            segments.push_back(Segment { seq, len });
-        }
-        // The checkpoint may point at a segment evicted before the restart: resume at the next.
-        match segments.front() {
-            Some(first) if first.seq > acked.seq => {
-                acked = Pos {
-                    seq: first.seq,
-                    offset: 0,
-                }
-            }
-            Some(first) if first.seq == acked.seq => acked.offset = acked.offset.min(first.len),
-            _ => {}
-        }
-        // Always append to a fresh segment: never write after bytes of unknown state.
-        let next_seq = seqs.last().map_or(0, |s| s + 1).max(acked.seq);
-        let writer = create_segment(&dir, next_seq)?;
-        segments.push_back(Segment {
-            seq: next_seq,
-            len: 0,
-        });
-        if segments.len() == 1 {
-            acked = Pos {
-                seq: next_seq,
-                offset: 0,
-            };
-        }
-        Ok(LaneState {
-            lane,
-            dir,
-            segments,
-            writer,
-            reader: None,
-            read: acked,
-            acked,
-            unacked,
-        })
-    }
-
-    fn bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.len).sum()
-    }
-
-    fn active(&self) -> &Segment {
-        // Invariant: a lane always has an active segment (open and rotate push one first).
-        &self.segments[self.segments.len() - 1]
-    }
-
-    fn rotate(&mut self) -> io::Result<()> {
-        let seq = self.active().seq + 1;
-        let path = seg_path(&self.dir, seq);
-        self.writer = OpenOptions::new().create(true).append(true).open(&path)?;
-        self.segments.push_back(Segment { seq, len: 0 });
-        Ok(())
-    }
-
-    fn segment_len(&self, seq: u64) -> Option<u64> {
-        self.segments.iter().find(|s| s.seq == seq).map(|s| s.len)
-    }
-
-    fn next_seq_after(&self, seq: u64) -> Option<u64> {
-        self.segments.iter().map(|s| s.seq).find(|&s| s > seq)
-    }
-
-    fn write_checkpoint(&self, sync: bool) -> io::Result<()> {
-        let tmp = self.dir.join("ack.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(format!("{} {}\n", self.acked.seq, self.acked.offset).as_bytes())?;
-        if sync {
-            f.sync_data()?;
-        }
-        fs::rename(&tmp, self.dir.join("ack"))
-    }
-
-    /// Deletes segments wholly behind the checkpoint; returns the bytes freed.
-    fn delete_acked_segments(&mut self) -> u64 {
-        let mut freed = 0;
-        while self.segments.len() > 1 && self.segments[0].seq < self.acked.seq {
-            let seg = self.segments.pop_front().map_or(0, |s| {
-                remove_segment(&self.dir, s.seq);
-                s.len
-            });
-            freed += seg;
-        }
-        freed
-    }
-}
-
-fn create_segment(dir: &Path, seq: u64) -> Result<File, SpoolError> {
-    let path = seg_path(dir, seq);
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io_err(&path))
-}
-
-fn remove_segment(dir: &Path, seq: u64) {
-    let path = seg_path(dir, seq);
-    if let Err(e) = fs::remove_file(&path) {
-        tracing::warn!(path = %path.display(), error = %e, "SpoolSegmentDeleteError");
-    }
-}
-
-/// Reads `len` bytes at `offset`, or fewer at the end of the file.
-fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0; len];
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 /// How much to read from a segment at once.
@@ -861,9 +375,9 @@ impl Spool {
 
     /// Takes the next records not yet handed out, anomalies first, up to `max_records` and
     /// `max_bytes` (wire data plus partition keys; a single larger record still comes alone).
-    pub fn read_batch(&self, max_records: usize, max_bytes: usize) -> Batch {
+    pub fn read_batch(&self, max_records: usize, max_bytes: usize) -> SpooledBatch {
         let mut inner = self.lock();
-        let mut batch = Batch::default();
+        let mut batch = SpooledBatch::default();
         let mut bytes = 0usize;
         for lane in Lane::ALL {
             let state = &mut inner.lanes[lane.idx()];
@@ -875,7 +389,7 @@ impl Spool {
     fn read_lane(
         &self,
         state: &mut LaneState,
-        batch: &mut Batch,
+        batch: &mut SpooledBatch,
         bytes: &mut usize,
         max_records: usize,
         max_bytes: usize,
@@ -1006,7 +520,7 @@ impl Spool {
 
     /// Marks a batch as delivered: moves each lane's checkpoint past it and deletes segments
     /// left wholly behind. Batches must be acknowledged in the order they were read.
-    pub fn ack(&self, batch: &Batch) {
+    pub fn ack(&self, batch: &SpooledBatch) {
         let mut inner = self.lock();
         let sync = inner.settings.fsync != FsyncPolicy::Never;
         let mut freed = 0;
@@ -1079,72 +593,6 @@ impl Spool {
             }
         }
     }
-}
-
-/// What `selfheal agent spool inspect` shows about one lane.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LaneInspection {
-    /// Segment files present.
-    pub segments: usize,
-    /// Unacknowledged records (valid frames after the checkpoint).
-    pub records: u64,
-    /// Bytes of segment files.
-    pub bytes: u64,
-    /// When the oldest unacknowledged record was spooled, unix milliseconds.
-    pub oldest_ms: Option<i64>,
-    /// Corrupt or torn regions that reading will skip.
-    pub corrupt_regions: u64,
-}
-
-/// A read-only look at a spool directory (for operators; safe while the agent runs, though the
-/// numbers may then be a moment old).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Inspection {
-    /// Anomaly lane.
-    pub anomaly: LaneInspection,
-    /// Sample lane.
-    pub sample: LaneInspection,
-}
-
-/// Scans a spool directory without changing it.
-pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
-    // A typo in --dir must not look like an empty spool.
-    fs::metadata(dir).map_err(io_err(dir))?;
-    let mut out = Inspection::default();
-    for lane in Lane::ALL {
-        let lane_dir = dir.join(lane.as_str());
-        if !lane_dir.is_dir() {
-            continue;
-        }
-        let acked = read_checkpoint(&lane_dir).unwrap_or_default();
-        let mut li = LaneInspection::default();
-        for seq in list_segments(&lane_dir)? {
-            if seq < acked.seq {
-                continue;
-            }
-            let path = seg_path(&lane_dir, seq);
-            let buf = fs::read(&path).map_err(io_err(&path))?;
-            let from = if seq == acked.seq {
-                (acked.offset as usize).min(buf.len())
-            } else {
-                0
-            };
-            let s = scan_bytes(&buf, from);
-            li.segments += 1;
-            li.bytes += buf.len() as u64;
-            li.records += s.records;
-            li.corrupt_regions += s.corrupt_regions + u64::from(s.torn_at.is_some());
-            li.oldest_ms = match (li.oldest_ms, s.oldest_ms) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        match lane {
-            Lane::Anomaly => out.anomaly = li,
-            Lane::Sample => out.sample = li,
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

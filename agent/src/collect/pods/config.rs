@@ -1,0 +1,251 @@
+//! What the pod source is and how to reach it: [`PodsConfig`] as the agent's config file and
+//! environment give it, checked by [`PodsConfig::validate`], and `auto` resolved against the
+//! environment the agent runs in.
+
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Default path of the service-account token mounted into every pod.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// Default path of the cluster CA bundle mounted next to the token.
+pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// Default kubelet endpoint (the kubelet's authenticated port on the node itself).
+pub const DEFAULT_KUBELET_URL: &str = "https://127.0.0.1:10250";
+
+/// Which source pod identities come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodSource {
+    /// `api` when `KUBERNETES_SERVICE_HOST` is set (running in a cluster), else `none`.
+    #[default]
+    Auto,
+    /// The API server: list and watch this node's pods.
+    Api,
+    /// The kubelet's `/pods` endpoint, polled. The kubelet authorizes `/pods` as `get` on
+    /// `nodes/proxy` (or `nodes/pods` with the `KubeletFineGrainedAuthz` feature), which is
+    /// broader than the `api` source's get/list/watch on pods: prefer `api`.
+    Kubelet,
+    /// No pod identity: records carry only the UID from the cgroup path.
+    None,
+}
+
+/// Where pod identities come from and how to reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodsConfig {
+    /// `auto` (default), `api`, `kubelet` or `none`. `auto` means `api` inside a cluster
+    /// (`KUBERNETES_SERVICE_HOST` set) and `none` elsewhere.
+    pub source: PodSource,
+    /// API server base URL. Defaults to `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub api_url: Option<String>,
+    /// Kubelet base URL for the `kubelet` source.
+    pub kubelet_url: String,
+    /// File holding the bearer token; read again on every (re)connect because projected tokens
+    /// rotate. A missing file means requests go without a token.
+    pub token_file: PathBuf,
+    /// PEM bundle of the CA that signs the API server's (or kubelet's) certificate; used for
+    /// `https` URLs unless `insecure_skip_tls_verify` is set.
+    pub ca_file: PathBuf,
+    /// Accept any server certificate. DANGEROUS: anyone on the path can impersonate the server
+    /// and read the token. Only for kubelets with self-signed serving certificates on a trusted
+    /// node-local address.
+    pub insecure_skip_tls_verify: bool,
+    /// Seconds between full re-lists: the kubelet source polls this often, and the API source
+    /// asks the server to end each watch after this long, then lists again.
+    pub resync_secs: u64,
+    /// Seconds allowed for one list request, and for a watch stream to stay silent beyond
+    /// `resync_secs` before the connection is considered dead.
+    pub request_timeout_secs: u64,
+    /// Fewest seconds between two re-lists asked for by [`PodDirectory::request_relist`] (a
+    /// cgroup of a pod not yet known), so a burst of new pods costs one list.
+    pub min_relist_interval_secs: u64,
+}
+
+impl Default for PodsConfig {
+    fn default() -> Self {
+        PodsConfig {
+            source: PodSource::Auto,
+            api_url: None,
+            kubelet_url: DEFAULT_KUBELET_URL.into(),
+            token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
+            ca_file: PathBuf::from(DEFAULT_CA_FILE),
+            insecure_skip_tls_verify: false,
+            resync_secs: 300,
+            request_timeout_secs: 30,
+            min_relist_interval_secs: 5,
+        }
+    }
+}
+
+/// A [`PodsConfig`] value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid agent configuration: field `{field}`: {reason}")]
+pub struct PodsConfigError {
+    /// Dotted path of the field from the agent config root, e.g. `pods.resync_secs`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl PodsConfig {
+    /// The source in effect: `auto` resolved against the environment.
+    pub fn resolved_source(&self) -> PodSource {
+        self.resolve_source_with(std::env::var("KUBERNETES_SERVICE_HOST").ok().as_deref())
+    }
+
+    fn resolve_source_with(&self, service_host: Option<&str>) -> PodSource {
+        match self.source {
+            PodSource::Auto if service_host.is_some_and(|h| !h.is_empty()) => PodSource::Api,
+            PodSource::Auto => PodSource::None,
+            other => other,
+        }
+    }
+
+    /// The API server URL in effect: `api_url`, or the in-cluster service address.
+    pub fn resolved_api_url(&self) -> Option<String> {
+        self.api_url.clone().or_else(|| {
+            let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+            Some(in_cluster_url(&host, &port))
+        })
+    }
+
+    /// Checks every field; the error names the field. Called by the agent's config validation.
+    pub fn validate(&self) -> Result<(), PodsConfigError> {
+        let bad = |field, reason: String| Err(PodsConfigError { field, reason });
+        if !(1..=86_400).contains(&self.resync_secs) {
+            return bad(
+                "pods.resync_secs",
+                format!("must be in 1..=86400, got {}", self.resync_secs),
+            );
+        }
+        if !(1..=600).contains(&self.request_timeout_secs) {
+            return bad(
+                "pods.request_timeout_secs",
+                format!("must be in 1..=600, got {}", self.request_timeout_secs),
+            );
+        }
+        if self.min_relist_interval_secs > 3600 {
+            return bad(
+                "pods.min_relist_interval_secs",
+                format!(
+                    "must be at most 3600, got {}",
+                    self.min_relist_interval_secs
+                ),
+            );
+        }
+        check_url("pods.kubelet_url", &self.kubelet_url)?;
+        if let Some(u) = &self.api_url {
+            check_url("pods.api_url", u)?;
+        }
+        if self.resolved_source() == PodSource::Api && self.resolved_api_url().is_none() {
+            return bad(
+                "pods.api_url",
+                "source is `api` but api_url is unset and KUBERNETES_SERVICE_HOST is empty".into(),
+            );
+        }
+        if self.token_file.as_os_str().is_empty() {
+            return bad("pods.token_file", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+fn in_cluster_url(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    }
+}
+
+fn check_url(field: &'static str, url: &str) -> Result<Url, PodsConfigError> {
+    let parsed = Url::parse(url).map_err(|e| PodsConfigError {
+        field,
+        reason: format!("{url:?} is not a URL ({e})"),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(PodsConfigError {
+            field,
+            reason: format!("{url:?} must be an http:// or https:// URL with a host"),
+        });
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_source_follows_the_environment() {
+        let c = PodsConfig::default();
+        assert_eq!(c.resolve_source_with(Some("10.96.0.1")), PodSource::Api);
+        assert_eq!(c.resolve_source_with(None), PodSource::None);
+        assert_eq!(c.resolve_source_with(Some("")), PodSource::None);
+        let k = PodsConfig {
+            source: PodSource::Kubelet,
+            ..c
+        };
+        assert_eq!(k.resolve_source_with(Some("10.96.0.1")), PodSource::Kubelet);
+        assert_eq!(in_cluster_url("fd00::1", "443"), "https://[fd00::1]:443");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let field = |c: PodsConfig| c.validate().expect_err("invalid").field;
+        let base = PodsConfig {
+            source: PodSource::None,
+            ..PodsConfig::default()
+        };
+        base.validate().expect("defaults are valid");
+        assert_eq!(
+            field(PodsConfig {
+                resync_secs: 0,
+                ..base.clone()
+            }),
+            "pods.resync_secs"
+        );
+        assert_eq!(
+            field(PodsConfig {
+                request_timeout_secs: 0,
+                ..base.clone()
+            }),
+            "pods.request_timeout_secs"
+        );
+        assert_eq!(
+            field(PodsConfig {
+                kubelet_url: "127.0.0.1:10250".into(),
+                ..base.clone()
+            }),
+            "pods.kubelet_url"
+        );
+        assert_eq!(
+            field(PodsConfig {
+                api_url: Some("ftp://x".into()),
+                ..base.clone()
+            }),
+            "pods.api_url"
+        );
+        let msg = PodsConfig {
+            resync_secs: 0,
+            ..base
+        }
+        .validate()
+        .expect_err("invalid")
+        .to_string();
+        assert!(msg.contains("`pods.resync_secs`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_config_fields_are_refused() {
+        let err = serde_json::from_str::<PodsConfig>(r#"{"sorce":"api"}"#)
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("sorce"), "{err}");
+        let c: PodsConfig = serde_json::from_str(r#"{"source":"kubelet"}"#).expect("valid");
+        assert_eq!(c.source, PodSource::Kubelet);
+        assert_eq!(c.kubelet_url, DEFAULT_KUBELET_URL);
+    }
+}
