@@ -484,7 +484,7 @@ fn the_daemonset_configmap_is_a_valid_agent_config_forwarding_to_kinesis() {
     // In a pod, KUBERNETES_SERVICE_HOST names the API server.
     cfg.pods.api_url = Some("https://10.96.0.1:443".into());
     let daemonset =
-        std::fs::read_to_string(crate::support::repo_root().join("daemonset/daemonset.yaml"))
+        std::fs::read_to_string(crate::support::repo_root().join("daemonset/agent/daemonset.yaml"))
             .expect("daemonset");
     // The models directory is the models volume's mount; here it is a directory of this host.
     let models = cfg

@@ -822,6 +822,8 @@ mod tests {
                 n_trees: 10,
                 ..ForestParams::default()
             },
+            // 1 %: enough rows needed that they outnumber the feature warm-up.
+            threshold: ThresholdRule::Contamination(0.01),
             ..TrainConfig::default()
         };
         let ThresholdRule::Contamination(c) = cfg.threshold else {

@@ -354,7 +354,11 @@ mod tests {
     #[test]
     fn never_splits_constant_feature_and_respects_depth() {
         let rows = blob(500, 2);
-        let f = train_forest(&rows, &ForestParams::default()).expect("train");
+        let p = ForestParams {
+            max_samples: 256,
+            ..ForestParams::default()
+        };
+        let f = train_forest(&rows, &p).expect("train");
         assert_eq!(f.max_samples, 256);
         for t in &f.trees {
             let mut depth = vec![0usize; t.nodes.len()];

@@ -203,6 +203,9 @@ fn train_warns_when_the_model_outgrows_a_configmap() {
             &p(&out),
             "--trees",
             trees,
+            // The sizes below are for trees of 256 samples (the default is smaller).
+            "--max-samples",
+            "256",
         ]);
         let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
         ok(run);
