@@ -157,6 +157,8 @@ pub struct Settings {
     pub sampling: SamplingSettings,
     /// Where models come from (`models.source` parsed and checked), `None` without scoring.
     pub models_source: Option<ModelSource>,
+    /// The model public keys (`models.public_keys` and `models.public_key_files`, parsed).
+    pub model_keys: std::sync::Arc<[selfheal_core::signature::VerifyingKey]>,
 }
 
 impl AgentConfig {
@@ -270,6 +272,7 @@ impl AgentConfig {
             });
         }
         let models_source = self.models.validate()?;
+        let model_keys = self.models.verifying_keys()?.into();
         let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
         let spool = self.spool.validate().map_err(|e| match e {
             crate::forward::spool::SpoolError::Invalid { field, reason } => invalid(field, reason),
@@ -301,11 +304,66 @@ impl AgentConfig {
             pods: self.pods,
             models: self.models,
             models_source,
+            model_keys,
         })
     }
 }
 
 impl ModelsConfig {
+    /// The configured model public keys, each parsed; a key file inside the models source or
+    /// cache is refused (whoever writes models there could write the key too).
+    fn verifying_keys(
+        &self,
+    ) -> Result<Vec<selfheal_core::signature::VerifyingKey>, ConfigError> {
+        use selfheal_core::signature::parse_verifying_key;
+        let mut keys = Vec::new();
+        for (i, text) in self.public_keys.iter().enumerate() {
+            keys.push(
+                parse_verifying_key(text).map_err(|e| ConfigError::Invalid {
+                    field: "models.public_keys",
+                    reason: format!("entry {i}: {e}"),
+                })?,
+            );
+        }
+        let model_dirs: Vec<PathBuf> = [
+            self.source
+                .as_deref()
+                .filter(|s| !s.starts_with("s3://"))
+                .map(PathBuf::from),
+            Some(self.cache_dir.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
+        for path in &self.public_key_files {
+            let invalid = |reason: String| ConfigError::Invalid {
+                field: "models.public_key_files",
+                reason: format!("{}: {reason}", path.display()),
+            };
+            let real = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
+            if let Some(dir) = model_dirs.iter().find(|d| real.starts_with(d)) {
+                return Err(invalid(format!(
+                    "is inside the models directory {}: a key must not come from where the \
+                     models come from",
+                    dir.display()
+                )));
+            }
+            // A key is 64 or 44 characters: reading more than a line's worth is never needed.
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(
+                    std::fs::File::open(&real).map_err(|e| invalid(e.to_string()))?,
+                    4096,
+                ),
+                &mut text,
+            )
+            .map_err(|e| invalid(e.to_string()))?;
+            keys.push(parse_verifying_key(&text).map_err(|e| invalid(e.to_string()))?);
+        }
+        Ok(keys)
+    }
+
     /// Checks `source` (an existing directory, or a valid `s3://` URL whose cache directory can
     /// be created) and returns it parsed.
     fn validate(&self) -> Result<Option<ModelSource>, ConfigError> {
@@ -384,6 +442,33 @@ mod tests {
     }
 
     #[test]
+    fn model_keys_come_inline_or_from_files_never_from_the_models_directory() {
+        let key = selfheal_core::signature::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let hex = selfheal_core::signature::verifying_key_text(&key);
+        let keys = tempfile::tempdir().expect("tempdir");
+        let models = tempfile::tempdir().expect("tempdir");
+        let outside = keys.path().join("model.pub");
+        std::fs::write(&outside, format!("{hex}\n")).expect("write key");
+        let s = load_str(&format!(
+            "[models]\nsource = {:?}\npublic_keys = [{hex:?}]\npublic_key_files = [{:?}]",
+            models.path(),
+            outside
+        ))
+        .expect("inline and file keys");
+        assert_eq!(&s.model_keys[..], &[key, key]);
+        assert!(load_str("").expect("defaults").model_keys.is_empty());
+        let inside = models.path().join("model.pub");
+        std::fs::write(&inside, &hex).expect("write key");
+        let err = load_str(&format!(
+            "[models]\nsource = {:?}\npublic_key_files = [{inside:?}]",
+            models.path()
+        ))
+        .expect_err("a key beside the models")
+        .to_string();
+        assert!(err.contains("inside the models directory"), "{err}");
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let err = load_str("intervall_secs = 3")
             .expect_err("typo must fail")
@@ -445,6 +530,14 @@ mod tests {
             .expect_err("p")
             .to_string();
         assert!(err.contains("`sampling.min_probability`"), "{err}");
+        let err = load_str("[models]\npublic_keys = [\"abcd\"]")
+            .expect_err("not a key")
+            .to_string();
+        assert!(err.contains("`models.public_keys`"), "{err}");
+        let err = load_str("[models]\npublic_key_files = [\"/nonexistent/key.pub\"]")
+            .expect_err("no such file")
+            .to_string();
+        assert!(err.contains("`models.public_key_files`"), "{err}");
         let err = load_str("[models]\nwindow_records = 100000")
             .expect_err("window")
             .to_string();

@@ -32,6 +32,9 @@ use selfheal_core::family::{Family, Metric};
 use selfheal_core::features::{FeatureExtractor, FeatureSpec};
 use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE, SignalError, family_metrics};
 use selfheal_core::schema::{Anomaly, Record, Subject};
+use selfheal_core::signature::{
+    SIGNATURE_FILE, Signed, SuccessionError, VerifyingKey, check_succession,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -65,6 +68,14 @@ pub struct ModelsConfig {
     pub poll_secs: f64,
     /// Raw records kept per series and attached to an anomaly (the flight recorder).
     pub window_records: usize,
+    /// Ed25519 public keys models must be signed by, inline: 64 hex digits or 44 characters of
+    /// base64 each (`selfheal model keygen` writes them). With any key here or in
+    /// `public_key_files`, an unsigned or badly signed model is refused; with none, models
+    /// load unverified and each load logs a warning.
+    pub public_keys: Vec<String>,
+    /// Files holding one public key each (same forms), e.g. a mounted Secret. Never inside the
+    /// models source or cache: a key must not come from where the models come from.
+    pub public_key_files: Vec<PathBuf>,
 }
 
 impl Default for ModelsConfig {
@@ -76,6 +87,8 @@ impl Default for ModelsConfig {
             endpoint_url: None,
             poll_secs: 30.0,
             window_records: 60,
+            public_keys: Vec::new(),
+            public_key_files: Vec::new(),
         }
     }
 }
@@ -134,6 +147,16 @@ pub enum DetectError {
         #[source]
         source: SignalError,
     },
+    /// The model verified but may not replace the loaded one: an older signature (a replay)
+    /// or an older version not signed as a rollback.
+    #[error("model {version:?} may not replace the loaded model")]
+    Succession {
+        /// The refused version.
+        version: String,
+        /// Why.
+        #[source]
+        source: SuccessionError,
+    },
     /// Scoring a cycle's batch failed; the family's records pass through unscored.
     #[error("scoring {family}")]
     Score {
@@ -143,6 +166,27 @@ pub enum DetectError {
         #[source]
         source: ScoreError,
     },
+}
+
+impl DetectError {
+    /// A short, stable name for the kind of refusal: the `reason` label of
+    /// `selfheal_agent_model_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DetectError::Latest { .. } => "latest",
+            DetectError::Load { source, .. } => source.reason(),
+            DetectError::Signals { .. } => "signals",
+            DetectError::Succession {
+                source: SuccessionError::Stale { .. },
+                ..
+            } => "stale_signature",
+            DetectError::Succession {
+                source: SuccessionError::UnsignedRollback { .. },
+                ..
+            } => "unsigned_rollback",
+            DetectError::Score { .. } => "score",
+        }
+    }
 }
 
 /// What a poll found for one family.
@@ -170,7 +214,7 @@ pub enum ModelEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
     dir: PathBuf,
-    files: [(Option<SystemTime>, u64); 2],
+    files: [(Option<SystemTime>, u64); 3],
 }
 
 fn fingerprint(dir: &Path) -> Fingerprint {
@@ -181,7 +225,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     };
     Fingerprint {
         dir: dir.to_owned(),
-        files: [stat(MODEL_FILE), stat(MANIFEST_FILE)],
+        files: [stat(MODEL_FILE), stat(MANIFEST_FILE), stat(SIGNATURE_FILE)],
     }
 }
 
@@ -209,14 +253,26 @@ pub struct ModelRegistry {
     /// The fingerprint last tried per family, loaded or refused: a refused model is not retried
     /// until its files change.
     tried: HashMap<Family, Fingerprint>,
+    /// Keys a model must be signed by; empty: models load unverified, with a warning.
+    keys: Arc<[VerifyingKey]>,
+    /// The signature of each family's loaded model: what the next one must succeed.
+    signed: HashMap<Family, Signed>,
 }
 
 impl ModelRegistry {
-    /// A registry over `root`; nothing is loaded until [`ModelRegistry::poll`].
+    /// A registry over `root` trusting no key; nothing is loaded until [`ModelRegistry::poll`].
     pub fn new(root: PathBuf) -> Self {
+        ModelRegistry::with_keys(root, Arc::from(Vec::new()))
+    }
+
+    /// A registry over `root` that loads only models signed by one of `keys` (none: any
+    /// model, each load warned about), in succession ([`check_succession`]).
+    pub fn with_keys(root: PathBuf, keys: Arc<[VerifyingKey]>) -> Self {
         ModelRegistry {
             root,
             tried: HashMap::new(),
+            keys,
+            signed: HashMap::new(),
         }
     }
 
@@ -256,7 +312,22 @@ impl ModelRegistry {
                 continue;
             }
             self.tried.insert(family, print);
-            let event = match load_for(family, &dir) {
+            let loaded = load_trusted_for(family, &dir, &self.keys).and_then(|(scorer, signed)| {
+                let Some(signed) = signed else {
+                    tracing::warn!(%family, version = %scorer.manifest().version, dir = %dir.display(), "ModelUnverified: no model public key is configured (models.public_keys), so this model's signature was not checked");
+                    return Ok(scorer);
+                };
+                check_succession(self.signed.get(&family), &signed).map_err(|source| {
+                    DetectError::Succession {
+                        version: scorer.manifest().version.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(%family, version = %scorer.manifest().version, key_id = %signed.key_id, serial = signed.statement.serial, signed_at_ms = signed.statement.signed_at_ms, rollback = signed.statement.rollback, "ModelSignatureVerified");
+                self.signed.insert(family, signed);
+                Ok(scorer)
+            });
+            let event = match loaded {
                 Ok(scorer) => {
                     tracing::info!(%family, version = %scorer.manifest().version, dir = %dir.display(), "ModelLoaded");
                     ModelEvent::Loaded {
@@ -317,17 +388,26 @@ fn log_refused(family: Family, version: Option<&str>, error: &DetectError) {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ");
-    tracing::warn!(%family, version = version.unwrap_or("-"), error = %error, cause = %chain, "ModelRefused");
+    tracing::warn!(%family, version = version.unwrap_or("-"), reason = error.reason(), error = %error, cause = %chain, "ModelRefused");
 }
 
-/// Loads `dir` and checks it is a model for `family`.
+/// Loads `dir` and checks it is a model for `family` (no key: nothing verified).
 pub fn load_for(family: Family, dir: &Path) -> Result<Scorer, DetectError> {
-    let scorer = Scorer::load(dir).map_err(|source| DetectError::Load {
+    load_trusted_for(family, dir, &[]).map(|(scorer, _)| scorer)
+}
+
+/// Loads `dir` with [`Scorer::load_trusted`] and checks it is a model for `family`.
+pub fn load_trusted_for(
+    family: Family,
+    dir: &Path,
+    keys: &[VerifyingKey],
+) -> Result<(Scorer, Option<Signed>), DetectError> {
+    let (scorer, signed) = Scorer::load_trusted(dir, keys).map_err(|source| DetectError::Load {
         dir: dir.to_owned(),
         source,
     })?;
     model_metrics(family, &scorer.manifest().features.signals)?;
-    Ok(scorer)
+    Ok((scorer, signed))
 }
 
 /// A family's model and the metric each of its signals reads.

@@ -34,6 +34,15 @@ struct ModelLoadLabels {
     result: &'static str,
 }
 
+/// Labels of `selfheal_agent_model_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelRefusedLabels {
+    /// Metric family of the model.
+    family: &'static str,
+    /// Why ([`crate::detect::DetectError::reason`]): `unsigned`, `bad_signature`, `bounds`, ...
+    reason: &'static str,
+}
+
 /// Labels of `selfheal_agent_model_info`: one series per family, set to 1 for the version in use.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelInfoLabels {
@@ -47,6 +56,7 @@ struct ModelInfoLabels {
 #[derive(Debug, Default)]
 struct PollerMetrics {
     loads: MetricFamily<ModelLoadLabels, Counter>,
+    refused: MetricFamily<ModelRefusedLabels, Counter>,
     info: MetricFamily<ModelInfoLabels, Gauge>,
     source_errors: Counter,
 }
@@ -58,6 +68,12 @@ impl PollerMetrics {
             "model_loads",
             "Model directories loaded or refused",
             m.loads.clone(),
+        );
+        registry.register(
+            "model_refused",
+            "Model directories refused, by reason (unsigned, bad_signature, bounds, ...); the \
+             previous model stays",
+            m.refused.clone(),
         );
         registry.register(
             "model_info",
@@ -135,6 +151,8 @@ pub struct ModelPoller {
     next_poll: Instant,
     versions: HashMap<Family, String>,
     metrics: PollerMetrics,
+    /// The model public keys from the config, for every registry made.
+    keys: std::sync::Arc<[selfheal_core::signature::VerifyingKey]>,
 }
 
 impl ModelPoller {
@@ -158,9 +176,16 @@ impl ModelPoller {
                 )
             }
         };
+        if root.is_some() && settings.model_keys.is_empty() {
+            tracing::warn!(
+                "ModelKeysUnset: no model public key is configured (models.public_keys); models \
+                 will load without a signature check"
+            );
+        }
+        let keys = settings.model_keys.clone();
         ModelPoller {
             source: root.clone().map(|root| Source {
-                registry: ModelRegistry::new(root),
+                registry: ModelRegistry::with_keys(root, keys.clone()),
                 mirror: mirror.clone(),
             }),
             root,
@@ -170,6 +195,7 @@ impl ModelPoller {
             next_poll: Instant::now(),
             versions: HashMap::new(),
             metrics: PollerMetrics::register(registry),
+            keys,
         }
     }
 
@@ -217,7 +243,7 @@ impl ModelPoller {
         // After a panic, start over with a fresh registry (all reloaded).
         self.source = outcome.source.or_else(|| {
             self.root.clone().map(|root| Source {
-                registry: ModelRegistry::new(root),
+                registry: ModelRegistry::with_keys(root, self.keys.clone()),
                 mirror: self.fresh_mirror.clone(),
             })
         });
@@ -243,7 +269,16 @@ impl ModelPoller {
                         .set(1);
                     (*family, "loaded")
                 }
-                ModelEvent::Refused { family, .. } => (*family, "refused"),
+                ModelEvent::Refused { family, error, .. } => {
+                    self.metrics
+                        .refused
+                        .get_or_create(&ModelRefusedLabels {
+                            family: family.as_str(),
+                            reason: error.reason(),
+                        })
+                        .inc();
+                    (*family, "refused")
+                }
             };
             self.metrics
                 .loads
