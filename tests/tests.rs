@@ -15,6 +15,7 @@ mod lake;
 mod manifests;
 mod model;
 mod model_push;
+mod model_signing;
 mod pipeline;
 mod pods;
 mod score;

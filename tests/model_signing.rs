@@ -1,0 +1,449 @@
+//! Signed and bounded models (issue 11, item 2): the agent's registry and poller with model
+//! keys configured and without, on model directories published by `selfheal_model_export`;
+//! a graph whose `n_targets` would size a 1 TiB allocation, loaded in a child process whose
+//! address space is bounded so an abort would show; and the S3 mirror against a loopback
+//! server that sends a model without `Content-Length`.
+
+use crate::support::forest::{self, Rng, dataset, grow_forest};
+use crate::support::moto::s3_client;
+use futures_util::StreamExt as _;
+use prometheus_client::registry::Registry;
+use selfheal_agent::config::AgentConfig;
+use selfheal_agent::detect::{
+    DetectError, ModelEvent, ModelRegistry, ModelsConfig, SeriesDetector, family_signals,
+};
+use selfheal_agent::models::mirror::{MirrorError, S3Mirror};
+use selfheal_agent::models::poller::ModelPoller;
+use selfheal_agent::score::{ScoreError, Scorer};
+use selfheal_core::Family;
+use selfheal_core::features::FeatureSpec;
+use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE, ModelManifest};
+use selfheal_core::signature::{SIGNATURE_FILE, SigningKey, VerifyingKey, verifying_key_text};
+use selfheal_core::store::S3Store;
+use selfheal_model_export::onnx::{sha256_hex, write_model_dir, write_set_dir};
+use selfheal_model_export::publish::{Signing, publish};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn publisher_key() -> SigningKey {
+    SigningKey::from_bytes(&[11; 32])
+}
+
+fn keys() -> Arc<[VerifyingKey]> {
+    Arc::from(vec![publisher_key().verifying_key()])
+}
+
+/// A node CPU model directory `<root>/src-<version>` (value features over the cpu metrics,
+/// `windows` if any).
+fn cpu_model(root: &Path, version: &str, windows: Vec<usize>) -> PathBuf {
+    let signals = family_signals(Family::Cpu);
+    let mut spec = FeatureSpec::raw(signals.clone());
+    spec.windows = windows;
+    spec.mean = !spec.windows.is_empty();
+    let mut rng = Rng::new(3);
+    let n = spec.len();
+    let train = dataset(&mut rng, 512, n);
+    let forest = grow_forest(&mut rng, &train, n, 10, 64);
+    let manifest = forest::manifest(
+        &forest,
+        spec,
+        Family::Cpu.as_str(),
+        version,
+        0.6,
+        AlarmRule::default(),
+    );
+    let dir = root.join(format!("src-{version}"));
+    write_model_dir(&dir, &forest, manifest).expect("write model dir");
+    dir
+}
+
+fn signing(rollback: bool) -> Signing {
+    Signing {
+        key: publisher_key(),
+        rollback,
+    }
+}
+
+fn read_manifest(dir: &Path) -> ModelManifest {
+    serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).expect("read")).expect("json")
+}
+
+/// The one refusal in `events`.
+fn refusal(events: &[ModelEvent]) -> &DetectError {
+    match events {
+        [ModelEvent::Refused { error, .. }] => error,
+        other => panic!("expected one refusal, got {other:?}"),
+    }
+}
+
+fn loaded_version(events: &[ModelEvent]) -> String {
+    match events {
+        [ModelEvent::Loaded { scorer, .. }] => scorer.manifest().version.clone(),
+        other => panic!("expected one load, got {other:?}"),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[test]
+fn a_manifest_edited_to_threshold_1e300_with_a_recomputed_checksum_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let src = cpu_model(tmp.path(), "v1", vec![]);
+    let dest = publish(&src, &store, Some(&signing(false))).expect("signed publish");
+    assert!(dest.join(SIGNATURE_FILE).is_file());
+    let mut registry = ModelRegistry::with_keys(store.clone(), keys());
+    assert_eq!(loaded_version(&registry.poll()), "v1");
+
+    // The bucket's writer edits the threshold (1e300 silences the family) and, to pass the
+    // checksum too, swaps in another graph and recomputes `model_sha256` for it.
+    let other = cpu_model(tmp.path(), "other", vec![]);
+    let model = std::fs::read(other.join(MODEL_FILE)).expect("read");
+    let mut manifest = read_manifest(&dest);
+    manifest.threshold = 1e300;
+    manifest.model_sha256 = sha256_hex(&model);
+    std::fs::write(dest.join(MODEL_FILE), &model).expect("write model");
+    std::fs::write(
+        dest.join(MANIFEST_FILE),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("write manifest");
+    let events = registry.poll();
+    let error = refusal(&events);
+    assert_eq!(error.reason(), "bad_signature", "{}", chain(error));
+    assert!(
+        chain(error).contains("does not verify"),
+        "the log says why: {}",
+        chain(error)
+    );
+
+    // The threshold alone edited, the model left as signed: refused the same way.
+    let src2 = cpu_model(tmp.path(), "v2", vec![]);
+    let dest2 = publish(&src2, &store, Some(&signing(false))).expect("publish v2");
+    let mut registry = ModelRegistry::with_keys(store.clone(), keys());
+    assert_eq!(loaded_version(&registry.poll()), "v2");
+    let text = std::fs::read_to_string(dest2.join(MANIFEST_FILE)).expect("read");
+    let silenced = text.replace("\"threshold\": 0.6", "\"threshold\": 1e300");
+    assert_ne!(silenced, text);
+    std::fs::write(dest2.join(MANIFEST_FILE), silenced).expect("write");
+    assert_eq!(refusal(&registry.poll()).reason(), "bad_signature");
+
+    // With no key configured, the bounds still refuse a threshold outside the score range.
+    let mut unkeyed = ModelRegistry::new(store);
+    let events = unkeyed.poll();
+    let error = refusal(&events);
+    assert_eq!(error.reason(), "bounds", "{}", chain(error));
+    assert!(chain(error).contains("`threshold`"), "{}", chain(error));
+}
+
+#[test]
+fn an_unsigned_model_is_refused_where_a_key_is_configured_and_loads_with_a_warning_where_none_is()
+{
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let src = cpu_model(tmp.path(), "v1", vec![]);
+    publish(&src, &store, None).expect("unsigned publish");
+    let mut keyed = ModelRegistry::with_keys(store.clone(), keys());
+    let events = keyed.poll();
+    let error = refusal(&events);
+    assert_eq!(error.reason(), "unsigned", "{}", chain(error));
+    assert!(chain(error).contains(SIGNATURE_FILE), "{}", chain(error));
+    // Not retried until the files change; signing it (a new signature.json) loads it.
+    assert!(keyed.poll().is_empty());
+    publish(&src, &store, Some(&signing(false))).expect("sign the published version");
+    assert_eq!(loaded_version(&keyed.poll()), "v1");
+
+    // Signed by another key: refused, naming the key.
+    let other = Signing {
+        key: SigningKey::from_bytes(&[12; 32]),
+        rollback: false,
+    };
+    let src2 = cpu_model(tmp.path(), "v2", vec![]);
+    publish(&src2, &store, Some(&other)).expect("publish with another key");
+    assert_eq!(refusal(&keyed.poll()).reason(), "unknown_key");
+
+    // No key configured: the same unsigned model loads (existing setups keep working).
+    let plain = tmp.path().join("plain");
+    publish(&src, &plain, None).expect("unsigned publish");
+    assert_eq!(loaded_version(&ModelRegistry::new(plain).poll()), "v1");
+}
+
+#[test]
+fn an_older_version_needs_a_signed_rollback() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let v1 = cpu_model(tmp.path(), "v1", vec![]);
+    let v2 = cpu_model(tmp.path(), "v2", vec![]);
+    publish(&v1, &store, Some(&signing(false))).expect("v1");
+    let mut registry = ModelRegistry::with_keys(store.clone(), keys());
+    assert_eq!(loaded_version(&registry.poll()), "v1");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    publish(&v2, &store, Some(&signing(false))).expect("v2");
+    assert_eq!(loaded_version(&registry.poll()), "v2");
+    // `latest` pointed back at v1 with its old signature: a replay, refused.
+    std::fs::write(store.join("cpu/latest"), "v1\n").expect("point latest back");
+    let events = registry.poll();
+    assert_eq!(refusal(&events).reason(), "stale_signature");
+    // Re-signed without saying rollback: v1's serial is older than v2's, refused.
+    publish(&v1, &store, Some(&signing(false))).expect("re-sign v1");
+    assert_eq!(refusal(&registry.poll()).reason(), "unsigned_rollback");
+    // Signed as a rollback: accepted.
+    publish(&v1, &store, Some(&signing(true))).expect("signed rollback to v1");
+    assert_eq!(loaded_version(&registry.poll()), "v1");
+}
+
+#[test]
+fn windows_of_10_to_the_12_are_refused_with_an_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = cpu_model(tmp.path(), "v1", vec![12]);
+    // Same feature count, so only the bounds can tell: a window of 10^12 samples would size
+    // every series' rolling buffers at the first cycle.
+    let mut manifest = read_manifest(&src);
+    manifest.features.windows = vec![1_000_000_000_000];
+    std::fs::write(
+        src.join(MANIFEST_FILE),
+        serde_json::to_vec(&manifest).expect("json"),
+    )
+    .expect("write manifest");
+    let err = Scorer::load(&src).expect_err("refused");
+    assert!(matches!(err, ScoreError::Bounds(_)), "{err:?}");
+    assert!(
+        chain(&err).contains("features.windows") && chain(&err).contains("1000000000000"),
+        "{}",
+        chain(&err)
+    );
+    let family_dir = tmp.path().join("models/cpu");
+    std::fs::create_dir_all(family_dir.parent().expect("parent")).expect("mkdir");
+    std::fs::rename(&src, &family_dir).expect("move");
+    let events = ModelRegistry::new(tmp.path().join("models")).poll();
+    assert_eq!(refusal(&events).reason(), "bounds");
+}
+
+/// The environment variable that turns [`bounded_child_loads_the_model`] on, naming the
+/// model directory to load.
+const CHILD_MODEL: &str = "SELFHEAL_TEST_BOUNDED_MODEL";
+/// Address space the child gets: far below the 1 TiB `n_targets = 2^40` would size.
+const CHILD_ADDRESS_SPACE: u64 = 4 << 30;
+
+/// Runs this test binary's [`bounded_child_loads_the_model`] under `prlimit --as`.
+fn run_bounded_child(mode: &str, dir: &Path) -> std::process::Output {
+    let exe = std::env::current_exe().expect("test binary");
+    std::process::Command::new("prlimit")
+        .arg(format!("--as={CHILD_ADDRESS_SPACE}"))
+        .arg(exe)
+        .args([
+            "--exact",
+            "model_signing::bounded_child_loads_the_model",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_MODEL, dir)
+        .env("SELFHEAL_TEST_BOUNDED_MODE", mode)
+        .output()
+        .expect("run prlimit (util-linux)")
+}
+
+/// In a child started by [`run_bounded_child`]: loads the model and reports the error, or
+/// (mode `alloc`, the control) allocates what the bounds prevent. Does nothing otherwise.
+#[test]
+fn bounded_child_loads_the_model() {
+    let Some(dir) = std::env::var_os(CHILD_MODEL) else {
+        return;
+    };
+    if std::env::var("SELFHEAL_TEST_BOUNDED_MODE").as_deref() == Ok("alloc") {
+        let n: usize = std::hint::black_box(1 << 40);
+        let huge = vec![false; n];
+        println!("CHILD_ALLOCATED {}", huge.len());
+        return;
+    }
+    match Scorer::load(Path::new(&dir)) {
+        Ok(_) => println!("CHILD_LOADED"),
+        Err(e) => println!("CHILD_REFUSED {}", chain(&e)),
+    }
+}
+
+#[test]
+fn n_targets_of_2_pow_40_is_an_error_not_an_abort() {
+    use prost::Message;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("model");
+    let (set, manifest) = forest::forest_set(5, 4, 2, 5);
+    let manifest = write_set_dir(&dir, &set, manifest).expect("write set dir");
+    let path = dir.join(MODEL_FILE);
+    let mut model = tract_onnx::pb::ModelProto::decode(
+        std::fs::read(&path).expect("read model").as_slice(),
+    )
+    .expect("decode");
+    let graph = model.graph.as_mut().expect("graph");
+    let ensemble = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "TreeEnsembleRegressor")
+        .expect("the per-signal graph has a regressor");
+    let n_targets = ensemble
+        .attribute
+        .iter_mut()
+        .find(|a| a.name == "n_targets")
+        .expect("n_targets");
+    assert_eq!(n_targets.i, 4);
+    n_targets.i = 1 << 40;
+    let bytes = model.encode_to_vec();
+    std::fs::write(&path, &bytes).expect("write model");
+    let mut manifest = manifest;
+    manifest.model_sha256 = sha256_hex(&bytes);
+    std::fs::write(
+        dir.join(MANIFEST_FILE),
+        serde_json::to_vec(&manifest).expect("json"),
+    )
+    .expect("write manifest");
+
+    // The control: what the bound prevents, allocated under the same limit, aborts the child.
+    let control = run_bounded_child("alloc", &dir);
+    assert!(
+        !control.status.success()
+            && !String::from_utf8_lossy(&control.stdout).contains("CHILD_ALLOCATED"),
+        "a 1 TiB allocation must fail under a {CHILD_ADDRESS_SPACE}-byte address space: {:?}",
+        control.status
+    );
+    let out = run_bounded_child("load", &dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the child must exit normally, not abort: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The harness prints the test's name on the same line.
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("CHILD_").map(|(_, rest)| rest))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("REFUSED") && line.contains("n_targets 1099511627776 is not in 1..=256"),
+        "{stdout}"
+    );
+    // In this process too, as the agent sees it.
+    let err = Scorer::load(&dir).expect_err("refused");
+    assert_eq!(err.reason(), "onnx", "{}", chain(&err));
+}
+
+/// A loopback "S3" that serves `latest` = `v1` for cpu, and `model.onnx` as `model_bytes`
+/// bytes without `Content-Length` (chunked; `None`: a body that never ends). Counts the bytes
+/// it produced.
+async fn chunked_s3(
+    model_bytes: Option<usize>,
+    produced: Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    use axum::body::Body;
+    use axum::extract::Path as UrlPath;
+    use axum::response::Response;
+    use std::sync::atomic::Ordering;
+    let app = axum::Router::new().route(
+        "/{bucket}/{*key}",
+        axum::routing::get(move |UrlPath((_, key)): UrlPath<(String, String)>| {
+            let produced = produced.clone();
+            async move {
+                if key.ends_with("/cpu/latest") {
+                    return Response::new(Body::from("v1\n"));
+                }
+                if !key.ends_with(&format!("cpu/v1/{MODEL_FILE}")) {
+                    return Response::builder()
+                        .status(404)
+                        .body(Body::from(
+                            "<Error><Code>NoSuchKey</Code><Message>none</Message></Error>",
+                        ))
+                        .expect("response");
+                }
+                const CHUNK: usize = 64 * 1024;
+                let chunks = model_bytes.map_or(usize::MAX, |n| n.div_ceil(CHUNK));
+                let stream = futures_util::stream::iter(0..chunks).map(move |_| {
+                    produced.fetch_add(CHUNK, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(vec![0x42u8; CHUNK])
+                });
+                Response::new(Body::from_stream(stream))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_mib_model_served_without_content_length_is_refused() {
+    use std::sync::atomic::Ordering;
+    for model_bytes in [Some(20 << 20), None] {
+        let produced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let endpoint = chunked_s3(model_bytes, produced.clone()).await;
+        let cache = tempfile::tempdir().expect("tempdir");
+        let store = S3Store::parse("s3://models/fleet")
+            .expect("url")
+            .expect("s3");
+        let mut mirror = S3Mirror::new(s3_client(&endpoint), store, cache.path().to_owned());
+        let report = tokio::time::timeout(std::time::Duration::from_secs(60), mirror.sync())
+            .await
+            .expect("the sync ends: the download stops at the bound");
+        let refused: Vec<&MirrorError> = report
+            .errors
+            .iter()
+            .filter(|(f, _)| *f == Family::Cpu)
+            .map(|(_, e)| e)
+            .collect();
+        assert!(
+            matches!(refused[..], [MirrorError::TooLarge { max, key, .. }]
+                if *max == 16 << 20 && key.ends_with(MODEL_FILE)),
+            "{model_bytes:?}: {:?}",
+            report.errors
+        );
+        assert!(report.downloaded.is_empty());
+        assert!(
+            !cache.path().join("cpu/v1").exists() && !cache.path().join("cpu/latest").exists(),
+            "nothing of the refused version reaches the cache"
+        );
+        if model_bytes.is_none() {
+            // A body that never ends was read only a little past the bound.
+            let sent = produced.load(Ordering::Relaxed);
+            assert!(sent < 64 << 20, "{sent} bytes produced for a 16 MiB bound");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_counted_by_reason_on_metrics() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let src = cpu_model(tmp.path(), "v1", vec![]);
+    publish(&src, &store, None).expect("unsigned publish");
+    let config = AgentConfig {
+        models: ModelsConfig {
+            source: Some(store.display().to_string()),
+            public_keys: vec![verifying_key_text(&publisher_key().verifying_key())],
+            ..ModelsConfig::default()
+        },
+        ..AgentConfig::default()
+    };
+    let settings = config.validate().expect("valid config");
+    let mut registry = Registry::with_prefix("selfheal_agent");
+    let mut poller = ModelPoller::new(&settings, &mut registry).await;
+    let mut detector = SeriesDetector::new(0);
+    poller.between_cycles(&mut detector, true).await;
+    assert!(detector.model(Family::Cpu).is_none(), "unsigned: refused");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains(r#"selfheal_agent_model_refused_total{family="cpu",reason="unsigned"} 1"#),
+        "{text}"
+    );
+}
