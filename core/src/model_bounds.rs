@@ -458,3 +458,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "model_bounds_fuzz.rs"]
+mod fuzz;
