@@ -31,6 +31,8 @@
 
 mod classifier;
 mod flat;
+#[cfg(test)]
+mod fuzz;
 mod regressor;
 
 pub use classifier::FastTreeEnsembleClassifier;

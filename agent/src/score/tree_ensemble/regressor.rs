@@ -51,6 +51,12 @@ impl RegressorKernel {
         }
     }
 
+    /// The flattened ensemble.
+    #[cfg(test)]
+    pub(super) fn ensemble(&self) -> &FlatEnsemble {
+        &self.ensemble
+    }
+
     /// The `n_rows × n_targets` values for `n_rows` rows of `width` features.
     pub(super) fn eval(&self, rows: &[f32], n_rows: usize, width: usize) -> Vec<f32> {
         let nt = self.ensemble.n_targets();
