@@ -10,12 +10,18 @@
 //! registry resolves `..data` once per poll (at the mount root and in each family directory)
 //! and reads both files from that one resolved directory, so a swap between reading
 //! `model.onnx` and `manifest.json` cannot pair files of two updates. It loads a
-//! changed model with [`Scorer::load`] and refuses (logs, counts, keeps the previous one) any model
+//! changed model with [`Scorer::load_trusted`] and refuses (logs, counts, keeps the previous one) any model
 //! that does not load or names a signal that is not one of its family's metrics (a model may
 //! take any subset of them, in any order: rows are read by metric name). Loading does file I/O and
 //! compiles the graph, so the loop runs [`ModelRegistry::poll`] off the hot path and hands the
 //! results to the [`SeriesDetector`] between cycles: a cycle sees the old model or the new one, never a
 //! mix.
+//!
+//! With model keys configured ([`ModelRegistry::with_keys`], from `models.public_keys`), a model
+//! must carry a `signature.json` by one of them and succeed the loaded one
+//! (`selfheal_core::signature::check_succession`: no replayed older signature, no older version
+//! unless signed as a rollback); without keys, each load is logged as unverified. Every refusal
+//! carries a [`DetectError::reason`], the label of the poller's refusal counter.
 //!
 //! [`SeriesDetector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
 //! a ring of the last raw records (the flight recorder). Each cycle it scores every series of a
