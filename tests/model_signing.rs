@@ -447,3 +447,55 @@ async fn refusals_are_counted_by_reason_on_metrics() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_s3_publish_is_mirrored_with_its_signature_and_a_rollback_resigns_it() {
+    use crate::support::moto::{Moto, create_bucket, get_object};
+    use selfheal_model_export::publish::s3;
+    let moto = Moto::start();
+    let client = s3_client(&moto.endpoint());
+    create_bucket(&client, "models").await;
+    let store = S3Store::parse("s3://models/fleet")
+        .expect("url")
+        .expect("s3");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let v1 = cpu_model(tmp.path(), "v1", vec![]);
+    let v2 = cpu_model(tmp.path(), "v2", vec![]);
+    s3::publish(&client, &v1, &store, Some(&signing(false)))
+        .await
+        .expect("signed publish v1");
+    let sig_key = store.file_key("cpu", "v1", SIGNATURE_FILE);
+    let first = get_object(&client, "models", &sig_key)
+        .await
+        .expect("signature.json uploaded");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    let mut mirror = S3Mirror::new(client.clone(), store.clone(), cache.clone());
+    let mut registry = ModelRegistry::with_keys(cache.clone(), keys());
+    assert!(mirror.sync().await.errors.is_empty());
+    assert_eq!(loaded_version(&registry.poll()), "v1");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    s3::publish(&client, &v2, &store, Some(&signing(false)))
+        .await
+        .expect("signed publish v2");
+    assert!(mirror.sync().await.errors.is_empty());
+    assert_eq!(loaded_version(&registry.poll()), "v2");
+    // Back to v1 as a signed rollback: only its signature object changes, and the mirror,
+    // which pruned v1, fetches it again with the new signature.
+    s3::publish(&client, &v1, &store, Some(&signing(true)))
+        .await
+        .expect("rollback to v1");
+    let second = get_object(&client, "models", &sig_key)
+        .await
+        .expect("signature.json");
+    assert_ne!(first, second, "re-signed");
+    assert!(mirror.sync().await.errors.is_empty());
+    assert_eq!(loaded_version(&registry.poll()), "v1");
+    // An unsigned v3 written into the bucket is mirrored and refused.
+    let v3 = cpu_model(tmp.path(), "v3", vec![]);
+    s3::publish(&client, &v3, &store, None)
+        .await
+        .expect("unsigned publish");
+    assert!(mirror.sync().await.errors.is_empty());
+    assert_eq!(refusal(&registry.poll()).reason(), "unsigned");
+}
