@@ -146,8 +146,7 @@ fn a_manifest_edited_to_threshold_1e300_with_a_recomputed_checksum_is_refused() 
 }
 
 #[test]
-fn an_unsigned_model_is_refused_where_a_key_is_configured_and_loads_with_a_warning_where_none_is()
-{
+fn an_unsigned_model_is_refused_where_a_key_is_configured_and_loads_with_a_warning_where_none_is() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = tmp.path().join("store");
     let src = cpu_model(tmp.path(), "v1", vec![]);
@@ -279,10 +278,9 @@ fn n_targets_of_2_pow_40_is_an_error_not_an_abort() {
     let (set, manifest) = forest::forest_set(5, 4, 2, 5);
     let manifest = write_set_dir(&dir, &set, manifest).expect("write set dir");
     let path = dir.join(MODEL_FILE);
-    let mut model = tract_onnx::pb::ModelProto::decode(
-        std::fs::read(&path).expect("read model").as_slice(),
-    )
-    .expect("decode");
+    let mut model =
+        tract_onnx::pb::ModelProto::decode(std::fs::read(&path).expect("read model").as_slice())
+            .expect("decode");
     let graph = model.graph.as_mut().expect("graph");
     let ensemble = graph
         .node

@@ -312,18 +312,14 @@ impl AgentConfig {
 impl ModelsConfig {
     /// The configured model public keys, each parsed; a key file inside the models source or
     /// cache is refused (whoever writes models there could write the key too).
-    fn verifying_keys(
-        &self,
-    ) -> Result<Vec<selfheal_core::signature::VerifyingKey>, ConfigError> {
+    fn verifying_keys(&self) -> Result<Vec<selfheal_core::signature::VerifyingKey>, ConfigError> {
         use selfheal_core::signature::parse_verifying_key;
         let mut keys = Vec::new();
         for (i, text) in self.public_keys.iter().enumerate() {
-            keys.push(
-                parse_verifying_key(text).map_err(|e| ConfigError::Invalid {
-                    field: "models.public_keys",
-                    reason: format!("entry {i}: {e}"),
-                })?,
-            );
+            keys.push(parse_verifying_key(text).map_err(|e| ConfigError::Invalid {
+                field: "models.public_keys",
+                reason: format!("entry {i}: {e}"),
+            })?);
         }
         let model_dirs: Vec<PathBuf> = [
             self.source

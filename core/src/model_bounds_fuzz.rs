@@ -122,8 +122,8 @@ fn manifest() -> impl Strategy<Value = ModelManifest> {
             )| {
                 // Names computed only for specs that cannot be huge: `names()` on a spec
                 // the bounds refuse is what the bounds exist to prevent.
-                let small = features.signals.len() <= MAX_SIGNALS
-                    && features.windows.len() <= MAX_WINDOWS;
+                let small =
+                    features.signals.len() <= MAX_SIGNALS && features.windows.len() <= MAX_WINDOWS;
                 let feature_names = if names_match && small {
                     features.names()
                 } else {
@@ -167,7 +167,9 @@ fn agent_path(bytes: &[u8]) {
     assert!(m.version.len() <= MAX_NAME_LEN && m.family.len() <= MAX_NAME_LEN);
     assert!(m.threshold.is_finite() && m.threshold.abs() < 1.0);
     assert!(m.features.windows.iter().all(|&w| w <= MAX_WINDOW_SAMPLES));
-    assert!(m.features.signals.len() * m.features.windows.iter().sum::<usize>() <= MAX_WINDOW_VALUES);
+    assert!(
+        m.features.signals.len() * m.features.windows.iter().sum::<usize>() <= MAX_WINDOW_VALUES
+    );
     assert!(m.n_trees <= MAX_TREES && m.max_samples <= MAX_SAMPLES);
     let mut extractor = FeatureExtractor::new(m.features.clone());
     let row = vec![1.0; m.features.signals.len()];

@@ -631,7 +631,10 @@ mod tests {
         assert_eq!(verifying_key_text(&sk.verifying_key()), vk_hex);
         assert_eq!(signing_key_text(&sk), hex::encode(sk.to_bytes()));
         // 33 bytes of base64, and 44 characters that are not base64.
-        assert!(parse_verifying_key(&base64::engine::general_purpose::STANDARD.encode([7u8; 33])).is_err());
+        assert!(
+            parse_verifying_key(&base64::engine::general_purpose::STANDARD.encode([7u8; 33]))
+                .is_err()
+        );
         assert!(parse_verifying_key(&"!".repeat(44)).is_err());
         assert!(parse_verifying_key(&"zz".repeat(32)).is_err());
         // The identity point, a small-order key that "verifies" forged signatures.

@@ -30,10 +30,10 @@ pub mod signing;
 use crate::artifact::{ArtifactError, read_manifest, sha256_file};
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use selfheal_core::signature::SIGNATURE_FILE;
-pub use signing::Signing;
 pub use selfheal_core::store::LATEST_FILE;
 use selfheal_core::store::is_plain_name;
 use selfheal_runtime::atomic::{self, AtomicWriteError};
+pub use signing::Signing;
 use std::path::{Path, PathBuf};
 
 /// A publish that did not happen.
@@ -302,7 +302,10 @@ mod tests {
         publish(&v1, to, None).expect("republish v1");
         assert_eq!(latest_version(&store, "cpu").expect("latest"), "v1");
         let other = model_dir(&tmp.path().join("other"), "v1", b"uno", None);
-        assert!(matches!(publish(&other, to, None), Err(PublishError::Exists(_))));
+        assert!(matches!(
+            publish(&other, to, None),
+            Err(PublishError::Exists(_))
+        ));
         assert_eq!(std::fs::read(dest.join(MODEL_FILE)).expect("model"), b"one");
         // No temporary file or directory is left behind.
         let mut names: Vec<String> = std::fs::read_dir(store.join("cpu"))

@@ -235,9 +235,24 @@ mod tests {
 
     #[test]
     fn the_operators_of_a_score_graph_pass_and_others_do_not() {
-        let ok = ["TreeEnsembleRegressor", "Mul", "Exp", "Sub", "ReduceMax", "Where"];
+        let ok = [
+            "TreeEnsembleRegressor",
+            "Mul",
+            "Exp",
+            "Sub",
+            "ReduceMax",
+            "Where",
+        ];
         check_graph(&model(ok.map(node).to_vec(), vec![])).expect("trainer ops");
-        for op in ["ConstantOfShape", "Expand", "Tile", "Range", "Loop", "If", "Resize"] {
+        for op in [
+            "ConstantOfShape",
+            "Expand",
+            "Tile",
+            "Range",
+            "Loop",
+            "If",
+            "Resize",
+        ] {
             let e = check_graph(&model(vec![node(op)], vec![])).expect_err(op);
             assert!(e.0.contains(op), "{e}");
         }
@@ -259,7 +274,12 @@ mod tests {
     #[test]
     fn constant_tensors_are_bounded_before_tract_sizes_them() {
         check_graph(&model(vec![], vec![tensor(vec![13], DataType::Float)])).expect("small");
-        for dims in [vec![1 << 40], vec![1 << 32, 1 << 32], vec![-1], vec![4096, 4096]] {
+        for dims in [
+            vec![1 << 40],
+            vec![1 << 32, 1 << 32],
+            vec![-1],
+            vec![4096, 4096],
+        ] {
             let e = check_graph(&model(vec![], vec![tensor(dims.clone(), DataType::Float)]))
                 .expect_err("too large");
             assert!(e.0.contains("tensor"), "{dims:?}: {e}");

@@ -204,7 +204,9 @@ mod tests {
             r#"{{"model_sha256": "{}"}}"#,
             hex::encode(Sha256::digest(model))
         );
-        let first = signing.sign(manifest.as_bytes(), model, None).expect("sign");
+        let first = signing
+            .sign(manifest.as_bytes(), model, None)
+            .expect("sign");
         let first: SignatureFile = serde_json::from_slice(&first).expect("parse");
         let previous = SignatureFile {
             serial: 42,
@@ -235,6 +237,9 @@ mod tests {
             &Sha256::digest(model).into(),
         )
         .expect_err("not a manifest");
-        assert!(matches!(err, signature::SignatureError::Manifest(_)), "{err}");
+        assert!(
+            matches!(err, signature::SignatureError::Manifest(_)),
+            "{err}"
+        );
     }
 }

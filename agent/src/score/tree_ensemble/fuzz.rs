@@ -76,8 +76,11 @@ fn grow(seed: u64, plain: bool) -> Forest {
             f.nan.push(i64::from(rng.bool()));
             match k {
                 Some((a, b)) => {
-                    f.mode
-                        .push(if plain { "BRANCH_LEQ" } else { MODES[rng.usize(0..6)] });
+                    f.mode.push(if plain {
+                        "BRANCH_LEQ"
+                    } else {
+                        MODES[rng.usize(0..6)]
+                    });
                     f.t.push(ids[*a]);
                     f.f.push(ids[*b]);
                 }
@@ -102,11 +105,18 @@ fn grow(seed: u64, plain: bool) -> Forest {
 #[derive(Debug, Clone)]
 enum Edit {
     /// Sets entry `at` of integer attribute `which` to `value`.
-    Int { which: usize, at: prop::sample::Index, value: i64 },
+    Int {
+        which: usize,
+        at: prop::sample::Index,
+        value: i64,
+    },
     /// Drops the last entry of attribute `which`.
     Truncate { which: usize },
     /// A mode that is no mode, or a leaf turned branch.
-    Mode { at: prop::sample::Index, mode: String },
+    Mode {
+        at: prop::sample::Index,
+        mode: String,
+    },
     /// `n_targets` set to `value`.
     Targets(i64),
 }
@@ -256,7 +266,13 @@ fn check_accepted(flat: &FlatEnsemble, n_nodes: usize) {
     let width = flat.min_input_width().max(4);
     let n_rows = 11;
     let rows: Vec<f32> = (0..n_rows * width)
-        .map(|i| if i % 7 == 3 { f32::NAN } else { (i % 5) as f32 * 0.4 - 1.0 })
+        .map(|i| {
+            if i % 7 == 3 {
+                f32::NAN
+            } else {
+                (i % 5) as f32 * 0.4 - 1.0
+            }
+        })
         .collect();
     let mut out = vec![0.0; n_rows * flat.n_targets()];
     flat.accumulate(&rows, width, &mut out);
