@@ -428,6 +428,8 @@ async fn refusals_are_counted_by_reason_on_metrics() {
         models: ModelsConfig {
             source: Some(store.display().to_string()),
             public_keys: vec![verifying_key_text(&publisher_key().verifying_key())],
+            cache_dir: tmp.path().join("cache"),
+            poll_secs: 0.1,
             ..ModelsConfig::default()
         },
         ..AgentConfig::default()
@@ -444,6 +446,18 @@ async fn refusals_are_counted_by_reason_on_metrics() {
         text.contains(r#"selfheal_agent_model_refused_total{family="cpu",reason="unsigned"} 1"#),
         "{text}"
     );
+    // A signed v2 loads, and its signature is kept for the next start.
+    let v2 = cpu_model(tmp.path(), "v2", vec![]);
+    publish(&v2, &store, Some(&signing(false))).expect("signed publish");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    poller.between_cycles(&mut detector, true).await;
+    let model = detector.model(Family::Cpu).expect("signed: loaded");
+    assert_eq!(model.manifest().version, "v2");
+    let state = tmp
+        .path()
+        .join("cache")
+        .join(selfheal_agent::models::poller::MODEL_STATE_FILE);
+    assert!(state.is_file(), "signatures kept across restarts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,4 +510,30 @@ async fn a_signed_s3_publish_is_mirrored_with_its_signature_and_a_rollback_resig
         .expect("unsigned publish");
     assert!(mirror.sync().await.errors.is_empty());
     assert_eq!(refusal(&registry.poll()).reason(), "unsigned");
+}
+
+#[test]
+fn a_restarted_agent_still_refuses_a_replay() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let state = tmp.path().join("cache/.model-signatures.json");
+    std::fs::create_dir_all(state.parent().expect("parent")).expect("mkdir");
+    let v1 = cpu_model(tmp.path(), "v1", vec![]);
+    let v2 = cpu_model(tmp.path(), "v2", vec![]);
+    publish(&v1, &store, Some(&signing(false))).expect("v1");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    publish(&v2, &store, Some(&signing(false))).expect("v2");
+    let agent = || ModelRegistry::with_keys(store.clone(), keys()).with_state(state.clone());
+    assert_eq!(loaded_version(&agent().poll()), "v2");
+    // The agent restarts while `latest` is pointed back at v1's old signature: still a replay.
+    std::fs::write(store.join("cpu/latest"), "v1\n").expect("point latest back");
+    assert_eq!(refusal(&agent().poll()).reason(), "stale_signature");
+    // Without the state (a new pod), the first validly signed model is accepted.
+    assert_eq!(
+        loaded_version(&ModelRegistry::with_keys(store.clone(), keys()).poll()),
+        "v1"
+    );
+    // A damaged state file is ignored with a warning, not a crash.
+    std::fs::write(&state, b"{not json").expect("damage");
+    assert_eq!(loaded_version(&agent().poll()), "v1");
 }

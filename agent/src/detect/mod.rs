@@ -263,6 +263,59 @@ pub struct ModelRegistry {
     keys: Arc<[VerifyingKey]>,
     /// The signature of each family's loaded model: what the next one must succeed.
     signed: HashMap<Family, Signed>,
+    /// Where `signed` is kept across restarts ([`ModelRegistry::with_state`]).
+    state: Option<PathBuf>,
+}
+
+/// One family's entry in the registry's state file: the [`Signed`] facts of its loaded model.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedState {
+    key_id: String,
+    serial: u64,
+    signed_at_ms: u64,
+    rollback: bool,
+    signature: Vec<u8>,
+}
+
+/// Largest state file read: five families' entries are a few hundred bytes.
+const MAX_STATE_BYTES: u64 = 64 * 1024;
+
+fn read_state(path: &Path) -> Result<HashMap<Family, Signed>, String> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    let entries: HashMap<Family, SignedState> =
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    entries
+        .into_iter()
+        .map(|(family, e)| {
+            let signature: [u8; 64] = e
+                .signature
+                .try_into()
+                .map_err(|_| format!("{family}: the signature is not 64 bytes"))?;
+            let statement = selfheal_core::signature::Statement {
+                serial: e.serial,
+                signed_at_ms: e.signed_at_ms,
+                rollback: e.rollback,
+            };
+            Ok((
+                family,
+                Signed {
+                    key_id: e.key_id,
+                    statement,
+                    signature,
+                },
+            ))
+        })
+        .collect()
 }
 
 impl ModelRegistry {
@@ -279,6 +332,53 @@ impl ModelRegistry {
             tried: HashMap::new(),
             keys,
             signed: HashMap::new(),
+            state: None,
+        }
+    }
+
+    /// This registry keeping the signatures of its loaded models in `path` (read now,
+    /// rewritten after each signed load), so that a restarted agent still refuses a replay of
+    /// a model signed before the one it ran. An unreadable file is logged and ignored: the
+    /// agent then accepts any validly signed first model, as without a state file.
+    pub fn with_state(mut self, path: PathBuf) -> Self {
+        match read_state(&path) {
+            Ok(signed) => self.signed = signed,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ModelStateUnreadable");
+            }
+        }
+        self.state = Some(path);
+        self
+    }
+
+    /// Writes `signed` to the state file, by a rename so a crash leaves the old or the new.
+    fn save_state(&self) {
+        let Some(path) = &self.state else {
+            return;
+        };
+        let entries: HashMap<Family, SignedState> = self
+            .signed
+            .iter()
+            .map(|(family, s)| {
+                (
+                    *family,
+                    SignedState {
+                        key_id: s.key_id.clone(),
+                        serial: s.statement.serial,
+                        signed_at_ms: s.statement.signed_at_ms,
+                        rollback: s.statement.rollback,
+                        signature: s.signature.to_vec(),
+                    },
+                )
+            })
+            .collect();
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&entries)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(error) = written {
+            tracing::warn!(path = %path.display(), %error, "ModelStateWriteFailed");
         }
     }
 
@@ -331,6 +431,7 @@ impl ModelRegistry {
                 })?;
                 tracing::info!(%family, version = %scorer.manifest().version, key_id = %signed.key_id, serial = signed.statement.serial, signed_at_ms = signed.statement.signed_at_ms, rollback = signed.statement.rollback, "ModelSignatureVerified");
                 self.signed.insert(family, signed);
+                self.save_state();
                 Ok(scorer)
             });
             let event = match loaded {

@@ -25,6 +25,10 @@ use tokio::time::Instant;
 /// How long the agent waits at start for the first model poll before running unscored cycles.
 pub const FIRST_POLL_WAIT: Duration = Duration::from_secs(10);
 
+/// File in `models.cache_dir` that keeps the signatures of the loaded models across restarts
+/// (with model keys configured).
+pub const MODEL_STATE_FILE: &str = ".model-signatures.json";
+
 /// Labels of `selfheal_agent_model_loads_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLoadLabels {
@@ -153,6 +157,8 @@ pub struct ModelPoller {
     metrics: PollerMetrics,
     /// The model public keys from the config, for every registry made.
     keys: std::sync::Arc<[selfheal_core::signature::VerifyingKey]>,
+    /// The registry's state file ([`MODEL_STATE_FILE`] in the cache), with keys only.
+    state: Option<PathBuf>,
 }
 
 impl ModelPoller {
@@ -183,9 +189,30 @@ impl ModelPoller {
             );
         }
         let keys = settings.model_keys.clone();
+        // With keys, the loaded models' signatures outlive a restart in the cache directory
+        // (an emptyDir in the DaemonSet), so a restart is no chance to replay an older model.
+        let state = (!keys.is_empty())
+            .then(|| {
+                let dir = &settings.models.cache_dir;
+                match std::fs::create_dir_all(dir) {
+                    Ok(()) => Some(dir.join(MODEL_STATE_FILE)),
+                    Err(error) => {
+                        tracing::warn!(dir = %dir.display(), %error, "ModelStateUnavailable");
+                        None
+                    }
+                }
+            })
+            .flatten();
+        let make_registry = |root: PathBuf| {
+            let r = ModelRegistry::with_keys(root, keys.clone());
+            match &state {
+                Some(path) => r.with_state(path.clone()),
+                None => r,
+            }
+        };
         ModelPoller {
             source: root.clone().map(|root| Source {
-                registry: ModelRegistry::with_keys(root, keys.clone()),
+                registry: make_registry(root),
                 mirror: mirror.clone(),
             }),
             root,
@@ -196,6 +223,7 @@ impl ModelPoller {
             versions: HashMap::new(),
             metrics: PollerMetrics::register(registry),
             keys,
+            state,
         }
     }
 
@@ -242,9 +270,15 @@ impl ModelPoller {
         detector.apply(&outcome.events);
         // After a panic, start over with a fresh registry (all reloaded).
         self.source = outcome.source.or_else(|| {
-            self.root.clone().map(|root| Source {
-                registry: ModelRegistry::with_keys(root, self.keys.clone()),
-                mirror: self.fresh_mirror.clone(),
+            self.root.clone().map(|root| {
+                let registry = ModelRegistry::with_keys(root, self.keys.clone());
+                Source {
+                    registry: match &self.state {
+                        Some(path) => registry.with_state(path.clone()),
+                        None => registry,
+                    },
+                    mirror: self.fresh_mirror.clone(),
+                }
             })
         });
     }
