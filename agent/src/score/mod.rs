@@ -149,6 +149,7 @@ impl ScoreError {
             ScoreError::Signature(SignatureError::UnknownKey(_)) => "unknown_key",
             ScoreError::Signature(SignatureError::DigestMismatch { .. }) => "checksum",
             ScoreError::Signature(SignatureError::Manifest(_)) => "manifest",
+            ScoreError::Signature(SignatureError::TooLarge { .. }) => "too_large",
             ScoreError::Signature(_) => "bad_signature",
             ScoreError::Bounds(_) => "bounds",
             ScoreError::Graph(_) => "graph_bounds",
