@@ -537,3 +537,60 @@ fn a_restarted_agent_still_refuses_a_replay() {
     std::fs::write(&state, b"{not json").expect("damage");
     assert_eq!(loaded_version(&agent().poll()), "v1");
 }
+
+#[test]
+fn keygen_sign_and_publish_through_the_binary() {
+    use crate::support::{selfheal, stdout_of};
+    use selfheal_core::signature::parse_verifying_key;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keys_dir = tmp.path().join("keys");
+    let public = stdout_of(selfheal().args(["model", "keygen", "--out"]).arg(&keys_dir));
+    let public = PathBuf::from(public.trim());
+    let key = parse_verifying_key(&std::fs::read_to_string(&public).expect("read public key"))
+        .expect("a public key");
+    let secret = keys_dir.join("model-signing.key");
+    // A second keygen into the same directory must not overwrite the key.
+    let again = selfheal()
+        .args(["model", "keygen", "--out"])
+        .arg(&keys_dir)
+        .output()
+        .expect("run");
+    assert!(
+        !again.status.success(),
+        "an existing key is never overwritten"
+    );
+
+    let src = cpu_model(tmp.path(), "v1", vec![]);
+    let store = tmp.path().join("store");
+    stdout_of(
+        selfheal()
+            .args(["model", "publish"])
+            .arg(&src)
+            .arg("--to")
+            .arg(&store)
+            .arg("--sign-key")
+            .arg(&secret),
+    );
+    let mut registry = ModelRegistry::with_keys(store, Arc::from(vec![key]));
+    assert_eq!(loaded_version(&registry.poll()), "v1");
+
+    // `model sign` for a ConfigMap: signature.json in the model directory itself.
+    let signed = stdout_of(
+        selfheal()
+            .args(["model", "sign"])
+            .arg(&src)
+            .arg("--sign-key")
+            .arg(&secret),
+    );
+    assert_eq!(PathBuf::from(signed.trim()), src.join(SIGNATURE_FILE));
+    let (_, facts) = Scorer::load_trusted(&src, &[key]).expect("signed in place");
+    assert!(facts.is_some());
+    // --rollback needs --sign-key.
+    let out = selfheal()
+        .args(["model", "publish"])
+        .arg(&src)
+        .args(["--to", "/nonexistent", "--rollback"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
