@@ -163,6 +163,14 @@ pub enum DetectError {
         #[source]
         source: SuccessionError,
     },
+    /// Loading the model panicked (inside the ONNX runtime): refused, the previous model stays.
+    #[error("loading the model in {dir} panicked: {message}")]
+    Panicked {
+        /// The model directory.
+        dir: PathBuf,
+        /// The panic's message.
+        message: String,
+    },
     /// Scoring a cycle's batch failed; the family's records pass through unscored.
     #[error("scoring {family}")]
     Score {
@@ -190,9 +198,19 @@ impl DetectError {
                 source: SuccessionError::UnsignedRollback { .. },
                 ..
             } => "unsigned_rollback",
+            DetectError::Panicked { .. } => "panic",
             DetectError::Score { .. } => "score",
         }
     }
+}
+
+/// The message of a caught panic, when it is a string.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// What a poll found for one family.
@@ -418,7 +436,20 @@ impl ModelRegistry {
                 continue;
             }
             self.tried.insert(family, print);
-            let loaded = load_trusted_for(family, &dir, &self.keys).and_then(|(scorer, signed)| {
+            // A panic in the ONNX runtime on a hostile graph must not take the poller down and
+            // come back every poll: it is a refusal like any other, remembered until the files
+            // change.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load_trusted_for(family, &dir, &self.keys)
+            }));
+            let loaded = attempt
+                .unwrap_or_else(|payload| {
+                    Err(DetectError::Panicked {
+                        dir: dir.clone(),
+                        message: panic_message(payload.as_ref()),
+                    })
+                })
+                .and_then(|(scorer, signed)| {
                 let Some(signed) = signed else {
                     tracing::warn!(%family, version = %scorer.manifest().version, dir = %dir.display(), "ModelUnverified: no model public key is configured (models.public_keys), so this model's signature was not checked");
                     return Ok(scorer);
