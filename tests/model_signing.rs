@@ -192,8 +192,16 @@ fn an_older_version_needs_a_signed_rollback() {
     std::fs::write(store.join("cpu/latest"), "v1\n").expect("point latest back");
     let events = registry.poll();
     assert_eq!(refusal(&events).reason(), "stale_signature");
-    // Re-signed without saying rollback: v1's serial is older than v2's, refused.
-    publish(&v1, &store, Some(&signing(false))).expect("re-sign v1");
+    // Re-signed without saying rollback: the publisher refuses (agents would)...
+    std::fs::write(store.join("cpu/latest"), "v2\n").expect("latest back to v2");
+    let err = publish(&v1, &store, Some(&signing(false))).expect_err("an unsigned rollback");
+    assert!(err.to_string().contains("--rollback"), "{err}");
+    // ...and so does the agent, to a signature made around the publisher's check.
+    let sig_path = store.join("cpu/v1").join(SIGNATURE_FILE);
+    let old = std::fs::read(&sig_path).expect("v1's signature");
+    let resigned = signing(false).sign_dir(&v1, Some(&old)).expect("re-sign");
+    std::fs::write(&sig_path, resigned).expect("write");
+    std::fs::write(store.join("cpu/latest"), "v1\n").expect("point latest back");
     assert_eq!(refusal(&registry.poll()).reason(), "unsigned_rollback");
     // Signed as a rollback: accepted.
     publish(&v1, &store, Some(&signing(true))).expect("signed rollback to v1");

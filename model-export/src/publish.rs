@@ -81,6 +81,17 @@ pub enum PublishError {
     /// A manifest field is outside the bounds agents enforce: they would refuse the model.
     #[error("the manifest is out of bounds, agents would refuse it")]
     Bounds(#[from] selfheal_core::model_bounds::BoundsError),
+    /// A signed publish of a version older than the store's latest without `--rollback`.
+    #[error(
+        "{version} is older than the published latest {latest}: agents refuse it unless it is \
+         signed as a rollback (pass --rollback)"
+    )]
+    Rollback {
+        /// The version published.
+        version: String,
+        /// The version `latest` names.
+        latest: String,
+    },
     /// The destination is not a usable `s3://` URL.
     #[error(transparent)]
     S3Url(#[from] selfheal_core::store::S3UrlError),
@@ -190,6 +201,21 @@ pub fn publish(
         }
         tracing::info!(family = %manifest.family, version = %manifest.version, "ModelAlreadyPublished");
         let previous = read_optional(&dest, SIGNATURE_FILE)?;
+        if let Some(signing) = signing {
+            let latest = latest_version(to, &manifest.family).ok();
+            let latest_sig = match latest.as_deref() {
+                Some(l) if l != manifest.version && is_plain_name(l) => {
+                    read_optional(&family_dir.join(l), SIGNATURE_FILE)?.map(|b| (l.to_owned(), b))
+                }
+                _ => None,
+            };
+            signing::check_not_an_unsigned_rollback(
+                signing,
+                &manifest.version,
+                previous.as_deref(),
+                latest_sig.as_ref().map(|(l, b)| (l.as_str(), b.as_slice())),
+            )?;
+        }
         if let Some(sig) = signature_for(model_dir, signing, previous.as_deref())?
             && previous.as_deref() != Some(&sig[..])
         {

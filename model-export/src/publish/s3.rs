@@ -153,6 +153,24 @@ pub async fn publish(
     }
     let key = store.file_key(family, version, SIGNATURE_FILE);
     let previous = get(client, store, &key).await?;
+    if let Some(signing) = signing {
+        let latest = get(client, store, &store.latest_key(family))
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .filter(|l| l != version && selfheal_core::store::is_plain_name(l));
+        let latest_sig = match latest {
+            Some(l) => get(client, store, &store.file_key(family, &l, SIGNATURE_FILE))
+                .await?
+                .map(|b| (l, b)),
+            None => None,
+        };
+        super::signing::check_not_an_unsigned_rollback(
+            signing,
+            version,
+            previous.as_deref(),
+            latest_sig.as_ref().map(|(l, b)| (l.as_str(), b.as_slice())),
+        )?;
+    }
     if let Some(sig) = signature_for(model_dir, signing, previous.as_deref())?
         && previous.as_deref() != Some(&sig[..])
     {

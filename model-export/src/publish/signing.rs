@@ -58,8 +58,7 @@ impl Signing {
         model: &[u8],
         previous: Option<&[u8]>,
     ) -> Result<Vec<u8>, PublishError> {
-        let previous: Option<SignatureFile> =
-            previous.and_then(|bytes| serde_json::from_slice(bytes).ok());
+        let previous = parse(previous);
         let now = now_ms();
         let statement = Statement {
             serial: previous.as_ref().map_or(now, |p| p.serial),
@@ -93,6 +92,35 @@ impl Signing {
             std::fs::read(&path).map_err(|source| PublishError::Io { path, source })
         };
         self.sign(&read(MANIFEST_FILE)?, &read(MODEL_FILE)?, previous)
+    }
+}
+
+fn parse(bytes: Option<&[u8]>) -> Option<SignatureFile> {
+    bytes.and_then(|b| serde_json::from_slice(b).ok())
+}
+
+/// Refuses to sign, without `--rollback`, a version older than the store's latest: every agent
+/// that loaded the latest would refuse it (`unsigned_rollback`). `previous` is the version's
+/// earlier signature (its serial is kept), `latest` the signature of the version `latest`
+/// names now, if another.
+pub fn check_not_an_unsigned_rollback(
+    signing: &Signing,
+    version: &str,
+    previous: Option<&[u8]>,
+    latest: Option<(&str, &[u8])>,
+) -> Result<(), PublishError> {
+    if signing.rollback {
+        return Ok(());
+    }
+    let (Some(ours), Some((latest_version, latest))) = (parse(previous), latest) else {
+        return Ok(());
+    };
+    match parse(Some(latest)) {
+        Some(l) if l.serial > ours.serial => Err(PublishError::Rollback {
+            version: version.to_owned(),
+            latest: latest_version.to_owned(),
+        }),
+        _ => Ok(()),
     }
 }
 
