@@ -645,3 +645,77 @@ fn edited_graphs_are_loaded_or_refused_never_a_panic() {
         "{loaded} loaded, {refused} refused"
     );
 }
+
+#[test]
+fn a_graph_computing_a_value_too_wide_per_row_is_refused() {
+    use prost::Message;
+    use tract_onnx::pb;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = cpu_model(tmp.path(), "v1", vec![]);
+    Scorer::load(&src).expect("the model as written loads");
+    let path = src.join(MODEL_FILE);
+    let mut model =
+        pb::ModelProto::decode(std::fs::read(&path).expect("read").as_slice()).expect("decode");
+    let graph = model.graph.as_mut().expect("graph");
+    let output = graph.output[0].name.clone();
+    for node in &mut graph.node {
+        for o in &mut node.output {
+            if *o == output {
+                *o = "pre".into();
+            }
+        }
+    }
+    // [N, 1] + [1, 20000]: a [N, 20000] value, reduced back to the [N, 1] score.
+    let width = 20_000;
+    graph.initializer.push(pb::TensorProto {
+        name: "wide".into(),
+        dims: vec![1, width],
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        float_data: vec![0.5; width as usize],
+        ..Default::default()
+    });
+    graph.node.push(pb::NodeProto {
+        name: "widen".into(),
+        op_type: "Add".into(),
+        input: vec!["pre".into(), "wide".into()],
+        output: vec!["widened".into()],
+        ..Default::default()
+    });
+    graph.node.push(pb::NodeProto {
+        name: "narrow".into(),
+        op_type: "ReduceMax".into(),
+        input: vec!["widened".into()],
+        output: vec![output],
+        attribute: vec![
+            pb::AttributeProto {
+                name: "axes".into(),
+                r#type: pb::attribute_proto::AttributeType::Ints as i32,
+                ints: vec![1],
+                ..Default::default()
+            },
+            pb::AttributeProto {
+                name: "keepdims".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    let bytes = model.encode_to_vec();
+    std::fs::write(&path, &bytes).expect("write");
+    let mut manifest = read_manifest(&src);
+    manifest.model_sha256 = sha256_hex(&bytes);
+    std::fs::write(
+        src.join(MANIFEST_FILE),
+        serde_json::to_vec(&manifest).expect("json"),
+    )
+    .expect("write manifest");
+    let err = Scorer::load(&src).expect_err("too wide");
+    assert_eq!(err.reason(), "graph_bounds", "{}", chain(&err));
+    assert!(
+        chain(&err).contains("elements per input row"),
+        "{}",
+        chain(&err)
+    );
+}

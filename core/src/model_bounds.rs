@@ -71,6 +71,10 @@ pub const MAX_TREE_DEPTH: u32 = 64;
 pub const MAX_GRAPH_TREE_NODES: usize = MAX_TOTAL_NODES;
 /// Most operator nodes in one graph (the trainer writes at most a dozen).
 pub const MAX_GRAPH_OPS: usize = 1024;
+/// Most elements of any value the graph computes, per input row (at a batch of one): each is
+/// allocated per batch of series. The trainer's widest is one per feature (the range guard),
+/// at most [`MAX_SIGNALS`] x 26.
+pub const MAX_GRAPH_ROW_VALUES: usize = 16 * 1024;
 /// Most elements of one constant tensor in the graph (an initializer or a `Constant`).
 pub const MAX_TENSOR_ELEMENTS: usize = 4 * 1024 * 1024;
 

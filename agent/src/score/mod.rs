@@ -24,7 +24,8 @@ use graph_bounds::GraphBoundsError;
 use selfheal_core::features::FEATURE_SCHEMA_VERSION;
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
 use selfheal_core::model_bounds::{
-    self, BoundsError, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MAX_SIGNATURE_BYTES,
+    self, BoundsError, MAX_GRAPH_ROW_VALUES, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES,
+    MAX_SIGNATURE_BYTES,
 };
 use selfheal_core::signature::{self, SIGNATURE_FILE, SignatureError, Signed, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -365,6 +366,7 @@ impl Scorer {
             .set_input_fact(0, f32::fact([batch.to_dim(), spec.to_dim()]).into())
             .map_err(onnx_error)?;
         let typed = inference.into_optimized().map_err(onnx_error)?;
+        check_row_values(&typed, &batch)?;
         let outputs = typed.output_outlets().map_err(onnx_error)?;
         let [output] = outputs else {
             return Err(ScoreError::Onnx(
@@ -445,6 +447,38 @@ impl Scorer {
             Err(e) => unreachable!("alarm rule validated at load: {e}"),
         }
     }
+}
+
+/// Refuses a plan any of whose values holds more than [`MAX_GRAPH_ROW_VALUES`] elements per
+/// input row (its shape at a batch of one): each is allocated once per batch, so a constant
+/// broadcast or a `Gather` of millions of columns would cost gigabytes on a batch of a few
+/// hundred series. The trainer's widest value is the range guard's, one per feature.
+fn check_row_values(typed: &TypedModel, batch: &Symbol) -> Result<(), ScoreError> {
+    let one_row = SymbolValues::default().with(batch, 1);
+    for node in typed.nodes() {
+        for outlet in &node.outputs {
+            let mut per_row: usize = 1;
+            for dim in outlet.fact.shape.iter() {
+                let d = dim
+                    .eval(&one_row)
+                    .to_i64()
+                    .ok()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .and_then(|d| per_row.checked_mul(d));
+                per_row = match d {
+                    Some(n) if n <= MAX_GRAPH_ROW_VALUES => n,
+                    _ => {
+                        return Err(ScoreError::Graph(GraphBoundsError(format!(
+                            "{} ({}) computes a value of shape {:?}: more than \
+                             {MAX_GRAPH_ROW_VALUES} elements per input row",
+                            node.name, node.op, outlet.fact.shape
+                        ))));
+                    }
+                };
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lower-case hex sha256 of `bytes`.
