@@ -137,10 +137,10 @@ fn anomalies_from_the_agent_reach_the_s3_lake_through_kinesis_and_train_a_model(
 
 /// A handler for the pipeline tests: refuses as poison any batch holding record `poison`,
 /// panics on any batch holding record `panic`, and remembers the ids of what it handled.
-struct Picky {
+pub(crate) struct Picky {
     poison: u128,
     panic: u128,
-    handled: Arc<Mutex<Vec<u128>>>,
+    pub(crate) handled: Arc<Mutex<Vec<u128>>>,
 }
 
 impl Handler for Picky {
@@ -169,7 +169,7 @@ impl Handler for Picky {
     }
 }
 
-fn picky(poison: u128, panic: u128) -> Picky {
+pub(crate) fn picky(poison: u128, panic: u128) -> Picky {
     Picky {
         poison,
         panic,
@@ -197,7 +197,7 @@ async fn put_ids(client: &aws_sdk_kinesis::Client, stream: &str, ids: std::ops::
         .expect("put records");
 }
 
-fn consumer_settings(stream: &str) -> ConsumerSettings {
+pub(crate) fn consumer_settings(stream: &str) -> ConsumerSettings {
     ConsumerSettings {
         stream: stream.into(),
         batch_max_records: 10,
@@ -211,7 +211,7 @@ fn consumer_settings(stream: &str) -> ConsumerSettings {
     }
 }
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
+pub(crate) async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(
