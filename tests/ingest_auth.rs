@@ -413,3 +413,152 @@ fn fastrand_id() -> u128 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     u128::from(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
+
+/// Runs `openssl` with `args` in `dir`, failing the test on error.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=selfheal-test-ca",
+    ]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        ),
+        (
+            "client",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        ),
+    ] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        let extfile = format!("{name}.ext");
+        std::fs::write(dir.join(&extfile), ext).expect("ext file");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let subj = format!("/CN={name}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        );
+    }
+}
+
+#[test]
+fn over_tls_with_client_certificates_the_agents_sink_posts_and_plain_or_anonymous_clients_fail() {
+    use selfheal_agent::forward::Sink;
+    use selfheal_agent::forward::http::{HttpConfig, HttpSink};
+    use selfheal_agent::forward::spool::{Lane, SpooledRecord};
+    let rt = runtime();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    certificates(d);
+    let port = free_port();
+    let tls = format!(
+        "{}[ingest.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+        token_file(d),
+        d.join("server.crt").display(),
+        d.join("server.key").display(),
+        d.join("ca.crt").display(),
+    );
+    let config = aggregator_config(d, port, &tls);
+    let mut cmd = selfheal();
+    cmd.args(["aggregator", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null());
+    let _aggregator = crate::support::KillOnDrop(cmd.spawn().expect("start aggregator"));
+
+    let agent_token = write_file(d, "agent-token", NODE_A_TOKEN);
+    let sink_config = |client_cert: bool| HttpConfig {
+        url: format!("https://127.0.0.1:{port}/v1/ingest"),
+        connect_timeout_ms: 1000,
+        token_file: Some(agent_token.clone()),
+        ca_file: Some(d.join("ca.crt")),
+        client_cert_file: client_cert.then(|| d.join("client.crt")),
+        client_key_file: client_cert.then(|| d.join("client.key")),
+    };
+    let sink = HttpSink::from_config(&sink_config(true)).expect("sink with client cert");
+    let record = SpooledRecord {
+        lane: Lane::Sample,
+        partition_key: "node/node-a".into(),
+        data: node_a_wire(1),
+        appended_ms: now_ms(),
+    };
+    // Wait for the server to listen, then post as the agent does.
+    let start = Instant::now();
+    let outcome = loop {
+        match rt.block_on(sink.send(&[&record])) {
+            Ok(o) => break o,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "never answered: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(outcome.len(), 1);
+
+    // Without a client certificate the handshake fails: nothing is answered.
+    let anonymous = HttpSink::from_config(&sink_config(false)).expect("sink without cert");
+    assert!(rt.block_on(anonymous.send(&[&record])).is_err());
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert!(crate::support::http_get(port, "/healthz").is_none_or(|(s, _)| s != 200));
+    // A token over plain http:// to anything but loopback is a config error.
+    let clear = HttpConfig {
+        url: "http://aggregator.example:9478/v1/ingest".into(),
+        ..sink_config(true)
+    };
+    let e = HttpSink::from_config(&clear).expect_err("token in clear");
+    assert!(e.to_string().contains("forward.http.url"), "{e}");
+}
