@@ -9,7 +9,8 @@
 //! - the body is bounded by the ingest handler itself (`body_timeout`, `max_body_bytes`, a
 //!   memory budget taken as bytes arrive), not here.
 //!
-//! Shutdown: the listener closes, open connections finish the request in flight and close.
+//! Shutdown: the listener closes, idle connections close, and a request in flight has
+//! `header_timeout` to finish; connections still open after that are dropped.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -244,5 +245,13 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Idle connections close at once; a request in flight gets the head timeout to finish, so a
+    // client dribbling a body cannot hold shutdown past the service's grace period.
+    let open = graceful.count();
+    if tokio::time::timeout(settings.header_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(connections = open, "HttpConnectionsAbandonedAtShutdown");
+    }
 }

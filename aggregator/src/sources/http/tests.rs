@@ -387,3 +387,17 @@ async fn a_newer_schema_version_is_503_and_nothing_of_the_request_is_logged() {
     assert_eq!(srv.logged(), vec![3]);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dribbling_a_body_does_not_hold_shutdown_past_the_head_timeout() {
+    let srv = Server::start(2, Duration::from_secs(1)).await;
+    let b = body(1, "node-a");
+    let mut slow = post_head(srv.addr, Some(TOKEN_A), b.len()).await;
+    slow.write_all(&b[..1]).await.expect("first byte");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    srv.stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(3), srv.task)
+        .await
+        .expect("the server stopped within the head timeout")
+        .expect("no panic");
+}
