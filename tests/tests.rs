@@ -11,6 +11,8 @@ mod agent_forward;
 mod detect;
 mod forward;
 mod ingest;
+mod ingest_agent;
+mod ingest_auth;
 mod lake;
 mod manifests;
 mod model;

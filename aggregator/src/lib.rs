@@ -19,6 +19,7 @@
 //! [`run`] wires the stages and exits non-zero when any task panics, [`config`] validates their
 //! settings, [`server`] serves `/metrics` and `/healthz`, and [`cli`] is the binary's edge.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod heal;

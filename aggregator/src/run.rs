@@ -39,6 +39,12 @@ pub enum RunError {
     /// The HTTP ingest log could not be opened.
     #[error("cannot open the ingest log")]
     Log(#[source] LogError),
+    /// The ingest credentials could not be loaded.
+    #[error("cannot set up ingest authentication")]
+    Auth(#[source] crate::auth::AuthError),
+    /// The ingest server's TLS files could not be loaded.
+    #[error("cannot set up TLS on the ingest server")]
+    Tls(#[source] crate::sources::http::conn::TlsError),
     /// A handler's checkpoint could not be read at start.
     #[error("cannot read the checkpoint of handler {handler}")]
     Checkpoint {
@@ -218,13 +224,35 @@ async fn start_http(
         readers.push((name, reader));
     }
     tracing::info!(path = %ingest.path, log = %ingest.log.dir.display(), "AggregatorStarting");
-    let routes = crate::sources::http::router(ingest, Arc::clone(&log), consume, ingest_metrics);
+    let auth = crate::auth::Authenticator::new(&ingest.auth).map_err(RunError::Auth)?;
+    let tls = ingest
+        .conn
+        .tls
+        .as_ref()
+        .map(crate::sources::http::conn::server_config)
+        .transpose()
+        .map_err(RunError::Tls)?;
+    let conn_metrics = Arc::new(crate::sources::http::conn::ConnMetrics::default());
+    conn_metrics.register(&mut registry);
+    let routes = crate::sources::http::router(
+        ingest,
+        Arc::new(auth),
+        Arc::clone(&log),
+        consume,
+        ingest_metrics,
+    );
+    let bounded = crate::sources::http::conn::Bounded {
+        settings: ingest.conn.clone(),
+        tls,
+        metrics: conn_metrics,
+    };
     let (addr, server) = crate::server::serve(
         settings.listen_addr,
         Arc::new(registry),
         None,
         settings.health_max_age,
         routes,
+        Some(bounded),
         stop.clone(),
     )
     .await
@@ -232,7 +260,7 @@ async fn start_http(
         addr: settings.listen_addr,
         source,
     })?;
-    tracing::info!(%addr, path = %ingest.path, "HttpServerListening");
+    tracing::info!(%addr, path = %ingest.path, tls = ingest.conn.tls.is_some(), "HttpServerListening");
     tasks.spawn("server".into(), join(server));
     for (name, reader) in readers {
         tasks.spawn(format!("{name} reader"), reader.run(stop.clone()));
@@ -304,6 +332,7 @@ async fn start_kinesis(
         progress,
         settings.health_max_age,
         axum::Router::new(),
+        None,
         stop.clone(),
     )
     .await

@@ -70,12 +70,15 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 
 /// Binds `addr` (failing fast when it cannot) and serves `/metrics`, `/healthz` and `source`'s
 /// routes until `shutdown` turns true; then in-flight requests finish before the task ends.
+/// With `bounded` (the HTTP ingest source), connections go through the bounded loop of
+/// [`crate::sources::http::conn`] (cap, timeouts, TLS) instead of `axum::serve`.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     progress: Option<watch::Receiver<Instant>>,
     max_age: Duration,
     source: Router,
+    bounded: Option<crate::sources::http::conn::Bounded>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -89,6 +92,12 @@ pub async fn serve(
             max_age,
         })
         .merge(source);
+    if let Some(b) = bounded {
+        let handle = tokio::spawn(crate::sources::http::conn::serve(
+            listener, app, b, shutdown,
+        ));
+        return Ok((local, handle));
+    }
     let handle = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -13,7 +13,7 @@ pub mod kinesis;
 pub mod spool;
 pub mod stage;
 
-use crate::forward::spool::{DropReason, Spool, SpooledBatch, SpooledRecord};
+use crate::forward::spool::{Spool, SpooledBatch, SpooledRecord};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -280,7 +280,7 @@ impl prometheus_client::collector::Collector for ForwardMetrics {
             ),
             (
                 "forward_rejected_records",
-                "Records the sink refused for good",
+                "Records the sink refused for good (moved to the spool's quarantine)",
                 load(&f.records_rejected),
             ),
             ("forward_calls", "Calls made to the sink", load(&f.calls)),
@@ -443,13 +443,13 @@ impl<S: Sink> Forwarder<S> {
                                 code,
                             }) => {
                                 add(&self.stats.records_rejected, 1);
-                                self.spool.stats().count_drop(DropReason::Rejected, 1);
                                 tracing::warn!(
                                     sink = self.sink.name(),
                                     code,
                                     key = rec.partition_key,
                                     "ForwardRecordRejected"
                                 );
+                                self.spool.quarantine(&[*rec], code);
                             }
                             Some(RecordOutcome::Failed { code, .. }) => {
                                 add(&self.stats.records_failed, 1);
@@ -483,10 +483,11 @@ impl<S: Sink> Forwarder<S> {
                         add(&self.stats.throttled, 1);
                     }
                     if !e.is_retryable() {
+                        // Refused for good: set aside in the quarantine, never deleted.
                         let n = pending.len() as u64;
                         add(&self.stats.records_rejected, n);
-                        self.spool.stats().count_drop(DropReason::Rejected, n);
                         tracing::error!(sink = self.sink.name(), records = n, error = %e, "ForwardBatchRejected");
+                        self.spool.quarantine(&pending, &e.to_string());
                         return true;
                     }
                     add(&self.stats.records_retried, pending.len() as u64);

@@ -76,11 +76,15 @@ pub(super) struct ScanSummary {
     pub(super) torn_at: Option<u64>,
 }
 
+/// Scans a whole segment file from `from`. A frame that runs past the end is a torn tail only
+/// when no valid frame start follows it ([`frame::scan_complete`]): a length field corrupted in
+/// the middle of a segment is skipped to the next frame, never taken for a torn tail that would
+/// cut off every record after it.
 pub(super) fn scan_bytes(buf: &[u8], from: usize) -> ScanSummary {
     let mut s = ScanSummary::default();
     let mut pos = from;
     while pos < buf.len() {
-        match frame::scan_at(buf, pos) {
+        match frame::scan_complete(buf, pos) {
             frame::Scanned::Frame(f) => {
                 s.records += 1;
                 s.oldest_ms = Some(s.oldest_ms.map_or(f.appended_ms, |o| o.min(f.appended_ms)));

@@ -11,7 +11,7 @@ use crate::pipeline::{
     Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, error_chain,
     seq_at_or_after,
 };
-use selfheal_core::schema::decode_wire;
+use selfheal_core::schema::{DecodeError, decode_wire};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -121,6 +121,19 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
             self.pos = chunk.next;
             for r in chunk.records {
                 let s = seq(r.end);
+                let decoded = decode_wire(&r.wire);
+                if let Err(DecodeError::UnsupportedVersion { found, supported }) = &decoded
+                    && *found > *supported
+                {
+                    // Logged by a newer build: deliver what came before, then stop here, never
+                    // checkpointing past it, until a build that reads it runs.
+                    if !self.flush(&mut batch, &mut stop).await {
+                        return;
+                    }
+                    tracing::error!(handler = name, sequence = %s, found, supported, "IngestLogReaderStoppedAtNewerSchema");
+                    let _ = stop.wait_for(|s| *s).await;
+                    return;
+                }
                 let b = batch.get_or_insert_with(|| Batch {
                     shard_id: SHARD.into(),
                     first_seq: s.clone(),
@@ -130,7 +143,7 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
                 b.last_seq.clone_from(&s);
                 started.get_or_insert_with(Instant::now);
                 bytes += r.wire.len();
-                match decode_wire(&r.wire) {
+                match decoded {
                     Ok(envelope) => b.records.push(ConsumedRecord {
                         sequence: s.clone(),
                         partition_key: r.key,
