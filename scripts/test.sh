@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotent; silent unless something fails) and runs every check
-# CI runs: formatting, clippy with warnings denied, and the whole test suite.
+# CI runs: formatting, the dependency policy (deny.toml), clippy and rustdoc with warnings denied,
+# and the whole test suite.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -- FILTER  only tests matching FILTER (after the checks)
@@ -42,7 +43,29 @@ fi
 export SELFHEAL_PYTHON="$PWD/.venv/bin/python"
 
 quiet cargo fmt --all -- --check
+
+# The dependency policy (deny.toml). cargo-deny is installed once, built outside the project's
+# target directory so it never shares a build with the workspace.
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  quiet env -u CARGO_TARGET_DIR cargo install --locked cargo-deny
+fi
+quiet cargo deny --log-level error check licenses bans sources
+# Advisories need the RustSec database, a git clone from github.com. Where that cannot be
+# fetched (a sandbox without GitHub), say so on one line instead of failing every run; CI sets
+# SELFHEAL_REQUIRE_ADVISORIES=1 so a fetch failure fails there.
+if ! cargo deny --log-level error check advisories >"$log" 2>&1; then
+  if [ "${SELFHEAL_REQUIRE_ADVISORIES:-0}" != 1 ] && grep -q "failed to fetch advisory database" "$log"; then
+    echo "scripts/test.sh: advisories NOT checked: the advisory database cannot be fetched" >&2
+  else
+    echo "scripts/test.sh: 'cargo deny check advisories' failed:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+fi
+
 quiet cargo clippy --workspace --all-targets -- -D warnings
+# Public docs build without a broken link or a malformed doc comment.
+quiet env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 filter=()
 if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
 results=$(mktemp)
