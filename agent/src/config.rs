@@ -36,7 +36,11 @@ pub struct AgentConfig {
     /// Pod cgroup hierarchy roots, relative to each cgroup hierarchy: `kubepods.slice` for the
     /// kubelet's systemd driver, `kubepods` for its cgroupfs driver.
     pub kubepods_paths: Vec<PathBuf>,
-    /// Address of the HTTP server for `/metrics` and `/healthz`.
+    /// Address of the HTTP server for `/metrics` and `/healthz`. Default `0.0.0.0:9477`: every
+    /// interface, because Prometheus scrapes the pod IP from another pod and the kubelet probes
+    /// it there; bind `127.0.0.1:9477` where only a local scraper reads it. Whatever the address,
+    /// the server caps connections (64) and times out heads and idle keep-alives (10 s) and
+    /// requests (30 s): see `selfheal_runtime::server::ConnectionLimits`.
     pub listen_addr: String,
     /// Network interfaces left out of node traffic. A trailing `*` matches any suffix. Pod
     /// veths and overlay devices are excluded by default so traffic is not counted twice.
@@ -352,13 +356,7 @@ mod tests {
 
     impl std::fmt::Display for Chain {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}", self.0)?;
-            let mut src = std::error::Error::source(&self.0);
-            while let Some(s) = src {
-                write!(f, ": {s}")?;
-                src = s.source();
-            }
-            Ok(())
+            selfheal_runtime::chain::ErrorChain::new(&self.0).fmt(f)
         }
     }
 

@@ -22,12 +22,16 @@ use crate::sources::http::log::{IngestLog, LogError, LogMetrics};
 use crate::sources::http::reader::{BatchLimits, LogReader};
 use crate::sources::http::{IngestMetrics, IngestSettings};
 use crate::sources::kinesis::{ConsumeMetrics, Consumer};
-use aws_sdk_kinesis::config::retry::RetryConfig;
 use prometheus_client::registry::Registry;
 use selfheal_lake::{LakeStore, LakeWriter, StoreError};
+use selfheal_runtime::server::{
+    AdminMetrics, AdminServer, AlwaysHealthy, ConnectionLimits, Health, HealthCheck,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio::task::JoinSet;
 
 /// Why the aggregator stopped with an error.
@@ -219,15 +223,22 @@ async fn start_http(
     }
     tracing::info!(path = %ingest.path, log = %ingest.log.dir.display(), "AggregatorStarting");
     let routes = crate::sources::http::router(ingest, Arc::clone(&log), consume, ingest_metrics);
-    let (addr, server) = crate::server::serve(
-        settings.listen_addr,
-        Arc::new(registry),
-        None,
-        settings.health_max_age,
-        routes,
-        stop.clone(),
-    )
-    .await
+    // No upstream to be wedged on: the server answering is the health.
+    let admin = AdminMetrics::register(&mut registry);
+    let (addr, server) = AdminServer::new(Arc::new(registry))
+        .health(AlwaysHealthy("http ingest"))
+        // Every agent of the fleet posts here, through pooled keep-alive connections: room for
+        // a large fleet, and hyper's own 30 s for heads and idling (the agents' pools keep
+        // connections longer than the admin default would).
+        .limits(ConnectionLimits {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            ..ConnectionLimits::default()
+        })
+        .metrics(admin)
+        .merge(routes)
+        .serve(settings.listen_addr, stop.clone().into())
+        .await
     .map_err(|source| RunError::Listen {
         addr: settings.listen_addr,
         source,
@@ -244,22 +255,21 @@ async fn start_http(
 async fn start_kinesis(
     settings: &Settings,
     handlers: Vec<SharedHandler>,
-    registry: Registry,
+    mut registry: Registry,
     consume: Arc<ConsumeMetrics>,
     pipeline: Arc<PipelineMetrics>,
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<(), RunError> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let sdk = selfheal_runtime::aws::sdk_config(&selfheal_runtime::aws::AwsSettings {
+        region: settings.kinesis_region.clone(),
+        endpoint_url: settings.kinesis_endpoint_url.clone(),
         // The consumer retries with its own backoff and counts each retry.
-        .retry_config(RetryConfig::disabled());
-    if let Some(r) = &settings.kinesis_region {
-        loader = loader.region(aws_sdk_kinesis::config::Region::new(r.clone()));
-    }
-    if let Some(u) = &settings.kinesis_endpoint_url {
-        loader = loader.endpoint_url(u);
-    }
-    let client = aws_sdk_kinesis::Client::new(&loader.load().await);
+        retry: selfheal_runtime::aws::SdkRetry::Disabled,
+        ..Default::default()
+    })
+    .await;
+    let client = aws_sdk_kinesis::Client::new(&sdk);
     let stream_dir = settings.checkpoint_dir.join(&settings.consumer.stream);
     tracing::info!(
         stream = %settings.consumer.stream,
@@ -298,15 +308,14 @@ async fn start_kinesis(
         progress.get_or_insert_with(|| consumer.progress());
         consumers.push((name, consumer));
     }
-    let (addr, server) = crate::server::serve(
-        settings.listen_addr,
-        Arc::new(registry),
-        progress,
-        settings.health_max_age,
-        axum::Router::new(),
-        stop.clone(),
-    )
-    .await
+    let admin = AdminMetrics::register(&mut registry);
+    let mut server = AdminServer::new(Arc::new(registry)).metrics(admin);
+    if let Some(progress) = progress {
+        server = server.health(kinesis_health(progress, settings.health_max_age));
+    }
+    let (addr, server) = server
+        .serve(settings.listen_addr, stop.clone().into())
+        .await
     .map_err(|source| RunError::Listen {
         addr: settings.listen_addr,
         source,
@@ -317,6 +326,22 @@ async fn start_kinesis(
         tasks.spawn(format!("{name} consumer"), consumer.run(stop.clone()));
     }
     Ok(())
+}
+
+/// `/healthz` with the Kinesis source: 200 while the consumer keeps talking to Kinesis (a
+/// successful ListShards, GetShardIterator or GetRecords within `max_age`) and 503 after, so a
+/// consumer wedged on a dead endpoint or bad credentials gets its pod restarted by the liveness
+/// probe.
+fn kinesis_health(progress: watch::Receiver<Instant>, max_age: Duration) -> impl HealthCheck {
+    move || {
+        let age = progress.borrow().elapsed();
+        let healthy = age <= max_age;
+        let word = if healthy { "ok" } else { "stale" };
+        Health {
+            healthy,
+            message: format!("{word}: last Kinesis call {:.1}s ago", age.as_secs_f64()),
+        }
+    }
 }
 
 /// Waits for a spawned task, re-raising its panic in the waiting task.

@@ -16,7 +16,8 @@
 //! so a `.reason` file always has its records.
 
 use super::checkpoint::{CheckpointError, write_atomic};
-use super::{Batch, error_chain};
+use super::Batch;
+use selfheal_runtime::chain::ErrorChain;
 use selfheal_core::schema::encode_wire;
 use std::path::{Path, PathBuf};
 
@@ -70,7 +71,7 @@ impl DeadLetters {
             batch.first_seq,
             batch.last_seq,
             batch.records.len(),
-            error_chain(error),
+            ErrorChain::new(error),
         );
         let records_path = self.dir.join(format!("{name}.records"));
         let reason_path = self.dir.join(format!("{name}.reason"));

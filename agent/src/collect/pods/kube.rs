@@ -6,7 +6,7 @@
 use super::config::PodsConfig;
 use super::decode::{self, Pod, PodSpec, PodStatus};
 use super::directory::{PodInfo, SharedPodDirectory};
-use super::watch::FullJitter;
+use super::watch::{KubeBackoff, backoff};
 use super::{PodStats, PodsError, inc};
 use futures_util::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A pod with only the fields the agent reads; everything else in the JSON is skipped.
@@ -159,20 +159,23 @@ impl Context<'_> {
 
     /// Lists and watches until shutdown; a served relist request starts a fresh watcher (which
     /// lists first).
-    pub(super) async fn run(&self, shutdown: &mut watch::Receiver<bool>) {
+    pub(super) async fn run(&self, shutdown: &mut selfheal_runtime::shutdown::Shutdown) {
         let timeout = u32::try_from(self.resync.as_secs()).unwrap_or(u32::MAX);
         let config = watcher::Config::default()
             .fields(&self.selector())
             .timeout(timeout)
             .any_semantic();
-        let mut last_list: Option<Instant> = None;
+        // Read by the relist future while the loop below updates it.
+        let last_list = std::sync::Mutex::new(None::<Instant>);
+        let last = || *last_list.lock().unwrap_or_else(|e| e.into_inner());
+        let set_last = |at| *last_list.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
         loop {
             let stream =
-                watcher::watcher(self.api(), config.clone()).backoff(FullJitter::default());
+                watcher::watcher(self.api(), config.clone()).backoff(KubeBackoff(backoff()));
             let mut stream = std::pin::pin!(stream);
             let relist = async {
                 self.relist.notified().await;
-                if let Some(at) = last_list {
+                if let Some(at) = last() {
                     tokio::time::sleep_until(at + self.min_relist_interval).await;
                 }
             };
@@ -185,7 +188,7 @@ impl Context<'_> {
                         inc(&self.stats.relist_requests_total);
                         break;
                     }
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    () = shutdown.requested() => return,
                 };
                 let Some(event) = event else { break };
                 match event {
@@ -201,7 +204,7 @@ impl Context<'_> {
                         self.directory.write().replace(pods, None);
                         self.stats.pods_known.store(n as u64, Ordering::Relaxed);
                         inc(&self.stats.relists_total);
-                        last_list = Some(Instant::now());
+                        set_last(Instant::now());
                         tracing::debug!(event = "PodsListed", pods = n);
                     }
                     Ok(Event::Apply(p)) => {
@@ -228,7 +231,7 @@ impl Context<'_> {
                     Err(e) => {
                         let list = matches!(e, watcher::Error::InitialListFailed(_));
                         if list {
-                            last_list = Some(Instant::now());
+                            set_last(Instant::now());
                         }
                         let counter = if list {
                             &self.stats.list_errors_total
@@ -236,7 +239,7 @@ impl Context<'_> {
                             &self.stats.watch_errors_total
                         };
                         inc(counter);
-                        let error = super::watch::ErrorChain(&e);
+                        let error = selfheal_runtime::chain::ErrorChain::new(&e);
                         if list {
                             tracing::warn!(event = "PodListError", error = %error, "listing pods failed; retrying");
                         } else {
