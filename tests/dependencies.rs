@@ -34,7 +34,12 @@ fn the_trainer_depends_on_no_aggregator_axum_or_kinesis_crate() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert!(crates.contains(&"selfheal-lake"), "{tree}");
-    for banned in ["selfheal-aggregator", "axum", "axum-core", "aws-sdk-kinesis"] {
+    for banned in [
+        "selfheal-aggregator",
+        "axum",
+        "axum-core",
+        "aws-sdk-kinesis",
+    ] {
         assert!(
             !crates.contains(&banned),
             "selfheal-model-export depends on {banned}:\n{tree}"

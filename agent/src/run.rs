@@ -136,10 +136,10 @@ pub async fn run(
         .metrics(admin_metrics)
         .serve(settings.listen_addr, shutdown.clone().into())
         .await
-    .map_err(|source| AgentError::Bind {
-        addr: settings.listen_addr,
-        source,
-    })?;
+        .map_err(|source| AgentError::Bind {
+            addr: settings.listen_addr,
+            source,
+        })?;
     tracing::info!(%addr, node = %settings.node_name, interval_secs = settings.interval.as_secs_f64(), "AgentStarted");
 
     detect.between_cycles(true).await;

@@ -16,6 +16,7 @@ use crate::sources::kinesis::ConsumerSettings;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use selfheal_lake::S3Options;
+use selfheal_runtime::config::{self, FieldError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -223,13 +224,8 @@ pub enum ConfigError {
     #[error("invalid aggregator configuration")]
     Parse(#[from] Box<figment::Error>),
     /// A field parsed but its value is not acceptable.
-    #[error("invalid aggregator configuration: field `{field}`: {reason}")]
-    Invalid {
-        /// Dotted path of the field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error("invalid aggregator configuration: {0}")]
+    Invalid(#[from] FieldError),
 }
 
 /// Validated settings.
@@ -260,28 +256,15 @@ pub struct Settings {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid(FieldError::new(field, reason))
 }
 
 fn secs(field: &'static str, v: f64, max: f64) -> Result<Duration, ConfigError> {
-    if v.is_finite() && v > 0.0 && v <= max {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(invalid(
-            field,
-            format!("must be a number of seconds in (0, {max}], got {v}"),
-        ))
-    }
+    Ok(config::secs(field, v, max)?)
 }
 
 fn millis(field: &'static str, v: u64, max: u64) -> Result<Duration, ConfigError> {
-    if v == 0 || v > max {
-        return Err(invalid(field, format!("must be in 1..={max} ms, got {v}")));
-    }
-    Ok(Duration::from_millis(v))
+    Ok(config::millis(field, v, max)?)
 }
 
 impl AggregatorConfig {

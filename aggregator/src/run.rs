@@ -31,8 +31,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Why the aggregator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -239,10 +239,10 @@ async fn start_http(
         .merge(routes)
         .serve(settings.listen_addr, stop.clone().into())
         .await
-    .map_err(|source| RunError::Listen {
-        addr: settings.listen_addr,
-        source,
-    })?;
+        .map_err(|source| RunError::Listen {
+            addr: settings.listen_addr,
+            source,
+        })?;
     tracing::info!(%addr, path = %ingest.path, "HttpServerListening");
     tasks.spawn("server".into(), join(server));
     for (name, reader) in readers {
@@ -316,10 +316,10 @@ async fn start_kinesis(
     let (addr, server) = server
         .serve(settings.listen_addr, stop.clone().into())
         .await
-    .map_err(|source| RunError::Listen {
-        addr: settings.listen_addr,
-        source,
-    })?;
+        .map_err(|source| RunError::Listen {
+            addr: settings.listen_addr,
+            source,
+        })?;
     tracing::info!(%addr, "HttpServerListening");
     tasks.spawn("server".into(), join(server));
     for (name, consumer) in consumers {

@@ -568,7 +568,10 @@ mod tests {
         wait_until(|| metrics.connections_open.get() == 0).await;
         let (status, _, body) = fetch(addr, "/metrics").await;
         assert_eq!(status, 200);
-        assert!(body.contains("demo_admin_connections_refused_total 1"), "{body}");
+        assert!(
+            body.contains("demo_admin_connections_refused_total 1"),
+            "{body}"
+        );
         assert!(body.contains("demo_admin_connections_open 1"), "{body}");
     }
 
@@ -582,13 +585,18 @@ mod tests {
             .expect("bind");
         // Half a head, then silence.
         let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a").await.expect("send");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a")
+            .await
+            .expect("send");
         let start = Instant::now();
         let got = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut slow))
             .await
             .expect("closed by the header timeout");
         let waited = start.elapsed();
-        assert!(!String::from_utf8_lossy(&got).contains(" 200 "), "not served");
+        assert!(
+            !String::from_utf8_lossy(&got).contains(" 200 "),
+            "not served"
+        );
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
         // One full request on a kept-alive connection, then idling past the timeout.
         let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -622,7 +630,11 @@ mod tests {
             .await
             .expect("answered by the timeout");
         assert_eq!((status, body.as_str()), (408, "request took too long\n"));
-        assert_eq!(fetch(addr, "/healthz").await.0, 200, "other requests unaffected");
+        assert_eq!(
+            fetch(addr, "/healthz").await.0,
+            200,
+            "other requests unaffected"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ pub mod kinesis;
 pub mod spool;
 pub mod stage;
 
-use selfheal_runtime::backoff::{Backoff, Jitter};
 use crate::forward::spool::{DropReason, Spool, SpooledBatch, SpooledRecord};
+use selfheal_runtime::backoff::{Backoff, Jitter};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -145,15 +145,9 @@ impl Default for ForwardConfig {
     }
 }
 
-/// A forwarding configuration that cannot be used; names the field.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid forward configuration: field `{field}`: {reason}")]
-pub struct ForwardConfigError {
-    /// The field.
-    pub field: &'static str,
-    /// What is wrong.
-    pub reason: String,
-}
+/// A forwarding configuration that cannot be used: the runtime's field error (the agent's `ConfigError` adds
+/// "invalid agent configuration").
+pub type ForwardConfigError = selfheal_runtime::config::FieldError;
 
 /// Validated [`ForwardConfig`].
 #[derive(Debug, Clone)]

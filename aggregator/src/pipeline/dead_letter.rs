@@ -15,10 +15,10 @@
 //! Both are written atomically (temp file, fsync, rename, directory fsync), the records first,
 //! so a `.reason` file always has its records.
 
-use super::checkpoint::{CheckpointError, write_atomic};
 use super::Batch;
-use selfheal_runtime::chain::ErrorChain;
+use super::checkpoint::{CheckpointError, write_atomic};
 use selfheal_core::schema::encode_wire;
+use selfheal_runtime::chain::ErrorChain;
 use std::path::{Path, PathBuf};
 
 /// Where one handler's dead letters go.

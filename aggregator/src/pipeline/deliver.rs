@@ -2,15 +2,15 @@
 //! the handler (retried while retryable, set aside when poison), then the checkpoint past it.
 //! Every source's reader uses it, so the retry and poison rules are the same on every path.
 
-use selfheal_runtime::backoff::{Backoff, Jitter};
-use selfheal_runtime::shutdown::Shutdown;
 use super::dead_letter::DeadLetters;
 use super::{Batch, Checkpoint, CheckpointStore, Handler, RetryClass};
-use selfheal_runtime::chain::ErrorChain;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use selfheal_runtime::backoff::{Backoff, Jitter};
+use selfheal_runtime::chain::ErrorChain;
+use selfheal_runtime::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -78,15 +78,9 @@ impl Default for PodsConfig {
     }
 }
 
-/// A [`PodsConfig`] value that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid agent configuration: field `{field}`: {reason}")]
-pub struct PodsConfigError {
-    /// Dotted path of the field from the agent config root, e.g. `pods.resync_secs`.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-}
+/// A [`PodsConfig`] value that cannot be used: the runtime's field error (the agent's `ConfigError` adds
+/// "invalid agent configuration").
+pub type PodsConfigError = selfheal_runtime::config::FieldError;
 
 impl PodsConfig {
     /// The source in effect: `auto` resolved against the environment.

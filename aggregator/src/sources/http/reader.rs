@@ -7,12 +7,11 @@
 
 use super::log::{Chunk, IngestLog, LogError};
 use crate::pipeline::deliver::{backoff, sleep_or_stop};
-use selfheal_runtime::chain::ErrorChain;
 use crate::pipeline::{
-    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler,
-    seq_at_or_after,
+    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
 };
 use selfheal_core::schema::decode_wire;
+use selfheal_runtime::chain::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
