@@ -16,11 +16,10 @@
 #   benches/agent_footprint.sh                 # DURATION=60 PODS=100 MODELS=0
 #   DURATION=300 benches/agent_footprint.sh
 #   MODELS=1 TRAIN_SECS=240 TRAIN_INTERVAL=0.2 benches/agent_footprint.sh
-#   POD_WATCH=handwritten benches/agent_footprint.sh   # pod identity from benches/kube_api_stub.py,
-#   POD_WATCH=kube benches/agent_footprint.sh          # watched by either client implementation
-#   POD_WATCH=both SAMPLES=6 benches/agent_footprint.sh
-#       both agents side by side in one window (each with its own API stub), CPU reported per
-#       sample (DURATION/SAMPLES seconds each) so the two are compared under the same load
+#   POD_WATCH=handwritten SAMPLES=4 benches/agent_footprint.sh
+#       pod identity from benches/kube_api_stub.py (the `api` source), CPU per sample as well.
+#       (POD_WATCH=kube / both ran the `kube_runtime` variant beside it until that variant was
+#       removed; see docs/benchmarks.md "Pod watch".)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
@@ -30,7 +29,12 @@ TRAIN_SECS=${TRAIN_SECS:-240}
 TRAIN_INTERVAL=${TRAIN_INTERVAL:-0.2}
 POD_WATCH=${POD_WATCH:-}
 SAMPLES=${SAMPLES:-1}
-features=(); [ "$POD_WATCH" = kube ] && features=(--features selfheal-agent/kube)
+features=()
+case "$POD_WATCH" in
+  ""|handwritten) ;;
+  both) ;;  # only in a tree that has the kube variant again (built separately below)
+  *) echo "POD_WATCH must be empty or handwritten (the kube variant was removed)" >&2; exit 2 ;;
+esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/selfheal/target}"
 command -v prometheus-node-exporter >/dev/null || {
   echo "installing prometheus-node-exporter (Debian)" >&2

@@ -57,7 +57,7 @@ pub struct PodsConfig {
     /// Seconds allowed for one list request, and for a watch stream to stay silent beyond
     /// `resync_secs` before the connection is considered dead.
     pub request_timeout_secs: u64,
-    /// Fewest seconds between two re-lists asked for by [`PodDirectory::request_relist`] (a
+    /// Fewest seconds between two re-lists asked for by [`PodDirectory::request_relist`](super::PodDirectory::request_relist) (a
     /// cgroup of a pod not yet known), so a burst of new pods costs one list.
     pub min_relist_interval_secs: u64,
 }

@@ -33,8 +33,6 @@
 mod config;
 mod decode;
 mod directory;
-#[cfg(feature = "kube")]
-mod kube;
 mod watch;
 
 pub use config::{
@@ -236,10 +234,6 @@ pub enum PodsError {
     /// The watch stream went silent for longer than the server was asked to keep it open.
     #[error("watch stream silent for {0:?}")]
     Stalled(Duration),
-    /// The `kube` client could not be built or its request failed.
-    #[cfg(feature = "kube")]
-    #[error("kube client")]
-    Kube(#[source] ::kube::Error),
 }
 
 impl PodsError {
@@ -257,8 +251,6 @@ impl PodsError {
                 *status == 401 || *status == 408 || *status == 429 || *status >= 500
             }
             PodsError::WatchEvent { code, .. } => *code == 0 || *code == 429 || *code >= 500,
-            #[cfg(feature = "kube")]
-            PodsError::Kube(e) => !matches!(e, ::kube::Error::InferConfig(_)),
             PodsError::Token { .. }
             | PodsError::Request { .. }
             | PodsError::Gone(_)

@@ -57,7 +57,7 @@ enum Ended {
 }
 
 /// Keeps a [`SharedPodDirectory`] current from the configured source until shutdown.
-#[cfg_attr(not(feature = "kube"), derive(Debug))]
+#[derive(Debug)]
 pub struct PodWatcher {
     source: PodSource,
     base: Url,
@@ -70,20 +70,6 @@ pub struct PodWatcher {
     directory: SharedPodDirectory,
     stats: Arc<PodStats>,
     relist: Arc<Notify>,
-    /// The `api` source's client when built on `kube_runtime` (feature `kube`).
-    #[cfg(feature = "kube")]
-    kube: Option<::kube::Client>,
-}
-
-#[cfg(feature = "kube")]
-impl std::fmt::Debug for PodWatcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodWatcher")
-            .field("source", &self.source)
-            .field("base", &self.base)
-            .field("node_name", &self.node_name)
-            .finish_non_exhaustive()
-    }
 }
 
 impl PodWatcher {
@@ -117,11 +103,6 @@ impl PodWatcher {
             }
         }
         let client = builder.build().map_err(PodsError::Client)?;
-        #[cfg(feature = "kube")]
-        let kube = match source {
-            PodSource::Api => Some(super::kube::client(config, &url, request_timeout)?),
-            _ => None,
-        };
         let directory = SharedPodDirectory::default();
         let relist = directory.read().relist.clone();
         Ok(Some(PodWatcher {
@@ -136,8 +117,6 @@ impl PodWatcher {
             directory,
             stats: Arc::new(PodStats::default()),
             relist,
-            #[cfg(feature = "kube")]
-            kube,
         }))
     }
 
@@ -155,10 +134,6 @@ impl PodWatcher {
     /// needs names for one cycle. Returns the number of pods known. Counts a failure in
     /// [`PodStats::list_errors_total`].
     pub async fn sync_once(&self) -> Result<usize, PodsError> {
-        #[cfg(feature = "kube")]
-        if let Some(cx) = self.kube_context() {
-            return cx.sync_once().await;
-        }
         let url = match self.source {
             PodSource::Api => {
                 let selector = format!("spec.nodeName={}", self.node_name);
@@ -182,10 +157,6 @@ impl PodWatcher {
     /// Never returns an error: failures are logged, counted and retried with backoff.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut shutdown = Shutdown::from(shutdown);
-        #[cfg(feature = "kube")]
-        if let Some(cx) = self.kube_context() {
-            return cx.run(&mut shutdown).await;
-        }
         let mut backoff = backoff();
         let mut state = PassState::default();
         loop {
@@ -231,19 +202,6 @@ impl PodWatcher {
                 }
             }
         }
-    }
-
-    #[cfg(feature = "kube")]
-    fn kube_context(&self) -> Option<super::kube::Context<'_>> {
-        Some(super::kube::Context {
-            client: self.kube.as_ref()?,
-            node_name: &self.node_name,
-            resync: self.resync,
-            min_relist_interval: self.min_relist_interval,
-            directory: &self.directory,
-            stats: &self.stats,
-            relist: &self.relist,
-        })
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
@@ -488,27 +446,6 @@ async fn read_token(path: &Path) -> Result<Option<String>, PodsError> {
 /// together spread their re-lists instead of arriving in lockstep.
 pub(super) fn backoff() -> Backoff {
     Backoff::new(MIN_BACKOFF, MAX_BACKOFF)
-}
-
-/// The same delays as a `kube_runtime` backoff, for the feature-gated `kube` watcher.
-#[cfg(feature = "kube")]
-#[derive(Debug, Clone)]
-pub(super) struct KubeBackoff(pub(super) Backoff);
-
-#[cfg(feature = "kube")]
-impl Iterator for KubeBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(self.0.next_delay())
-    }
-}
-
-#[cfg(feature = "kube")]
-impl ::kube::runtime::utils::Backoff for KubeBackoff {
-    fn reset(&mut self) {
-        self.0.reset();
-    }
 }
 
 #[cfg(test)]
