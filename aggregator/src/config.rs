@@ -20,6 +20,7 @@ use crate::sources::kinesis::ConsumerSettings;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use selfheal_lake::S3Options;
+use selfheal_runtime::config::{self, FieldError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -315,13 +316,8 @@ pub enum ConfigError {
     #[error("invalid aggregator configuration")]
     Parse(#[from] Box<figment::Error>),
     /// A field parsed but its value is not acceptable.
-    #[error("invalid aggregator configuration: field `{field}`: {reason}")]
-    Invalid {
-        /// Dotted path of the field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error("invalid aggregator configuration: {0}")]
+    Invalid(#[from] FieldError),
 }
 
 /// Validated settings.
@@ -352,28 +348,15 @@ pub struct Settings {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid(FieldError::new(field, reason))
 }
 
 fn secs(field: &'static str, v: f64, max: f64) -> Result<Duration, ConfigError> {
-    if v.is_finite() && v > 0.0 && v <= max {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(invalid(
-            field,
-            format!("must be a number of seconds in (0, {max}], got {v}"),
-        ))
-    }
+    Ok(config::secs(field, v, max)?)
 }
 
 fn millis(field: &'static str, v: u64, max: u64) -> Result<Duration, ConfigError> {
-    if v == 0 || v > max {
-        return Err(invalid(field, format!("must be in 1..={max} ms, got {v}")));
-    }
-    Ok(Duration::from_millis(v))
+    Ok(config::millis(field, v, max)?)
 }
 
 impl AggregatorConfig {
@@ -570,8 +553,12 @@ impl IngestConfig {
                     client_ca_file: t.client_ca_file.clone(),
                 };
                 // Fail at start on an unreadable or mismatched certificate and key.
-                crate::sources::http::conn::server_config(&settings)
-                    .map_err(|e| invalid("ingest.tls", crate::pipeline::error_chain(&e)))?;
+                crate::sources::http::conn::server_config(&settings).map_err(|e| {
+                    invalid(
+                        "ingest.tls",
+                        selfheal_runtime::chain::ErrorChain::new(&e).to_string(),
+                    )
+                })?;
                 Ok(settings)
             })
             .transpose()?;
@@ -636,8 +623,12 @@ impl IngestAuthConfig {
         }
         let settings = AuthSettings { tokens, review };
         // Fail at start on an unreadable token table or CA bundle.
-        crate::auth::Authenticator::new(&settings)
-            .map_err(|e| invalid("ingest.auth", crate::pipeline::error_chain(&e)))?;
+        crate::auth::Authenticator::new(&settings).map_err(|e| {
+            invalid(
+                "ingest.auth",
+                selfheal_runtime::chain::ErrorChain::new(&e).to_string(),
+            )
+        })?;
         Ok(settings)
     }
 }

@@ -22,13 +22,15 @@ use crate::sources::http::log::{IngestLog, LogError, LogMetrics};
 use crate::sources::http::reader::{BatchLimits, LogReader};
 use crate::sources::http::{IngestMetrics, IngestSettings};
 use crate::sources::kinesis::{ConsumeMetrics, Consumer};
-use aws_sdk_kinesis::config::retry::RetryConfig;
 use prometheus_client::registry::Registry;
 use selfheal_lake::{LakeStore, LakeWriter, StoreError};
+use selfheal_runtime::server::{AdminMetrics, AdminServer, AlwaysHealthy, Health, HealthCheck};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Why the aggregator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -246,20 +248,27 @@ async fn start_http(
         tls,
         metrics: conn_metrics,
     };
-    let (addr, server) = crate::server::serve(
-        settings.listen_addr,
-        Arc::new(registry),
-        None,
-        settings.health_max_age,
-        routes,
-        Some(bounded),
-        stop.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Listen {
+    // The ingest port runs its own connection loop (TLS, its connection cap and head timeout:
+    // `sources::http::conn`) around the runtime's admin routes. No upstream to be wedged on:
+    // the server answering is the health.
+    let app = AdminServer::new(Arc::new(registry))
+        .health(AlwaysHealthy("http ingest"))
+        .merge(routes)
+        .into_router();
+    let listen_err = |source| RunError::Listen {
         addr: settings.listen_addr,
         source,
-    })?;
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        .await
+        .map_err(listen_err)?;
+    let addr = listener.local_addr().map_err(listen_err)?;
+    let server = tokio::spawn(crate::sources::http::conn::serve(
+        listener,
+        app,
+        bounded,
+        stop.clone(),
+    ));
     tracing::info!(%addr, path = %ingest.path, tls = ingest.conn.tls.is_some(), "HttpServerListening");
     tasks.spawn("server".into(), join(server));
     for (name, reader) in readers {
@@ -272,22 +281,21 @@ async fn start_http(
 async fn start_kinesis(
     settings: &Settings,
     handlers: Vec<SharedHandler>,
-    registry: Registry,
+    mut registry: Registry,
     consume: Arc<ConsumeMetrics>,
     pipeline: Arc<PipelineMetrics>,
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<(), RunError> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let sdk = selfheal_runtime::aws::sdk_config(&selfheal_runtime::aws::AwsSettings {
+        region: settings.kinesis_region.clone(),
+        endpoint_url: settings.kinesis_endpoint_url.clone(),
         // The consumer retries with its own backoff and counts each retry.
-        .retry_config(RetryConfig::disabled());
-    if let Some(r) = &settings.kinesis_region {
-        loader = loader.region(aws_sdk_kinesis::config::Region::new(r.clone()));
-    }
-    if let Some(u) = &settings.kinesis_endpoint_url {
-        loader = loader.endpoint_url(u);
-    }
-    let client = aws_sdk_kinesis::Client::new(&loader.load().await);
+        retry: selfheal_runtime::aws::SdkRetry::Disabled,
+        ..Default::default()
+    })
+    .await;
+    let client = aws_sdk_kinesis::Client::new(&sdk);
     let stream_dir = settings.checkpoint_dir.join(&settings.consumer.stream);
     tracing::info!(
         stream = %settings.consumer.stream,
@@ -326,26 +334,40 @@ async fn start_kinesis(
         progress.get_or_insert_with(|| consumer.progress());
         consumers.push((name, consumer));
     }
-    let (addr, server) = crate::server::serve(
-        settings.listen_addr,
-        Arc::new(registry),
-        progress,
-        settings.health_max_age,
-        axum::Router::new(),
-        None,
-        stop.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Listen {
-        addr: settings.listen_addr,
-        source,
-    })?;
+    let admin = AdminMetrics::register(&mut registry);
+    let mut server = AdminServer::new(Arc::new(registry)).metrics(admin);
+    if let Some(progress) = progress {
+        server = server.health(kinesis_health(progress, settings.health_max_age));
+    }
+    let (addr, server) = server
+        .serve(settings.listen_addr, stop.clone().into())
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: settings.listen_addr,
+            source,
+        })?;
     tracing::info!(%addr, "HttpServerListening");
     tasks.spawn("server".into(), join(server));
     for (name, consumer) in consumers {
         tasks.spawn(format!("{name} consumer"), consumer.run(stop.clone()));
     }
     Ok(())
+}
+
+/// `/healthz` with the Kinesis source: 200 while the consumer keeps talking to Kinesis (a
+/// successful ListShards, GetShardIterator or GetRecords within `max_age`) and 503 after, so a
+/// consumer wedged on a dead endpoint or bad credentials gets its pod restarted by the liveness
+/// probe.
+fn kinesis_health(progress: watch::Receiver<Instant>, max_age: Duration) -> impl HealthCheck {
+    move || {
+        let age = progress.borrow().elapsed();
+        let healthy = age <= max_age;
+        let word = if healthy { "ok" } else { "stale" };
+        Health {
+            healthy,
+            message: format!("{word}: last Kinesis call {:.1}s ago", age.as_secs_f64()),
+        }
+    }
 }
 
 /// Waits for a spawned task, re-raising its panic in the waiting task.

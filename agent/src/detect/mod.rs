@@ -522,10 +522,7 @@ fn resolve_data_link(dir: &Path) -> PathBuf {
 }
 
 fn log_refused(family: Family, version: Option<&str>, error: &DetectError) {
-    let chain = std::iter::successors(std::error::Error::source(error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ");
+    let chain = selfheal_runtime::chain::ErrorChain::causes(error).to_string();
     tracing::warn!(%family, version = version.unwrap_or("-"), reason = error.reason(), error = %error, cause = %chain, "ModelRefused");
 }
 

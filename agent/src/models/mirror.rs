@@ -20,8 +20,6 @@
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::SdkError;
 use selfheal_core::Family;
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE};
@@ -30,6 +28,9 @@ use selfheal_core::model_bounds::{
 };
 use selfheal_core::signature::SIGNATURE_FILE;
 use selfheal_core::store::{LATEST_FILE, S3Store, is_plain_name};
+use selfheal_runtime::atomic;
+use selfheal_runtime::aws::{AwsSettings, SdkRetry};
+use selfheal_runtime::chain::ErrorChain;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,6 +113,9 @@ pub enum MirrorError {
         #[source]
         source: std::io::Error,
     },
+    /// A durable write into the cache (`latest`, a version's directory) failed.
+    #[error("cannot write the model cache")]
+    Write(#[source] atomic::AtomicWriteError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MirrorError + '_ {
@@ -140,31 +144,19 @@ pub struct S3Mirror {
     etags: HashMap<Family, String>,
 }
 
-/// An S3 client from the standard AWS chain plus `settings`. Path-style addressing when an
-/// endpoint is set (MinIO, moto, VPC endpoints need it). Timeouts bound a poll when S3 hangs; the
-/// SDK retries a request once more, and the next poll retries anyway.
+/// An S3 client from the standard AWS chain plus `settings`, addressed by the runtime's one
+/// path-style rule. Timeouts bound a poll when S3 hangs; the SDK retries a request once more,
+/// and the next poll retries anyway.
 pub async fn s3_client(settings: &S3Settings) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(60))
-                .build(),
-        );
-    if let Some(region) = &settings.region {
-        loader = loader.region(aws_sdk_s3::config::Region::new(region.clone()));
-    }
-    if let Some(url) = &settings.endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    let sdk = loader.load().await;
-    let path_style = sdk.endpoint_url().is_some();
-    Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(path_style)
-            .build(),
-    )
+    let sdk = selfheal_runtime::aws::sdk_config(&AwsSettings {
+        region: settings.region.clone(),
+        endpoint_url: settings.endpoint_url.clone(),
+        retry: SdkRetry::Attempts(2),
+        connect_timeout: Some(Duration::from_secs(3)),
+        attempt_timeout: Some(Duration::from_secs(60)),
+    })
+    .await;
+    selfheal_runtime::aws::s3_client(&sdk)
 }
 
 /// What a conditional GET of `latest` found.
@@ -202,11 +194,7 @@ impl S3Mirror {
                 Ok(Some(version)) => report.downloaded.push((family, version)),
                 Ok(None) => {}
                 Err(e) => {
-                    let chain =
-                        std::iter::successors(std::error::Error::source(&e), |e| e.source())
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(": ");
+                    let chain = ErrorChain::causes(&e).to_string();
                     tracing::warn!(%family, store = %self.store, error = %e, cause = %chain, "ModelMirrorError");
                     let unreachable = matches!(e, MirrorError::Unreachable { .. });
                     report.errors.push((family, e));
@@ -237,9 +225,7 @@ impl S3Mirror {
             true
         };
         let latest = family_dir.join(LATEST_FILE);
-        let tmp = family_dir.join(format!(".{LATEST_FILE}.tmp"));
-        std::fs::write(&tmp, format!("{version}\n")).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &latest).map_err(io(&latest))?;
+        atomic::write(&latest, format!("{version}\n").as_bytes()).map_err(MirrorError::Write)?;
         self.etags.insert(family, etag);
         prune(&family_dir, &version);
         if downloaded {
@@ -313,7 +299,7 @@ impl S3Mirror {
             // since `latest` did not name it yet.
             std::fs::remove_dir_all(dest).map_err(io(dest))?;
         }
-        std::fs::rename(&tmp, dest).map_err(io(dest))
+        atomic::rename_dir(&tmp, dest).map_err(MirrorError::Write)
     }
 
     /// One file of a version, within its bound; `None` for a signature the store does not

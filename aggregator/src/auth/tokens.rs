@@ -243,7 +243,7 @@ impl TokenTable {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %crate::pipeline::error_chain(&e), "IngestTokensReloadError");
+                    tracing::warn!(error = %selfheal_runtime::chain::ErrorChain::new(&e), "IngestTokensReloadError");
                 }
             }
         }

@@ -5,7 +5,7 @@ use super::{Lane, SpoolError, SpoolStats, io_err};
 use selfheal_runtime::frame;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -222,13 +222,19 @@ impl LaneState {
     }
 
     pub(super) fn write_checkpoint(&self, sync: bool) -> io::Result<()> {
-        let tmp = self.dir.join("ack.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(format!("{} {}\n", self.acked.seq, self.acked.offset).as_bytes())?;
+        let line = format!("{} {}\n", self.acked.seq, self.acked.offset);
+        let ack = self.dir.join("ack");
         if sync {
-            f.sync_data()?;
+            return selfheal_runtime::atomic::write(&ack, line.as_bytes())
+                .map_err(|e| io::Error::new(e.source.kind(), e));
         }
-        fs::rename(&tmp, self.dir.join("ack"))
+        // `sync = false` is the operator's choice of speed over durability for the whole spool
+        // (segments are not fsynced either): still atomic, so a reader never sees half a line,
+        // but a power cut may bring back an older checkpoint, which replays records (never
+        // loses them).
+        let tmp = self.dir.join("ack.tmp");
+        fs::write(&tmp, line)?;
+        fs::rename(&tmp, ack)
     }
 
     /// Deletes segments wholly behind the checkpoint; returns the bytes freed.

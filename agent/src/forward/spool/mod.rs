@@ -54,13 +54,8 @@ pub const MAX_PARTITION_KEY_LEN: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// The configuration is unusable; names the field.
-    #[error("invalid spool configuration: field `{field}`: {reason}")]
-    Invalid {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error("invalid spool configuration: {0}")]
+    Invalid(#[from] selfheal_runtime::config::FieldError),
     /// A directory or file of the spool could not be created or read.
     #[error("spool I/O on {path}")]
     Io {

@@ -53,8 +53,8 @@ pub enum DropReason {
     SampleEvicted,
     /// A queued anomaly was evicted to make room for a newer one (no samples were left).
     AnomalyEvicted,
-    /// The record (wire bytes plus partition key) is over [`MAX_RECORD_BYTES`], its key over
-    /// [`MAX_PARTITION_KEY_LEN`], or it is larger than the whole spool.
+    /// The record (wire bytes plus partition key) is over [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES), its key over
+    /// [`MAX_PARTITION_KEY_LEN`](super::MAX_PARTITION_KEY_LEN), or it is larger than the whole spool.
     TooLarge,
     /// The envelope could not be encoded.
     Encode,

@@ -531,7 +531,7 @@ impl IngestLog {
         Ok(())
     }
 
-    /// Reads records from `pos` on, up to about [`READ_CHUNK`] bytes, crossing into the next
+    /// Reads records from `pos` on, up to about `READ_CHUNK` bytes, crossing into the next
     /// segment when one is finished.
     pub fn read(&self, pos: u64) -> Result<Chunk, LogError> {
         let mut pos = pos;

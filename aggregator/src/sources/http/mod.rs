@@ -543,7 +543,7 @@ impl Ingest {
                 )
             }
             Err(e) => {
-                tracing::warn!(dir = %self.log.dir().display(), error = %crate::pipeline::error_chain(&e), "IngestLogWriteError");
+                tracing::warn!(dir = %self.log.dir().display(), error = %selfheal_runtime::chain::ErrorChain::new(&e), "IngestLogWriteError");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the batch could not be logged; retry\n".into(),

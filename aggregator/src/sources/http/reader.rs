@@ -6,12 +6,12 @@
 //! consumed segments are deleted.
 
 use super::log::{Chunk, IngestLog, LogError};
-use crate::pipeline::deliver::{Backoff, sleep_or_stop};
+use crate::pipeline::deliver::{backoff, sleep_or_stop};
 use crate::pipeline::{
-    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, error_chain,
-    seq_at_or_after,
+    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
 };
 use selfheal_core::schema::{DecodeError, decode_wire};
+use selfheal_runtime::chain::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -86,7 +86,7 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let name = self.delivery.name();
         let mut appended = self.log.subscribe();
-        let mut backoff = Backoff::new(self.limits.retry_initial, self.limits.retry_max);
+        let mut backoff = backoff(self.limits.retry_initial, self.limits.retry_max);
         let mut batch: Option<Batch> = None;
         let mut started: Option<Instant> = None;
         let mut bytes = 0usize;
@@ -112,8 +112,8 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(handler = name, error = %error_chain(&e), "IngestLogReadError");
-                    sleep_or_stop(backoff.delay(), &mut stop).await;
+                    tracing::warn!(handler = name, error = %ErrorChain::new(&e), "IngestLogReadError");
+                    sleep_or_stop(backoff.next_delay(), &stop).await;
                     continue;
                 }
             };
@@ -207,7 +207,7 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
                 .and_then(|r| r);
             if let Err(e) = released {
                 // The segments stay until the next release: space, not data, is at stake.
-                tracing::warn!(handler = self.delivery.name(), error = %error_chain(&e), "IngestLogReleaseError");
+                tracing::warn!(handler = self.delivery.name(), error = %ErrorChain::new(&e), "IngestLogReleaseError");
             }
         }
         true

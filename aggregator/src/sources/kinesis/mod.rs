@@ -24,7 +24,7 @@
 //! [`Delivery`]'s (retried, or set aside when poison). A reader task that panics takes the
 //! consumer down with it (and so the process, non-zero): a bug is not retried in a loop.
 
-use crate::pipeline::deliver::{Backoff, sleep_or_stop};
+use crate::pipeline::deliver::{backoff, sleep_or_stop};
 use crate::pipeline::{
     Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
 };
@@ -212,7 +212,7 @@ impl<C: CheckpointStore, H: Handler> Consumer<C, H> {
         let mut running: HashSet<String> = HashSet::new();
         let mut finished: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<(String, bool)> = JoinSet::new();
-        let mut backoff = Backoff::new(inner.settings.retry_initial, inner.settings.retry_max);
+        let mut backoff = backoff(inner.settings.retry_initial, inner.settings.retry_max);
         loop {
             let wait = match inner.list_shards().await {
                 Ok(shards) => {
@@ -225,7 +225,7 @@ impl<C: CheckpointStore, H: Handler> Consumer<C, H> {
                 Err(e) => {
                     inner.metrics.error("list_shards");
                     tracing::warn!(stream = %inner.settings.stream, error = %e, "ListShardsError");
-                    backoff.delay()
+                    backoff.next_delay()
                 }
             };
             let deadline = tokio::time::sleep(wait);
@@ -326,7 +326,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
                 }
                 Err(e) => {
                     self.metrics.error("checkpoint");
-                    tracing::warn!(handler = self.delivery.name(), shard = %id, error = %crate::pipeline::error_chain(&e), "CheckpointLoadError");
+                    tracing::warn!(handler = self.delivery.name(), shard = %id, error = %selfheal_runtime::chain::ErrorChain::new(&e), "CheckpointLoadError");
                 }
             }
         }
@@ -398,7 +398,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
             .and_then(Checkpoint::cut_at)
             .map(str::to_owned);
         tracing::info!(handler, shard, after = ?last_read, replay_through = ?cut, "ShardReaderStarted");
-        let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
+        let mut backoff = backoff(self.settings.retry_initial, self.settings.retry_max);
         let mut iterator: Option<String> = None;
         let mut batch = OpenBatch::default();
         let behind_labels = ShardLabels {
@@ -433,7 +433,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
                             "get_shard_iterator"
                         });
                         tracing::warn!(shard, error = %DisplayErrorContext(&e), "GetShardIteratorError");
-                        sleep_or_stop(backoff.delay(), &mut stop).await;
+                        sleep_or_stop(backoff.next_delay(), &stop).await;
                         continue;
                     }
                 },
@@ -466,7 +466,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
                         }
                     }
                     iterator = Some(it);
-                    sleep_or_stop(backoff.delay(), &mut stop).await;
+                    sleep_or_stop(backoff.next_delay(), &stop).await;
                     continue;
                 }
             };
@@ -563,7 +563,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
             }
             let full = i32::try_from(n).unwrap_or(i32::MAX) >= self.settings.get_records_limit;
             if !full {
-                sleep_or_stop(self.settings.poll_interval, &mut stop).await;
+                sleep_or_stop(self.settings.poll_interval, &stop).await;
             }
         }
     }
