@@ -48,8 +48,9 @@ pub struct PodsConfig {
     /// `https` URLs unless `insecure_skip_tls_verify` is set.
     pub ca_file: PathBuf,
     /// Accept any server certificate. DANGEROUS: anyone on the path can impersonate the server
-    /// and read the token. Only for kubelets with self-signed serving certificates on a trusted
-    /// node-local address.
+    /// and read the token. Only for kubelets with self-signed serving certificates: refused at
+    /// start unless the source's host is node-local (loopback, `localhost` or `$NODE_IP`), as
+    /// is a plain `http://` URL.
     pub insecure_skip_tls_verify: bool,
     /// Seconds between full re-lists: the kubelet source polls this often, and the API source
     /// asks the server to end each watch after this long, then lists again.
@@ -129,9 +130,41 @@ impl PodsConfig {
                 ),
             );
         }
-        check_url("pods.kubelet_url", &self.kubelet_url)?;
-        if let Some(u) = &self.api_url {
-            check_url("pods.api_url", u)?;
+        let kubelet = check_url("pods.kubelet_url", &self.kubelet_url)?;
+        let api = self
+            .api_url
+            .as_deref()
+            .map(|u| check_url("pods.api_url", u))
+            .transpose()?;
+        let node_ip = std::env::var(NODE_IP_ENV).ok();
+        // The bearer token goes with every request: never in clear, and never to a server whose
+        // certificate is not checked, unless the server is on this node (loopback, or the
+        // node's own address from the downward API) where nobody else is on the path.
+        match self.resolved_source() {
+            PodSource::Api => {
+                if let Some(api) = &api {
+                    refuse_unless_node_local(
+                        "pods.api_url",
+                        api,
+                        self.insecure_skip_tls_verify,
+                        node_ip.as_deref(),
+                    )?;
+                } else if self.insecure_skip_tls_verify {
+                    return bad(
+                        "pods.insecure_skip_tls_verify",
+                        "the in-cluster API server is not node-local: its certificate must be \
+                         checked against pods.ca_file"
+                            .into(),
+                    );
+                }
+            }
+            PodSource::Kubelet => refuse_unless_node_local(
+                "pods.kubelet_url",
+                &kubelet,
+                self.insecure_skip_tls_verify,
+                node_ip.as_deref(),
+            )?,
+            PodSource::Auto | PodSource::None => {}
         }
         if self.resolved_source() == PodSource::Api && self.resolved_api_url().is_none() {
             return bad(
@@ -143,6 +176,51 @@ impl PodsConfig {
             return bad("pods.token_file", "must not be empty".into());
         }
         Ok(())
+    }
+}
+
+/// Environment variable holding the node's own IP address (the DaemonSet sets it from the
+/// downward API's `status.hostIP`): a pod source at that address counts as node-local.
+pub const NODE_IP_ENV: &str = "NODE_IP";
+
+/// Refuses `url` when it is plain `http://` or `insecure` skips certificate checks, unless
+/// its host is node-local: a loopback address, `localhost`, or `node_ip`.
+fn refuse_unless_node_local(
+    field: &'static str,
+    url: &Url,
+    insecure: bool,
+    node_ip: Option<&str>,
+) -> Result<(), PodsConfigError> {
+    let plaintext = url.scheme() == "http";
+    if !plaintext && !insecure {
+        return Ok(());
+    }
+    if is_node_local(url, node_ip) {
+        return Ok(());
+    }
+    let what = if plaintext {
+        "is plain http:// to a host that is not node-local: the service-account token would \
+         travel in clear (use https://)"
+    } else {
+        "is not node-local, so pods.insecure_skip_tls_verify would let anyone on the path read \
+         the service-account token (give pods.ca_file instead)"
+    };
+    Err(PodsConfigError {
+        field,
+        reason: format!("{url} {what}; node-local means loopback, localhost or ${NODE_IP_ENV}"),
+    })
+}
+
+fn is_node_local(url: &Url, node_ip: Option<&str>) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            ip.is_loopback() || node_ip.and_then(|n| n.parse::<std::net::IpAddr>().ok()) == Some(ip)
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -230,6 +308,66 @@ mod tests {
         .expect_err("invalid")
         .to_string();
         assert!(msg.contains("`pods.resync_secs`"), "{msg}");
+    }
+
+    #[test]
+    fn tokens_never_travel_in_clear_or_unverified_except_to_this_node() {
+        let api = |url: &str, insecure: bool| PodsConfig {
+            source: PodSource::Api,
+            api_url: Some(url.into()),
+            insecure_skip_tls_verify: insecure,
+            ..PodsConfig::default()
+        };
+        let kubelet = |url: &str, insecure: bool| PodsConfig {
+            source: PodSource::Kubelet,
+            kubelet_url: url.into(),
+            insecure_skip_tls_verify: insecure,
+            ..PodsConfig::default()
+        };
+        // Refused: clear text or unchecked TLS to another host.
+        for (c, field) in [
+            (api("http://10.96.0.1:443", false), "pods.api_url"),
+            (api("https://10.96.0.1:443", true), "pods.api_url"),
+            (api("http://kubernetes.default.svc", false), "pods.api_url"),
+            (kubelet("http://10.0.0.7:10255", false), "pods.kubelet_url"),
+            (kubelet("https://10.0.0.7:10250", true), "pods.kubelet_url"),
+        ] {
+            let e = c.validate().expect_err("refused");
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains("node-local"), "{e}");
+        }
+        // Allowed: verified TLS anywhere; clear or unchecked only on this node.
+        for c in [
+            api("https://10.96.0.1:443", false),
+            api("http://127.0.0.1:8001", false),
+            api("http://[::1]:8001", true),
+            kubelet("https://127.0.0.1:10250", true),
+            kubelet("http://localhost:10255", false),
+            kubelet("https://10.0.0.7:10250", false),
+        ] {
+            c.validate().expect("allowed");
+        }
+        let e = PodsConfig {
+            source: PodSource::Api,
+            api_url: Some("https://10.96.0.1:443".into()),
+            insecure_skip_tls_verify: true,
+            ..PodsConfig::default()
+        }
+        .validate()
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("insecure_skip_tls_verify"), "{e}");
+        // The node's own address counts as node-local.
+        let local = |ip: &str| {
+            refuse_unless_node_local(
+                "pods.kubelet_url",
+                &Url::parse("https://10.0.0.7:10250").expect("url"),
+                true,
+                Some(ip),
+            )
+        };
+        local("10.0.0.7").expect("the node's own IP");
+        local("10.0.0.8").expect_err("another node");
     }
 
     #[test]
