@@ -339,8 +339,8 @@ impl AggregatorConfig {
             )
         })?;
         // The data directory holds what the aggregator keeps locally beside its checkpoints.
-        let local_lake = (!self.lake.location.starts_with("s3://"))
-            .then(|| PathBuf::from(&self.lake.location));
+        let local_lake =
+            (!self.lake.location.starts_with("s3://")).then(|| PathBuf::from(&self.lake.location));
         let data_dir = match (&http_ingest, local_lake) {
             (Some(_), Some(lake)) => lake.parent().map(Path::to_path_buf),
             _ => self.checkpoint.dir.parent().map(Path::to_path_buf),

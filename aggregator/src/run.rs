@@ -11,8 +11,8 @@
 
 use crate::config::Settings;
 use crate::consume::{BatchHandler, ConsumeMetrics, Consumer, FileCheckpoints};
-use crate::ingest::{IngestMetrics, IngestSettings};
 use crate::incident::handler::{Both, IncidentHandler};
+use crate::ingest::{IngestMetrics, IngestSettings};
 use crate::lake::{LakeStore, LakeWriter, StoreError};
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use prometheus_client::registry::Registry;

@@ -145,7 +145,10 @@ impl State {
                 | (Open | Acknowledged, Acting)
                 | (Acting, Verifying)
                 | (Verifying, Acting)
-                | (Open | Acknowledged | Acting | Verifying | Escalated, Resolved)
+                | (
+                    Open | Acknowledged | Acting | Verifying | Escalated,
+                    Resolved
+                )
                 | (Open | Acknowledged | Acting | Verifying, Escalated)
         )
     }
@@ -1133,9 +1136,12 @@ mod tests {
     fn json_names() {
         let j = serde_json::to_string(&State::Acknowledged).expect("json");
         assert_eq!(j, "\"acknowledged\"");
-        let m: Matcher = serde_json::from_str(r#"{"name":"node","op":"!=","value":"a"}"#)
-            .expect("matcher json");
+        let m: Matcher =
+            serde_json::from_str(r#"{"name":"node","op":"!=","value":"a"}"#).expect("matcher json");
         assert_eq!(m.op, MatchOp::NotEq);
-        assert_eq!("critical".parse::<Severity>().ok(), Some(Severity::Critical));
+        assert_eq!(
+            "critical".parse::<Severity>().ok(),
+            Some(Severity::Critical)
+        );
     }
 }

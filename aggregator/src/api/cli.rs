@@ -172,8 +172,11 @@ impl Client {
     }
 
     async fn get(&self, path: &str, q: &[(&str, String)]) -> anyhow::Result<serde_json::Value> {
-        self.send(self.http.get(format!("{}{path}{}", self.base, query_string(q))))
-            .await
+        self.send(
+            self.http
+                .get(format!("{}{path}{}", self.base, query_string(q))),
+        )
+        .await
     }
 }
 
@@ -224,7 +227,11 @@ fn muted(m: &Option<MutedBy>) -> String {
 }
 
 fn where_(i: &Incident) -> String {
-    match (i.labels.get("namespace"), i.labels.get("workload"), i.labels.get("node")) {
+    match (
+        i.labels.get("namespace"),
+        i.labels.get("workload"),
+        i.labels.get("node"),
+    ) {
         (Some(ns), Some(w), _) => format!("{ns}/{w}"),
         (_, _, Some(n)) => format!("node/{n}"),
         _ => i.key.clone(),
@@ -350,7 +357,9 @@ pub fn incidents_main(args: IncidentsArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             IncidentsCommand::Show { id } => {
-                let v = c.get(&format!("/api/v1/incidents/{}", encode(&id)), &[]).await?;
+                let v = c
+                    .get(&format!("/api/v1/incidents/{}", encode(&id)), &[])
+                    .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                     return Ok(ExitCode::SUCCESS);
@@ -364,23 +373,49 @@ pub fn incidents_main(args: IncidentsArgs) -> anyhow::Result<ExitCode> {
                 println!("first seen {}", fmt_time(i.first_seen_ms));
                 println!("last seen  {}", fmt_time(i.last_seen_ms));
                 println!("anomalies  {}", i.anomaly_count);
-                println!("peak       {:.3} vs threshold {:.3}", i.peak.score, i.peak.threshold);
-                println!("latest     {:.3} vs threshold {:.3}", i.latest.score, i.latest.threshold);
-                println!("models     {}", i.model_versions.iter().cloned().collect::<Vec<_>>().join(", "));
+                println!(
+                    "peak       {:.3} vs threshold {:.3}",
+                    i.peak.score, i.peak.threshold
+                );
+                println!(
+                    "latest     {:.3} vs threshold {:.3}",
+                    i.latest.score, i.latest.threshold
+                );
+                println!(
+                    "models     {}",
+                    i.model_versions
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 let feats: Vec<String> = i
                     .top_features()
                     .iter()
                     .map(|f| format!("{} x{}", f.name, f.count))
                     .collect();
                 println!("features   {}", feats.join(", "));
-                println!("pods ({})  {}", i.pod_count, i.pods.iter().cloned().collect::<Vec<_>>().join(" "));
-                println!("nodes ({}) {}", i.node_count, i.nodes.iter().cloned().collect::<Vec<_>>().join(" "));
+                println!(
+                    "pods ({})  {}",
+                    i.pod_count,
+                    i.pods.iter().cloned().collect::<Vec<_>>().join(" ")
+                );
+                println!(
+                    "nodes ({}) {}",
+                    i.node_count,
+                    i.nodes.iter().cloned().collect::<Vec<_>>().join(" ")
+                );
                 if let Some(m) = &i.muted {
                     println!("muted      {m}");
                 }
                 println!("\ntimeline");
                 for e in &b.events {
-                    println!("  {}  {:<12} {}", fmt_time(e.at_ms), e.actor.to_string(), describe(e));
+                    println!(
+                        "  {}  {:<12} {}",
+                        fmt_time(e.at_ms),
+                        e.actor.to_string(),
+                        describe(e)
+                    );
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -398,7 +433,11 @@ async fn act(c: &Client, what: &str, a: ActArgs, json: bool) -> anyhow::Result<E
     let v = c
         .send(
             c.http
-                .post(format!("{}/api/v1/incidents/{}/{what}", c.base, encode(&a.id)))
+                .post(format!(
+                    "{}/api/v1/incidents/{}/{what}",
+                    c.base,
+                    encode(&a.id)
+                ))
                 .json(&body),
         )
         .await?;
@@ -431,7 +470,11 @@ pub fn silences_main(args: SilencesArgs) -> anyhow::Result<ExitCode> {
                     ..NewSilence::default()
                 };
                 let v = c
-                    .send(c.http.post(format!("{}/api/v1/silences", c.base)).json(&body))
+                    .send(
+                        c.http
+                            .post(format!("{}/api/v1/silences", c.base))
+                            .json(&body),
+                    )
                     .await?;
                 if !json {
                     let s: Silence = serde_json::from_value(v).context("unexpected answer")?;
@@ -477,15 +520,12 @@ pub fn silences_main(args: SilencesArgs) -> anyhow::Result<ExitCode> {
             }
             SilencesCommand::Expire { id, by } => {
                 let v = c
-                    .send(
-                        c.http
-                            .delete(format!(
-                                "{}/api/v1/silences/{}{}",
-                                c.base,
-                                encode(&id),
-                                query_string(&[("by", by)])
-                            )),
-                    )
+                    .send(c.http.delete(format!(
+                        "{}/api/v1/silences/{}{}",
+                        c.base,
+                        encode(&id),
+                        query_string(&[("by", by)])
+                    )))
                     .await?;
                 if !json {
                     println!("silence {id} expired");

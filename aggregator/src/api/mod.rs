@@ -126,7 +126,11 @@ fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
     }
     time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| bad(format!("{field}: {v:?} is neither RFC 3339 nor unix milliseconds")))
+        .map_err(|_| {
+            bad(format!(
+                "{field}: {v:?} is neither RFC 3339 nor unix milliseconds"
+            ))
+        })
 }
 
 fn list_of<T: std::str::FromStr>(field: &str, v: Option<&str>) -> Result<Vec<T>, ApiError>
@@ -138,7 +142,11 @@ where
     };
     v.split(',')
         .take(16)
-        .map(|s| s.trim().parse::<T>().map_err(|e| bad(format!("{field}: {e}"))))
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .map_err(|e| bad(format!("{field}: {e}")))
+        })
         .collect()
 }
 
@@ -188,7 +196,10 @@ impl ListParams {
             namespace: non_empty(&self.namespace),
             workload: non_empty(&self.workload),
             family: match non_empty(&self.family) {
-                Some(f) => Some(f.parse::<Family>().map_err(|e| bad(format!("family: {e}")))?),
+                Some(f) => Some(
+                    f.parse::<Family>()
+                        .map_err(|e| bad(format!("family: {e}")))?,
+                ),
                 None => None,
             },
             since_ms: non_empty(&self.since)
@@ -315,8 +326,15 @@ async fn ack<S: IncidentStore + Clone>(
 ) -> Result<Json<Incident>, ApiError> {
     let id = valid_id(&id)?;
     let a = actor(&b)?;
-    let cause = if b.comment.is_empty() { "acknowledged" } else { &b.comment };
-    Ok(Json(inc.transition(&id, IncState::Acknowledged, cause, a).await?))
+    let cause = if b.comment.is_empty() {
+        "acknowledged"
+    } else {
+        &b.comment
+    };
+    Ok(Json(
+        inc.transition(&id, IncState::Acknowledged, cause, a)
+            .await?,
+    ))
 }
 
 async fn resolve<S: IncidentStore + Clone>(
@@ -326,8 +344,14 @@ async fn resolve<S: IncidentStore + Clone>(
 ) -> Result<Json<Incident>, ApiError> {
     let id = valid_id(&id)?;
     let a = actor(&b)?;
-    let cause = if b.comment.is_empty() { "resolved by hand" } else { &b.comment };
-    Ok(Json(inc.transition(&id, IncState::Resolved, cause, a).await?))
+    let cause = if b.comment.is_empty() {
+        "resolved by hand"
+    } else {
+        &b.comment
+    };
+    Ok(Json(
+        inc.transition(&id, IncState::Resolved, cause, a).await?,
+    ))
 }
 
 /// A silence with its state, as listed.
@@ -382,7 +406,9 @@ async fn create_silence<S: IncidentStore + Clone>(
 ) -> Result<(StatusCode, Json<Silence>), ApiError> {
     let now = inc.now_ms();
     if b.matchers.is_empty() {
-        return Err(bad("matchers: at least one (a silence of everything is a mistake)"));
+        return Err(bad(
+            "matchers: at least one (a silence of everything is a mistake)",
+        ));
     }
     if b.matchers.len() > MAX_MATCHERS {
         return Err(bad(format!("matchers: at most {MAX_MATCHERS}")));

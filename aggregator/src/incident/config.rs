@@ -187,7 +187,12 @@ impl IncidentsConfig {
             group_by.push(*g);
         }
         let group_wait_ms = ms("group_wait_secs", self.group_wait_secs, 0.0, 86_400.0)?;
-        let group_interval_ms = ms("group_interval_secs", self.group_interval_secs, 1.0, 86_400.0)?;
+        let group_interval_ms = ms(
+            "group_interval_secs",
+            self.group_interval_secs,
+            1.0,
+            86_400.0,
+        )?;
         let repeat = ms(
             "repeat_interval_secs",
             self.repeat_interval_secs,
@@ -195,31 +200,51 @@ impl IncidentsConfig {
             30.0 * 86_400.0,
         )?;
         // Alertmanager: repeat_interval is effectively a multiple of group_interval.
-        let repeat_interval_ms = (repeat + group_interval_ms - 1) / group_interval_ms * group_interval_ms;
-        let resolve_timeout_ms = ms("resolve_timeout_secs", self.resolve_timeout_secs, 1.0, 86_400.0)?;
-        let dedup_window_ms = ms("dedup_window_secs", self.dedup_window_secs, 60.0, 7.0 * 86_400.0)?;
+        let repeat_interval_ms =
+            (repeat + group_interval_ms - 1) / group_interval_ms * group_interval_ms;
+        let resolve_timeout_ms = ms(
+            "resolve_timeout_secs",
+            self.resolve_timeout_secs,
+            1.0,
+            86_400.0,
+        )?;
+        let dedup_window_ms = ms(
+            "dedup_window_secs",
+            self.dedup_window_secs,
+            60.0,
+            7.0 * 86_400.0,
+        )?;
         if !(1_000..=100_000_000).contains(&self.dedup_max_ids) {
             return Err(bad(
                 "dedup_max_ids",
                 format!("must be in 1000..=100000000, got {}", self.dedup_max_ids),
             ));
         }
-        let subjects_window_ms = ms("subjects_window_secs", self.subjects_window_secs, 10.0, 86_400.0)?;
+        let subjects_window_ms = ms(
+            "subjects_window_secs",
+            self.subjects_window_secs,
+            10.0,
+            86_400.0,
+        )?;
         let retention_ms = ms(
             "retention_days",
             self.retention_days * 86_400.0,
             3600.0,
             3650.0 * 86_400.0,
         )
-        .map_err(|_| bad("retention_days", format!("must be in [1/24, 3650] days, got {}", self.retention_days)))?;
+        .map_err(|_| {
+            bad(
+                "retention_days",
+                format!("must be in [1/24, 3650] days, got {}", self.retention_days),
+            )
+        })?;
         let mut inhibit_rules = Vec::new();
         for (i, r) in self.inhibit_rules.iter().enumerate() {
             let parse = |which: &str, v: &[String]| -> Result<Vec<Matcher>, FieldError> {
                 v.iter()
                     .map(|m| {
-                        m.parse::<Matcher>().map_err(|e| {
-                            bad(&format!("inhibit_rules[{i}].{which}"), e.to_string())
-                        })
+                        m.parse::<Matcher>()
+                            .map_err(|e| bad(&format!("inhibit_rules[{i}].{which}"), e.to_string()))
                     })
                     .collect()
             };
@@ -302,7 +327,9 @@ mod tests {
 
     #[test]
     fn defaults_are_alertmanagers() {
-        let (s, store) = IncidentsConfig::default().validate(std::path::Path::new("/d")).expect("valid");
+        let (s, store) = IncidentsConfig::default()
+            .validate(std::path::Path::new("/d"))
+            .expect("valid");
         assert_eq!(s, IncidentSettings::default());
         assert_eq!(
             store,
@@ -319,7 +346,13 @@ mod tests {
             repeat_interval_secs: 301.0,
             ..IncidentsConfig::default()
         };
-        assert_eq!(c.validate(std::path::Path::new("/d")).expect("valid").0.repeat_interval_ms, 600_000);
+        assert_eq!(
+            c.validate(std::path::Path::new("/d"))
+                .expect("valid")
+                .0
+                .repeat_interval_ms,
+            600_000
+        );
     }
 
     #[test]
@@ -329,26 +362,45 @@ mod tests {
             ..IncidentsConfig::default()
         };
         assert_eq!(
-            c.validate(std::path::Path::new("/d")).expect_err("zero").field,
+            c.validate(std::path::Path::new("/d"))
+                .expect_err("zero")
+                .field,
             "incidents.group_interval_secs"
         );
         let mut c = IncidentsConfig::default();
         c.inhibit_rules[0].source = vec!["bogus=1".into()];
         assert_eq!(
-            c.validate(std::path::Path::new("/d")).expect_err("label").field,
+            c.validate(std::path::Path::new("/d"))
+                .expect_err("label")
+                .field,
             "incidents.inhibit_rules[0].source"
         );
         let mut c = IncidentsConfig::default();
         c.inhibit_rules[0].target.clear();
-        assert_eq!(c.validate(std::path::Path::new("/d")).expect_err("empty").field, "incidents.inhibit_rules[0]");
+        assert_eq!(
+            c.validate(std::path::Path::new("/d"))
+                .expect_err("empty")
+                .field,
+            "incidents.inhibit_rules[0]"
+        );
         let mut c = IncidentsConfig::default();
         c.store.kind = StoreKind::Dynamodb;
         c.store.table = "x".into();
-        assert_eq!(c.validate(std::path::Path::new("/d")).expect_err("table").field, "incidents.store.table");
+        assert_eq!(
+            c.validate(std::path::Path::new("/d"))
+                .expect_err("table")
+                .field,
+            "incidents.store.table"
+        );
         let c = IncidentsConfig {
             group_by: vec![GroupLabel::Family, GroupLabel::Family],
             ..IncidentsConfig::default()
         };
-        assert_eq!(c.validate(std::path::Path::new("/d")).expect_err("twice").field, "incidents.group_by");
+        assert_eq!(
+            c.validate(std::path::Path::new("/d"))
+                .expect_err("twice")
+                .field,
+            "incidents.group_by"
+        );
     }
 }

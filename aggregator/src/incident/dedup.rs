@@ -109,7 +109,10 @@ impl SeenIds {
     /// Takes an id loaded from the store (no window check: the store pruned by the horizon).
     pub fn restore(&mut self, s: SeenId) {
         if self.ids.insert(s.id.as_u128()) {
-            self.buckets.entry(s.bucket_ms).or_default().push(s.id.as_u128());
+            self.buckets
+                .entry(s.bucket_ms)
+                .or_default()
+                .push(s.id.as_u128());
         }
     }
 
@@ -166,7 +169,11 @@ mod tests {
     fn the_cap_drops_the_oldest_bucket_first() {
         let mut s = SeenIds::new(60 * MIN, MIN, 10);
         for i in 0..20i64 {
-            s.insert(RecordId::from_u128(i as u128), 30 * MIN + i * MIN / 4, 60 * MIN);
+            s.insert(
+                RecordId::from_u128(i as u128),
+                30 * MIN + i * MIN / 4,
+                60 * MIN,
+            );
         }
         assert!(s.len() <= 10);
         assert!(s.evicted_buckets > 0);

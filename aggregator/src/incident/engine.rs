@@ -11,11 +11,11 @@
 //! as open: one that resolves inside `group_wait` is never sent. A muted incident's due
 //! notifications are recorded as suppressed instead.
 
+use super::IncidentSettings;
 use super::dedup::{Seen, SeenId, SeenIds};
 use super::key::{group, pod_name};
 use super::mute::{self, BadMatcher, CompiledRule, Silences};
 use super::subjects::RecentSubjects;
-use super::IncidentSettings;
 use selfheal_core::incident::{
     Actor, Event, EventKind, Incident, IncidentId, NotifyReason, Observation, Scope,
     SeverityInputs, Silence, State, TransitionError, assess_severity,
@@ -240,9 +240,12 @@ impl Engine {
             if inc.muted.is_some() {
                 stats.muted += 1;
             }
-            let t = touched
-                .entry(g.key)
-                .or_insert((inc.pod_count, inc.node_count, f64::NEG_INFINITY, 0.0));
+            let t = touched.entry(g.key).or_insert((
+                inc.pod_count,
+                inc.node_count,
+                f64::NEG_INFINITY,
+                0.0,
+            ));
             if a.score > t.2 {
                 t.2 = a.score;
                 t.3 = a.threshold;
@@ -272,7 +275,9 @@ impl Engine {
             touched_ids.push(inc.id.clone());
             inc.sort_features();
             let joined = inc.pod_count > pods0 || inc.node_count > nodes0;
-            if joined || now_ms.saturating_sub(inc.anomalies_event_at_ms) >= ANOMALIES_EVENT_EVERY_MS {
+            if joined
+                || now_ms.saturating_sub(inc.anomalies_event_at_ms) >= ANOMALIES_EVENT_EVERY_MS
+            {
                 push_anomalies_event(inc, now_ms, peak, thr, &mut up.events);
             }
             self.reassess(&key, now_ms, &mut up.events);
@@ -287,7 +292,10 @@ impl Engine {
             return;
         };
         let (affected, known) = match inc.scope {
-            Scope::Pod => (inc.pod_count, self.subjects.pods_of(&inc.workload_key, now_ms)),
+            Scope::Pod => (
+                inc.pod_count,
+                self.subjects.pods_of(&inc.workload_key, now_ms),
+            ),
             Scope::Node => (inc.node_count, self.subjects.nodes(now_ms)),
         };
         let (level, score) = assess_severity(SeverityInputs {
@@ -311,7 +319,10 @@ impl Engine {
                     to: level,
                     score,
                 },
-                format!("{affected} of {known} known subjects, peak {:.3} vs {:.3}", inc.peak.score, inc.peak.threshold),
+                format!(
+                    "{affected} of {known} known subjects, peak {:.3} vs {:.3}",
+                    inc.peak.score, inc.peak.threshold
+                ),
                 Actor::System,
             );
             events.push(ev);
@@ -420,7 +431,13 @@ impl Engine {
                     up.events.push(ev);
                 }
                 if inc.notify.last_notified_ms.is_some() {
-                    notify(inc, NotifyReason::Resolved, now_ms, &mut up.events, &mut notes);
+                    notify(
+                        inc,
+                        NotifyReason::Resolved,
+                        now_ms,
+                        &mut up.events,
+                        &mut notes,
+                    );
                 }
                 continue;
             }
@@ -489,7 +506,13 @@ impl Engine {
         let notified = inc.notify.last_notified_ms.is_some();
         let mut notes = Vec::new();
         if to == State::Resolved && notified {
-            notify(inc, NotifyReason::Resolved, now_ms, &mut up.events, &mut notes);
+            notify(
+                inc,
+                NotifyReason::Resolved,
+                now_ms,
+                &mut up.events,
+                &mut notes,
+            );
         }
         self.remute(now_ms, &mut up);
         self.collect_changed(&mut up, &[]);
@@ -528,7 +551,13 @@ impl Engine {
     }
 }
 
-fn push_anomalies_event(inc: &mut Incident, now_ms: i64, peak: f64, thr: f64, events: &mut Vec<Event>) {
+fn push_anomalies_event(
+    inc: &mut Incident,
+    now_ms: i64,
+    peak: f64,
+    thr: f64,
+    events: &mut Vec<Event>,
+) {
     let added = inc.pending_anomalies;
     inc.pending_anomalies = 0;
     inc.anomalies_event_at_ms = now_ms;

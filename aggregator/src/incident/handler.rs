@@ -23,9 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use selfheal_core::incident::{
-    Actor, Incident, IncidentId, MutedBy, Severity, Silence, State,
-};
+use selfheal_core::incident::{Actor, Incident, IncidentId, MutedBy, Severity, Silence, State};
 use selfheal_core::schema::Envelope;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,8 +149,16 @@ impl IncidentMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("incidents");
         r.register("open", "Active incidents by severity", self.open.clone());
-        r.register("muted", "Active incidents muted, by what", self.muted.clone());
-        r.register("anomalies", "Anomalies counted into incidents", self.anomalies.clone());
+        r.register(
+            "muted",
+            "Active incidents muted, by what",
+            self.muted.clone(),
+        );
+        r.register(
+            "anomalies",
+            "Anomalies counted into incidents",
+            self.anomalies.clone(),
+        );
         r.register(
             "anomalies_deduplicated",
             "Anomalies dropped as redeliveries of a record already counted",
@@ -456,8 +462,12 @@ impl<S: IncidentStore> Incidents<S> {
                 None => {}
             }
         }
-        m.muted.get_or_create(&MuteLabels { by: "silence" }).set(sil);
-        m.muted.get_or_create(&MuteLabels { by: "inhibition" }).set(inh);
+        m.muted
+            .get_or_create(&MuteLabels { by: "silence" })
+            .set(sil);
+        m.muted
+            .get_or_create(&MuteLabels { by: "inhibition" })
+            .set(inh);
         m.seen_ids.set(engine.seen().len() as i64);
     }
 }
@@ -475,8 +485,7 @@ async fn restore<S: IncidentStore>(
     let snap = store
         .load(probe.horizon_ms(now_ms), now_ms - settings.retention_ms)
         .await?;
-    Engine::new(settings.clone(), snap)
-        .map_err(|e| IncidentError::Engine(EngineError::from(e)))
+    Engine::new(settings.clone(), snap).map_err(|e| IncidentError::Engine(EngineError::from(e)))
 }
 
 fn mute_split(up: &Update) -> (usize, usize) {
@@ -584,13 +593,8 @@ pub async fn start(
     };
     let metrics = Arc::new(IncidentMetrics::default());
     metrics.register(registry);
-    let incidents = Incidents::start(
-        settings.clone(),
-        store,
-        Arc::new(SystemClock),
-        metrics,
-    )
-    .await?;
+    let incidents =
+        Incidents::start(settings.clone(), store, Arc::new(SystemClock), metrics).await?;
     tokio::spawn(incidents.clone().run_timers(shutdown));
     let routes = crate::api::router(incidents.clone());
     Ok((incidents, routes))

@@ -157,6 +157,9 @@ mod tests {
         let b = group(&anomaly(2, "n2", 0, 0.9), &by);
         assert_ne!(a.key, b.key);
         let by_ns = [GroupLabel::Namespace];
-        assert_eq!(group(&anomaly(1, "n1", 0, 0.9), &by_ns).key, "namespace=shop");
+        assert_eq!(
+            group(&anomaly(1, "n1", 0, 0.9), &by_ns).key,
+            "namespace=shop"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! batch and every tick, so a silence that ends or an inhibiting incident that resolves unmutes
 //! its incidents at once, with an event.
 
-use selfheal_core::incident::{Incident, InhibitRule, MatchOp, Matcher, MutedBy, Silence, SilenceState};
+use selfheal_core::incident::{
+    Incident, InhibitRule, MatchOp, Matcher, MutedBy, Silence, SilenceState,
+};
 use std::collections::BTreeMap;
 
 /// A matcher whose regex failed to compile.
@@ -221,7 +223,10 @@ mod tests {
     fn silence(matchers: &[&str], start: i64, end: i64) -> Silence {
         Silence {
             id: "s1".into(),
-            matchers: matchers.iter().map(|m| m.parse().expect("matcher")).collect(),
+            matchers: matchers
+                .iter()
+                .map(|m| m.parse().expect("matcher"))
+                .collect(),
             starts_at_ms: start,
             ends_at_ms: end,
             created_by: "ops".into(),
@@ -235,8 +240,12 @@ mod tests {
     fn a_silence_mutes_matching_incidents_while_active() {
         let inc = incident_of(&anomaly(1, "n1", 0, 0.9), 0);
         let mut s = Silences::default();
-        s.put(silence(&["namespace=shop", "workload=~Deployment/check.*"], 10, 20))
-            .expect("put");
+        s.put(silence(
+            &["namespace=shop", "workload=~Deployment/check.*"],
+            10,
+            20,
+        ))
+        .expect("put");
         assert_eq!(decide(&inc, &[], &s, &[], 5), None);
         assert_eq!(
             decide(&inc, &[], &s, &[], 15),
@@ -244,7 +253,9 @@ mod tests {
         );
         assert_eq!(decide(&inc, &[], &s, &[], 20), None);
         let mut other = Silences::default();
-        other.put(silence(&["namespace!=shop"], 0, 100)).expect("put");
+        other
+            .put(silence(&["namespace!=shop"], 0, 100))
+            .expect("put");
         assert_eq!(decide(&inc, &[], &other, &[], 15), None);
     }
 

@@ -1,6 +1,8 @@
 //! Record builders for the incident tests.
 
-use selfheal_core::schema::{Anomaly, Envelope, OwnerRef, Payload, PodRef, Record, RecordId, Subject};
+use selfheal_core::schema::{
+    Anomaly, Envelope, OwnerRef, Payload, PodRef, Record, RecordId, Subject,
+};
 use selfheal_core::{Family, Metric};
 use std::collections::BTreeMap;
 

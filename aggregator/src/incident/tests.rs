@@ -3,9 +3,7 @@
 use super::engine::Engine;
 use super::testkit::{anomaly, env, node_anomaly, sample};
 use super::{IncidentSettings, Snapshot};
-use selfheal_core::incident::{
-    Actor, EventKind, MutedBy, NotifyReason, Severity, Silence, State,
-};
+use selfheal_core::incident::{Actor, EventKind, MutedBy, NotifyReason, Severity, Silence, State};
 use selfheal_core::schema::Envelope;
 
 const S: i64 = 1000;
@@ -68,7 +66,9 @@ fn a_storm_from_fifteen_pods_on_three_nodes_is_one_incident() {
 fn severity_uses_breadth_from_sampled_subjects_and_is_re_evaluated() {
     let mut e = engine();
     // The workload has 20 pods (seen in samples); one is anomalous, slightly.
-    let samples: Vec<_> = (0..20).map(|p| sample(10_000 + p as u128, "n1", p)).collect();
+    let samples: Vec<_> = (0..20)
+        .map(|p| sample(10_000 + p as u128, "n1", p))
+        .collect();
     e.apply(&samples, T0);
     let mut a = anomaly(1, "n1", 0, 0.62);
     a.record.ts_ms = T0;
@@ -107,7 +107,10 @@ fn notified(up: &super::Update) -> Vec<NotifyReason> {
 fn alertmanager_timing_group_wait_interval_repeat_and_resolve() {
     let mut e = engine();
     e.apply(&storm(1, 1), T0);
-    assert!(notified(&e.tick(T0 + 29 * S).0).is_empty(), "before group_wait");
+    assert!(
+        notified(&e.tick(T0 + 29 * S).0).is_empty(),
+        "before group_wait"
+    );
     assert_eq!(notified(&e.tick(T0 + 30 * S).0), vec![NotifyReason::Opened]);
     // Unchanged at the next flush: nothing.
     e.apply(&storm(1000, 1), T0 + 100 * S);
@@ -117,7 +120,10 @@ fn alertmanager_timing_group_wait_interval_repeat_and_resolve() {
     a.record.ts_ms = T0;
     e.apply(&[env(a)], T0 + 400 * S);
     assert!(notified(&e.tick(T0 + 500 * S).0).is_empty());
-    assert_eq!(notified(&e.tick(T0 + 630 * S).0), vec![NotifyReason::Updated]);
+    assert_eq!(
+        notified(&e.tick(T0 + 630 * S).0),
+        vec![NotifyReason::Updated]
+    );
     // Kept alive without change: the repeat comes after repeat_interval (4 h).
     let mut t = T0 + 630 * S;
     let mut id = 10_000u128;
@@ -161,7 +167,10 @@ fn an_incident_resolved_inside_group_wait_is_never_notified() {
 fn silence(matchers: &[&str], start: i64, end: i64) -> Silence {
     Silence {
         id: "sil-1".into(),
-        matchers: matchers.iter().map(|m| m.parse().expect("matcher")).collect(),
+        matchers: matchers
+            .iter()
+            .map(|m| m.parse().expect("matcher"))
+            .collect(),
         starts_at_ms: start,
         ends_at_ms: end,
         created_by: "ana".into(),
@@ -176,28 +185,35 @@ fn a_silence_mutes_visibly_suppresses_notifications_and_expires() {
     let mut e = engine();
     e.apply(&storm(1, 1), T0);
     let up = e
-        .put_silence(silence(&["workload=Deployment/checkout"], T0, T0 + 60 * S), T0)
+        .put_silence(
+            silence(&["workload=Deployment/checkout"], T0, T0 + 60 * S),
+            T0,
+        )
         .expect("silence");
-    assert!(up.events.iter().any(|ev| matches!(ev.kind, EventKind::Muted { .. })));
-    let inc = e.active().next().expect("incident");
-    assert_eq!(
-        inc.muted,
-        Some(MutedBy::Silence {
-            id: "sil-1".into()
-        })
+    assert!(
+        up.events
+            .iter()
+            .any(|ev| matches!(ev.kind, EventKind::Muted { .. }))
     );
+    let inc = e.active().next().expect("incident");
+    assert_eq!(inc.muted, Some(MutedBy::Silence { id: "sil-1".into() }));
     // Still recorded: new anomalies count.
     let (_, st) = e.apply(&storm(100, 1), T0 + S);
     assert_eq!((st.anomalies, st.muted), (15, 15));
     let (up, notes) = e.tick(T0 + 30 * S);
     assert!(notes.iter().all(|n| n.suppressed) && !notes.is_empty());
-    assert!(up.events.iter().any(|ev| matches!(
-        ev.kind,
-        EventKind::NotificationSuppressed { .. }
-    )));
+    assert!(
+        up.events
+            .iter()
+            .any(|ev| matches!(ev.kind, EventKind::NotificationSuppressed { .. }))
+    );
     // Expires by itself.
     let (up, _) = e.tick(T0 + 60 * S);
-    assert!(up.events.iter().any(|ev| matches!(ev.kind, EventKind::Unmuted { .. })));
+    assert!(
+        up.events
+            .iter()
+            .any(|ev| matches!(ev.kind, EventKind::Unmuted { .. }))
+    );
     assert_eq!(e.active().next().and_then(|i| i.muted.clone()), None);
 }
 
@@ -207,7 +223,9 @@ fn expiring_a_silence_early_unmutes_at_once() {
     e.apply(&storm(1, 1), T0);
     e.put_silence(silence(&["namespace=shop"], T0, T0 + 3600 * S), T0)
         .expect("silence");
-    let up = e.expire_silence("sil-1", "bob", T0 + 5 * S).expect("expire");
+    let up = e
+        .expire_silence("sil-1", "bob", T0 + 5 * S)
+        .expect("expire");
     assert_eq!(up.silences[0].expired_by.as_deref(), Some("bob"));
     assert_eq!(e.active().next().and_then(|i| i.muted.clone()), None);
 }
@@ -225,13 +243,21 @@ fn a_node_incident_inhibits_pod_incidents_on_it_until_it_resolves() {
         .active()
         .find(|i| i.scope == selfheal_core::incident::Scope::Pod)
         .expect("pod incident");
-    assert!(matches!(pod.muted, Some(MutedBy::Inhibition { .. })), "{:?}", pod.muted);
+    assert!(
+        matches!(pod.muted, Some(MutedBy::Inhibition { .. })),
+        "{:?}",
+        pod.muted
+    );
     // Keep the pod incident alive; the node one times out and the pod one unmutes.
     let mut a = anomaly(3, "n1", 0, 0.9);
     a.record.ts_ms = T0;
     e.apply(&[env(a)], T0 + 50 * S);
     let (up, _) = e.tick(T0 + 61 * S);
-    assert!(up.events.iter().any(|ev| matches!(ev.kind, EventKind::Unmuted { .. })));
+    assert!(
+        up.events
+            .iter()
+            .any(|ev| matches!(ev.kind, EventKind::Unmuted { .. }))
+    );
     assert_eq!(e.active().count(), 1);
     assert_eq!(e.active().next().and_then(|i| i.muted.clone()), None);
 }
@@ -242,7 +268,13 @@ fn lifecycle_moves_are_events_with_actor_and_cause() {
     e.apply(&storm(1, 1), T0);
     let id = e.active().next().expect("incident").id.clone();
     let up = e
-        .transition(&id, State::Acknowledged, "looking", Actor::Person("ana".into()), T0 + S)
+        .transition(
+            &id,
+            State::Acknowledged,
+            "looking",
+            Actor::Person("ana".into()),
+            T0 + S,
+        )
         .expect("ack");
     let ev = up.events.last().expect("event");
     assert_eq!(ev.actor, Actor::Person("ana".into()));
@@ -252,14 +284,21 @@ fn lifecycle_moves_are_events_with_actor_and_cause() {
         .expect("acting");
     e.transition(&id, State::Verifying, "applied", Actor::Healer, T0 + 3 * S)
         .expect("verifying");
-    assert!(e
-        .transition(&id, State::Acknowledged, "x", Actor::System, T0 + 4 * S)
-        .is_err());
+    assert!(
+        e.transition(&id, State::Acknowledged, "x", Actor::System, T0 + 4 * S)
+            .is_err()
+    );
     // Acting/verifying do not time out: healing's verification ends them.
     e.tick(T0 + 3600 * S);
     assert_eq!(e.get(&id).map(|i| i.state), Some(State::Verifying));
     let up = e
-        .transition(&id, State::Resolved, "verified", Actor::Healer, T0 + 3601 * S)
+        .transition(
+            &id,
+            State::Resolved,
+            "verified",
+            Actor::Healer,
+            T0 + 3601 * S,
+        )
         .expect("resolve");
     assert_eq!(up.incidents[0].state, State::Resolved);
     assert!(e.get(&id).is_none());

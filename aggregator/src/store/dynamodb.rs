@@ -65,7 +65,9 @@ fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
 fn get_n(item: &Item, name: &str) -> Option<i64> {
@@ -116,8 +118,7 @@ impl DynamoStore {
         match st.client.describe_table().table_name(table).send().await {
             Ok(_) => {}
             Err(e)
-                if e
-                    .as_service_error()
+                if e.as_service_error()
                     .is_some_and(|e| e.is_resource_not_found_exception()) =>
             {
                 let attr = |name: &str| {
@@ -251,7 +252,11 @@ fn only_key(mut it: Item) -> Item {
 }
 
 impl IncidentStore for DynamoStore {
-    async fn load(&self, seen_since_ms: i64, silences_since_ms: i64) -> Result<Snapshot, StoreError> {
+    async fn load(
+        &self,
+        seen_since_ms: i64,
+        silences_since_ms: i64,
+    ) -> Result<Snapshot, StoreError> {
         let mut snap = Snapshot::default();
         for it in self.query("INC", None, None, false, None).await? {
             if get_s(&it, "state") != Some("resolved") {
@@ -270,7 +275,10 @@ impl IncidentStore for DynamoStore {
             .filter_map(|it| get_s(it, "sk").map(str::to_owned))
             .collect();
         let since = format!("{:016}", seen_since_ms.max(0));
-        for b in self.query("BUCKETS", None, Some(&since), false, None).await? {
+        for b in self
+            .query("BUCKETS", None, Some(&since), false, None)
+            .await?
+        {
             let Some(bucket_ms) = get_s(&b, "sk").and_then(|v| v.parse::<i64>().ok()) else {
                 continue;
             };
@@ -437,9 +445,12 @@ impl IncidentStore for DynamoStore {
         for it in self.query("INC", None, None, false, None).await? {
             if get_n(&it, "resolved_at_ms").is_some_and(|r| r < before_ms) {
                 let id = get_s(&it, "sk").unwrap_or("").to_owned();
-                let evs = self.query(&format!("EV#{id}"), None, None, false, None).await?;
+                let evs = self
+                    .query(&format!("EV#{id}"), None, None, false, None)
+                    .await?;
                 // Events first: an incident is never left without the events it names.
-                self.delete_keys(evs.into_iter().map(only_key).collect()).await?;
+                self.delete_keys(evs.into_iter().map(only_key).collect())
+                    .await?;
                 self.delete_keys(vec![only_key(it)]).await?;
                 pruned.incidents += 1;
             }
@@ -454,7 +465,10 @@ impl IncidentStore for DynamoStore {
         pruned.silences = old_silences.len() as u64;
         self.delete_keys(old_silences).await?;
         let below = format!("{:016}", seen_before_ms.max(0));
-        for b in self.query("BUCKETS", Some(&below), None, false, None).await? {
+        for b in self
+            .query("BUCKETS", Some(&below), None, false, None)
+            .await?
+        {
             let Some(bucket) = get_s(&b, "sk").and_then(|v| v.parse::<i64>().ok()) else {
                 continue;
             };
@@ -462,7 +476,8 @@ impl IncidentStore for DynamoStore {
                 .query(&format!("SEEN#{bucket}"), None, None, false, None)
                 .await?;
             pruned.seen_ids += ids.len() as u64;
-            self.delete_keys(ids.into_iter().map(only_key).collect()).await?;
+            self.delete_keys(ids.into_iter().map(only_key).collect())
+                .await?;
             self.delete_keys(vec![only_key(b)]).await?;
         }
         let old_commits: Vec<Item> = self

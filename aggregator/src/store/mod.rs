@@ -18,8 +18,8 @@ pub mod sqlite;
 
 use crate::incident::Snapshot;
 use crate::incident::Update;
-use selfheal_core::incident::{Event, Incident, IncidentId, Severity, Silence, State};
 use selfheal_core::Family;
+use selfheal_core::incident::{Event, Incident, IncidentId, Severity, Silence, State};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -220,7 +220,11 @@ macro_rules! dispatch {
 }
 
 impl IncidentStore for AnyStore {
-    async fn load(&self, seen_since_ms: i64, silences_since_ms: i64) -> Result<Snapshot, StoreError> {
+    async fn load(
+        &self,
+        seen_since_ms: i64,
+        silences_since_ms: i64,
+    ) -> Result<Snapshot, StoreError> {
         dispatch!(self, s => s.load(seen_since_ms, silences_since_ms))
     }
     async fn apply(&self, update: &Update) -> Result<(), StoreError> {

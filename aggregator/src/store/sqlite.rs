@@ -184,7 +184,9 @@ fn apply_tx(conn: &mut Connection, up: &Update) -> Result<(), StoreError> {
             .map_err(sq("upsert incident"))?;
         }
         let mut ev = tx
-            .prepare_cached("INSERT OR REPLACE INTO events (incident, seq, doc) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT OR REPLACE INTO events (incident, seq, doc) VALUES (?1, ?2, ?3)",
+            )
             .map_err(sq("prepare event"))?;
         for e in &up.events {
             ev.execute(params![e.incident.as_str(), e.seq as i64, to_json(e)])
@@ -208,7 +210,11 @@ fn parse<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<
 }
 
 impl IncidentStore for SqliteStore {
-    async fn load(&self, seen_since_ms: i64, silences_since_ms: i64) -> Result<Snapshot, StoreError> {
+    async fn load(
+        &self,
+        seen_since_ms: i64,
+        silences_since_ms: i64,
+    ) -> Result<Snapshot, StoreError> {
         self.with(move |c| {
             let mut snap = Snapshot::default();
             let mut st = c
@@ -336,9 +342,11 @@ impl IncidentStore for SqliteStore {
         let id = id.clone();
         self.with(move |c| {
             let d: Option<String> = c
-                .query_row("SELECT doc FROM incidents WHERE id = ?1", [id.as_str()], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT doc FROM incidents WHERE id = ?1",
+                    [id.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(sq("get"))?;
             d.map(|d| parse("incident", &d)).transpose()
@@ -397,7 +405,11 @@ impl IncidentStore for SqliteStore {
                 .map_err(sq("counts"))?;
             let rows = st
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(sq("counts"))?;
             let mut out = Counts::default();
@@ -425,13 +437,19 @@ impl IncidentStore for SqliteStore {
             )
             .map_err(sq("prune events"))?;
             let incidents = tx
-                .execute("DELETE FROM incidents WHERE resolved_at_ms < ?1", [before_ms])
+                .execute(
+                    "DELETE FROM incidents WHERE resolved_at_ms < ?1",
+                    [before_ms],
+                )
                 .map_err(sq("prune incidents"))?;
             let silences = tx
                 .execute("DELETE FROM silences WHERE ends_at_ms < ?1", [before_ms])
                 .map_err(sq("prune silences"))?;
             let seen_ids = tx
-                .execute("DELETE FROM seen_ids WHERE bucket_ms < ?1", [seen_before_ms])
+                .execute(
+                    "DELETE FROM seen_ids WHERE bucket_ms < ?1",
+                    [seen_before_ms],
+                )
                 .map_err(sq("prune seen"))?;
             tx.commit().map_err(sq("prune"))?;
             Ok(Pruned {
