@@ -10,8 +10,8 @@ use crate::support::{KillOnDrop, free_port, http_get, selfheal, signal, stdout_o
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use selfheal_aggregator::api::{ListBody, ShowBody};
-use selfheal_aggregator::lake::LakeStore;
-use selfheal_aggregator::lake::format::{self, RowKind};
+use selfheal_lake::LakeStore;
+use selfheal_lake::format::{self, RowKind};
 use selfheal_core::incident::{EventKind, MutedBy, State};
 use selfheal_core::schema::{Anomaly, OwnerRef, encode_wire};
 use selfheal_core::{Envelope, Family, Metric, Payload, PodRef, Record, RecordId, Subject};
@@ -98,10 +98,31 @@ async fn put(client: &aws_sdk_kinesis::Client, stream: &str, envs: &[Envelope]) 
     }
 }
 
+async fn put_raw(client: &aws_sdk_kinesis::Client, stream: &str, data: Vec<Vec<u8>>) {
+    let entries: Vec<PutRecordsRequestEntry> = data
+        .into_iter()
+        .map(|d| {
+            PutRecordsRequestEntry::builder()
+                .partition_key("junk")
+                .data(Blob::new(d))
+                .build()
+                .expect("entry")
+        })
+        .collect();
+    client
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .expect("put records");
+}
+
 /// A running aggregator whose files live in `dir`.
 pub(crate) struct Agg {
     child: KillOnDrop,
     port: u16,
+    token_file: PathBuf,
 }
 
 fn config(dir: &Path, port: u16, stream: &str) -> PathBuf {
@@ -128,6 +149,7 @@ location = "{dir}/lake"
 group_wait_secs = 1
 group_interval_secs = 2
 resolve_timeout_secs = 600
+api_token_file = "{dir}/api-token"
 [incidents.store]
 dir = "{dir}/incidents"
 "#,
@@ -136,13 +158,65 @@ dir = "{dir}/incidents"
     )
 }
 
+/// The API token the tests' aggregators are configured with (written to `<dir>/api-token`).
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef0123456789";
+
+fn write_token(dir: &Path) -> PathBuf {
+    write_file(dir, "api-token", &format!("{TOKEN}\n"))
+}
+
+/// The same aggregator with the HTTP ingest source instead of Kinesis.
+fn http_config(dir: &Path, port: u16) -> PathBuf {
+    write_file(
+        dir,
+        "aggregator.toml",
+        &format!(
+            r#"listen_addr = "127.0.0.1:{port}"
+shutdown_grace_secs = 20
+[ingest]
+source = "http"
+max_body_bytes = {HTTP_MAX_BODY}
+log_dir = "{dir}/ingest-log"
+[batch]
+max_records = 500
+flush_interval_ms = 300
+retry_initial_ms = 50
+retry_max_ms = 500
+[lake]
+location = "{dir}/lake"
+[incidents]
+group_wait_secs = 1
+group_interval_secs = 2
+resolve_timeout_secs = 600
+api_token_file = "{dir}/api-token"
+[incidents.store]
+dir = "{dir}/incidents"
+"#,
+            dir = dir.display()
+        ),
+    )
+}
+
+/// The HTTP source's body limit in these tests.
+const HTTP_MAX_BODY: usize = 512 * 1024;
+
 impl Agg {
     pub(crate) fn start(dir: &Path, moto: &Moto, port: u16) -> Agg {
         let cfg = config(dir, port, "records");
         let mut cmd = selfheal();
         aws_env(&mut cmd).env("AWS_ENDPOINT_URL", moto.endpoint());
+        Agg::spawn(cmd, dir, &cfg, port)
+    }
+
+    fn start_http(dir: &Path, port: u16) -> Agg {
+        let cfg = http_config(dir, port);
+        Agg::spawn(selfheal(), dir, &cfg, port)
+    }
+
+    fn spawn(mut cmd: std::process::Command, dir: &Path, cfg: &Path, port: u16) -> Agg {
+        write_token(dir);
         cmd.args(["aggregator", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = KillOnDrop(cmd.spawn().expect("start aggregator"));
@@ -154,7 +228,11 @@ impl Agg {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Agg { child, port }
+        Agg {
+            child,
+            port,
+            token_file: dir.join("api-token"),
+        }
     }
 
     pub(crate) fn url(&self) -> String {
@@ -210,9 +288,13 @@ impl Agg {
     }
 }
 
-fn cli(url: &str, args: &[&str]) -> String {
+/// The CLI against `agg`, with its token file.
+fn cli(agg: &Agg, args: &[&str]) -> String {
     let mut c = selfheal();
-    c.args(args).args(["--url", url]);
+    c.args(args)
+        .args(["--url", &agg.url()])
+        .arg("--token-file")
+        .arg(&agg.token_file);
     stdout_of(&mut c)
 }
 
@@ -249,6 +331,12 @@ fn a_storm_from_fifteen_pods_on_three_nodes_through_kinesis_is_one_incident() {
     rt.block_on(put(&kinesis, "records", &recs));
     // A third of the storm redelivered (the same record ids again).
     rt.block_on(put(&kinesis, "records", &recs[..1000]));
+    // A malformed and a wrong-version record on the stream: skipped and counted.
+    rt.block_on(put_raw(
+        &kinesis,
+        "records",
+        vec![b"garbage".to_vec(), wrong_version(&recs[0])],
+    ));
     agg.wait("every anomaly counted", Duration::from_secs(90), |a| {
         a.metric("selfheal_aggregator_incidents_anomalies_total") >= 3000.0
             && a.metric("selfheal_aggregator_incidents_anomalies_deduplicated_total") >= 1000.0
@@ -265,6 +353,9 @@ fn a_storm_from_fifteen_pods_on_three_nodes_through_kinesis_is_one_incident() {
         agg.metric("selfheal_aggregator_incidents_opened_total"),
         1.0
     );
+    agg.wait("bad records counted", Duration::from_secs(10), |a| {
+        a.metric("selfheal_aggregator_consume_malformed_records_total") >= 2.0
+    });
     let list = agg.incidents("");
     assert_eq!(list.incidents.len(), 1, "exactly one incident");
     let inc = &list.incidents[0];
@@ -301,18 +392,18 @@ fn a_storm_from_fifteen_pods_on_three_nodes_through_kinesis_is_one_incident() {
     assert_eq!(agg.incidents("family=memory").incidents.len(), 0);
     assert_eq!(agg.incidents("state=resolved").incidents.len(), 0);
     // The CLI shows the same.
-    let table = cli(&agg.url(), &["incidents", "list"]);
+    let table = cli(&agg, &["incidents", "list"]);
     assert!(
         table.contains(inc.id.as_str()) && table.contains("shop/Deployment/checkout"),
         "{table}"
     );
     let json: ListBody = serde_json::from_str(&cli(
-        &agg.url(),
+        &agg,
         &["incidents", "list", "--state", "open", "--json"],
     ))
     .expect("--json");
     assert_eq!(json.incidents.len(), 1);
-    let shown = cli(&agg.url(), &["incidents", "show", inc.id.as_str()]);
+    let shown = cli(&agg, &["incidents", "show", inc.id.as_str()]);
     assert!(
         shown.contains("anomalies  3000") && shown.contains("timeline"),
         "{shown}"
@@ -331,9 +422,27 @@ fn a_storm_from_fifteen_pods_on_three_nodes_through_kinesis_is_one_incident() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The write routes need the token: without it, or with a wrong one, 401, counted.
+    for (auth, reason) in [(None, "missing"), (Some("Bearer nope"), "invalid")] {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/api/v1/incidents/{}/ack", agg.url(), inc.id))
+            .json(&serde_json::json!({"by": "mallory"}));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let status = rt.block_on(req.send()).expect("answer").status();
+        assert_eq!(status.as_u16(), 401);
+        assert_eq!(
+            agg.metric(&format!(
+                "selfheal_aggregator_api_auth_refused_total{{reason=\"{reason}\"}}"
+            )),
+            1.0
+        );
+    }
+    assert_eq!(agg.incidents("").incidents[0].state, State::Open);
     // Acknowledge and resolve through the CLI; each is an event with its actor.
     let out = cli(
-        &agg.url(),
+        &agg,
         &[
             "incidents",
             "ack",
@@ -346,7 +455,7 @@ fn a_storm_from_fifteen_pods_on_three_nodes_through_kinesis_is_one_incident() {
     );
     assert!(out.contains("acknowledged"), "{out}");
     let out = cli(
-        &agg.url(),
+        &agg,
         &["incidents", "resolve", inc.id.as_str(), "--by", "ana"],
     );
     assert!(out.contains("resolved"), "{out}");
@@ -415,10 +524,9 @@ fn silences_and_inhibition_mute_visibly_and_expire() {
     rt.block_on(create_stream(&kinesis, "records", 1));
     let dir = tempfile::tempdir().expect("dir");
     let agg = Agg::start(dir.path(), &moto, free_port());
-    let url = agg.url();
     // A silence for the shop namespace, for 4 seconds.
     let out = cli(
-        &url,
+        &agg,
         &[
             "silences",
             "add",
@@ -437,7 +545,7 @@ fn silences_and_inhibition_mute_visibly_and_expire() {
         .nth(1)
         .expect("silence id")
         .to_owned();
-    let listed = cli(&url, &["silences", "list"]);
+    let listed = cli(&agg, &["silences", "list"]);
     assert!(
         listed.contains(&sid) && listed.contains("active"),
         "{listed}"
@@ -508,7 +616,7 @@ fn silences_and_inhibition_mute_visibly_and_expire() {
     );
     // The node incident resolves; the inhibition ends with it.
     cli(
-        &url,
+        &agg,
         &["incidents", "resolve", node_inc.id.as_str(), "--by", "ops"],
     );
     agg.wait("inhibition ends", Duration::from_secs(10), |a| {
@@ -516,7 +624,7 @@ fn silences_and_inhibition_mute_visibly_and_expire() {
     });
     // A silence can be expired by hand too.
     let out = cli(
-        &url,
+        &agg,
         &[
             "silences",
             "add",
@@ -539,8 +647,123 @@ fn silences_and_inhibition_mute_visibly_and_expire() {
         a.incidents("namespace=web").incidents[0].muted
             == Some(MutedBy::Silence { id: sid2.clone() })
     });
-    cli(&url, &["silences", "expire", &sid2, "--by", "ana"]);
+    cli(&agg, &["silences", "expire", &sid2, "--by", "ana"]);
     assert!(agg.incidents("namespace=web").incidents[0].muted.is_none());
+    agg.stop();
+}
+
+async fn post_batch(url: &str, body: Vec<u8>) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            selfheal_core::batch::CONTENT_TYPE,
+        )
+        .timeout(Duration::from_secs(10))
+        .body(body)
+        .send()
+        .await
+        .expect("the ingest endpoint answers")
+        .status()
+        .as_u16()
+}
+
+/// A wire record of a schema version this build does not read (the header says 99).
+fn wrong_version(e: &Envelope) -> Vec<u8> {
+    let mut w = encode_wire(e).expect("encode");
+    w[2..4].copy_from_slice(&99u16.to_le_bytes());
+    w
+}
+
+#[test]
+fn the_same_storm_through_http_ingest_is_the_same_incident_and_bad_records_lose_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("dir");
+    let agg = Agg::start_http(dir.path(), free_port());
+    let url = format!("{}/v1/ingest", agg.url());
+    let t0 = now_ms() - 120_000;
+    let recs = storm(6 << 64, t0);
+    let wire: Vec<Vec<u8>> = recs.iter().map(|e| encode_wire(e).expect("encode")).collect();
+    // Each request carries good records with a malformed one and a wrong-version one among them.
+    let mut bad = 0;
+    for (n, chunk) in wire.chunks(250).enumerate() {
+        let mut frames: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let junk = format!("not a record {n}").into_bytes();
+        let old = wrong_version(&recs[n]);
+        frames.insert(10, &junk);
+        frames.insert(100, &old);
+        bad += 2;
+        let body = selfheal_core::batch::encode_batch(frames).expect("frame");
+        assert_eq!(rt.block_on(post_batch(&url, body)), 200, "request {n}");
+    }
+    // An oversized request (one record bigger than the body limit) is refused whole, 413; the
+    // agent drops it and the storm's records beside it are unaffected.
+    let mut huge = checkout_cpu_anomaly(7 << 64, t0, 0, 0, 0.9);
+    if let Payload::Anomaly(a) = &mut huge.payload {
+        a.features = vec![1.0; HTTP_MAX_BODY / 4];
+    }
+    let body = selfheal_core::batch::encode_batch([encode_wire(&huge).expect("encode").as_slice()])
+        .expect("frame");
+    assert!(body.len() > HTTP_MAX_BODY);
+    assert_eq!(rt.block_on(post_batch(&url, body)), 413);
+    // Broken framing: 400.
+    assert_eq!(rt.block_on(post_batch(&url, vec![9, 0, 0, 0, 1])), 400);
+    // A third of the storm resent (the agent's retry of requests it saw no answer to).
+    for chunk in wire[..1000].chunks(250) {
+        let body =
+            selfheal_core::batch::encode_batch(chunk.iter().map(Vec::as_slice)).expect("frame");
+        assert_eq!(rt.block_on(post_batch(&url, body)), 200);
+    }
+    agg.wait("every anomaly counted", Duration::from_secs(60), |a| {
+        a.metric("selfheal_aggregator_incidents_anomalies_total") >= 3000.0
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let list = agg.incidents("");
+    assert_eq!(list.incidents.len(), 1, "exactly one incident");
+    let inc = &list.incidents[0];
+    assert_eq!(inc.anomaly_count, 3000);
+    assert_eq!((inc.pod_count, inc.node_count), (15, 3));
+    assert_eq!(inc.first_seen_ms, t0);
+    assert_eq!(inc.last_seen_ms, t0 + 199 * 600);
+    assert_eq!(inc.labels["workload"], "Deployment/checkout");
+    assert_eq!(
+        agg.metric("selfheal_aggregator_incidents_anomalies_total"),
+        3000.0
+    );
+    // Every resent record is counted once as a duplicate: the ingest log drops the resends it
+    // remembers, the incident handler any that get past it.
+    let dup = agg.metric("selfheal_aggregator_ingest_log_duplicate_records_total")
+        + agg.metric("selfheal_aggregator_incidents_anomalies_deduplicated_total");
+    assert_eq!(dup, 1000.0);
+    assert_eq!(
+        agg.metric("selfheal_aggregator_consume_malformed_records_total"),
+        f64::from(bad),
+        "malformed and wrong-version records are counted"
+    );
+    for (status, want) in [("200", 16.0), ("400", 1.0), ("413", 1.0)] {
+        assert_eq!(
+            agg.metric(&format!(
+                "selfheal_aggregator_ingest_requests_total{{status=\"{status}\"}}"
+            )),
+            want,
+            "{status}"
+        );
+    }
+    // The lake holds every good record.
+    let want: HashSet<u128> = recs.iter().map(|e| e.record().id.as_u128()).collect();
+    let start = Instant::now();
+    loop {
+        let ids = lake_ids(&rt, dir.path());
+        if want.is_subset(&ids) {
+            assert!(!ids.contains(&(7 << 64)), "the refused record is not in the lake");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "lake misses records"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     agg.stop();
 }
 

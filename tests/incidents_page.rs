@@ -5,7 +5,7 @@
 
 use crate::incidents::start_with_storm;
 use crate::support::moto::Moto;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn chromium() -> PathBuf {
@@ -17,15 +17,21 @@ fn chromium() -> PathBuf {
     p
 }
 
-/// Runs headless Chromium on `url` with `extra` args; returns (stdout, stderr).
-fn browse(profile: &Path, url: &str, extra: &[&str]) -> (String, String) {
+/// Runs headless Chromium on `url` with `extra` args and a fresh profile; returns (stdout,
+/// stderr).
+fn browse(url: &str, extra: &[&str]) -> (String, String) {
+    let profile_dir = tempfile::tempdir().expect("profile");
+    let profile = profile_dir.path();
     let out = Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
-            "--disable-background-networking",
+            "--disable-quic",
             "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
             "--disable-extensions",
             "--enable-logging=stderr",
             "--v=0",
@@ -71,10 +77,8 @@ fn the_page_lists_filters_and_shows_an_incident_in_headless_chromium() {
     let base = agg.url();
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("incidents_page");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
-    let profile = tempfile::tempdir().expect("profile");
 
     let (dom, err) = browse(
-        profile.path(),
         &format!("{base}/incidents"),
         &["--dump-dom"],
     );
@@ -94,7 +98,6 @@ fn the_page_lists_filters_and_shows_an_incident_in_headless_chromium() {
     assert!(dom.contains("data-severity="), "counts by severity:\n{dom}");
 
     let (dom, err) = browse(
-        profile.path(),
         &format!("{base}/incidents?family=memory"),
         &["--dump-dom"],
     );
@@ -108,14 +111,12 @@ fn the_page_lists_filters_and_shows_an_incident_in_headless_chromium() {
         "the filter URL narrows the list:\n{dom}"
     );
     let (dom, _) = browse(
-        profile.path(),
         &format!("{base}/incidents?namespace=shop&family=cpu"),
         &["--dump-dom"],
     );
     assert!(dom.contains(&format!("data-id=\"{id}\"")), "{dom}");
 
     let (dom, err) = browse(
-        profile.path(),
         &format!("{base}/incidents/{id}"),
         &["--dump-dom"],
     );
@@ -146,7 +147,6 @@ fn the_page_lists_filters_and_shows_an_incident_in_headless_chromium() {
         let png = shots.join(name);
         let _ = std::fs::remove_file(&png);
         browse(
-            profile.path(),
             &format!("{base}{path}"),
             &[&format!("--screenshot={}", png.display())],
         );
