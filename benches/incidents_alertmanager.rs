@@ -132,8 +132,9 @@ fn start_selfheal(dir: &Path, port: u16) -> Kill {
     std::fs::write(
         &cfg,
         format!(
-            "listen_addr = \"127.0.0.1:{port}\"\n[ingest]\nsource = \"http\"\n[lake]\nlocation = \"{lake}\"\n[incidents]\ngroup_by = [\"workload\", \"family\"]\n[incidents.store]\ndir = \"{inc}\"\n",
+            "listen_addr = \"127.0.0.1:{port}\"\n[ingest]\nsource = \"http\"\nlog_dir = \"{log}\"\n[lake]\nlocation = \"{lake}\"\n[incidents]\ngroup_by = [\"workload\", \"family\"]\n[incidents.store]\ndir = \"{inc}\"\n",
             lake = dir.join("lake").display(),
+            log = dir.join("ingest-log").display(),
             inc = dir.join("incidents").display()
         ),
     )
@@ -225,7 +226,7 @@ fn main() {
                     .collect();
                 let body = encode_batch(wires.iter().map(Vec::as_slice)).expect("batch");
                 // Every third round is delivered twice, as a retrying agent would.
-                let times = if round % 3 == 0 { 2 } else { 1 };
+                let times = if round.is_multiple_of(3) { 2 } else { 1 };
                 for _ in 0..times {
                     let r = rt.block_on(
                         client
@@ -344,9 +345,12 @@ fn main() {
             "n/a".into()
         }
     };
+    let d = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
     println!(
-        "ratios selfheal/alertmanager: notifications {}, CPU {}, peak RSS {}",
+        "ratios selfheal/alertmanager: notifications {}, time to first notification {}, time to first incident/group {}, CPU {}, peak RSS {}",
         ratio(sh_notes, hooks.len() as f64),
+        ratio(d(first_sh_note), d(am_first)),
+        ratio(d(first_sh_incident), d(first_am_group)),
         ratio(sh_cpu - sh_cpu0, am_cpu - am_cpu0),
         ratio(sh_rss as f64, am_rss as f64)
     );

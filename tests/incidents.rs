@@ -10,11 +10,11 @@ use crate::support::{KillOnDrop, free_port, http_get, selfheal, signal, stdout_o
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use selfheal_aggregator::api::{ListBody, ShowBody};
-use selfheal_lake::LakeStore;
-use selfheal_lake::format::{self, RowKind};
 use selfheal_core::incident::{EventKind, MutedBy, State};
 use selfheal_core::schema::{Anomaly, OwnerRef, encode_wire};
 use selfheal_core::{Envelope, Family, Metric, Payload, PodRef, Record, RecordId, Subject};
+use selfheal_lake::LakeStore;
+use selfheal_lake::format::{self, RowKind};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -562,6 +562,14 @@ fn silences_and_inhibition_mute_visibly_and_expire() {
         "muted, and by what"
     );
     assert!(agg.metric("selfheal_aggregator_incidents_muted{by=\"silence\"}") >= 1.0);
+    agg.wait("silenced anomalies counted", Duration::from_secs(10), |a| {
+        a.metric("selfheal_aggregator_incidents_anomalies_silenced_total") >= 30.0
+    });
+    assert_eq!(
+        agg.metric("selfheal_aggregator_incidents_anomalies_silenced_total"),
+        30.0,
+        "every anomaly that joined the silenced incident"
+    );
     // It expires by itself; the incident unmutes with an event.
     agg.wait("silence expiry", Duration::from_secs(15), |a| {
         a.incidents("").incidents[0].muted.is_none()
@@ -607,6 +615,7 @@ fn silences_and_inhibition_mute_visibly_and_expire() {
         .find(|i| i.labels.get("scope").map(String::as_str) == Some("node"))
         .expect("node incident");
     let web = agg.incidents("namespace=web").incidents.remove(0);
+    assert!(agg.metric("selfheal_aggregator_incidents_muted{by=\"inhibition\"}") >= 1.0);
     assert_eq!(
         web.muted,
         Some(MutedBy::Inhibition {
@@ -683,7 +692,10 @@ fn the_same_storm_through_http_ingest_is_the_same_incident_and_bad_records_lose_
     let url = format!("{}/v1/ingest", agg.url());
     let t0 = now_ms() - 120_000;
     let recs = storm(6 << 64, t0);
-    let wire: Vec<Vec<u8>> = recs.iter().map(|e| encode_wire(e).expect("encode")).collect();
+    let wire: Vec<Vec<u8>> = recs
+        .iter()
+        .map(|e| encode_wire(e).expect("encode"))
+        .collect();
     // Each request carries good records with a malformed one and a wrong-version one among them.
     let mut bad = 0;
     for (n, chunk) in wire.chunks(250).enumerate() {
@@ -755,7 +767,10 @@ fn the_same_storm_through_http_ingest_is_the_same_incident_and_bad_records_lose_
     loop {
         let ids = lake_ids(&rt, dir.path());
         if want.is_subset(&ids) {
-            assert!(!ids.contains(&(7 << 64)), "the refused record is not in the lake");
+            assert!(
+                !ids.contains(&(7 << 64)),
+                "the refused record is not in the lake"
+            );
             break;
         }
         assert!(

@@ -78,10 +78,7 @@ fn the_page_lists_filters_and_shows_an_incident_in_headless_chromium() {
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("incidents_page");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
 
-    let (dom, err) = browse(
-        &format!("{base}/incidents"),
-        &["--dump-dom"],
-    );
+    let (dom, err) = browse(&format!("{base}/incidents"), &["--dump-dom"]);
     assert!(
         console_errors(&err).is_empty(),
         "console: {:?}",
@@ -97,10 +94,7 @@ fn the_page_lists_filters_and_shows_an_incident_in_headless_chromium() {
     );
     assert!(dom.contains("data-severity="), "counts by severity:\n{dom}");
 
-    let (dom, err) = browse(
-        &format!("{base}/incidents?family=memory"),
-        &["--dump-dom"],
-    );
+    let (dom, err) = browse(&format!("{base}/incidents?family=memory"), &["--dump-dom"]);
     assert!(
         console_errors(&err).is_empty(),
         "console: {:?}",
@@ -116,10 +110,7 @@ fn the_page_lists_filters_and_shows_an_incident_in_headless_chromium() {
     );
     assert!(dom.contains(&format!("data-id=\"{id}\"")), "{dom}");
 
-    let (dom, err) = browse(
-        &format!("{base}/incidents/{id}"),
-        &["--dump-dom"],
-    );
+    let (dom, err) = browse(&format!("{base}/incidents/{id}"), &["--dump-dom"]);
     assert!(
         console_errors(&err).is_empty(),
         "console: {:?}",

@@ -102,8 +102,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
 
 /// A task that runs until the shutdown signal it is given turns true.
 pub type ServiceTask = Box<
-    dyn FnOnce(watch::Receiver<bool>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-        + Send,
+    dyn FnOnce(watch::Receiver<bool>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
 >;
 
 /// What handlers bring besides themselves: routes for the HTTP server (the incident API and
@@ -281,6 +280,10 @@ async fn start_http(
             Arc::clone(&pipeline),
             settings.handler_retry,
         );
+        let limits = BatchLimits {
+            flush_interval: flush_interval_for(settings, name),
+            ..limits
+        };
         let reader = LogReader::register(Arc::clone(&log), delivery, limits)
             .await
             .map_err(|source| RunError::Checkpoint {
@@ -363,9 +366,11 @@ async fn start_kinesis(
             Arc::clone(&pipeline),
             settings.handler_retry,
         );
+        let mut consumer_settings = settings.consumer.clone();
+        consumer_settings.flush_interval = flush_interval_for(settings, name);
         let consumer = Consumer::new(
             client.clone(),
-            settings.consumer.clone(),
+            consumer_settings,
             delivery,
             Arc::clone(&consume),
             i == 0,
@@ -392,6 +397,17 @@ async fn start_kinesis(
         tasks.spawn(format!("{name} consumer"), consumer.run(stop.clone()));
     }
     Ok(())
+}
+
+/// How long a handler's open batch may wait: `[batch]`'s interval, but the incident handler's
+/// own (`incidents.flush_interval_ms`, default 1 s) when shorter, since an incident waits for
+/// its batch while the lake wants large objects.
+fn flush_interval_for(settings: &Settings, handler: &str) -> std::time::Duration {
+    let batch = settings.consumer.flush_interval;
+    match &settings.incidents {
+        Some(inc) if handler == crate::incident::HANDLER_NAME => inc.flush_interval.min(batch),
+        _ => batch,
+    }
 }
 
 /// Waits for a spawned task, re-raising its panic in the waiting task.

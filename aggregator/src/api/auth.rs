@@ -253,14 +253,23 @@ mod tests {
     fn only_the_right_bearer_token_passes() {
         let a = WriteAuth::with_token(TOKEN);
         assert_eq!(a.check(Some(format!("Bearer {TOKEN}").as_bytes())), Ok(()));
-        assert_eq!(a.check(Some(format!("bearer  {TOKEN} ").as_bytes())), Ok(()));
+        assert_eq!(
+            a.check(Some(format!("bearer  {TOKEN} ").as_bytes())),
+            Ok(())
+        );
         assert_eq!(a.check(None), Err("missing"));
         assert_eq!(a.check(Some(b"Basic abc")), Err("missing"));
         assert_eq!(a.check(Some(b"Bearer ")), Err("missing"));
-        assert_eq!(a.check(Some(format!("Bearer {TOKEN}x").as_bytes())), Err("invalid"));
+        assert_eq!(
+            a.check(Some(format!("Bearer {TOKEN}x").as_bytes())),
+            Err("invalid")
+        );
         assert_eq!(a.check(Some(&TOKEN.as_bytes()[..31])), Err("missing"));
         let off = WriteAuth::load(None).expect("no file");
-        assert_eq!(off.check(Some(format!("Bearer {TOKEN}").as_bytes())), Err("disabled"));
+        assert_eq!(
+            off.check(Some(format!("Bearer {TOKEN}").as_bytes())),
+            Err("disabled")
+        );
         assert!(!format!("{a:?}").contains("expected"));
     }
 
@@ -271,11 +280,23 @@ mod tests {
         std::fs::write(&p, format!("{TOKEN}\n")).expect("write");
         assert_eq!(read_token_file(&p).expect("ok"), TOKEN);
         std::fs::write(&p, "short\n").expect("write");
-        assert!(matches!(read_token_file(&p), Err(TokenError::Invalid { reason: "too short", .. })));
+        assert!(matches!(
+            read_token_file(&p),
+            Err(TokenError::Invalid {
+                reason: "too short",
+                ..
+            })
+        ));
         std::fs::write(&p, format!("{TOKEN}\n{TOKEN}\n")).expect("write");
-        assert!(matches!(read_token_file(&p), Err(TokenError::Invalid { .. })));
+        assert!(matches!(
+            read_token_file(&p),
+            Err(TokenError::Invalid { .. })
+        ));
         std::fs::write(&p, format!("{TOKEN} {TOKEN}")).expect("write");
-        assert!(matches!(read_token_file(&p), Err(TokenError::Invalid { .. })));
+        assert!(matches!(
+            read_token_file(&p),
+            Err(TokenError::Invalid { .. })
+        ));
         assert!(matches!(
             read_token_file(&tmp.path().join("missing")),
             Err(TokenError::Read { .. })

@@ -40,6 +40,10 @@ pub struct IncidentsConfig {
     pub inhibit_rules: Vec<InhibitRuleConfig>,
     /// Where incidents are kept.
     pub store: StoreConfig,
+    /// Milliseconds the incident handler's open batch may wait before it is handled (the lake's
+    /// `batch.flush_interval_ms` when that is shorter). Short: an anomaly reaches its incident
+    /// within about this; each batch is one store write.
+    pub flush_interval_ms: u64,
     /// A file holding the bearer token the API's write routes (acknowledge, resolve, silences)
     /// require (one line, at least 32 characters; keep it mode 0600). Unset, those routes
     /// refuse every request: nothing on the network can mute or close an incident by default.
@@ -124,6 +128,7 @@ impl Default for IncidentsConfig {
                 equal: vec!["node".into()],
             }],
             store: StoreConfig::default(),
+            flush_interval_ms: 1000,
             api_token_file: None,
         }
     }
@@ -136,6 +141,8 @@ pub struct Validated {
     pub engine: IncidentSettings,
     /// The store.
     pub store: StoreSettings,
+    /// The incident handler's batch interval.
+    pub flush_interval: std::time::Duration,
     /// The API token's file (read at start).
     pub api_token_file: Option<PathBuf>,
 }
@@ -189,10 +196,7 @@ fn ms(field: &str, secs: f64, min: f64, max: f64) -> Result<i64, FieldError> {
 
 impl IncidentsConfig {
     /// Checks every field.
-    pub fn validate(
-        &self,
-        data_dir: &std::path::Path,
-    ) -> Result<Validated, FieldError> {
+    pub fn validate(&self, data_dir: &std::path::Path) -> Result<Validated, FieldError> {
         if self.group_by.is_empty() {
             return Err(bad("group_by", "must name at least one label"));
         }
@@ -323,6 +327,12 @@ impl IncidentsConfig {
         {
             return Err(bad("api_token_file", "must not be empty (leave it unset)"));
         }
+        if !(10..=600_000).contains(&self.flush_interval_ms) {
+            return Err(bad(
+                "flush_interval_ms",
+                format!("must be in 10..=600000, got {}", self.flush_interval_ms),
+            ));
+        }
         let d = IncidentSettings::default();
         Ok(Validated {
             engine: IncidentSettings {
@@ -341,6 +351,7 @@ impl IncidentsConfig {
                 tick_ms: d.tick_ms,
             },
             store,
+            flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
             api_token_file: self.api_token_file.clone(),
         })
     }
@@ -352,10 +363,16 @@ mod tests {
 
     #[test]
     fn defaults_are_alertmanagers() {
-        let Validated { engine: s, store, api_token_file } = IncidentsConfig::default()
+        let Validated {
+            engine: s,
+            store,
+            flush_interval,
+            api_token_file,
+        } = IncidentsConfig::default()
             .validate(std::path::Path::new("/d"))
             .expect("valid");
         assert_eq!(api_token_file, None);
+        assert_eq!(flush_interval, std::time::Duration::from_secs(1));
         assert_eq!(s, IncidentSettings::default());
         assert_eq!(
             store,

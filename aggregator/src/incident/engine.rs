@@ -17,7 +17,7 @@ use super::key::{group, pod_name};
 use super::mute::{self, BadMatcher, CompiledRule, Silences};
 use super::subjects::RecentSubjects;
 use selfheal_core::incident::{
-    Actor, Event, EventKind, Incident, IncidentId, NotifyReason, Observation, Scope,
+    Actor, Event, EventKind, Incident, IncidentId, MutedBy, NotifyReason, Observation, Scope,
     SeverityInputs, Silence, State, TransitionError, assess_severity,
 };
 use selfheal_core::schema::{Envelope, Payload, Subject};
@@ -58,6 +58,10 @@ pub struct BatchStats {
     pub duplicates: u64,
     /// Anomalies that joined a muted incident.
     pub muted: u64,
+    /// Of those, anomalies that joined a silenced incident.
+    pub silenced: u64,
+    /// Of those, anomalies that joined an inhibited incident.
+    pub inhibited: u64,
     /// Samples seen.
     pub samples: u64,
     /// Anomalies refused: a score or threshold that is not a finite number.
@@ -196,6 +200,9 @@ impl Engine {
         let mut stats = BatchStats::default();
         // Per touched incident: (subjects before the batch, largest new score and its threshold).
         let mut touched: HashMap<String, (u64, u64, f64, f64)> = HashMap::new();
+        // Anomalies counted per incident key, attributed to its mute once the batch decided it
+        // (so the anomalies of a batch that opens a silenced incident count as silenced).
+        let mut added: HashMap<String, u64> = HashMap::new();
         for env in records {
             let a = match &env.payload {
                 Payload::Sample { record, .. } => {
@@ -237,9 +244,7 @@ impl Engine {
             let Some(inc) = self.active.get_mut(&g.key) else {
                 continue;
             };
-            if inc.muted.is_some() {
-                stats.muted += 1;
-            }
+            *added.entry(g.key.clone()).or_default() += 1;
             let t = touched.entry(g.key).or_insert((
                 inc.pod_count,
                 inc.node_count,
@@ -283,6 +288,14 @@ impl Engine {
             self.reassess(&key, now_ms, &mut up.events);
         }
         self.remute(now_ms, &mut up);
+        for (key, n) in added {
+            match self.active.get(&key).and_then(|i| i.muted.as_ref()) {
+                Some(MutedBy::Silence { .. }) => stats.silenced += n,
+                Some(MutedBy::Inhibition { .. }) => stats.inhibited += n,
+                None => continue,
+            }
+            stats.muted += n;
+        }
         self.collect_changed(&mut up, &touched_ids);
         (up, stats)
     }

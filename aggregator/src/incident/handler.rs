@@ -291,8 +291,6 @@ impl<S: IncidentStore> Incidents<S> {
         self.resync(&mut engine).await?;
         let now = self.now_ms();
         let (up, stats) = engine.apply(records, now);
-        // Which mutes the anomalies met, for the counters.
-        let (silenced, inhibited) = mute_split(&up);
         self.write(&mut engine, &up).await?;
         let m = &self.inner.metrics;
         m.anomalies.inc_by(stats.anomalies);
@@ -302,14 +300,8 @@ impl<S: IncidentStore> Incidents<S> {
             m.invalid.inc_by(stats.invalid);
             tracing::warn!(count = stats.invalid, "IncidentAnomalyInvalid");
         }
-        if stats.muted > 0 {
-            // Attribute the batch's muted anomalies to the kind muting most incidents touched.
-            if silenced >= inhibited {
-                m.silenced.inc_by(stats.muted);
-            } else {
-                m.inhibited.inc_by(stats.muted);
-            }
-        }
+        m.silenced.inc_by(stats.silenced);
+        m.inhibited.inc_by(stats.inhibited);
         self.refresh_gauges(&engine);
         m.decision_latency.observe(arrived.elapsed().as_secs_f64());
         Ok(stats)
@@ -488,19 +480,6 @@ async fn restore<S: IncidentStore>(
     Engine::new(settings.clone(), snap).map_err(|e| IncidentError::Engine(EngineError::from(e)))
 }
 
-fn mute_split(up: &Update) -> (usize, usize) {
-    let mut s = 0;
-    let mut i = 0;
-    for inc in &up.incidents {
-        match inc.muted {
-            Some(MutedBy::Silence { .. }) => s += 1,
-            Some(MutedBy::Inhibition { .. }) => i += 1,
-            None => {}
-        }
-    }
-    (s, i)
-}
-
 fn reason_str(r: selfheal_core::incident::NotifyReason) -> &'static str {
     use selfheal_core::incident::NotifyReason::*;
     match r {
@@ -536,7 +515,7 @@ pub struct IncidentHandler<S>(pub Incidents<S>);
 
 impl<S: IncidentStore> Handler for IncidentHandler<S> {
     fn name(&self) -> &'static str {
-        "incidents"
+        super::HANDLER_NAME
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
@@ -611,9 +590,14 @@ pub async fn start(
     let metrics = Arc::new(IncidentMetrics::default());
     metrics.register(registry);
     auth.metrics().register(registry);
-    let incidents = Incidents::start(settings.engine.clone(), store, Arc::new(SystemClock), metrics)
-        .await
-        .map_err(StartError::Restore)?;
+    let incidents = Incidents::start(
+        settings.engine.clone(),
+        store,
+        Arc::new(SystemClock),
+        metrics,
+    )
+    .await
+    .map_err(StartError::Restore)?;
     let routes = crate::api::router(incidents.clone(), auth);
     Ok(Started { incidents, routes })
 }

@@ -30,6 +30,9 @@ pub use engine::{Engine, Snapshot, Update};
 pub use handler::{IncidentHandler, IncidentMetrics, Incidents, start};
 pub use key::GroupLabel;
 
+/// The incident handler's name: its checkpoints, dead letters and metrics' `handler` label.
+pub const HANDLER_NAME: &str = "incidents";
+
 use selfheal_core::incident::InhibitRule;
 
 /// Validated incident settings (see `[incidents]` in [`crate::config`]).

@@ -199,7 +199,7 @@ fn a_silence_mutes_visibly_suppresses_notifications_and_expires() {
     assert_eq!(inc.muted, Some(MutedBy::Silence { id: "sil-1".into() }));
     // Still recorded: new anomalies count.
     let (_, st) = e.apply(&storm(100, 1), T0 + S);
-    assert_eq!((st.anomalies, st.muted), (15, 15));
+    assert_eq!((st.anomalies, st.muted, st.silenced), (15, 15, 15));
     let (up, notes) = e.tick(T0 + 30 * S);
     assert!(notes.iter().all(|n| n.suppressed) && !notes.is_empty());
     assert!(
@@ -232,9 +232,11 @@ fn expiring_a_silence_early_unmutes_at_once() {
 
 #[test]
 fn a_node_incident_inhibits_pod_incidents_on_it_until_it_resolves() {
-    let mut e = IncidentSettings::default();
-    e.resolve_timeout_ms = 60 * S;
-    let mut e = Engine::new(e, Snapshot::default()).expect("engine");
+    let settings = IncidentSettings {
+        resolve_timeout_ms: 60 * S,
+        ..IncidentSettings::default()
+    };
+    let mut e = Engine::new(settings, Snapshot::default()).expect("engine");
     e.apply(&[env(node_anomaly(1, "n1"))], T0);
     let mut a = anomaly(2, "n1", 0, 0.9);
     a.record.ts_ms = T0;

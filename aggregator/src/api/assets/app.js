@@ -38,11 +38,26 @@ function mutedText(m) {
   return m.kind === "silence" ? "silenced by " + m.id : "inhibited by " + m.rule + " (" + m.by + ")";
 }
 
+// Writes need the API token (incidents.api_token_file); asked once and kept for this tab only.
+const TOKEN_KEY = "selfheal-api-token";
 async function api(path, opts) {
-  const r = await fetch(path, Object.assign({ headers: { "content-type": "application/json" } }, opts));
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
-  return body;
+  const write = opts && opts.method && opts.method !== "GET";
+  for (let attempt = 0; ; attempt++) {
+    const headers = { "content-type": "application/json" };
+    const token = write ? sessionStorage.getItem(TOKEN_KEY) : null;
+    if (token) headers["authorization"] = "Bearer " + token;
+    const r = await fetch(path, Object.assign({}, opts, { headers }));
+    const body = await r.json().catch(() => ({}));
+    if (write && r.status === 401 && attempt === 0) {
+      const t = prompt("API token (the aggregator's incidents.api_token_file):");
+      if (!t) throw new Error(body.error || "a token is needed");
+      sessionStorage.setItem(TOKEN_KEY, t.trim());
+      continue;
+    }
+    if (write && r.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+    if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
+    return body;
+  }
 }
 
 function setStatus(text, bad) {
