@@ -16,8 +16,10 @@
 #   benches/agent_footprint.sh                 # DURATION=60 PODS=100 MODELS=0
 #   DURATION=300 benches/agent_footprint.sh
 #   MODELS=1 TRAIN_SECS=240 TRAIN_INTERVAL=0.2 benches/agent_footprint.sh
-#   POD_WATCH=handwritten benches/agent_footprint.sh   # pod identity from benches/kube_api_stub.py,
-#   POD_WATCH=kube benches/agent_footprint.sh          # watched by either client implementation
+#   POD_WATCH=handwritten SAMPLES=4 benches/agent_footprint.sh
+#       pod identity from benches/kube_api_stub.py (the `api` source), CPU per sample as well.
+#       (POD_WATCH=kube / both ran the `kube_runtime` variant beside it until that variant was
+#       removed; see docs/benchmarks.md "Pod watch".)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
@@ -26,19 +28,28 @@ MODELS=${MODELS:-0}
 TRAIN_SECS=${TRAIN_SECS:-240}
 TRAIN_INTERVAL=${TRAIN_INTERVAL:-0.2}
 POD_WATCH=${POD_WATCH:-}
-features=(); [ "$POD_WATCH" = kube ] && features=(--features selfheal-agent/kube)
+SAMPLES=${SAMPLES:-1}
+features=()
+case "$POD_WATCH" in
+  ""|handwritten) ;;
+  both) ;;  # only in a tree that has the kube variant again (built separately below)
+  *) echo "POD_WATCH must be empty or handwritten (the kube variant was removed)" >&2; exit 2 ;;
+esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/selfheal/target}"
 command -v prometheus-node-exporter >/dev/null || {
   echo "installing prometheus-node-exporter (Debian)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-node-exporter >/dev/null
 }
-cargo build --release -q --bin selfheal "${features[@]}"
-bin="$CARGO_TARGET_DIR/release/selfheal"
-
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
+if [ "$POD_WATCH" = both ]; then
+  cargo build --release -q --bin selfheal --features selfheal-agent/kube
+  cp "$CARGO_TARGET_DIR/release/selfheal" "$tmp/selfheal-kube"
+fi
+cargo build --release -q --bin selfheal "${features[@]}"
+bin="$CARGO_TARGET_DIR/release/selfheal"
 
 python3 - "$tmp/cgroup" "$PODS" <<'PY'
 import os, sys
@@ -99,44 +110,77 @@ PY
   done
   models_env=(SELFHEAL_AGENT_MODELS__SOURCE="$tmp/store")
 fi
-agent_port=$(port); ne_port=$(port)
-pod_env=(SELFHEAL_AGENT_PODS__SOURCE=none)
-if [ -n "$POD_WATCH" ]; then
-  api_port=$(port); python3 benches/kube_api_stub.py "$api_port" "$PODS" & pids+=($!); sleep 1
-  pod_env=(SELFHEAL_AGENT_PODS__SOURCE=api SELFHEAL_AGENT_PODS__API_URL="http://127.0.0.1:$api_port")
-fi
-env "${pod_env[@]}" SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
-  SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$agent_port" "${models_env[@]}" "$bin" agent >/dev/null 2>"$tmp/agent.log" &
-pids+=($!); agent=$!
+ne_port=$(port)
+# One agent per pod-watch variant: "name binary".
+variants=("agent $bin")
+[ "$POD_WATCH" = both ] && variants=("handwritten $bin" "kube $tmp/selfheal-kube")
+names=(); apids=(); aports=()
+for v in "${variants[@]}"; do
+  name=${v%% *}; vbin=${v#* }
+  aport=$(port)
+  pod_env=(SELFHEAL_AGENT_PODS__SOURCE=none)
+  if [ -n "$POD_WATCH" ]; then
+    api_port=$(port); python3 benches/kube_api_stub.py "$api_port" "$PODS" & pids+=($!); sleep 1
+    pod_env=(SELFHEAL_AGENT_PODS__SOURCE=api SELFHEAL_AGENT_PODS__API_URL="http://127.0.0.1:$api_port")
+  fi
+  env "${pod_env[@]}" SELFHEAL_LOG=warn SELFHEAL_AGENT_INTERVAL_SECS=1 SELFHEAL_AGENT_CGROUP_ROOT="$tmp/cgroup" \
+    SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$aport" SELFHEAL_AGENT_SPOOL__DIR="$tmp/spool-$name" \
+    "${models_env[@]}" "$vbin" agent >/dev/null 2>"$tmp/agent-$name.log" &
+  pids+=($!); names+=("$name"); apids+=($!); aports+=("$aport")
+done
+agent=${apids[0]}; agent_port=${aports[0]}
 prometheus-node-exporter --web.listen-address="127.0.0.1:$ne_port" >/dev/null 2>&1 &
 pids+=($!); ne=$!
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 kib() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status"; }
-scrape() { curl -s -o /dev/null "http://127.0.0.1:$agent_port/metrics"; curl -s -o /dev/null "http://127.0.0.1:$ne_port/metrics"; }
+scrape() {
+  for p in "${aports[@]}"; do curl -s -o /dev/null "http://127.0.0.1:$p/metrics"; done
+  curl -s -o /dev/null "http://127.0.0.1:$ne_port/metrics"
+}
 
-for _ in 1 2 3 4 5; do scrape || true; sleep 1; done   # warm-up: both have run a few cycles
-a0=$(ticks $agent); n0=$(ticks $ne); t0=$(date +%s.%N)
-for _ in $(seq "$DURATION"); do scrape; sleep 1; done
-a1=$(ticks $agent); n1=$(ticks $ne); t1=$(date +%s.%N)
+for _ in 1 2 3 4 5; do scrape || true; sleep 1; done   # warm-up: all have run a few cycles
+# Per sample: wall seconds, then the ticks each process used (agents in order, node_exporter last).
+samples="$tmp/samples"; : >"$samples"
+per=$(( (DURATION + SAMPLES - 1) / SAMPLES ))
+for _ in $(seq "$SAMPLES"); do
+  before=(); for p in "${apids[@]}" "$ne"; do before+=("$(ticks "$p")"); done; s0=$(date +%s.%N)
+  for _ in $(seq "$per"); do scrape; sleep 1; done
+  line="$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$s0" "$(date +%s.%N)")"
+  i=0; for p in "${apids[@]}" "$ne"; do line+=" $(( $(ticks "$p") - ${before[$i]} ))"; i=$((i + 1)); done
+  echo "$line" >>"$samples"
+done
 hz=$(getconf CLK_TCK)
 pods_seen=$(curl -s "http://127.0.0.1:$agent_port/metrics" | awk '$1=="selfheal_agent_pods" {print $2}')
 if [ "$MODELS" = 1 ]; then
   echo "models in use: $(curl -s "http://127.0.0.1:$agent_port/metrics" | grep -c '^selfheal_agent_model_info{') families"
-  grep -h 'ModelRefused' "$tmp/agent.log" | head -3 || true
+  grep -h 'ModelRefused' "$tmp/agent-agent.log" | head -3 || true
   anon=$(awk '$1=="Anonymous:" {print $2}' "/proc/$agent/smaps_rollup")
   echo "agent anonymous memory: $((anon / 1024)) MiB"
 fi
-python3 - "$a0" "$a1" "$n0" "$n1" "$t0" "$t1" "$hz" "$(kib $agent VmRSS)" "$(kib $agent VmHWM)" \
-  "$(kib $ne VmRSS)" "$(kib $ne VmHWM)" "$DURATION" "$pods_seen" <<'PY'
-import sys
-a0, a1, n0, n1 = map(int, sys.argv[1:5]); t0, t1 = map(float, sys.argv[5:7]); hz = int(sys.argv[7])
-a_rss, a_hwm, n_rss, n_hwm = (int(x) / 1024 for x in sys.argv[8:12]); dur, pods = sys.argv[12], sys.argv[13]
-wall = t1 - t0
-a_cpu = (a1 - a0) / hz / wall * 100; n_cpu = (n1 - n0) / hz / wall * 100
-print(f"window {wall:.1f} s at 1 s interval, agent sees {pods} pods")
-print(f"{'':28}{'CPU % of a core':>16}{'RSS MiB':>10}{'peak RSS MiB':>14}")
-print(f"{'selfheal agent':28}{a_cpu:>16.3f}{a_rss:>10.1f}{a_hwm:>14.1f}")
-print(f"{'prometheus-node-exporter':28}{n_cpu:>16.3f}{n_rss:>10.1f}{n_hwm:>14.1f}")
-print(f"{'agent / node_exporter':28}{a_cpu / n_cpu if n_cpu else float('nan'):>16.2f}{a_rss / n_rss:>10.2f}{a_hwm / n_hwm:>14.2f}")
+mem=(); for p in "${apids[@]}" "$ne"; do mem+=("$(kib "$p" VmRSS),$(kib "$p" VmHWM)"); done
+if [ "$POD_WATCH" = both ]; then
+  for i in "${!names[@]}"; do
+    echo "${names[$i]}: binary $(stat -c %s "${variants[$i]#* }") bytes, pods seen $(curl -s "http://127.0.0.1:${aports[$i]}/metrics" | awk '$1=="selfheal_agent_pods" {print $2}')"
+  done
+fi
+python3 - "$hz" "$pods_seen" "$samples" "${names[*]}" "${mem[@]}" <<'PY'
+import statistics, sys
+hz, pods, path, names = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split()
+mem = [tuple(int(x) / 1024 for x in m.split(",")) for m in sys.argv[5:]]
+rows = [list(map(float, l.split())) for l in open(path) if l.strip()]
+wall = sum(r[0] for r in rows)
+labels = [("selfheal agent" if n == "agent" else f"agent ({n})") for n in names] + ["prometheus-node-exporter"]
+cpu = [[r[1 + i] / hz / r[0] * 100 for r in rows] for i in range(len(labels))]
+total = [sum(r[1 + i] for r in rows) / hz / wall * 100 for i in range(len(labels))]
+print(f"window {wall:.1f} s at 1 s interval in {len(rows)} sample(s), agent sees {pods} pods")
+print(f"{'':28}{'CPU % of a core':>16}{'RSS MiB':>10}{'peak RSS MiB':>14}  per-sample CPU %")
+for label, t, (rss, hwm), c in zip(labels, total, mem, cpu):
+    print(f"{label:28}{t:>16.3f}{rss:>10.1f}{hwm:>14.1f}  " + " ".join(f"{x:.2f}" for x in c))
+ne_cpu, (ne_rss, ne_hwm) = total[-1], mem[-1]
+for label, t, (rss, hwm) in zip(labels[:-1], total, mem):
+    print(f"{label + ' / node_exporter':28}{t / ne_cpu if ne_cpu else float('nan'):>16.2f}{rss / ne_rss:>10.2f}{hwm / ne_hwm:>14.2f}")
+if len(labels) == 3 and len(rows) > 1:
+    d = [a - b for a, b in zip(cpu[1], cpu[0])]
+    print(f"kube - handwritten CPU per sample: mean {statistics.mean(d):+.3f} %, sd {statistics.stdev(d):.3f}")
 PY

@@ -152,6 +152,7 @@ fn main() {
         let sink = HttpSink::from_config(&HttpConfig {
             url: format!("http://{addr}/v1/ingest"),
             connect_timeout_ms: 1000,
+            ..HttpConfig::default()
         })
         .expect("sink");
         let fwd = forward(&spool, sink, n).await;

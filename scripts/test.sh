@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotent; silent unless something fails) and runs every check
-# CI runs: formatting, clippy with warnings denied, and the whole test suite.
+# CI runs: formatting, the dependency policy (deny.toml), clippy and rustdoc with warnings denied,
+# and the whole test suite.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -- FILTER  only tests matching FILTER (after the checks)
@@ -42,7 +43,37 @@ fi
 export SELFHEAL_PYTHON="$PWD/.venv/bin/python"
 
 quiet cargo fmt --all -- --check
+
+# The dependency policy (deny.toml). cargo-deny is installed once (skipped when present), built
+# outside the project's target directory so it never shares a build with the workspace; from
+# scratch the install costs a few minutes of CI (docs/benchmarks.md, "CI cost").
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  quiet env -u CARGO_TARGET_DIR cargo install --locked --quiet cargo-deny
+fi
+quiet cargo deny --log-level error check licenses bans sources
+# Advisories need the RustSec database, a git clone from github.com. Where it cannot be fetched,
+# an earlier clone is used as it is (with its date said), and without one the check is skipped
+# with one line saying so: never a silent pass. SELFHEAL_REQUIRE_ADVISORIES=1 (CI) makes a failed
+# fetch fatal.
+if ! cargo deny --log-level error check advisories >"$log" 2>&1; then
+  if [ "${SELFHEAL_REQUIRE_ADVISORIES:-0}" != 1 ] && grep -q "failed to fetch advisory database" "$log"; then
+    cached=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/*/.git 2>/dev/null | head -1 || true)
+    if [ -n "$cached" ]; then
+      quiet cargo deny --log-level error check --disable-fetch advisories
+      echo "scripts/test.sh: advisories checked against the cached database of $(git -C "${cached%/.git}" log -1 --format=%cs) (github.com unreachable)" >&2
+    else
+      echo "scripts/test.sh: advisories NOT checked: the RustSec database cannot be fetched from github.com and none is cached" >&2
+    fi
+  else
+    echo "scripts/test.sh: 'cargo deny check advisories' failed:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+fi
+
 quiet cargo clippy --workspace --all-targets -- -D warnings
+# Public docs build without a broken link or a malformed doc comment.
+quiet env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 filter=()
 if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
 results=$(mktemp)

@@ -51,17 +51,33 @@ connect_timeout_ms = 500"#
         )
     }
 
-    /// A config forwarding everything to the HTTP ingest endpoint `url` every 0.2 s.
+    /// A config forwarding everything to the HTTP ingest endpoint `url` every 0.2 s, with
+    /// node-a's token [`crate::ingest::NODE_A_TOKEN`] (see [`crate::ingest::token_file`]).
     pub(crate) fn http(url: &str, extra: &str) -> AgentFiles {
-        AgentFiles::with_sink(
+        let files = AgentFiles::with_sink(
             &format!(
                 r#"sink = "http"
 [forward.http]
 url = "{url}"
-connect_timeout_ms = 500"#
+connect_timeout_ms = 500
+token_file = "{{TOKEN_FILE}}""#
             ),
             extra,
+        );
+        let token = files.token_file();
+        std::fs::write(&token, format!("{}\n", crate::ingest::NODE_A_TOKEN)).expect("agent token");
+        let text = std::fs::read_to_string(&files.config).expect("read agent config");
+        std::fs::write(
+            &files.config,
+            text.replace("{TOKEN_FILE}", &token.to_string_lossy()),
         )
+        .expect("write agent config");
+        files
+    }
+
+    /// The file the HTTP sink reads its bearer token from.
+    pub(crate) fn token_file(&self) -> PathBuf {
+        self.dir.path().join("ingest-token")
     }
 
     /// `sink` is the `sink = ...` line of `[forward]` and the sink's own section.

@@ -414,6 +414,7 @@ async fn the_http_sink_posts_batches_and_retries_server_errors() {
     let sink = HttpSink::from_config(&HttpConfig {
         url: format!("http://{addr}/v1/ingest"),
         connect_timeout_ms: 1000,
+        ..HttpConfig::default()
     })
     .expect("http sink");
     let fwd = Forwarder::new(

@@ -18,6 +18,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// node-a's ingest token in these tests (the agents' `AgentFiles::http` sends it).
+pub(crate) const NODE_A_TOKEN: &str = "node-a-ingest-token-0123456789";
+/// node-b's.
+pub(crate) const NODE_B_TOKEN: &str = "node-b-ingest-token-0123456789";
+
+/// Writes the aggregator's token table for node-a and node-b into `dir`; the
+/// `[ingest.auth]` section naming it.
+pub(crate) fn token_file(dir: &Path) -> String {
+    let p = write_file(
+        dir,
+        "ingest-tokens",
+        &format!("node-a {NODE_A_TOKEN}\nnode-b {NODE_B_TOKEN}\n"),
+    );
+    format!("[ingest.auth]\ntoken_file = \"{}\"\n", p.display())
+}
 const SERVICE_UNAVAILABLE: &str = "selfheal_aggregator_ingest_requests_total{status=\"503\"}";
 
 /// Every regular file under `dir`.
@@ -41,6 +57,7 @@ async fn post(url: &str, body: Vec<u8>) -> u16 {
     reqwest::Client::new()
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+        .bearer_auth(NODE_A_TOKEN)
         .timeout(Duration::from_secs(5))
         .body(body)
         .send()
@@ -68,6 +85,7 @@ max_body_bytes = {MAX_BODY_BYTES}
 log_dir = "{}"
 # Small, so that a lake outage fills it within a second or two and reaches the agent as 503s.
 log_max_bytes = 4096
+{auth}
 [batch]
 flush_interval_ms = 300
 retry_max_ms = 500
@@ -75,17 +93,24 @@ retry_max_ms = 500
 location = "{}"
 "#,
             tmp.path().join("ingest-log").display(),
-            lake.display()
+            lake.display(),
+            auth = token_file(tmp.path()),
         ),
     );
     let aggregator = Aggregator::spawn(selfheal(), &config, port);
     let url = format!("http://127.0.0.1:{port}/v1/ingest");
 
-    // Refused for good (the agent drops, never retries, these): broken framing, too large.
+    // Refused for good (the agent quarantines, never retries, these): broken framing, too
+    // large.
     assert_eq!(rt.block_on(post(&url, vec![10, 0, 0, 0, b'a', b'b'])), 400);
     assert_eq!(rt.block_on(post(&url, vec![0; MAX_BODY_BYTES + 1])), 413);
-    // Framed but not a selfheal record: skipped and counted, the request succeeds.
-    let junk = encode_batch([b"{\"not\": \"a wire record\"}".as_slice()]).expect("frame");
+    // Framed but not a selfheal record, beside one that is: skipped and counted, the request
+    // succeeds. (Alone it would be 400: nothing in the body can be stored.)
+    let junk = encode_batch([
+        b"{\"not\": \"a wire record\"}".as_slice(),
+        crate::support::records::node_a_wire(u128::MAX).as_slice(),
+    ])
+    .expect("frame");
     assert_eq!(rt.block_on(post(&url, junk)), 200);
 
     // Until the agent has been answered 503 a few times (the log filled up behind the lake
@@ -164,6 +189,10 @@ location = "{}"
         "{missing} of {} printed records are not in the lake",
         printed.len()
     );
+    assert!(
+        seen.contains_key(&u128::MAX),
+        "the record posted beside junk is missing"
+    );
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         twice.is_empty(),
@@ -171,8 +200,8 @@ location = "{}"
     );
     assert_eq!(
         seen.len(),
-        printed.len(),
-        "the lake holds records the agent never printed"
+        printed.len() + 1,
+        "the lake holds records the agent never printed (besides the one posted by hand)"
     );
 
     let m = aggregator.metrics_text();
@@ -229,6 +258,7 @@ shutdown_grace_secs = 20
 [ingest]
 source = "http"
 log_dir = "{}"
+{auth}
 [batch]
 flush_interval_ms = {FLUSH_MS}
 retry_max_ms = 500
@@ -236,7 +266,8 @@ retry_max_ms = 500
 location = "{}"
 "#,
             tmp.path().join("ingest-log").display(),
-            lake.display()
+            lake.display(),
+            auth = token_file(tmp.path()),
         ),
     );
     let started = Instant::now();

@@ -137,10 +137,10 @@ fn anomalies_from_the_agent_reach_the_s3_lake_through_kinesis_and_train_a_model(
 
 /// A handler for the pipeline tests: refuses as poison any batch holding record `poison`,
 /// panics on any batch holding record `panic`, and remembers the ids of what it handled.
-struct Picky {
+pub(crate) struct Picky {
     poison: u128,
     panic: u128,
-    handled: Arc<Mutex<Vec<u128>>>,
+    pub(crate) handled: Arc<Mutex<Vec<u128>>>,
 }
 
 impl Handler for Picky {
@@ -169,7 +169,7 @@ impl Handler for Picky {
     }
 }
 
-fn picky(poison: u128, panic: u128) -> Picky {
+pub(crate) fn picky(poison: u128, panic: u128) -> Picky {
     Picky {
         poison,
         panic,
@@ -197,7 +197,7 @@ async fn put_ids(client: &aws_sdk_kinesis::Client, stream: &str, ids: std::ops::
         .expect("put records");
 }
 
-fn consumer_settings(stream: &str) -> ConsumerSettings {
+pub(crate) fn consumer_settings(stream: &str) -> ConsumerSettings {
     ConsumerSettings {
         stream: stream.into(),
         batch_max_records: 10,
@@ -211,7 +211,7 @@ fn consumer_settings(stream: &str) -> ConsumerSettings {
     }
 }
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
+pub(crate) async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(
@@ -318,8 +318,14 @@ async fn a_panicking_handler_task_makes_run_fail() {
         "aggregator.toml",
         &format!(
             "listen_addr = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\n[ingest]\nsource = \"http\"\n\
-             log_dir = \"{}\"\n[batch]\nflush_interval_ms = 100\n",
-            tmp.path().join("log").display()
+             log_dir = \"{}\"\n[ingest.auth]\ntoken_file = \"{}\"\n[batch]\nflush_interval_ms = 100\n",
+            tmp.path().join("log").display(),
+            write_file(
+                tmp.path(),
+                "tokens",
+                "ip-10-0-1-23.ec2.internal pipeline-test-token-0123456789\n"
+            )
+            .display()
         ),
     );
     let settings = AggregatorConfig::load(Some(&config))
@@ -334,12 +340,15 @@ async fn a_panicking_handler_task_makes_run_fail() {
         prometheus_client::registry::Registry::default(),
         stop,
     ));
-    let wire = encode_wire(&pod_cpu_sample(3, 1_764_000_000_000)).expect("encode");
+    // Stamped now: the ingest refuses records outside its time window.
+    let now = crate::support::records::now_ms();
+    let wire = encode_wire(&pod_cpu_sample(3, now)).expect("encode");
     let body = encode_batch([wire.as_slice()]).expect("frame");
     let start = Instant::now();
     loop {
         let sent = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{port}/v1/ingest"))
+            .bearer_auth("pipeline-test-token-0123456789")
             .body(body.clone())
             .send()
             .await;

@@ -10,7 +10,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// `selfheal agent` arguments.
 #[derive(Debug, Args)]
@@ -110,34 +109,12 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("ShutdownRequested");
-            let _ = tx.send(true);
-        });
-        run(settings, output, rx).await
+        let (trigger, stop) = selfheal_runtime::shutdown::channel();
+        trigger
+            .on_signals()
+            .context("cannot install the SIGTERM and SIGINT handlers")?;
+        run(settings, output, stop.receiver()).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // Without signal handlers the process still dies on SIGTERM, just without a flush.
-            tracing::error!("SignalHandlerError");
-            std::future::pending::<()>().await;
-        }
-    }
 }

@@ -13,6 +13,7 @@ use crate::forward::{ForwardConfig, ForwardSettings};
 use crate::sample::{SamplingConfig, SamplingSettings};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use selfheal_runtime::config::FieldError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,11 @@ pub struct AgentConfig {
     /// Pod cgroup hierarchy roots, relative to each cgroup hierarchy: `kubepods.slice` for the
     /// kubelet's systemd driver, `kubepods` for its cgroupfs driver.
     pub kubepods_paths: Vec<PathBuf>,
-    /// Address of the HTTP server for `/metrics` and `/healthz`.
+    /// Address of the HTTP server for `/metrics` and `/healthz`. Default `0.0.0.0:9477`: every
+    /// interface, because Prometheus scrapes the pod IP from another pod and the kubelet probes
+    /// it there; bind `127.0.0.1:9477` where only a local scraper reads it. Whatever the address,
+    /// the server caps connections (64) and times out heads and idle keep-alives (10 s) and
+    /// requests (30 s): see `selfheal_runtime::server::ConnectionLimits`.
     pub listen_addr: String,
     /// Network interfaces left out of node traffic. A trailing `*` matches any suffix. Pod
     /// veths and overlay devices are excluded by default so traffic is not counted twice.
@@ -111,13 +116,8 @@ pub enum ConfigError {
     #[error("invalid agent configuration")]
     Parse(#[from] Box<figment::Error>),
     /// A field parsed but its value is not acceptable.
-    #[error("invalid agent configuration: field `{field}`: {reason}")]
-    Invalid {
-        /// Dotted path of the field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error("invalid agent configuration: {0}")]
+    Invalid(#[from] FieldError),
 }
 
 /// Validated settings.
@@ -157,6 +157,8 @@ pub struct Settings {
     pub sampling: SamplingSettings,
     /// Where models come from (`models.source` parsed and checked), `None` without scoring.
     pub models_source: Option<ModelSource>,
+    /// The model public keys (`models.public_keys` and `models.public_key_files`, parsed).
+    pub model_keys: std::sync::Arc<[selfheal_core::signature::VerifyingKey]>,
 }
 
 impl AgentConfig {
@@ -165,10 +167,10 @@ impl AgentConfig {
         let mut fig = Figment::from(Serialized::defaults(AgentConfig::default()));
         if let Some(f) = file {
             if !f.is_file() {
-                return Err(ConfigError::Invalid {
-                    field: "--config",
-                    reason: format!("{} is not a readable file", f.display()),
-                });
+                return Err(ConfigError::Invalid(FieldError::new(
+                    "--config",
+                    format!("{} is not a readable file", f.display()),
+                )));
             }
             fig = fig.merge(Toml::file_exact(f));
         }
@@ -178,39 +180,29 @@ impl AgentConfig {
 
     /// Checks every field and resolves defaults that depend on the host.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let positive = |field: &'static str, v: f64, max: f64| {
-            if v.is_finite() && v > 0.0 && v <= max {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err(ConfigError::Invalid {
-                    field,
-                    reason: format!("must be a number of seconds in (0, {max}], got {v}"),
-                })
-            }
-        };
+        let positive = selfheal_runtime::config::secs;
         let interval = positive("interval_secs", self.interval_secs, 3600.0)?;
         if interval < Duration::from_millis(100) {
-            return Err(ConfigError::Invalid {
-                field: "interval_secs",
-                reason: format!("must be at least 0.1 s, got {}", self.interval_secs),
-            });
+            return Err(ConfigError::Invalid(FieldError::new(
+                "interval_secs",
+                format!("must be at least 0.1 s, got {}", self.interval_secs),
+            )));
         }
         let shutdown_grace = positive("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?;
-        let listen_addr =
-            self.listen_addr
-                .parse::<SocketAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    field: "listen_addr",
-                    reason: format!("{:?} is not an address:port ({e})", self.listen_addr),
-                })?;
+        let listen_addr = self.listen_addr.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::Invalid(FieldError::new(
+                "listen_addr",
+                format!("{:?} is not an address:port ({e})", self.listen_addr),
+            ))
+        })?;
         if !self.proc_root.join("stat").is_file() {
-            return Err(ConfigError::Invalid {
-                field: "proc_root",
-                reason: format!(
+            return Err(ConfigError::Invalid(FieldError::new(
+                "proc_root",
+                format!(
                     "{} has no `stat` file: not a procfs",
                     self.proc_root.display()
                 ),
-            });
+            )));
         }
         let cgroup_root = self
             .cgroup_root
@@ -224,10 +216,11 @@ impl AgentConfig {
                     .map(|s| s.trim().to_owned())
                     .ok()
                     .filter(|s| !s.is_empty())
-                    .ok_or_else(|| ConfigError::Invalid {
-                        field: "node_name",
-                        reason: "not set, NODE_NAME is empty and the host name is unreadable"
-                            .into(),
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(FieldError::new(
+                            "node_name",
+                            "not set, NODE_NAME is empty and the host name is unreadable",
+                        ))
                     })?,
             },
         };
@@ -239,10 +232,10 @@ impl AgentConfig {
                 .iter()
                 .find(|p| p.is_empty() || p[..p.len() - 1].contains('*'))
             {
-                return Err(ConfigError::Invalid {
+                return Err(ConfigError::Invalid(FieldError::new(
                     field,
-                    reason: format!("pattern {bad:?}: only a trailing `*` is supported"),
-                });
+                    format!("pattern {bad:?}: only a trailing `*` is supported"),
+                )));
             }
         }
         if let Some(bad) = self.kubepods_paths.iter().find(|p| {
@@ -250,39 +243,33 @@ impl AgentConfig {
                 || p.components()
                     .any(|c| !matches!(c, std::path::Component::Normal(_)))
         }) {
-            return Err(ConfigError::Invalid {
-                field: "kubepods_paths",
-                reason: format!("{} must be a plain relative path", bad.display()),
-            });
+            return Err(ConfigError::Invalid(FieldError::new(
+                "kubepods_paths",
+                format!("{} must be a plain relative path", bad.display()),
+            )));
         }
-        self.pods.validate().map_err(|e| ConfigError::Invalid {
-            field: e.field,
-            reason: e.reason,
-        })?;
+        self.pods.validate()?;
         positive("models.poll_secs", self.models.poll_secs, 86400.0)?;
         if self.models.window_records > MAX_WINDOW_RECORDS {
-            return Err(ConfigError::Invalid {
-                field: "models.window_records",
-                reason: format!(
+            return Err(ConfigError::Invalid(FieldError::new(
+                "models.window_records",
+                format!(
                     "must be at most {MAX_WINDOW_RECORDS}, got {}",
                     self.models.window_records
                 ),
-            });
+            )));
         }
         let models_source = self.models.validate()?;
-        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        let model_keys = self.models.verifying_keys()?.into();
+        let invalid = |field: &'static str, reason: String| {
+            ConfigError::Invalid(FieldError::new(field, reason))
+        };
         let spool = self.spool.validate().map_err(|e| match e {
-            crate::forward::spool::SpoolError::Invalid { field, reason } => invalid(field, reason),
+            crate::forward::spool::SpoolError::Invalid(e) => ConfigError::Invalid(e),
             other => invalid("spool", other.to_string()),
         })?;
-        let forward_settings = self
-            .forward
-            .validate()
-            .map_err(|e| invalid(e.field, e.reason))?;
-        let sampling = self
-            .sampling
-            .validate(interval, &node_name)
-            .map_err(|e| invalid(e.field, e.reason))?;
+        let forward_settings = self.forward.validate()?;
+        let sampling = self.sampling.validate(interval, &node_name)?;
         Ok(Settings {
             spool,
             forward: self.forward,
@@ -301,15 +288,70 @@ impl AgentConfig {
             pods: self.pods,
             models: self.models,
             models_source,
+            model_keys,
         })
     }
 }
 
 impl ModelsConfig {
+    /// The configured model public keys, each parsed; a key file inside the models source or
+    /// cache is refused (whoever writes models there could write the key too).
+    fn verifying_keys(&self) -> Result<Vec<selfheal_core::signature::VerifyingKey>, ConfigError> {
+        use selfheal_core::signature::parse_verifying_key;
+        let mut keys = Vec::new();
+        for (i, text) in self.public_keys.iter().enumerate() {
+            keys.push(parse_verifying_key(text).map_err(|e| {
+                ConfigError::Invalid(FieldError::new(
+                    "models.public_keys",
+                    format!("entry {i}: {e}"),
+                ))
+            })?);
+        }
+        let model_dirs: Vec<PathBuf> = [
+            self.source
+                .as_deref()
+                .filter(|s| !s.starts_with("s3://"))
+                .map(PathBuf::from),
+            Some(self.cache_dir.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
+        for path in &self.public_key_files {
+            let invalid = |reason: String| {
+                ConfigError::Invalid(FieldError::new(
+                    "models.public_key_files",
+                    format!("{}: {reason}", path.display()),
+                ))
+            };
+            let real = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
+            if let Some(dir) = model_dirs.iter().find(|d| real.starts_with(d)) {
+                return Err(invalid(format!(
+                    "is inside the models directory {}: a key must not come from where the \
+                     models come from",
+                    dir.display()
+                )));
+            }
+            // A key is 64 or 44 characters: reading more than a line's worth is never needed.
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(
+                    std::fs::File::open(&real).map_err(|e| invalid(e.to_string()))?,
+                    4096,
+                ),
+                &mut text,
+            )
+            .map_err(|e| invalid(e.to_string()))?;
+            keys.push(parse_verifying_key(&text).map_err(|e| invalid(e.to_string()))?);
+        }
+        Ok(keys)
+    }
+
     /// Checks `source` (an existing directory, or a valid `s3://` URL whose cache directory can
     /// be created) and returns it parsed.
     fn validate(&self) -> Result<Option<ModelSource>, ConfigError> {
-        let invalid = |field, reason| ConfigError::Invalid { field, reason };
+        let invalid = |field, reason| ConfigError::Invalid(FieldError::new(field, reason));
         let source = self
             .parsed_source()
             .map_err(|e| invalid("models.source", e.to_string()))?;
@@ -352,13 +394,7 @@ mod tests {
 
     impl std::fmt::Display for Chain {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}", self.0)?;
-            let mut src = std::error::Error::source(&self.0);
-            while let Some(s) = src {
-                write!(f, ": {s}")?;
-                src = s.source();
-            }
-            Ok(())
+            selfheal_runtime::chain::ErrorChain::new(&self.0).fmt(f)
         }
     }
 
@@ -381,6 +417,33 @@ mod tests {
         let s = load_str("").expect("defaults are valid");
         assert_eq!(s.interval, Duration::from_secs(5));
         assert!(!s.node_name.is_empty());
+    }
+
+    #[test]
+    fn model_keys_come_inline_or_from_files_never_from_the_models_directory() {
+        let key = selfheal_core::signature::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let hex = selfheal_core::signature::verifying_key_text(&key);
+        let keys = tempfile::tempdir().expect("tempdir");
+        let models = tempfile::tempdir().expect("tempdir");
+        let outside = keys.path().join("model.pub");
+        std::fs::write(&outside, format!("{hex}\n")).expect("write key");
+        let s = load_str(&format!(
+            "[models]\nsource = {:?}\npublic_keys = [{hex:?}]\npublic_key_files = [{:?}]",
+            models.path(),
+            outside
+        ))
+        .expect("inline and file keys");
+        assert_eq!(&s.model_keys[..], &[key, key]);
+        assert!(load_str("").expect("defaults").model_keys.is_empty());
+        let inside = models.path().join("model.pub");
+        std::fs::write(&inside, &hex).expect("write key");
+        let err = load_str(&format!(
+            "[models]\nsource = {:?}\npublic_key_files = [{inside:?}]",
+            models.path()
+        ))
+        .expect_err("a key beside the models")
+        .to_string();
+        assert!(err.contains("inside the models directory"), "{err}");
     }
 
     #[test]
@@ -445,6 +508,14 @@ mod tests {
             .expect_err("p")
             .to_string();
         assert!(err.contains("`sampling.min_probability`"), "{err}");
+        let err = load_str("[models]\npublic_keys = [\"abcd\"]")
+            .expect_err("not a key")
+            .to_string();
+        assert!(err.contains("`models.public_keys`"), "{err}");
+        let err = load_str("[models]\npublic_key_files = [\"/nonexistent/key.pub\"]")
+            .expect_err("no such file")
+            .to_string();
+        assert!(err.contains("`models.public_key_files`"), "{err}");
         let err = load_str("[models]\nwindow_records = 100000")
             .expect_err("window")
             .to_string();

@@ -13,7 +13,7 @@
 //!
 //! [`run`] is the loop that calls them once per cycle, with one shutdown signal; [`config`] loads
 //! and validates settings; every stage registers its own metrics in [`telemetry`]'s registry, and
-//! [`server`] exposes `/metrics` and `/healthz`.
+//! the runtime crate's admin server exposes `/metrics` and `/healthz`.
 
 pub mod cli;
 pub mod collect;
@@ -25,5 +25,4 @@ pub mod normalize;
 pub mod run;
 pub mod sample;
 pub mod score;
-pub mod server;
 pub mod telemetry;

@@ -16,9 +16,9 @@ use crate::config::Settings;
 use crate::detect::DetectStage;
 use crate::forward::stage::{ForwardStage, ForwardStartError};
 use crate::sample::{SampleMetrics, Sampler};
-use crate::server::{Health, serve};
 use crate::telemetry::AgentMetrics;
 use selfheal_core::schema::{Anomaly, Envelope, Payload, Record};
+use selfheal_runtime::server::{AdminMetrics, AdminServer, Heartbeat};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,19 +127,19 @@ pub async fn run(
     let mut sampler = Sampler::new(settings.sampling.clone());
     let sample_metrics = SampleMetrics::register(registry);
     sample_metrics.publish(sampler.stats());
-    let metrics = Arc::new(metrics);
-    let health = Arc::new(Health::new(settings.interval * 3));
-    let (addr, server) = serve(
-        settings.listen_addr,
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(|source| AgentError::Bind {
-        addr: settings.listen_addr,
-        source,
-    })?;
+    let admin_metrics = AdminMetrics::register(registry);
+    // A stuck collector should get the pod restarted by its liveness probe: 503 once the last
+    // completed cycle is three intervals old.
+    let health = Heartbeat::new("cycle", settings.interval * 3);
+    let (addr, server) = AdminServer::new(Arc::new(metrics.take_registry()))
+        .health(health.clone())
+        .metrics(admin_metrics)
+        .serve(settings.listen_addr, shutdown.clone().into())
+        .await
+        .map_err(|source| AgentError::Bind {
+            addr: settings.listen_addr,
+            source,
+        })?;
     tracing::info!(%addr, node = %settings.node_name, interval_secs = settings.interval.as_secs_f64(), "AgentStarted");
 
     detect.between_cycles(true).await;
@@ -168,7 +168,7 @@ pub async fn run(
             break Err(e);
         }
         metrics.cycle_done();
-        health.cycle_done();
+        health.beat();
     };
     tracing::info!("AgentStopping");
     let flushed = output.flush();

@@ -75,15 +75,9 @@ impl Default for SamplingConfig {
     }
 }
 
-/// A sampling configuration that cannot be used; names the field.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid sampling configuration: field `{field}`: {reason}")]
-pub struct SamplingConfigError {
-    /// The field.
-    pub field: &'static str,
-    /// What is wrong.
-    pub reason: String,
-}
+/// A sampling configuration that cannot be used: the runtime's field error (the agent's `ConfigError` adds
+/// "invalid agent configuration").
+pub type SamplingConfigError = selfheal_runtime::config::FieldError;
 
 /// Validated [`SamplingConfig`].
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! last cycle's time); every stage registers its own metrics in [`AgentMetrics::registry_mut`]
 //! when it is built (`collect`, `normalize`, pod identity, `detect`, the model poller, the
 //! sampler, the spool and the forwarder), updates them once per cycle or reads its atomics at
-//! scrape time, and [`crate::server`] renders the whole on `/metrics`. [`counter`] and [`gauge`]
+//! scrape time, and the runtime's admin server renders the whole on `/metrics`. [`counter`] and [`gauge`]
 //! encode one scrape-time value, for the stages whose counters are plain atomics.
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -64,12 +64,10 @@ impl AgentMetrics {
         );
     }
 
-    /// Renders the OpenMetrics text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+    /// Takes the registry, filled by every stage, for the admin server to serve; the loop keeps
+    /// its own metrics (they share their values with the registered copies).
+    pub fn take_registry(&mut self) -> Registry {
+        std::mem::take(&mut self.registry)
     }
 }
 

@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio::sync::watch;
 
 /// `selfheal aggregator` arguments.
 #[derive(Debug, Args)]
@@ -24,33 +23,12 @@ pub fn main(args: AggregatorArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("ShutdownRequested");
-            let _ = tx.send(true);
-        });
-        crate::run::run(settings, rx).await
+        let (trigger, stop) = selfheal_runtime::shutdown::channel();
+        trigger
+            .on_signals()
+            .context("cannot install the SIGTERM and SIGINT handlers")?;
+        crate::run::run(settings, stop.receiver()).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            tracing::error!("SignalHandlerError");
-            std::future::pending::<()>().await;
-        }
-    }
 }

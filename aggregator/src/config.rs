@@ -10,12 +10,17 @@
 //! endpoint come from the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, ...) unless set
 //! here.
 
+use crate::auth::AuthSettings;
+use crate::auth::tokenreview::ReviewSettings;
+use crate::auth::tokens::TokenSource;
 use crate::sources::http::IngestSettings;
+use crate::sources::http::conn::{ConnSettings, TlsSettings};
 use crate::sources::http::log::LogSettings;
 use crate::sources::kinesis::ConsumerSettings;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use selfheal_lake::S3Options;
+use selfheal_runtime::config::{self, FieldError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,6 +105,83 @@ pub struct IngestConfig {
     /// With `source = "http"`: requests are answered 503 once the log holds this many bytes
     /// not yet consumed by every handler (the agents keep spooling and retry).
     pub log_max_bytes: u64,
+    /// With `source = "http"`: seconds a body may take to arrive after its head (else 408).
+    pub body_timeout_secs: f64,
+    /// With `source = "http"`: seconds for the TLS handshake and for a request head, counted
+    /// from when the connection waits for one (so also how long an idle connection stays open).
+    pub header_timeout_secs: f64,
+    /// With `source = "http"`: connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// With `source = "http"`: records older than this many seconds are refused (400).
+    pub max_record_age_secs: f64,
+    /// With `source = "http"`: records more than this many seconds ahead are refused (400).
+    pub max_record_ahead_secs: f64,
+    /// With `source = "http"`: most lake partitions (hour × family) one request may touch.
+    pub max_partitions_per_request: usize,
+    /// With `source = "http"`: who may post (required: at least one credential source).
+    pub auth: IngestAuthConfig,
+    /// With `source = "http"`: TLS on the server (`/metrics` and `/healthz` too).
+    pub tls: Option<IngestTlsConfig>,
+}
+
+/// `[ingest.auth]`: per-node credentials. The token table is tried first, then TokenReview.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestAuthConfig {
+    /// A file of `<node> <token>` (or `<node> sha256:<hex>`) lines, re-read on change.
+    pub token_file: Option<PathBuf>,
+    /// A directory of one file per node, named after it, holding its token (a Secret mount).
+    pub token_dir: Option<PathBuf>,
+    /// TokenReview of projected service-account tokens, in a cluster.
+    pub kubernetes: Option<TokenReviewConfig>,
+}
+
+/// `[ingest.auth.kubernetes]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenReviewConfig {
+    /// The API server; `https://` (plain `http://` only on a loopback address).
+    pub api_url: String,
+    /// CA bundle of the API server; empty: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The aggregator's own service-account token (needs `create` on `tokenreviews`); empty:
+    /// none sent.
+    pub token_file: Option<PathBuf>,
+    /// The audience the agents' projected tokens are issued for.
+    pub audience: String,
+    /// Service accounts allowed to post, `namespace:name`.
+    pub service_accounts: Vec<String>,
+    /// Seconds an accepted review is cached (a refused one a fifth of that).
+    pub cache_secs: f64,
+    /// Seconds one review may take.
+    pub timeout_secs: f64,
+}
+
+impl Default for TokenReviewConfig {
+    fn default() -> Self {
+        let sa = Path::new("/var/run/secrets/kubernetes.io/serviceaccount");
+        TokenReviewConfig {
+            api_url: "https://kubernetes.default.svc".into(),
+            ca_file: Some(sa.join("ca.crt")),
+            token_file: Some(sa.join("token")),
+            audience: "selfheal-ingest".into(),
+            service_accounts: vec!["selfheal-system:selfheal-agent".into()],
+            cache_secs: 30.0,
+            timeout_secs: 5.0,
+        }
+    }
+}
+
+/// `[ingest.tls]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestTlsConfig {
+    /// Certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// Private key, PEM.
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA bundle (PEM).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for IngestConfig {
@@ -114,6 +196,17 @@ impl Default for IngestConfig {
             log_dir: PathBuf::from("/var/lib/selfheal/ingest-log"),
             // An hour of a 300-node fleet at 1 s (about 300 KB/s on the wire).
             log_max_bytes: 1024 * 1024 * 1024,
+            // An 8 MiB body at 2 Mbit/s, with room.
+            body_timeout_secs: 60.0,
+            header_timeout_secs: 10.0,
+            max_connections: 1024,
+            // A week: an agent's spool replayed after a long outage still lands.
+            max_record_age_secs: 7.0 * 86_400.0,
+            max_record_ahead_secs: 3600.0,
+            // 500 records (one agent batch) over two hours of six families, with room.
+            max_partitions_per_request: 48,
+            auth: IngestAuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -229,13 +322,8 @@ pub enum ConfigError {
     #[error("invalid aggregator configuration: {0}")]
     Incidents(#[from] crate::incident::config::FieldError),
     /// A field parsed but its value is not acceptable.
-    #[error("invalid aggregator configuration: field `{field}`: {reason}")]
-    Invalid {
-        /// Dotted path of the field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error("invalid aggregator configuration: {0}")]
+    Invalid(#[from] FieldError),
 }
 
 /// Validated settings.
@@ -268,28 +356,15 @@ pub struct Settings {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid(FieldError::new(field, reason))
 }
 
 fn secs(field: &'static str, v: f64, max: f64) -> Result<Duration, ConfigError> {
-    if v.is_finite() && v > 0.0 && v <= max {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(invalid(
-            field,
-            format!("must be a number of seconds in (0, {max}], got {v}"),
-        ))
-    }
+    Ok(config::secs(field, v, max)?)
 }
 
 fn millis(field: &'static str, v: u64, max: u64) -> Result<Duration, ConfigError> {
-    if v == 0 || v > max {
-        return Err(invalid(field, format!("must be in 1..={max} ms, got {v}")));
-    }
-    Ok(Duration::from_millis(v))
+    Ok(config::millis(field, v, max)?)
 }
 
 impl AggregatorConfig {
@@ -469,14 +544,169 @@ impl IngestConfig {
                 ),
             ));
         }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(invalid(
+                "ingest.max_connections",
+                format!("must be in 1..=1000000, got {}", self.max_connections),
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_partitions_per_request) {
+            return Err(invalid(
+                "ingest.max_partitions_per_request",
+                format!(
+                    "must be in 1..=100000, got {}",
+                    self.max_partitions_per_request
+                ),
+            ));
+        }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| {
+                if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "ingest.tls",
+                        "cert_file and key_file must both be set",
+                    ));
+                }
+                let settings = TlsSettings {
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    client_ca_file: t.client_ca_file.clone(),
+                };
+                // Fail at start on an unreadable or mismatched certificate and key.
+                crate::sources::http::conn::server_config(&settings).map_err(|e| {
+                    invalid(
+                        "ingest.tls",
+                        selfheal_runtime::chain::ErrorChain::new(&e).to_string(),
+                    )
+                })?;
+                Ok(settings)
+            })
+            .transpose()?;
         Ok(IngestSettings {
             path: self.path.clone(),
             max_body_bytes: self.max_body_bytes,
             max_concurrent_requests: self.max_concurrent_requests,
+            body_timeout: secs("ingest.body_timeout_secs", self.body_timeout_secs, 3600.0)?,
+            max_record_age: secs(
+                "ingest.max_record_age_secs",
+                self.max_record_age_secs,
+                366.0 * 86_400.0,
+            )?,
+            max_record_ahead: secs(
+                "ingest.max_record_ahead_secs",
+                self.max_record_ahead_secs,
+                86_400.0,
+            )?,
+            max_partitions: self.max_partitions_per_request,
+            auth: self.auth.validate()?,
+            conn: ConnSettings {
+                max_connections: self.max_connections,
+                header_timeout: secs(
+                    "ingest.header_timeout_secs",
+                    self.header_timeout_secs,
+                    600.0,
+                )?,
+                tls,
+            },
             log: LogSettings {
                 dir: self.log_dir.clone(),
                 max_bytes: self.log_max_bytes,
             },
+        })
+    }
+}
+
+impl IngestAuthConfig {
+    fn validate(&self) -> Result<AuthSettings, ConfigError> {
+        let tokens = match (&self.token_file, &self.token_dir) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "ingest.auth.token_dir",
+                    "set token_file or token_dir, not both",
+                ));
+            }
+            (Some(f), None) => Some(TokenSource::File(f.clone())),
+            (None, Some(d)) => Some(TokenSource::Dir(d.clone())),
+            (None, None) => None,
+        };
+        let review = self
+            .kubernetes
+            .as_ref()
+            .map(TokenReviewConfig::validate)
+            .transpose()?;
+        if tokens.is_none() && review.is_none() {
+            return Err(invalid(
+                "ingest.auth",
+                "HTTP ingest needs a credential per node: set token_file, token_dir or \
+                 [ingest.auth.kubernetes]",
+            ));
+        }
+        let settings = AuthSettings { tokens, review };
+        // Fail at start on an unreadable token table or CA bundle.
+        crate::auth::Authenticator::new(&settings).map_err(|e| {
+            invalid(
+                "ingest.auth",
+                selfheal_runtime::chain::ErrorChain::new(&e).to_string(),
+            )
+        })?;
+        Ok(settings)
+    }
+}
+
+impl TokenReviewConfig {
+    fn validate(&self) -> Result<ReviewSettings, ConfigError> {
+        let field = "ingest.auth.kubernetes.api_url";
+        let url = reqwest::Url::parse(&self.api_url)
+            .map_err(|e| invalid(field, format!("{:?} is not a URL: {e}", self.api_url)))?;
+        let host = url.host_str().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            _ => {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{:?}: the token must not travel in clear; use https:// (http:// only on loopback)",
+                        self.api_url
+                    ),
+                ));
+            }
+        }
+        if self.audience.is_empty() {
+            return Err(invalid("ingest.auth.kubernetes.audience", "must be set"));
+        }
+        if self.service_accounts.is_empty()
+            || self
+                .service_accounts
+                .iter()
+                .any(|a| a.split(':').count() != 2 || a.starts_with(':') || a.ends_with(':'))
+        {
+            return Err(invalid(
+                "ingest.auth.kubernetes.service_accounts",
+                "must list at least one `namespace:name`",
+            ));
+        }
+        let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        Ok(ReviewSettings {
+            api_url: self.api_url.clone(),
+            ca_file: set(&self.ca_file),
+            token_file: set(&self.token_file),
+            audience: self.audience.clone(),
+            service_accounts: self.service_accounts.clone(),
+            cache_ttl: secs("ingest.auth.kubernetes.cache_secs", self.cache_secs, 3600.0)?,
+            timeout: secs(
+                "ingest.auth.kubernetes.timeout_secs",
+                self.timeout_secs,
+                60.0,
+            )?,
         })
     }
 }
@@ -519,26 +749,37 @@ mod tests {
         assert_eq!(s.http_ingest, None);
     }
 
+    /// `[ingest]` with the HTTP source and a token file, then `rest` of that section.
+    fn http(tokens: &Path, rest: &str) -> String {
+        format!(
+            "[ingest]\nsource = \"http\"\n{rest}\n[ingest.auth]\ntoken_file = \"{}\"\n",
+            tokens.display()
+        )
+    }
+
     #[test]
     fn the_http_source_needs_no_stream_and_checks_its_path() {
-        let s = from_toml("[ingest]\nsource = \"http\"\n").expect("valid");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let tokens = tmp.path().join("tokens");
+        std::fs::write(&tokens, "node-a node-a-token-0123456789\n").expect("tokens");
+        let s = from_toml(&http(&tokens, "")).expect("valid");
         assert_eq!(
             s.http_ingest.expect("http ingest").path,
             crate::sources::http::DEFAULT_PATH
         );
-        let e = from_toml("[ingest]\nsource = \"http\"\npath = \"/metrics\"\n")
+        let e = from_toml(&http(&tokens, "path = \"/metrics\""))
             .expect_err("reserved path")
             .to_string();
         assert!(e.contains("`ingest.path`"), "{e}");
-        let e = from_toml("[ingest]\nsource = \"http\"\nmax_body_bytes = 10\n")
+        let e = from_toml(&http(&tokens, "max_body_bytes = 10"))
             .expect_err("tiny body")
             .to_string();
         assert!(e.contains("`ingest.max_body_bytes`"), "{e}");
-        let e = from_toml("[ingest]\nsource = \"http\"\nmax_concurrent_requests = 0\n")
+        let e = from_toml(&http(&tokens, "max_concurrent_requests = 0"))
             .expect_err("no permits")
             .to_string();
         assert!(e.contains("`ingest.max_concurrent_requests`"), "{e}");
-        let e = from_toml("[ingest]\nsource = \"http\"\nlog_max_bytes = 10\n")
+        let e = from_toml(&http(&tokens, "log_max_bytes = 10"))
             .expect_err("tiny log")
             .to_string();
         assert!(e.contains("`ingest.log_max_bytes`"), "{e}");
@@ -548,5 +789,37 @@ mod tests {
         .expect_err("retry order")
         .to_string();
         assert!(e.contains("`batch.retry_max_ms`"), "{e}");
+    }
+
+    #[test]
+    fn http_ingest_without_credentials_or_with_a_clear_text_api_server_is_refused() {
+        let e = from_toml("[ingest]\nsource = \"http\"\n")
+            .expect_err("no auth")
+            .to_string();
+        assert!(e.contains("`ingest.auth`"), "{e}");
+        let e = from_toml(
+            "[ingest]\nsource = \"http\"\n[ingest.auth.kubernetes]\napi_url = \"http://10.96.0.1\"\n",
+        )
+        .expect_err("clear text")
+        .to_string();
+        assert!(e.contains("`ingest.auth.kubernetes.api_url`"), "{e}");
+        let s = from_toml(
+            "[ingest]\nsource = \"http\"\n[ingest.auth.kubernetes]\napi_url = \"http://127.0.0.1:6443\"\nca_file = \"\"\ntoken_file = \"\"\n",
+        )
+        .expect("loopback API server, system roots, no token of its own");
+        let review = s.http_ingest.expect("http").auth.review.expect("review");
+        assert_eq!((review.ca_file, review.token_file), (None, None));
+        let e = from_toml(
+            "[ingest]\nsource = \"http\"\n[ingest.auth.kubernetes]\napi_url = \"https://10.96.0.1\"\nca_file = \"/nonexistent/ca.crt\"\n",
+        )
+        .expect_err("unreadable CA")
+        .to_string();
+        assert!(e.contains("/nonexistent/ca.crt"), "{e}");
+        let e = from_toml(
+            "[ingest]\nsource = \"http\"\n[ingest.auth]\ntoken_file = \"/nonexistent/tokens\"\n",
+        )
+        .expect_err("missing file")
+        .to_string();
+        assert!(e.contains("/nonexistent/tokens"), "{e}");
     }
 }

@@ -16,9 +16,11 @@
 //!   heal API) are named places, empty until their issues land.
 //!
 //! [`run`] wires the stages and exits non-zero when any task panics, [`config`] validates their
-//! settings, [`server`] serves `/metrics` and `/healthz`, and [`cli`] is the binary's edge.
+//! settings, the runtime crate's admin server serves `/metrics` and `/healthz`, and [`cli`] is the
+//! binary's edge.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod heal;
@@ -27,6 +29,5 @@ pub mod lake;
 pub mod pipeline;
 pub mod policy;
 pub mod run;
-pub mod server;
 pub mod sources;
 pub mod store;

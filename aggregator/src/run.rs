@@ -23,13 +23,15 @@ use crate::sources::http::log::{IngestLog, LogError, LogMetrics};
 use crate::sources::http::reader::{BatchLimits, LogReader};
 use crate::sources::http::{IngestMetrics, IngestSettings};
 use crate::sources::kinesis::{ConsumeMetrics, Consumer};
-use aws_sdk_kinesis::config::retry::RetryConfig;
 use prometheus_client::registry::Registry;
 use selfheal_lake::{LakeStore, LakeWriter, StoreError};
+use selfheal_runtime::server::{AdminMetrics, AdminServer, AlwaysHealthy, Health, HealthCheck};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Why the aggregator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,12 @@ pub enum RunError {
     /// The HTTP ingest log could not be opened.
     #[error("cannot open the ingest log")]
     Log(#[source] LogError),
+    /// The ingest credentials could not be loaded.
+    #[error("cannot set up ingest authentication")]
+    Auth(#[source] crate::auth::AuthError),
+    /// The ingest server's TLS files could not be loaded.
+    #[error("cannot set up TLS on the ingest server")]
+    Tls(#[source] crate::sources::http::conn::TlsError),
     /// A handler's checkpoint could not be read at start.
     #[error("cannot read the checkpoint of handler {handler}")]
     Checkpoint {
@@ -293,22 +301,50 @@ async fn start_http(
         readers.push((name, reader));
     }
     tracing::info!(path = %ingest.path, log = %ingest.log.dir.display(), "AggregatorStarting");
-    let routes = crate::sources::http::router(ingest, Arc::clone(&log), consume, ingest_metrics)
-        .merge(extra_routes);
-    let (addr, server) = crate::server::serve(
-        settings.listen_addr,
-        Arc::new(registry),
-        None,
-        settings.health_max_age,
-        routes,
-        stop.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Listen {
+    let auth = crate::auth::Authenticator::new(&ingest.auth).map_err(RunError::Auth)?;
+    let tls = ingest
+        .conn
+        .tls
+        .as_ref()
+        .map(crate::sources::http::conn::server_config)
+        .transpose()
+        .map_err(RunError::Tls)?;
+    let conn_metrics = Arc::new(crate::sources::http::conn::ConnMetrics::default());
+    conn_metrics.register(&mut registry);
+    let routes = crate::sources::http::router(
+        ingest,
+        Arc::new(auth),
+        Arc::clone(&log),
+        consume,
+        ingest_metrics,
+    );
+    let bounded = crate::sources::http::conn::Bounded {
+        settings: ingest.conn.clone(),
+        tls,
+        metrics: conn_metrics,
+    };
+    // The ingest port runs its own connection loop (TLS, its connection cap and head timeout:
+    // `sources::http::conn`) around the runtime's admin routes. No upstream to be wedged on:
+    // the server answering is the health.
+    let app = AdminServer::new(Arc::new(registry))
+        .health(AlwaysHealthy("http ingest"))
+        .merge(routes.merge(extra_routes))
+        .into_router();
+    let listen_err = |source| RunError::Listen {
         addr: settings.listen_addr,
         source,
-    })?;
-    tracing::info!(%addr, path = %ingest.path, "HttpServerListening");
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        .await
+        .map_err(listen_err)?;
+    let addr = listener.local_addr().map_err(listen_err)?;
+    let server = tokio::spawn(crate::sources::http::conn::serve(
+        listener,
+        app,
+        bounded,
+        stop.clone(),
+    ));
+    tracing::info!(%addr, path = %ingest.path, tls = ingest.conn.tls.is_some(), "HttpServerListening");
     tasks.spawn("server".into(), join(server));
     for (name, reader) in readers {
         tasks.spawn(format!("{name} reader"), reader.run(stop.clone()));
@@ -322,22 +358,21 @@ async fn start_kinesis(
     settings: &Settings,
     handlers: Vec<SharedHandler>,
     extra_routes: axum::Router,
-    registry: Registry,
+    mut registry: Registry,
     consume: Arc<ConsumeMetrics>,
     pipeline: Arc<PipelineMetrics>,
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<(), RunError> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let sdk = selfheal_runtime::aws::sdk_config(&selfheal_runtime::aws::AwsSettings {
+        region: settings.kinesis_region.clone(),
+        endpoint_url: settings.kinesis_endpoint_url.clone(),
         // The consumer retries with its own backoff and counts each retry.
-        .retry_config(RetryConfig::disabled());
-    if let Some(r) = &settings.kinesis_region {
-        loader = loader.region(aws_sdk_kinesis::config::Region::new(r.clone()));
-    }
-    if let Some(u) = &settings.kinesis_endpoint_url {
-        loader = loader.endpoint_url(u);
-    }
-    let client = aws_sdk_kinesis::Client::new(&loader.load().await);
+        retry: selfheal_runtime::aws::SdkRetry::Disabled,
+        ..Default::default()
+    })
+    .await;
+    let client = aws_sdk_kinesis::Client::new(&sdk);
     let stream_dir = settings.checkpoint_dir.join(&settings.consumer.stream);
     tracing::info!(
         stream = %settings.consumer.stream,
@@ -378,19 +413,20 @@ async fn start_kinesis(
         progress.get_or_insert_with(|| consumer.progress());
         consumers.push((name, consumer));
     }
-    let (addr, server) = crate::server::serve(
-        settings.listen_addr,
-        Arc::new(registry),
-        progress,
-        settings.health_max_age,
-        extra_routes,
-        stop.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Listen {
-        addr: settings.listen_addr,
-        source,
-    })?;
+    let admin = AdminMetrics::register(&mut registry);
+    let mut server = AdminServer::new(Arc::new(registry))
+        .metrics(admin)
+        .merge(extra_routes);
+    if let Some(progress) = progress {
+        server = server.health(kinesis_health(progress, settings.health_max_age));
+    }
+    let (addr, server) = server
+        .serve(settings.listen_addr, stop.clone().into())
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: settings.listen_addr,
+            source,
+        })?;
     tracing::info!(%addr, "HttpServerListening");
     tasks.spawn("server".into(), join(server));
     for (name, consumer) in consumers {
@@ -407,6 +443,22 @@ fn flush_interval_for(settings: &Settings, handler: &str) -> std::time::Duration
     match &settings.incidents {
         Some(inc) if handler == crate::incident::HANDLER_NAME => inc.flush_interval.min(batch),
         _ => batch,
+    }
+}
+
+/// `/healthz` with the Kinesis source: 200 while the consumer keeps talking to Kinesis (a
+/// successful ListShards, GetShardIterator or GetRecords within `max_age`) and 503 after, so a
+/// consumer wedged on a dead endpoint or bad credentials gets its pod restarted by the liveness
+/// probe.
+fn kinesis_health(progress: watch::Receiver<Instant>, max_age: Duration) -> impl HealthCheck {
+    move || {
+        let age = progress.borrow().elapsed();
+        let healthy = age <= max_age;
+        let word = if healthy { "ok" } else { "stale" };
+        Health {
+            healthy,
+            message: format!("{word}: last Kinesis call {:.1}s ago", age.as_secs_f64()),
+        }
     }
 }
 

@@ -55,6 +55,28 @@ pub const MAX_MODEL_BYTES: u64 = 16 * 1024 * 1024;
 pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
 /// Largest `signature.json`.
 pub const MAX_SIGNATURE_BYTES: u64 = 4 * 1024;
+/// Largest `latest` pointer (one version name and a newline).
+pub const MAX_LATEST_BYTES: u64 = 1024;
+
+/// Most targets (regressor outputs) or classes of one tree ensemble in the graph: the trainer
+/// writes one target per forest, so [`MAX_FORESTS`] with room for other exporters. Every row's
+/// sums are `n_targets` wide, so this is checked before anything is sized by it.
+pub const MAX_TARGETS: usize = 256;
+/// Deepest tree in the graph, in branches from the root to a leaf. An isolation tree is cut
+/// at ceil(log2 ψ), 16 at [`MAX_SAMPLES`]; each row walks every tree this many steps, so a
+/// degenerate chain of a million nodes would make one score cost seconds.
+pub const MAX_TREE_DEPTH: u32 = 64;
+/// Most tree-ensemble nodes (branches and leaves) in one graph: [`MAX_TOTAL_NODES`], also the
+/// bound on leaf-weight entries.
+pub const MAX_GRAPH_TREE_NODES: usize = MAX_TOTAL_NODES;
+/// Most operator nodes in one graph (the trainer writes at most a dozen).
+pub const MAX_GRAPH_OPS: usize = 1024;
+/// Most elements of any value the graph computes, per input row (at a batch of one): each is
+/// allocated per batch of series. The trainer's widest is one per feature (the range guard),
+/// at most [`MAX_SIGNALS`] x 26.
+pub const MAX_GRAPH_ROW_VALUES: usize = 16 * 1024;
+/// Most elements of one constant tensor in the graph (an initializer or a `Constant`).
+pub const MAX_TENSOR_ELEMENTS: usize = 4 * 1024 * 1024;
 
 /// A manifest field outside its bounds.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -238,7 +260,10 @@ pub fn check_manifest(m: &ModelManifest) -> Result<(), BoundsError> {
         ),
     })?;
 
-    sha256_hex("training_data_sha256", &m.training_data_sha256)?;
+    // Provenance only, and empty in manifests written by hand or by older tools.
+    if !m.training_data_sha256.is_empty() {
+        sha256_hex("training_data_sha256", &m.training_data_sha256)?;
+    }
     sha256_hex("model_sha256", &m.model_sha256)?;
     if m.created_at.len() > 64
         || !m
@@ -410,9 +435,12 @@ mod tests {
         );
         assert_eq!(refused(|m| m.model_sha256.push('0')).field, "model_sha256");
         assert_eq!(
-            refused(|m| m.training_data_sha256 = String::new()).field,
+            refused(|m| m.training_data_sha256 = "x".repeat(64)).field,
             "training_data_sha256"
         );
+        let mut m = manifest();
+        m.training_data_sha256 = String::new();
+        check_manifest(&m).expect("no training digest: provenance unknown, not out of bounds");
         assert_eq!(
             refused(|m| m.created_at = "x".repeat(65)).field,
             "created_at"
@@ -434,3 +462,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "model_bounds_fuzz.rs"]
+mod fuzz;

@@ -52,7 +52,8 @@
 
 use crate::model::{MANIFEST_FILE, ModelManifest};
 use crate::model_bounds::{MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES};
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::Signer;
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -158,8 +159,8 @@ pub enum SignatureError {
         /// The key tried.
         key_id: String,
     },
-    /// A key file is not 64 hex digits, or not a valid Ed25519 public key.
-    #[error("{what} is not an Ed25519 key of 64 hex digits")]
+    /// A key is not 64 hex digits or 44 of base64, or not a valid Ed25519 public key.
+    #[error("{what} is not an Ed25519 key (64 hex digits or 44 base64 characters)")]
     Key {
         /// Which key (public or signing).
         what: &'static str,
@@ -194,14 +195,45 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
+/// 32 key bytes from 64 hex digits or 44 characters of standard padded base64 (the two forms
+/// people paste: `xxd -p`, and `base64` or a Kubernetes Secret's data).
 fn key_bytes(text: &str, what: &'static str) -> Result<[u8; 32], SignatureError> {
+    use base64::Engine as _;
+    let text = text.trim();
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| SignatureError::Key { what })?;
-    Ok(out)
+    let ok = if text.len() == 64 {
+        hex::decode_to_slice(text, &mut out).is_ok()
+    } else {
+        // A 44-character input decodes to at most 33 bytes: the buffer is never outgrown.
+        let mut buf = [0u8; 33];
+        text.len() == 44
+            && base64::engine::general_purpose::STANDARD
+                .decode_slice(text, &mut buf)
+                .is_ok_and(|n| n == 32)
+            && {
+                out.copy_from_slice(&buf[..32]);
+                true
+            }
+    };
+    if ok {
+        Ok(out)
+    } else {
+        Err(SignatureError::Key { what })
+    }
 }
 
-/// Parses a public key file: 64 hex digits (surrounding whitespace ignored). An Ed25519 key
-/// made with OpenSSL converts with
+/// A public key as [`parse_verifying_key`] reads it and `selfheal model keygen` writes it.
+pub fn verifying_key_text(key: &VerifyingKey) -> String {
+    hex::encode(key.as_bytes())
+}
+
+/// A signing key (its seed) as [`parse_signing_key`] reads it.
+pub fn signing_key_text(key: &SigningKey) -> String {
+    hex::encode(key.to_bytes())
+}
+
+/// Parses a public key: 64 hex digits or 44 characters of base64 (surrounding whitespace
+/// ignored). An Ed25519 key made with OpenSSL converts with
 /// `openssl pkey -in key.pem -pubout -outform DER | tail -c 32 | xxd -p -c 32`.
 pub fn parse_verifying_key(text: &str) -> Result<VerifyingKey, SignatureError> {
     let what = "the model public key";
@@ -213,7 +245,8 @@ pub fn parse_verifying_key(text: &str) -> Result<VerifyingKey, SignatureError> {
     Ok(key)
 }
 
-/// Parses a signing key file: the 32-byte Ed25519 seed as 64 hex digits. From OpenSSL:
+/// Parses a signing key file: the 32-byte Ed25519 seed as 64 hex digits (or base64). From
+/// OpenSSL:
 /// `openssl genpkey -algorithm ed25519 -outform DER | tail -c 32 | xxd -p -c 32`.
 pub fn parse_signing_key(text: &str) -> Result<SigningKey, SignatureError> {
     Ok(SigningKey::from_bytes(&key_bytes(
@@ -588,6 +621,21 @@ mod tests {
             sk.verifying_key()
         );
         assert!(parse_verifying_key("abcd").is_err());
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sk.verifying_key().as_bytes());
+        assert_eq!(b64.len(), 44);
+        assert_eq!(
+            parse_verifying_key(&format!(" {b64}\n")).expect("base64"),
+            sk.verifying_key()
+        );
+        assert_eq!(verifying_key_text(&sk.verifying_key()), vk_hex);
+        assert_eq!(signing_key_text(&sk), hex::encode(sk.to_bytes()));
+        // 33 bytes of base64, and 44 characters that are not base64.
+        assert!(
+            parse_verifying_key(&base64::engine::general_purpose::STANDARD.encode([7u8; 33]))
+                .is_err()
+        );
+        assert!(parse_verifying_key(&"!".repeat(44)).is_err());
         assert!(parse_verifying_key(&"zz".repeat(32)).is_err());
         // The identity point, a small-order key that "verifies" forged signatures.
         let mut identity = [0u8; 32];

@@ -15,7 +15,7 @@
 //! de-duplicated by record id within a write; a duplicate that arrives in another write (an
 //! agent resent it) is dropped on read, by [`read_family`].
 //!
-//! [`format`] owns the table and its Parquet encoding, [`store`] the directory or S3 bucket.
+//! [`format`](mod@format) owns the table and its Parquet encoding, [`store`] the directory or S3 bucket.
 
 pub mod format;
 pub mod store;

@@ -9,7 +9,7 @@
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use std::io::Write;
+use selfheal_runtime::aws::AwsSettings;
 use std::path::{Path, PathBuf};
 
 /// A lake object that could not be written, listed or read.
@@ -73,18 +73,10 @@ pub enum LakeStore {
 
 /// Splits `s3://bucket/prefix` into bucket and a prefix that is empty or ends in `/`.
 pub fn parse_s3_url(location: &str) -> Option<(String, String)> {
-    let rest = location.strip_prefix("s3://")?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return None;
-    }
-    let prefix = prefix.trim_matches('/');
-    let prefix = if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    };
-    Some((bucket.to_owned(), prefix))
+    // The runtime's parser validates the bucket and prefix, so a bad name fails at start.
+    let url = selfheal_runtime::s3url::S3Url::parse(location).ok()??;
+    let prefix = url.dir_prefix();
+    Some((url.bucket, prefix))
 }
 
 impl LakeStore {
@@ -93,24 +85,14 @@ impl LakeStore {
         if location.starts_with("s3://") {
             let (bucket, prefix) = parse_s3_url(location)
                 .ok_or_else(|| StoreError::BadLocation(location.to_owned()))?;
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-            if let Some(r) = &s3.region {
-                loader = loader.region(aws_sdk_s3::config::Region::new(r.clone()));
-            }
-            if let Some(u) = &s3.endpoint_url {
-                loader = loader.endpoint_url(u);
-            }
-            let sdk = loader.load().await;
-            // Path-style addressing when the endpoint is overridden: a local S3 (moto, MinIO) on
-            // 127.0.0.1 has no per-bucket host names.
-            let overridden = s3.endpoint_url.is_some()
-                || std::env::var_os("AWS_ENDPOINT_URL").is_some()
-                || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-            let conf = aws_sdk_s3::config::Builder::from(&sdk)
-                .force_path_style(overridden)
-                .build();
+            let sdk = selfheal_runtime::aws::sdk_config(&AwsSettings {
+                region: s3.region.clone(),
+                endpoint_url: s3.endpoint_url.clone(),
+                ..AwsSettings::default()
+            })
+            .await;
             return Ok(LakeStore::S3 {
-                client: aws_sdk_s3::Client::from_conf(conf),
+                client: selfheal_runtime::aws::s3_client(&sdk),
                 bucket,
                 prefix,
             });
@@ -262,26 +244,14 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
+/// Durably replaces `path` (the runtime's atomic write: temporary sibling, fsync, rename,
+/// fsync the directory).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // The pid keeps two processes (an old and a new aggregator during a rollout) off each
-    // other's temporary file; the leading dot keeps readers' `*.parquet` listings off it.
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    f.write_all(bytes).map_err(io("writing", &tmp))?;
-    f.sync_all().map_err(io("syncing", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io("renaming into", path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing", dir))?;
-    Ok(())
+    selfheal_runtime::atomic::write(path, bytes).map_err(|e| StoreError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn list_dir(root: &Path, suffix: &str) -> Result<Vec<String>, StoreError> {
@@ -313,13 +283,19 @@ mod tests {
 
     #[test]
     fn s3_urls() {
+        // Bucket names are S3's (three characters at least): the runtime's parser validates.
         assert_eq!(
-            parse_s3_url("s3://b/lake/x/"),
-            Some(("b".into(), "lake/x/".into()))
+            parse_s3_url("s3://bkt/lake/x/"),
+            Some(("bkt".into(), "lake/x/".into()))
         );
-        assert_eq!(parse_s3_url("s3://b"), Some(("b".into(), String::new())));
+        assert_eq!(
+            parse_s3_url("s3://bkt"),
+            Some(("bkt".into(), String::new()))
+        );
         assert_eq!(parse_s3_url("s3:///x"), None);
         assert_eq!(parse_s3_url("/tmp/x"), None);
+        assert_eq!(parse_s3_url("s3://Bad_Bucket/x"), None);
+        assert_eq!(parse_s3_url("s3://bkt/a/../b"), None);
     }
 
     #[tokio::test]

@@ -38,6 +38,10 @@ pub enum ModelCommand {
     Eval(EvalArgs),
     /// Publish a model directory into a versioned store (`<family>/<version>/` and `latest`).
     Publish(PublishArgs),
+    /// Make an Ed25519 key pair for signing models (`model-signing.key`, `model-signing.pub`).
+    Keygen(KeygenArgs),
+    /// Sign a model directory in place (`signature.json`), e.g. for a ConfigMap.
+    Sign(SignArgs),
 }
 
 /// `selfheal model train`.
@@ -176,6 +180,36 @@ pub struct PublishArgs {
     /// from the standard AWS chain).
     #[arg(long)]
     pub to: String,
+    /// Sign the model with this Ed25519 key (64 hex digits, from `selfheal model keygen`):
+    /// `signature.json` is written beside the manifest in the store.
+    #[arg(long)]
+    pub sign_key: Option<PathBuf>,
+    /// With --sign-key: this version is meant to replace a newer one. Agents refuse an older
+    /// version whose signature does not say so.
+    #[arg(long, requires = "sign_key")]
+    pub rollback: bool,
+}
+
+/// `selfheal model keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Directory to write `model-signing.key` (mode 0600) and `model-signing.pub` into;
+    /// existing keys are never overwritten.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `selfheal model sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Model directory to sign: `signature.json` is written into it.
+    pub model_dir: PathBuf,
+    /// The Ed25519 signing key (from `selfheal model keygen`).
+    #[arg(long)]
+    pub sign_key: PathBuf,
+    /// This version is meant to replace a newer one (see `model publish --rollback`).
+    #[arg(long)]
+    pub rollback: bool,
 }
 
 /// Runs a `selfheal model` subcommand.
@@ -185,11 +219,51 @@ pub fn main(cmd: ModelCommand) -> Result<ExitCode> {
         ModelCommand::Score(a) => score(a),
         ModelCommand::Eval(a) => eval(a),
         ModelCommand::Publish(a) => publish(a),
+        ModelCommand::Keygen(a) => keygen(a),
+        ModelCommand::Sign(a) => sign(a),
     }
+}
+
+fn keygen(a: KeygenArgs) -> Result<ExitCode> {
+    let pair = crate::publish::signing::keygen(&a.out)
+        .with_context(|| format!("making a model signing key in {}", a.out.display()))?;
+    tracing::info!(
+        signing_key = %pair.signing_key.display(),
+        public_key = %pair.public_key.display(),
+        key_id = %pair.key_id,
+        "ModelKeyGenerated: keep the signing key with the publisher only; give agents the public key"
+    );
+    println!("{}", pair.public_key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(a: SignArgs) -> Result<ExitCode> {
+    let context = || format!("signing {}", a.model_dir.display());
+    let signing = crate::publish::Signing::from_key_file(&a.sign_key, a.rollback)
+        .with_context(|| format!("reading the signing key {}", a.sign_key.display()))?;
+    let path = a.model_dir.join(selfheal_core::signature::SIGNATURE_FILE);
+    let previous = match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let sig = signing
+        .sign_dir(&a.model_dir, previous.as_deref())
+        .with_context(context)?;
+    selfheal_runtime::atomic::write(&path, &sig).with_context(context)?;
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn publish(a: PublishArgs) -> Result<ExitCode> {
     let context = || format!("publishing {} to {}", a.model_dir.display(), a.to);
+    let signing = match &a.sign_key {
+        Some(path) => Some(
+            crate::publish::Signing::from_key_file(path, a.rollback)
+                .with_context(|| format!("reading the signing key {}", path.display()))?,
+        ),
+        None => None,
+    };
     let dest = match S3Store::parse(&a.to).with_context(context)? {
         Some(store) => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -198,11 +272,11 @@ fn publish(a: PublishArgs) -> Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             rt.block_on(async {
                 let client = crate::publish::s3::client_from_env().await;
-                crate::publish::s3::publish(&client, &a.model_dir, &store).await
+                crate::publish::s3::publish(&client, &a.model_dir, &store, signing.as_ref()).await
             })
             .with_context(context)?
         }
-        None => crate::publish::publish(&a.model_dir, Path::new(&a.to))
+        None => crate::publish::publish(&a.model_dir, Path::new(&a.to), signing.as_ref())
             .with_context(context)?
             .display()
             .to_string(),

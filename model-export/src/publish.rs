@@ -13,6 +13,11 @@
 //! fsynced whole before its rename and `latest` is replaced durably, so after a power cut
 //! `latest` never names a version whose files did not reach the disk.
 //!
+//! With `--sign-key` each store also gets `signature.json` beside the manifest ([`signing`]),
+//! before `latest` moves; without it, a `signature.json` in the source (from `selfheal model
+//! sign`) is published as it is. Manifests outside `selfheal_core::model_bounds` are refused
+//! before anything is written, since every agent would refuse them.
+//!
 //! Either way the source's checksum is verified first and `latest` is written last, so a reader
 //! following `latest` always finds a complete, verified version. A published version is never
 //! changed: publishing it again with the same files is a no-op that points `latest` at it again
@@ -20,12 +25,15 @@
 //! rolled back to); publishing it with different files is refused.
 
 pub mod s3;
+pub mod signing;
 
 use crate::artifact::{ArtifactError, read_manifest, sha256_file};
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
+use selfheal_core::signature::SIGNATURE_FILE;
 pub use selfheal_core::store::LATEST_FILE;
 use selfheal_core::store::is_plain_name;
 use selfheal_runtime::atomic::{self, AtomicWriteError};
+pub use signing::Signing;
 use std::path::{Path, PathBuf};
 
 /// A publish that did not happen.
@@ -66,6 +74,23 @@ pub enum PublishError {
         field: &'static str,
         /// The value.
         value: String,
+    },
+    /// The model could not be signed (a bad signing key, a manifest that is not JSON).
+    #[error("signing the model")]
+    Signature(#[from] selfheal_core::signature::SignatureError),
+    /// A manifest field is outside the bounds agents enforce: they would refuse the model.
+    #[error("the manifest is out of bounds, agents would refuse it")]
+    Bounds(#[from] selfheal_core::model_bounds::BoundsError),
+    /// A signed publish of a version older than the store's latest without `--rollback`.
+    #[error(
+        "{version} is older than the published latest {latest}: agents refuse it unless it is \
+         signed as a rollback (pass --rollback)"
+    )]
+    Rollback {
+        /// The version published.
+        version: String,
+        /// The version `latest` names.
+        latest: String,
     },
     /// The destination is not a usable `s3://` URL.
     #[error(transparent)]
@@ -109,6 +134,7 @@ fn checked_source(model_dir: &Path) -> Result<ModelManifest, PublishError> {
     let manifest = read_manifest(model_dir)?;
     safe_component("family", &manifest.family)?;
     safe_component("version", &manifest.version)?;
+    selfheal_core::model_bounds::check_manifest(&manifest)?;
     verify(model_dir, &manifest.model_sha256)?;
     Ok(manifest)
 }
@@ -126,8 +152,41 @@ fn verify(dir: &Path, expected: &str) -> Result<(), PublishError> {
     Ok(())
 }
 
-/// Publishes `model_dir` into the directory store `to`; returns the version directory.
-pub fn publish(model_dir: &Path, to: &Path) -> Result<PathBuf, PublishError> {
+/// The bytes of `dir/name`, `None` when it does not exist.
+fn read_optional(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, PublishError> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PublishError::Io { path, source }),
+    }
+}
+
+/// `signature.json` for `model_dir` as it will be published: signed now with `signing`
+/// (keeping the serial of `previous`, an earlier signature of the version, else of the
+/// source's own), or the source's `signature.json` as it is, or none.
+fn signature_for(
+    model_dir: &Path,
+    signing: Option<&Signing>,
+    previous: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, PublishError> {
+    let source = read_optional(model_dir, SIGNATURE_FILE)?;
+    match signing {
+        Some(signing) => Ok(Some(
+            signing.sign_dir(model_dir, previous.or(source.as_deref()))?,
+        )),
+        None => Ok(source),
+    }
+}
+
+/// Publishes `model_dir` into the directory store `to`, signed with `signing` if given (see
+/// [`signing`]); returns the version directory. `signature.json` is the one file of a version
+/// that may change: re-signing (a rollback, a new key) replaces it.
+pub fn publish(
+    model_dir: &Path,
+    to: &Path,
+    signing: Option<&Signing>,
+) -> Result<PathBuf, PublishError> {
     let manifest = checked_source(model_dir)?;
     let family_dir = to.join(&manifest.family);
     atomic::create_dir_all(&family_dir)?;
@@ -141,14 +200,42 @@ pub fn publish(model_dir: &Path, to: &Path) -> Result<PathBuf, PublishError> {
             }
         }
         tracing::info!(family = %manifest.family, version = %manifest.version, "ModelAlreadyPublished");
+        let previous = read_optional(&dest, SIGNATURE_FILE)?;
+        if let Some(signing) = signing {
+            let latest = latest_version(to, &manifest.family).ok();
+            let latest_sig = match latest.as_deref() {
+                Some(l) if l != manifest.version && is_plain_name(l) => {
+                    read_optional(&family_dir.join(l), SIGNATURE_FILE)?.map(|b| (l.to_owned(), b))
+                }
+                _ => None,
+            };
+            signing::check_not_an_unsigned_rollback(
+                signing,
+                &manifest.version,
+                previous.as_deref(),
+                latest_sig.as_ref().map(|(l, b)| (l.as_str(), b.as_slice())),
+            )?;
+        }
+        if let Some(sig) = signature_for(model_dir, signing, previous.as_deref())?
+            && previous.as_deref() != Some(&sig[..])
+        {
+            atomic::write(&dest.join(SIGNATURE_FILE), &sig)?;
+        }
     } else {
         let tmp = family_dir.join(format!(".{}.tmp-{}", manifest.version, std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-        let copied =
-            copy_files(model_dir, &tmp).and_then(|()| verify(&tmp, &manifest.model_sha256));
+        let copied = copy_files(model_dir, &tmp)
+            .and_then(|()| verify(&tmp, &manifest.model_sha256))
+            .and_then(|()| match signature_for(model_dir, signing, None)? {
+                Some(sig) => {
+                    let path = tmp.join(SIGNATURE_FILE);
+                    std::fs::write(&path, sig).map_err(io(&path))
+                }
+                None => Ok(()),
+            });
         if let Err(e) = copied {
             // Best effort: a leftover temp dir is harmless (hidden, never read) and reported above.
             let _ = std::fs::remove_dir_all(&tmp);
@@ -230,18 +317,21 @@ mod tests {
         let store = tmp.path().join("store");
         let to = store.as_path();
         let v1 = model_dir(tmp.path(), "v1", b"one", None);
-        let dest = publish(&v1, to).expect("publish v1");
+        let dest = publish(&v1, to, None).expect("publish v1");
         assert_eq!(dest, store.join("cpu/v1"));
         assert_eq!(std::fs::read(dest.join(MODEL_FILE)).expect("model"), b"one");
         assert_eq!(latest_version(&store, "cpu").expect("latest"), "v1");
         let v2 = model_dir(tmp.path(), "v2", b"two", None);
-        publish(&v2, to).expect("publish v2");
+        publish(&v2, to, None).expect("publish v2");
         assert_eq!(latest_version(&store, "cpu").expect("latest"), "v2");
         // The same v1 again: a no-op that points `latest` back at it. Other bytes: refused.
-        publish(&v1, to).expect("republish v1");
+        publish(&v1, to, None).expect("republish v1");
         assert_eq!(latest_version(&store, "cpu").expect("latest"), "v1");
         let other = model_dir(&tmp.path().join("other"), "v1", b"uno", None);
-        assert!(matches!(publish(&other, to), Err(PublishError::Exists(_))));
+        assert!(matches!(
+            publish(&other, to, None),
+            Err(PublishError::Exists(_))
+        ));
         assert_eq!(std::fs::read(dest.join(MODEL_FILE)).expect("model"), b"one");
         // No temporary file or directory is left behind.
         let mut names: Vec<String> = std::fs::read_dir(store.join("cpu"))
@@ -258,7 +348,7 @@ mod tests {
         let store = tmp.path().join("store");
         let bad = model_dir(tmp.path(), "v1", b"one", Some("00".repeat(32)));
         assert!(matches!(
-            publish(&bad, &store),
+            publish(&bad, &store, None),
             Err(PublishError::Checksum { .. })
         ));
         assert!(!store.join("cpu/v1").exists());
@@ -276,7 +366,7 @@ mod tests {
                 None,
             );
             assert!(matches!(
-                publish(&evil, &tmp.path().join("s")),
+                publish(&evil, &tmp.path().join("s"), None),
                 Err(PublishError::BadName { .. })
             ));
         }

@@ -8,6 +8,8 @@
 //! staleness clock counts from start before the first beat (so a service that never makes
 //! progress goes unhealthy after `max_age` instead of never) and is lock-free to beat, which is
 //! [`Heartbeat`]. Both bound the bind at start: an address in use fails `serve`, not a task.
+//! Neither bounded its clients; this caps connections and times out slow heads, idle
+//! keep-alives and slow requests ([`ConnectionLimits`], on by default).
 //!
 //! Health is liveness: a 503 should get the pod restarted by its probe, so a check reports only
 //! what a restart can fix (a wedged loop, a consumer stuck on a dead connection), never a
@@ -19,6 +21,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -130,16 +134,80 @@ impl HealthCheck for AlwaysHealthy {
     }
 }
 
+/// Bounds on what clients of the admin server can hold. Anything that can reach the port may be
+/// hostile (the agent's listens on every node), so a client that opens connections and sends
+/// nothing, or sends a request head a byte a minute, must not take the server from the
+/// Prometheus scraper and the kubelet's probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections served at once. One over the cap is accepted and closed at once,
+    /// counted in `admin_connections_refused_total` and logged (`AdminConnectionRefused`, on the
+    /// first refusal and each power of two after, so a flood is visible without flooding the
+    /// log), rather than left in the kernel's backlog where nobody sees it.
+    pub max_connections: usize,
+    /// Most time a client has to send a whole request head. hyper starts this clock whenever it
+    /// waits for a head, so it is also the idle timeout of a kept-alive connection.
+    pub header_timeout: Duration,
+    /// Most time one request may take, its body and the handler included; past it the answer is
+    /// 408 and the connection is closed.
+    pub request_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// 64 connections, 10 s for a head (and for idling between requests), 30 s per request:
+    /// room for a scraper, the probes and an operator's curl many times over, and
+    /// long enough for a scrape over a slow link.
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The admin server's own metrics (`admin_connections_open`, `admin_connections_refused_total`
+/// under the registry's prefix). Clones share the values.
+#[derive(Debug, Clone, Default)]
+pub struct AdminMetrics {
+    /// Connections being served now.
+    pub connections_open: Gauge,
+    /// Connections closed at accept because [`ConnectionLimits::max_connections`] were open.
+    pub connections_refused: Counter,
+}
+
+impl AdminMetrics {
+    /// Registers both in `registry` (before it goes into the [`AdminServer`]).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = AdminMetrics::default();
+        registry.register(
+            "admin_connections_open",
+            "Connections the admin server is serving",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "admin_connections_refused",
+            "Connections closed at accept because the admin server's connection cap was reached",
+            m.connections_refused.clone(),
+        );
+        m
+    }
+}
+
 /// The admin server, configured; [`AdminServer::serve`] starts it.
 pub struct AdminServer {
     registry: Arc<Registry>,
     health: Arc<dyn HealthCheck>,
     routes: Router,
+    limits: ConnectionLimits,
+    metrics: AdminMetrics,
 }
 
 impl std::fmt::Debug for AdminServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminServer").finish_non_exhaustive()
+        f.debug_struct("AdminServer")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,12 +219,14 @@ struct AppState {
 
 impl AdminServer {
     /// Serves `registry` on `/metrics`; `/healthz` answers `ok` until [`AdminServer::health`]
-    /// sets a check.
+    /// sets a check. Connections are bounded by [`ConnectionLimits::default`].
     pub fn new(registry: Arc<Registry>) -> Self {
         AdminServer {
             registry,
             health: Arc::new(AlwaysHealthy("serving")),
             routes: Router::new(),
+            limits: ConnectionLimits::default(),
+            metrics: AdminMetrics::default(),
         }
     }
 
@@ -167,14 +237,31 @@ impl AdminServer {
     }
 
     /// Serves `routes` beside `/metrics` and `/healthz` (each route keeps its own state, body
-    /// limits and authentication). Panics, as axum does, if a path is served twice.
+    /// limits and authentication; the connection limits apply to all). Panics, as axum does, if
+    /// a path is served twice.
     pub fn merge(mut self, routes: Router) -> Self {
         self.routes = self.routes.merge(routes);
         self
     }
 
+    /// Bounds connections by `limits` instead of the defaults.
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Counts connections in `metrics` (from [`AdminMetrics::register`]).
+    pub fn metrics(mut self, metrics: AdminMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Binds `addr` (failing fast when it cannot) and serves until `shutdown`; then requests in
-    /// flight finish and the task ends. Returns the bound address (`:0` picks a free port).
+    /// flight finish, idle connections close, and the task ends. Returns the bound address
+    /// (`:0` picks a free port).
+    ///
+    /// The accept loop is written here rather than `axum::serve` because that exposes neither a
+    /// connection cap nor hyper's header timeout.
     pub async fn serve(
         self,
         addr: SocketAddr,
@@ -182,25 +269,105 @@ impl AdminServer {
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        let app = Router::new()
+        let limits = self.limits;
+        let metrics = self.metrics.clone();
+        let app = self.into_router();
+        let handle = tokio::spawn(accept_loop(listener, app, limits, metrics, shutdown));
+        Ok((local, handle))
+    }
+
+    /// The routes `serve` would serve (`/metrics`, `/healthz`, the merged routes, the request
+    /// timeout), for a server that runs its own connection loop: the aggregator's HTTP ingest
+    /// terminates TLS and keeps its own connection budget, so it serves this router there. The
+    /// connection limits other than `request_timeout` are then that loop's business.
+    pub fn into_router(self) -> Router {
+        let limits = self.limits;
+        Router::new()
             .route("/metrics", get(render_metrics))
             .route("/healthz", get(healthz))
             .with_state(AppState {
                 registry: self.registry,
                 health: self.health,
             })
-            .merge(self.routes);
-        let handle = tokio::spawn(async move {
-            let mut shutdown = shutdown;
-            let stop = async move { shutdown.requested().await };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "HttpServerError");
+            .merge(self.routes)
+            .layer(axum::middleware::from_fn_with_state(
+                limits.request_timeout,
+                request_timeout,
+            ))
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    metrics: AdminMetrics,
+    mut shutdown: Shutdown,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.requested() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // EMFILE and friends: the next accept may succeed once connections close; do not
+                // spin on the error meanwhile.
+                tracing::warn!(error = %e, "AdminAcceptError");
+                if shutdown.sleep(Duration::from_millis(100)).await {
+                    break;
+                }
+                continue;
             }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            let refused = metrics.connections_refused.inc() + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    refused_total = refused,
+                    "AdminConnectionRefused"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        let open = metrics.connections_open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            // A client that goes away or times out ends its connection; nothing to report.
+            let _ = conn.await;
+            open.dec();
+            drop(slot);
         });
-        Ok((local, handle))
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn request_timeout(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            "request took too long\n",
+        )
+            .into_response(),
     }
 }
 
@@ -369,5 +536,137 @@ mod tests {
         assert!(hb.is_healthy(), "exactly max_age is still fine");
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(!hb.is_healthy());
+    }
+
+    /// Reads until the server closes the connection; the bytes it sent before.
+    async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    }
+
+    fn limits(max_connections: usize, header_ms: u64, request_ms: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections,
+            header_timeout: Duration::from_millis(header_ms),
+            request_timeout: Duration::from_millis(request_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_once_and_counted() {
+        let mut registry = Registry::with_prefix("demo");
+        let metrics = AdminMetrics::register(&mut registry);
+        let (_trigger, stop) = shutdown::channel();
+        let (addr, _task) = AdminServer::new(Arc::new(registry))
+            .limits(limits(2, 5_000, 5_000))
+            .metrics(metrics.clone())
+            .serve(loopback(), stop)
+            .await
+            .expect("bind");
+        // Two clients that connect and say nothing hold both slots.
+        let held: Vec<_> = futures_connect(addr, 2).await;
+        wait_until(|| metrics.connections_open.get() == 2).await;
+        let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let got = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut third))
+            .await
+            .expect("closed at once, not after the header timeout");
+        assert!(got.is_empty(), "nothing served: {got:?}");
+        assert_eq!(metrics.connections_refused.get(), 1);
+        // A slot freed is a slot served again, and the metrics page shows both counts.
+        drop(held);
+        wait_until(|| metrics.connections_open.get() == 0).await;
+        let (status, _, body) = fetch(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("demo_admin_connections_refused_total 1"),
+            "{body}"
+        );
+        assert!(body.contains("demo_admin_connections_open 1"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_head_and_an_idle_keep_alive_are_closed_after_the_header_timeout() {
+        let (_trigger, stop) = shutdown::channel();
+        let (addr, _task) = AdminServer::new(Arc::new(Registry::default()))
+            .limits(limits(8, 300, 5_000))
+            .serve(loopback(), stop)
+            .await
+            .expect("bind");
+        // Half a head, then silence.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: a")
+            .await
+            .expect("send");
+        let start = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut slow))
+            .await
+            .expect("closed by the header timeout");
+        let waited = start.elapsed();
+        assert!(
+            !String::from_utf8_lossy(&got).contains(" 200 "),
+            "not served"
+        );
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        // One full request on a kept-alive connection, then idling past the timeout.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("send");
+        let got = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut idle))
+            .await
+            .expect("closed after idling");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_request_timeout_gets_408() {
+        let (_trigger, stop) = shutdown::channel();
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let (addr, _task) = AdminServer::new(Arc::new(Registry::default()))
+            .merge(slow)
+            .limits(limits(8, 5_000, 200))
+            .serve(loopback(), stop)
+            .await
+            .expect("bind");
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), fetch(addr, "/slow"))
+            .await
+            .expect("answered by the timeout");
+        assert_eq!((status, body.as_str()), (408, "request took too long\n"));
+        assert_eq!(
+            fetch(addr, "/healthz").await.0,
+            200,
+            "other requests unaffected"
+        );
+    }
+
+    #[test]
+    fn the_default_limits_are_the_documented_ones() {
+        assert_eq!(limits(64, 10_000, 30_000), ConnectionLimits::default());
+    }
+
+    async fn futures_connect(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        v
+    }
+
+    async fn wait_until(cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cond(), "condition not reached in 5 s");
     }
 }

@@ -7,7 +7,9 @@
 //! `/api/v1/namespaces/{ns}/pods[/{name}]`, and the same shape under `/apis/{group}/{version}`),
 //! with `fieldSelector`, `labelSelector`, `resourceVersion` (410 Gone once compacted),
 //! `timeoutSeconds`, server-side `Table` output when the client asks for it (as kubectl does),
-//! and the kubelet's `/pods`.
+//! the kubelet's `/pods`, and `POST /apis/authentication.k8s.io/v1/tokenreviews` answering for
+//! the service-account tokens a test issued with [`Store::issue_token`] (as the API server does
+//! for a pod-bound projected token: its audiences, and the node in the user's extras).
 //!
 //! The store is keyed by group/version/resource/namespace/name and outlives the server: tests
 //! [`KubeDouble::stop`] it mid-watch (every connection is cut, as when an API server dies) and
@@ -49,6 +51,8 @@ pub struct ResourceDef {
     pub short_names: &'static [&'static str],
     /// Field labels accepted in `fieldSelector` besides `metadata.name` and `metadata.namespace`.
     pub field_labels: &'static [&'static str],
+    /// Verbs in discovery.
+    pub verbs: &'static [&'static str],
 }
 
 impl ResourceDef {
@@ -73,6 +77,7 @@ pub fn resources() -> Vec<ResourceDef> {
             namespaced: false,
             short_names: &["ns"],
             field_labels: &["status.phase"],
+            verbs: READ_VERBS,
         },
         ResourceDef {
             group: "",
@@ -92,8 +97,118 @@ pub fn resources() -> Vec<ResourceDef> {
                 "status.podIP",
                 "status.nominatedNodeName",
             ],
+            verbs: READ_VERBS,
+        },
+        ResourceDef {
+            group: "authentication.k8s.io",
+            version: "v1",
+            plural: "tokenreviews",
+            singular: "tokenreview",
+            kind: "TokenReview",
+            namespaced: false,
+            short_names: &[],
+            field_labels: &[],
+            verbs: &["create"],
         },
     ]
+}
+
+const READ_VERBS: &[&str] = &["get", "list", "watch"];
+
+/// `POST .../tokenreviews`: what kube-apiserver answers (201 with the review's status), for the
+/// tokens issued with [`Store::issue_token`]. A token issued for other audiences than the
+/// review asks about is refused as the API server refuses it.
+async fn token_review(store: &Store, req: Request) -> Response {
+    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return status_error(400, "BadRequest", e.to_string()),
+    };
+    let review: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return status_error(
+                400,
+                "BadRequest",
+                format!("the object provided is unrecognized: {e}"),
+            );
+        }
+    };
+    if review["kind"] != "TokenReview" || review["apiVersion"] != "authentication.k8s.io/v1" {
+        return status_error(
+            400,
+            "BadRequest",
+            "not an authentication.k8s.io/v1 TokenReview".into(),
+        );
+    }
+    let spec = review["spec"].clone();
+    let token = spec["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = spec["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["https://kubernetes.default.svc.cluster.local".into()]);
+    let issued = lock(&store.issued).get(token).cloned();
+    let status = match issued {
+        None => {
+            json!({"user": {}, "error": "[invalid bearer token, service account token has been invalidated]"})
+        }
+        Some(t) => {
+            let common: Vec<&String> = wanted.iter().filter(|a| t.audiences.contains(a)).collect();
+            if common.is_empty() {
+                json!({"user": {}, "error": format!(
+                    "[invalid bearer token, token audiences {:?} is invalid for the target audiences {:?}]",
+                    t.audiences, wanted
+                )})
+            } else {
+                let (ns, sa) = t
+                    .service_account
+                    .split_once(':')
+                    .unwrap_or(("default", "default"));
+                let mut extra = json!({
+                    "authentication.kubernetes.io/credential-id": [format!("JTI={}", credential_id(token))],
+                });
+                if let Some(node) = &t.node {
+                    extra["authentication.kubernetes.io/node-name"] = json!([node]);
+                    extra["authentication.kubernetes.io/node-uid"] =
+                        json!([format!("uid-of-{node}")]);
+                    extra["authentication.kubernetes.io/pod-name"] =
+                        json!([format!("selfheal-agent-{node}")]);
+                    extra["authentication.kubernetes.io/pod-uid"] =
+                        json!([format!("pod-uid-on-{node}")]);
+                }
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": format!("system:serviceaccount:{ns}:{sa}"),
+                        "uid": format!("sa-uid-{ns}-{sa}"),
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                        "extra": extra,
+                    },
+                    "audiences": common,
+                })
+            }
+        }
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec, "status": status,
+        }),
+    )
+}
+
+/// A stable id derived from a token (the JTI the API server reports), not the token itself.
+fn credential_id(token: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in token.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Store key: group, version, resource, namespace (`""` when cluster-scoped), name.
@@ -133,6 +248,19 @@ pub struct Store {
     kubelet_node: String,
     /// Requests served, as `METHOD path?query`, for assertions on what a client did.
     requests: Mutex<Vec<String>>,
+    /// Service-account tokens a TokenReview authenticates.
+    issued: Mutex<HashMap<String, IssuedToken>>,
+}
+
+/// A projected service-account token, as the API server knows it.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// `namespace:name` of the service account.
+    pub service_account: String,
+    /// The node of the pod the token is bound to (`None`: not pod-bound).
+    pub node: Option<String>,
+    /// The audiences it was issued for.
+    pub audiences: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,6 +281,7 @@ impl Store {
             changes: broadcast::channel(4096).0,
             tokens_seen: Mutex::new(Vec::new()),
             required_token: Mutex::new(None),
+            issued: Mutex::new(HashMap::new()),
             kubelet_node: kubelet_node.to_owned(),
             requests: Mutex::new(Vec::new()),
         }
@@ -337,6 +466,17 @@ impl Store {
     /// accepts any token or none).
     pub fn require_token(&self, token: Option<&str>) {
         *lock(&self.required_token) = token.map(str::to_owned);
+    }
+
+    /// Makes `token` a service-account token a TokenReview authenticates (replacing any
+    /// earlier token of the same string); [`Store::revoke_token`] undoes it.
+    pub fn issue_token(&self, token: &str, issued: IssuedToken) {
+        lock(&self.issued).insert(token.to_owned(), issued);
+    }
+
+    /// Forgets `token` (as when its pod is deleted): reviews of it fail from now on.
+    pub fn revoke_token(&self, token: &str) {
+        lock(&self.issued).remove(token);
     }
 
     /// Requests served so far, as `GET /path?query`.
@@ -543,6 +683,11 @@ async fn handle(
     if required.is_some() && token != required {
         return status_error(401, "Unauthorized", "Unauthorized".into());
     }
+    if req.method() == axum::http::Method::POST
+        && path.trim_end_matches('/') == "/apis/authentication.k8s.io/v1/tokenreviews"
+    {
+        return token_review(&store, req).await;
+    }
     if req.method() != axum::http::Method::GET {
         return status_error(
             405,
@@ -615,7 +760,7 @@ fn resource_list(defs: &[ResourceDef], group: &str, version: &str) -> Response {
         .map(|d| {
             json!({
                 "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced,
-                "kind": d.kind, "verbs": ["get", "list", "watch"],
+                "kind": d.kind, "verbs": d.verbs,
                 "shortNames": d.short_names, "categories": ["all"],
             })
         })

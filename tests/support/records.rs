@@ -64,3 +64,35 @@ pub fn checkout_cpu_anomaly(id: u128, ts_ms: i64, node: usize, pod: usize, score
         window: vec![],
     }))
 }
+
+/// The wire form of a node-a CPU sample with id `id`, taken now (what node-a's agent sends).
+pub fn node_a_wire(id: u128) -> Vec<u8> {
+    node_wire(id, "node-a", now_ms())
+}
+
+/// The wire form of a CPU sample of `node` with id `id`, taken at `ts_ms`.
+pub fn node_wire(id: u128, node: &str, ts_ms: i64) -> Vec<u8> {
+    let env = Envelope::new(Payload::Sample {
+        record: Record {
+            id: RecordId::from_u128(id),
+            ts_ms,
+            node: node.into(),
+            subject: Subject::Node,
+            family: Family::Cpu,
+            values: BTreeMap::from([(Metric::CpuUsageCores, 0.5)]),
+        },
+        inclusion_probability: 1.0,
+    });
+    selfheal_core::schema::encode_wire(&env).expect("encode wire")
+}
+
+/// Now, unix milliseconds.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("time fits i64")
+}

@@ -10,12 +10,18 @@
 //! registry resolves `..data` once per poll (at the mount root and in each family directory)
 //! and reads both files from that one resolved directory, so a swap between reading
 //! `model.onnx` and `manifest.json` cannot pair files of two updates. It loads a
-//! changed model with [`Scorer::load`] and refuses (logs, counts, keeps the previous one) any model
+//! changed model with [`Scorer::load_trusted`] and refuses (logs, counts, keeps the previous one) any model
 //! that does not load or names a signal that is not one of its family's metrics (a model may
 //! take any subset of them, in any order: rows are read by metric name). Loading does file I/O and
 //! compiles the graph, so the loop runs [`ModelRegistry::poll`] off the hot path and hands the
 //! results to the [`SeriesDetector`] between cycles: a cycle sees the old model or the new one, never a
 //! mix.
+//!
+//! With model keys configured ([`ModelRegistry::with_keys`], from `models.public_keys`), a model
+//! must carry a `signature.json` by one of them and succeed the loaded one
+//! (`selfheal_core::signature::check_succession`: no replayed older signature, no older version
+//! unless signed as a rollback); without keys, each load is logged as unverified. Every refusal
+//! carries a [`DetectError::reason`], the label of the poller's refusal counter.
 //!
 //! [`SeriesDetector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
 //! a ring of the last raw records (the flight recorder). Each cycle it scores every series of a
@@ -32,6 +38,9 @@ use selfheal_core::family::{Family, Metric};
 use selfheal_core::features::{FeatureExtractor, FeatureSpec};
 use selfheal_core::model::{AlarmRule, MANIFEST_FILE, MODEL_FILE, SignalError, family_metrics};
 use selfheal_core::schema::{Anomaly, Record, Subject};
+use selfheal_core::signature::{
+    SIGNATURE_FILE, Signed, SuccessionError, VerifyingKey, check_succession,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -65,6 +74,14 @@ pub struct ModelsConfig {
     pub poll_secs: f64,
     /// Raw records kept per series and attached to an anomaly (the flight recorder).
     pub window_records: usize,
+    /// Ed25519 public keys models must be signed by, inline: 64 hex digits or 44 characters of
+    /// base64 each (`selfheal model keygen` writes them). With any key here or in
+    /// `public_key_files`, an unsigned or badly signed model is refused; with none, models
+    /// load unverified and each load logs a warning.
+    pub public_keys: Vec<String>,
+    /// Files holding one public key each (same forms), e.g. a mounted Secret. Never inside the
+    /// models source or cache: a key must not come from where the models come from.
+    pub public_key_files: Vec<PathBuf>,
 }
 
 impl Default for ModelsConfig {
@@ -76,6 +93,8 @@ impl Default for ModelsConfig {
             endpoint_url: None,
             poll_secs: 30.0,
             window_records: 60,
+            public_keys: Vec::new(),
+            public_key_files: Vec::new(),
         }
     }
 }
@@ -134,6 +153,24 @@ pub enum DetectError {
         #[source]
         source: SignalError,
     },
+    /// The model verified but may not replace the loaded one: an older signature (a replay)
+    /// or an older version not signed as a rollback.
+    #[error("model {version:?} may not replace the loaded model")]
+    Succession {
+        /// The refused version.
+        version: String,
+        /// Why.
+        #[source]
+        source: SuccessionError,
+    },
+    /// Loading the model panicked (inside the ONNX runtime): refused, the previous model stays.
+    #[error("loading the model in {dir} panicked: {message}")]
+    Panicked {
+        /// The model directory.
+        dir: PathBuf,
+        /// The panic's message.
+        message: String,
+    },
     /// Scoring a cycle's batch failed; the family's records pass through unscored.
     #[error("scoring {family}")]
     Score {
@@ -143,6 +180,37 @@ pub enum DetectError {
         #[source]
         source: ScoreError,
     },
+}
+
+impl DetectError {
+    /// A short, stable name for the kind of refusal: the `reason` label of
+    /// `selfheal_agent_model_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DetectError::Latest { .. } => "latest",
+            DetectError::Load { source, .. } => source.reason(),
+            DetectError::Signals { .. } => "signals",
+            DetectError::Succession {
+                source: SuccessionError::Stale { .. },
+                ..
+            } => "stale_signature",
+            DetectError::Succession {
+                source: SuccessionError::UnsignedRollback { .. },
+                ..
+            } => "unsigned_rollback",
+            DetectError::Panicked { .. } => "panic",
+            DetectError::Score { .. } => "score",
+        }
+    }
+}
+
+/// The message of a caught panic, when it is a string.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// What a poll found for one family.
@@ -170,7 +238,7 @@ pub enum ModelEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
     dir: PathBuf,
-    files: [(Option<SystemTime>, u64); 2],
+    files: [(Option<SystemTime>, u64); 3],
 }
 
 fn fingerprint(dir: &Path) -> Fingerprint {
@@ -181,7 +249,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     };
     Fingerprint {
         dir: dir.to_owned(),
-        files: [stat(MODEL_FILE), stat(MANIFEST_FILE)],
+        files: [stat(MODEL_FILE), stat(MANIFEST_FILE), stat(SIGNATURE_FILE)],
     }
 }
 
@@ -209,14 +277,126 @@ pub struct ModelRegistry {
     /// The fingerprint last tried per family, loaded or refused: a refused model is not retried
     /// until its files change.
     tried: HashMap<Family, Fingerprint>,
+    /// Keys a model must be signed by; empty: models load unverified, with a warning.
+    keys: Arc<[VerifyingKey]>,
+    /// The signature of each family's loaded model: what the next one must succeed.
+    signed: HashMap<Family, Signed>,
+    /// Where `signed` is kept across restarts ([`ModelRegistry::with_state`]).
+    state: Option<PathBuf>,
+}
+
+/// One family's entry in the registry's state file: the [`Signed`] facts of its loaded model.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedState {
+    key_id: String,
+    serial: u64,
+    signed_at_ms: u64,
+    rollback: bool,
+    signature: Vec<u8>,
+}
+
+/// Largest state file read: five families' entries are a few hundred bytes.
+const MAX_STATE_BYTES: u64 = 64 * 1024;
+
+fn read_state(path: &Path) -> Result<HashMap<Family, Signed>, String> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    let entries: HashMap<Family, SignedState> =
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    entries
+        .into_iter()
+        .map(|(family, e)| {
+            let signature: [u8; 64] = e
+                .signature
+                .try_into()
+                .map_err(|_| format!("{family}: the signature is not 64 bytes"))?;
+            let statement = selfheal_core::signature::Statement {
+                serial: e.serial,
+                signed_at_ms: e.signed_at_ms,
+                rollback: e.rollback,
+            };
+            Ok((
+                family,
+                Signed {
+                    key_id: e.key_id,
+                    statement,
+                    signature,
+                },
+            ))
+        })
+        .collect()
 }
 
 impl ModelRegistry {
-    /// A registry over `root`; nothing is loaded until [`ModelRegistry::poll`].
+    /// A registry over `root` trusting no key; nothing is loaded until [`ModelRegistry::poll`].
     pub fn new(root: PathBuf) -> Self {
+        ModelRegistry::with_keys(root, Arc::from(Vec::new()))
+    }
+
+    /// A registry over `root` that loads only models signed by one of `keys` (none: any
+    /// model, each load warned about), in succession ([`check_succession`]).
+    pub fn with_keys(root: PathBuf, keys: Arc<[VerifyingKey]>) -> Self {
         ModelRegistry {
             root,
             tried: HashMap::new(),
+            keys,
+            signed: HashMap::new(),
+            state: None,
+        }
+    }
+
+    /// This registry keeping the signatures of its loaded models in `path` (read now,
+    /// rewritten after each signed load), so that a restarted agent still refuses a replay of
+    /// a model signed before the one it ran. An unreadable file is logged and ignored: the
+    /// agent then accepts any validly signed first model, as without a state file.
+    pub fn with_state(mut self, path: PathBuf) -> Self {
+        match read_state(&path) {
+            Ok(signed) => self.signed = signed,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ModelStateUnreadable");
+            }
+        }
+        self.state = Some(path);
+        self
+    }
+
+    /// Writes `signed` to the state file, by a rename so a crash leaves the old or the new.
+    fn save_state(&self) {
+        let Some(path) = &self.state else {
+            return;
+        };
+        let entries: HashMap<Family, SignedState> = self
+            .signed
+            .iter()
+            .map(|(family, s)| {
+                (
+                    *family,
+                    SignedState {
+                        key_id: s.key_id.clone(),
+                        serial: s.statement.serial,
+                        signed_at_ms: s.statement.signed_at_ms,
+                        rollback: s.statement.rollback,
+                        signature: s.signature.to_vec(),
+                    },
+                )
+            })
+            .collect();
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&entries)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(error) = written {
+            tracing::warn!(path = %path.display(), %error, "ModelStateWriteFailed");
         }
     }
 
@@ -256,7 +436,36 @@ impl ModelRegistry {
                 continue;
             }
             self.tried.insert(family, print);
-            let event = match load_for(family, &dir) {
+            // A panic in the ONNX runtime on a hostile graph must not take the poller down and
+            // come back every poll: it is a refusal like any other, remembered until the files
+            // change.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load_trusted_for(family, &dir, &self.keys)
+            }));
+            let loaded = attempt
+                .unwrap_or_else(|payload| {
+                    Err(DetectError::Panicked {
+                        dir: dir.clone(),
+                        message: panic_message(payload.as_ref()),
+                    })
+                })
+                .and_then(|(scorer, signed)| {
+                let Some(signed) = signed else {
+                    tracing::warn!(%family, version = %scorer.manifest().version, dir = %dir.display(), "ModelUnverified: no model public key is configured (models.public_keys), so this model's signature was not checked");
+                    return Ok(scorer);
+                };
+                check_succession(self.signed.get(&family), &signed).map_err(|source| {
+                    DetectError::Succession {
+                        version: scorer.manifest().version.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(%family, version = %scorer.manifest().version, key_id = %signed.key_id, serial = signed.statement.serial, signed_at_ms = signed.statement.signed_at_ms, rollback = signed.statement.rollback, "ModelSignatureVerified");
+                self.signed.insert(family, signed);
+                self.save_state();
+                Ok(scorer)
+            });
+            let event = match loaded {
                 Ok(scorer) => {
                     tracing::info!(%family, version = %scorer.manifest().version, dir = %dir.display(), "ModelLoaded");
                     ModelEvent::Loaded {
@@ -313,21 +522,27 @@ fn resolve_data_link(dir: &Path) -> PathBuf {
 }
 
 fn log_refused(family: Family, version: Option<&str>, error: &DetectError) {
-    let chain = std::iter::successors(std::error::Error::source(error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ");
-    tracing::warn!(%family, version = version.unwrap_or("-"), error = %error, cause = %chain, "ModelRefused");
+    let chain = selfheal_runtime::chain::ErrorChain::causes(error).to_string();
+    tracing::warn!(%family, version = version.unwrap_or("-"), reason = error.reason(), error = %error, cause = %chain, "ModelRefused");
 }
 
-/// Loads `dir` and checks it is a model for `family`.
+/// Loads `dir` and checks it is a model for `family` (no key: nothing verified).
 pub fn load_for(family: Family, dir: &Path) -> Result<Scorer, DetectError> {
-    let scorer = Scorer::load(dir).map_err(|source| DetectError::Load {
+    load_trusted_for(family, dir, &[]).map(|(scorer, _)| scorer)
+}
+
+/// Loads `dir` with [`Scorer::load_trusted`] and checks it is a model for `family`.
+pub fn load_trusted_for(
+    family: Family,
+    dir: &Path,
+    keys: &[VerifyingKey],
+) -> Result<(Scorer, Option<Signed>), DetectError> {
+    let (scorer, signed) = Scorer::load_trusted(dir, keys).map_err(|source| DetectError::Load {
         dir: dir.to_owned(),
         source,
     })?;
     model_metrics(family, &scorer.manifest().features.signals)?;
-    Ok(scorer)
+    Ok((scorer, signed))
 }
 
 /// A family's model and the metric each of its signals reads.

@@ -8,12 +8,11 @@
 use super::{RecordOutcome, Sink, SinkError};
 use crate::forward::spool::SpooledRecord;
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::retry::RetryConfig;
-use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use selfheal_runtime::aws::{AwsSettings, SdkRetry};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -49,20 +48,16 @@ impl KinesisSink {
                 reason: "must be set".into(),
             });
         }
-        let mut timeouts = TimeoutConfig::builder();
-        if cfg.connect_timeout_ms > 0 {
-            timeouts = timeouts.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
-        }
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeouts.build());
-        if let Some(region) = &cfg.region {
-            loader = loader.region(aws_sdk_kinesis::config::Region::new(region.clone()));
-        }
-        if let Some(url) = &cfg.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let sdk = loader.load().await;
+        // The forwarder retries with its own backoff and counts each retry.
+        let sdk = selfheal_runtime::aws::sdk_config(&AwsSettings {
+            region: cfg.region.clone(),
+            endpoint_url: cfg.endpoint_url.clone(),
+            retry: SdkRetry::Disabled,
+            connect_timeout: (cfg.connect_timeout_ms > 0)
+                .then(|| Duration::from_millis(cfg.connect_timeout_ms)),
+            attempt_timeout: None,
+        })
+        .await;
         Ok(KinesisSink::new(Client::new(&sdk), cfg.stream_name.clone()))
     }
 

@@ -13,7 +13,8 @@ pub mod kinesis;
 pub mod spool;
 pub mod stage;
 
-use crate::forward::spool::{DropReason, Spool, SpooledBatch, SpooledRecord};
+use crate::forward::spool::{Spool, SpooledBatch, SpooledRecord};
+use selfheal_runtime::backoff::{Backoff, Jitter};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -144,15 +145,9 @@ impl Default for ForwardConfig {
     }
 }
 
-/// A forwarding configuration that cannot be used; names the field.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid forward configuration: field `{field}`: {reason}")]
-pub struct ForwardConfigError {
-    /// The field.
-    pub field: &'static str,
-    /// What is wrong.
-    pub reason: String,
-}
+/// A forwarding configuration that cannot be used: the runtime's field error (the agent's `ConfigError` adds
+/// "invalid agent configuration").
+pub type ForwardConfigError = selfheal_runtime::config::FieldError;
 
 /// Validated [`ForwardConfig`].
 #[derive(Debug, Clone)]
@@ -280,7 +275,7 @@ impl prometheus_client::collector::Collector for ForwardMetrics {
             ),
             (
                 "forward_rejected_records",
-                "Records the sink refused for good",
+                "Records the sink refused for good (moved to the spool's quarantine)",
                 load(&f.records_rejected),
             ),
             ("forward_calls", "Calls made to the sink", load(&f.calls)),
@@ -443,13 +438,13 @@ impl<S: Sink> Forwarder<S> {
                                 code,
                             }) => {
                                 add(&self.stats.records_rejected, 1);
-                                self.spool.stats().count_drop(DropReason::Rejected, 1);
                                 tracing::warn!(
                                     sink = self.sink.name(),
                                     code,
                                     key = rec.partition_key,
                                     "ForwardRecordRejected"
                                 );
+                                self.spool.quarantine(&[*rec], code);
                             }
                             Some(RecordOutcome::Failed { code, .. }) => {
                                 add(&self.stats.records_failed, 1);
@@ -483,10 +478,11 @@ impl<S: Sink> Forwarder<S> {
                         add(&self.stats.throttled, 1);
                     }
                     if !e.is_retryable() {
+                        // Refused for good: set aside in the quarantine, never deleted.
                         let n = pending.len() as u64;
                         add(&self.stats.records_rejected, n);
-                        self.spool.stats().count_drop(DropReason::Rejected, n);
                         tracing::error!(sink = self.sink.name(), records = n, error = %e, "ForwardBatchRejected");
+                        self.spool.quarantine(&pending, &e.to_string());
                         return true;
                     }
                     add(&self.stats.records_retried, pending.len() as u64);
@@ -514,16 +510,13 @@ impl<S: Sink> Forwarder<S> {
     }
 }
 
-/// Exponential backoff with "equal jitter": uniform in `[d/2, d]` for
-/// `d = min(max, initial · 2^attempt)`, so agents throttled together do not retry in lockstep yet
-/// each still waits at least half the step (a throttled stream gets real relief).
+/// Exponential backoff with "equal jitter" (the runtime's [`Backoff`]): uniform in `[d/2, d]`
+/// for `d = min(max, initial · 2^attempt)`, so agents throttled together do not retry in
+/// lockstep yet each still waits at least half the step (a throttled stream gets real relief).
 fn backoff(s: &ForwardSettings, attempt: u32) -> Duration {
-    let exp = s
-        .retry_initial
-        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
-        .min(s.retry_max);
-    let ms = exp.as_millis() as u64;
-    Duration::from_millis(fastrand::u64(ms / 2..=ms.max(1)))
+    Backoff::new(s.retry_initial, s.retry_max)
+        .with_jitter(Jitter::Equal)
+        .delay_for(attempt)
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! The store's layout is `selfheal_core::store`'s (`<prefix>/<family>/<version>/{model.onnx,
 //! manifest.json}` and `<prefix>/<family>/latest`). Each [`S3Mirror::sync`] fetches every
 //! family's `latest` with `If-None-Match` on the ETag it last saw, so an unchanged store costs one
-//! small conditional GET per family and poll. A new version is downloaded into a hidden temporary
-//! directory of the cache, renamed into place, and only then does the cache's own `latest` move to
-//! it; the registry, which runs after the sync on the same poll, then loads it with all its checks
-//! (checksum, feature schema, input shape), refusing a bad model and keeping the previous one.
+//! small conditional GET per family and poll. A new version (`model.onnx`, `manifest.json` and,
+//! when the store has one, `signature.json`, each capped at its bound as it arrives) is
+//! downloaded into a hidden temporary directory of the cache, renamed into place, and only then
+//! does the cache's own `latest` move to it; a `latest` moved back to the cached version
+//! refreshes only its `signature.json` (a signed rollback). The registry, which runs after the
+//! sync on the same poll, then loads it with all its checks (signature, bounds, checksum,
+//! feature schema, input shape), refusing a bad model and keeping the previous one.
 //! The mirror itself checks nothing about models: one place decides what is loadable.
 //!
 //! Failures (S3 unreachable, access denied, a download cut short) are events, not crashes: each
@@ -17,19 +20,33 @@
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::SdkError;
 use selfheal_core::Family;
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE};
+use selfheal_core::model_bounds::{
+    MAX_LATEST_BYTES, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MAX_SIGNATURE_BYTES,
+};
+use selfheal_core::signature::SIGNATURE_FILE;
 use selfheal_core::store::{LATEST_FILE, S3Store, is_plain_name};
+use selfheal_runtime::atomic;
+use selfheal_runtime::aws::{AwsSettings, SdkRetry};
+use selfheal_runtime::chain::ErrorChain;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Largest object the mirror downloads: a model far beyond any forest the trainer writes (a
-/// 100-tree forest is ~0.3 MiB) is refused before it is read into memory.
-pub const MAX_OBJECT_BYTES: i64 = 256 << 20;
+/// Largest object the mirror downloads for each file: the bounds of
+/// `selfheal_core::model_bounds` (16 MiB for `model.onnx`, against the agent pod's 128 MiB).
+/// A larger object is refused by its `Content-Length` before its body is read, and, when the
+/// length is absent or wrong, as soon as one byte more than the bound has arrived.
+pub fn max_object_bytes(name: &str) -> u64 {
+    match name {
+        MODEL_FILE => MAX_MODEL_BYTES,
+        MANIFEST_FILE => MAX_MANIFEST_BYTES,
+        SIGNATURE_FILE => MAX_SIGNATURE_BYTES,
+        _ => MAX_LATEST_BYTES,
+    }
+}
 
 /// S3 connection settings (the S3 part of `[models]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,15 +83,16 @@ pub enum MirrorError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// An object larger than [`MAX_OBJECT_BYTES`].
-    #[error("s3://{bucket}/{key} is {bytes} bytes, more than the {MAX_OBJECT_BYTES} allowed")]
+    /// An object larger than its bound ([`max_object_bytes`]): refused by its length, or
+    /// when more bytes than the bound arrived.
+    #[error("s3://{bucket}/{key} is larger than the {max} bytes allowed")]
     TooLarge {
         /// The bucket.
         bucket: String,
         /// The key.
         key: String,
-        /// Its size.
-        bytes: i64,
+        /// The bound.
+        max: u64,
     },
     /// `latest` does not name a plain version.
     #[error("s3://{bucket}/{key} names {value:?}, which is not a version name")]
@@ -95,6 +113,9 @@ pub enum MirrorError {
         #[source]
         source: std::io::Error,
     },
+    /// A durable write into the cache (`latest`, a version's directory) failed.
+    #[error("cannot write the model cache")]
+    Write(#[source] atomic::AtomicWriteError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MirrorError + '_ {
@@ -123,31 +144,19 @@ pub struct S3Mirror {
     etags: HashMap<Family, String>,
 }
 
-/// An S3 client from the standard AWS chain plus `settings`. Path-style addressing when an
-/// endpoint is set (MinIO, moto, VPC endpoints need it). Timeouts bound a poll when S3 hangs; the
-/// SDK retries a request once more, and the next poll retries anyway.
+/// An S3 client from the standard AWS chain plus `settings`, addressed by the runtime's one
+/// path-style rule. Timeouts bound a poll when S3 hangs; the SDK retries a request once more,
+/// and the next poll retries anyway.
 pub async fn s3_client(settings: &S3Settings) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(60))
-                .build(),
-        );
-    if let Some(region) = &settings.region {
-        loader = loader.region(aws_sdk_s3::config::Region::new(region.clone()));
-    }
-    if let Some(url) = &settings.endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    let sdk = loader.load().await;
-    let path_style = sdk.endpoint_url().is_some();
-    Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(path_style)
-            .build(),
-    )
+    let sdk = selfheal_runtime::aws::sdk_config(&AwsSettings {
+        region: settings.region.clone(),
+        endpoint_url: settings.endpoint_url.clone(),
+        retry: SdkRetry::Attempts(2),
+        connect_timeout: Some(Duration::from_secs(3)),
+        attempt_timeout: Some(Duration::from_secs(60)),
+    })
+    .await;
+    selfheal_runtime::aws::s3_client(&sdk)
 }
 
 /// What a conditional GET of `latest` found.
@@ -185,11 +194,7 @@ impl S3Mirror {
                 Ok(Some(version)) => report.downloaded.push((family, version)),
                 Ok(None) => {}
                 Err(e) => {
-                    let chain =
-                        std::iter::successors(std::error::Error::source(&e), |e| e.source())
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(": ");
+                    let chain = ErrorChain::causes(&e).to_string();
                     tracing::warn!(%family, store = %self.store, error = %e, cause = %chain, "ModelMirrorError");
                     let unreachable = matches!(e, MirrorError::Unreachable { .. });
                     report.errors.push((family, e));
@@ -212,15 +217,15 @@ impl S3Mirror {
         std::fs::create_dir_all(&family_dir).map_err(io(&family_dir))?;
         let dest = family_dir.join(&version);
         let downloaded = if dest.join(MANIFEST_FILE).is_file() {
+            // `latest` moved back to the cached version, perhaps re-signed (a rollback).
+            self.refresh_signature(family, &version, &dest).await?;
             false
         } else {
             self.download(family, &version, &family_dir, &dest).await?;
             true
         };
         let latest = family_dir.join(LATEST_FILE);
-        let tmp = family_dir.join(format!(".{LATEST_FILE}.tmp"));
-        std::fs::write(&tmp, format!("{version}\n")).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &latest).map_err(io(&latest))?;
+        atomic::write(&latest, format!("{version}\n").as_bytes()).map_err(MirrorError::Write)?;
         self.etags.insert(family, etag);
         prune(&family_dir, &version);
         if downloaded {
@@ -252,7 +257,7 @@ impl S3Mirror {
             Err(e) => return Err(self.sdk_error(&key, e)),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
-        let bytes = self.body(&key, out).await?;
+        let bytes = self.body(&key, out, MAX_LATEST_BYTES).await?;
         let value = String::from_utf8_lossy(&bytes).trim().to_owned();
         if !is_plain_name(&value) {
             return Err(MirrorError::BadPointer {
@@ -281,17 +286,11 @@ impl S3Mirror {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-        for name in [MODEL_FILE, MANIFEST_FILE] {
-            let key = self.store.file_key(family.as_str(), version, name);
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.store.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| self.sdk_error(&key, e))?;
-            let bytes = self.body(&key, out).await?;
+        for name in [MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE] {
+            // An unsigned version has no signature: the registry decides whether it loads.
+            let Some(bytes) = self.file(family, version, name).await? else {
+                continue;
+            };
             let path = tmp.join(name);
             std::fs::write(&path, bytes).map_err(io(&path))?;
         }
@@ -300,27 +299,88 @@ impl S3Mirror {
             // since `latest` did not name it yet.
             std::fs::remove_dir_all(dest).map_err(io(dest))?;
         }
-        std::fs::rename(&tmp, dest).map_err(io(dest))
+        atomic::rename_dir(&tmp, dest).map_err(MirrorError::Write)
     }
 
+    /// One file of a version, within its bound; `None` for a signature the store does not
+    /// have (any other missing file is an error).
+    async fn file(
+        &self,
+        family: Family,
+        version: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, MirrorError> {
+        let key = self.store.file_key(family.as_str(), version, name);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.store.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e))
+                if name == SIGNATURE_FILE && e.err().is_no_such_key() =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.sdk_error(&key, e)),
+        };
+        self.body(&key, out, max_object_bytes(name)).await.map(Some)
+    }
+
+    /// Brings a cached version's `signature.json` in line with the store's (replaced, or
+    /// removed when the store has none), by a rename so a load never reads half of it.
+    async fn refresh_signature(
+        &self,
+        family: Family,
+        version: &str,
+        dest: &Path,
+    ) -> Result<(), MirrorError> {
+        let path = dest.join(SIGNATURE_FILE);
+        match self.file(family, version, SIGNATURE_FILE).await? {
+            Some(bytes) => {
+                if std::fs::read(&path).ok().as_deref() == Some(&bytes[..]) {
+                    return Ok(());
+                }
+                let tmp = dest.join(format!(".{SIGNATURE_FILE}.tmp"));
+                std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+                std::fs::rename(&tmp, &path).map_err(io(&path))
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The body of `out`, refused once more than `max` bytes arrive (or by its length, before
+    /// reading): a body without `Content-Length` never grows past the bound in memory.
     async fn body(
         &self,
         key: &str,
         out: aws_sdk_s3::operation::get_object::GetObjectOutput,
+        max: u64,
     ) -> Result<Vec<u8>, MirrorError> {
-        if let Some(bytes) = out.content_length().filter(|&n| n > MAX_OBJECT_BYTES) {
-            return Err(MirrorError::TooLarge {
-                bucket: self.store.bucket.clone(),
-                key: key.to_owned(),
-                bytes,
-            });
+        let too_large = || MirrorError::TooLarge {
+            bucket: self.store.bucket.clone(),
+            key: key.to_owned(),
+            max,
+        };
+        let declared = out.content_length();
+        if declared.is_some_and(|n| u64::try_from(n).map_or(true, |n| n > max)) {
+            return Err(too_large());
         }
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.s3_error(key, e))?;
-        Ok(body.into_bytes().to_vec())
+        let mut body = out.body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.try_next().await.map_err(|e| self.s3_error(key, e))? {
+            if (bytes.len() + chunk.len()) as u64 > max {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 
     /// Classifies an SDK error: no answer from S3 is [`MirrorError::Unreachable`], an answer

@@ -25,6 +25,10 @@ use tokio::time::Instant;
 /// How long the agent waits at start for the first model poll before running unscored cycles.
 pub const FIRST_POLL_WAIT: Duration = Duration::from_secs(10);
 
+/// File in `models.cache_dir` that keeps the signatures of the loaded models across restarts
+/// (with model keys configured).
+pub const MODEL_STATE_FILE: &str = ".model-signatures.json";
+
 /// Labels of `selfheal_agent_model_loads_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLoadLabels {
@@ -32,6 +36,15 @@ struct ModelLoadLabels {
     family: &'static str,
     /// `loaded` or `refused`.
     result: &'static str,
+}
+
+/// Labels of `selfheal_agent_model_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelRefusedLabels {
+    /// Metric family of the model.
+    family: &'static str,
+    /// Why ([`crate::detect::DetectError::reason`]): `unsigned`, `bad_signature`, `bounds`, ...
+    reason: &'static str,
 }
 
 /// Labels of `selfheal_agent_model_info`: one series per family, set to 1 for the version in use.
@@ -47,6 +60,7 @@ struct ModelInfoLabels {
 #[derive(Debug, Default)]
 struct PollerMetrics {
     loads: MetricFamily<ModelLoadLabels, Counter>,
+    refused: MetricFamily<ModelRefusedLabels, Counter>,
     info: MetricFamily<ModelInfoLabels, Gauge>,
     source_errors: Counter,
 }
@@ -58,6 +72,12 @@ impl PollerMetrics {
             "model_loads",
             "Model directories loaded or refused",
             m.loads.clone(),
+        );
+        registry.register(
+            "model_refused",
+            "Model directories refused, by reason (unsigned, bad_signature, bounds, ...); the \
+             previous model stays",
+            m.refused.clone(),
         );
         registry.register(
             "model_info",
@@ -135,6 +155,10 @@ pub struct ModelPoller {
     next_poll: Instant,
     versions: HashMap<Family, String>,
     metrics: PollerMetrics,
+    /// The model public keys from the config, for every registry made.
+    keys: std::sync::Arc<[selfheal_core::signature::VerifyingKey]>,
+    /// The registry's state file ([`MODEL_STATE_FILE`] in the cache), with keys only.
+    state: Option<PathBuf>,
 }
 
 impl ModelPoller {
@@ -158,9 +182,37 @@ impl ModelPoller {
                 )
             }
         };
+        if root.is_some() && settings.model_keys.is_empty() {
+            tracing::warn!(
+                "ModelKeysUnset: no model public key is configured (models.public_keys); models \
+                 will load without a signature check"
+            );
+        }
+        let keys = settings.model_keys.clone();
+        // With keys, the loaded models' signatures outlive a restart in the cache directory
+        // (an emptyDir in the DaemonSet), so a restart is no chance to replay an older model.
+        let state = (!keys.is_empty())
+            .then(|| {
+                let dir = &settings.models.cache_dir;
+                match std::fs::create_dir_all(dir) {
+                    Ok(()) => Some(dir.join(MODEL_STATE_FILE)),
+                    Err(error) => {
+                        tracing::warn!(dir = %dir.display(), %error, "ModelStateUnavailable");
+                        None
+                    }
+                }
+            })
+            .flatten();
+        let make_registry = |root: PathBuf| {
+            let r = ModelRegistry::with_keys(root, keys.clone());
+            match &state {
+                Some(path) => r.with_state(path.clone()),
+                None => r,
+            }
+        };
         ModelPoller {
             source: root.clone().map(|root| Source {
-                registry: ModelRegistry::new(root),
+                registry: make_registry(root),
                 mirror: mirror.clone(),
             }),
             root,
@@ -170,6 +222,8 @@ impl ModelPoller {
             next_poll: Instant::now(),
             versions: HashMap::new(),
             metrics: PollerMetrics::register(registry),
+            keys,
+            state,
         }
     }
 
@@ -216,9 +270,15 @@ impl ModelPoller {
         detector.apply(&outcome.events);
         // After a panic, start over with a fresh registry (all reloaded).
         self.source = outcome.source.or_else(|| {
-            self.root.clone().map(|root| Source {
-                registry: ModelRegistry::new(root),
-                mirror: self.fresh_mirror.clone(),
+            self.root.clone().map(|root| {
+                let registry = ModelRegistry::with_keys(root, self.keys.clone());
+                Source {
+                    registry: match &self.state {
+                        Some(path) => registry.with_state(path.clone()),
+                        None => registry,
+                    },
+                    mirror: self.fresh_mirror.clone(),
+                }
             })
         });
     }
@@ -243,7 +303,16 @@ impl ModelPoller {
                         .set(1);
                     (*family, "loaded")
                 }
-                ModelEvent::Refused { family, .. } => (*family, "refused"),
+                ModelEvent::Refused { family, error, .. } => {
+                    self.metrics
+                        .refused
+                        .get_or_create(&ModelRefusedLabels {
+                            family: family.as_str(),
+                            reason: error.reason(),
+                        })
+                        .inc();
+                    (*family, "refused")
+                }
             };
             self.metrics
                 .loads

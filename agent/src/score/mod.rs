@@ -2,21 +2,34 @@
 //!
 //! Sits between `normalize` (which produces feature vectors with `selfheal_core::features`) and
 //! `forward` (which ships anomalies). A model directory (`model.onnx` + `manifest.json`, written
-//! by `selfheal_model_export::onnx::write_model_dir`) is loaded by [`Scorer::load`], which refuses
-//! it unless the file's sha256, the feature schema version and the input width all match the
-//! manifest; the caller then keeps its previous scorer. The graph runs in tract with our fast
-//! tree-ensemble kernel registered ([`tree_ensemble`]), and [`AlarmState`] applies the manifest's
-//! k-of-n rule to each series' scores.
+//! by `selfheal_model_export::onnx::write_model_dir`, and `signature.json` when signed) is
+//! loaded by [`Scorer::load_trusted`] (or [`Scorer::load`], trusting no key), which refuses it
+//! unless, in this order: each file is within its size bound (read no further than it); with
+//! model keys configured, `signature.json` verifies with one of them over the manifest and the
+//! model's digest (`selfheal_core::signature`); the file's sha256, the feature schema version
+//! and the alarm rule match; the graph is within its bounds ([`graph_bounds`], then the tree
+//! ensembles' own as they are parsed); the input width matches; and every manifest field is
+//! within `selfheal_core::model_bounds`. The caller then keeps its previous scorer. The graph
+//! runs in tract with our fast tree-ensemble kernel registered ([`tree_ensemble`]), and
+//! [`AlarmState`] applies the manifest's k-of-n rule to each series' scores.
 
 pub mod alarm;
+pub mod graph_bounds;
 pub mod label_encoder;
 pub mod tree_ensemble;
 
 pub use alarm::{AlarmDecision, AlarmRuleError, AlarmState};
 
+use graph_bounds::GraphBoundsError;
 use selfheal_core::features::FEATURE_SCHEMA_VERSION;
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE, ModelManifest};
+use selfheal_core::model_bounds::{
+    self, BoundsError, MAX_GRAPH_ROW_VALUES, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES,
+    MAX_SIGNATURE_BYTES,
+};
+use selfheal_core::signature::{self, SIGNATURE_FILE, SignatureError, Signed, VerifyingKey};
 use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
@@ -37,6 +50,30 @@ pub enum ScoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A file of the model directory is larger than its bound (`model_bounds`): reading
+    /// stopped one byte past it.
+    #[error("{path} is larger than {max} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its bound.
+        max: u64,
+    },
+    /// Model keys are configured and the directory has no `signature.json`.
+    #[error("{path} is missing: model keys are configured, so unsigned models are refused")]
+    Unsigned {
+        /// Where the signature was looked for.
+        path: PathBuf,
+    },
+    /// `signature.json` does not verify (another key, an edited manifest or model, a bad file).
+    #[error("model signature refused")]
+    Signature(#[source] SignatureError),
+    /// A manifest field is outside its bounds.
+    #[error("manifest out of bounds")]
+    Bounds(#[source] BoundsError),
+    /// The graph is outside its bounds (an operator, a sub-graph, a constant tensor).
+    #[error("model.onnx out of bounds")]
+    Graph(#[source] GraphBoundsError),
     /// `manifest.json` is not a valid manifest (truncated, not JSON, unknown or missing fields).
     #[error("{path} is not a valid model manifest")]
     Manifest {
@@ -102,6 +139,63 @@ fn onnx_error(e: TractError) -> ScoreError {
     ScoreError::Onnx(e.into())
 }
 
+impl ScoreError {
+    /// A short, stable name for the kind of refusal: the `reason` label of the agent's
+    /// refusal counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScoreError::Read { .. } => "read",
+            ScoreError::TooLarge { .. } => "too_large",
+            ScoreError::Unsigned { .. } => "unsigned",
+            ScoreError::Signature(SignatureError::UnknownKey(_)) => "unknown_key",
+            ScoreError::Signature(SignatureError::DigestMismatch { .. }) => "checksum",
+            ScoreError::Signature(SignatureError::Manifest(_)) => "manifest",
+            ScoreError::Signature(SignatureError::TooLarge { .. }) => "too_large",
+            ScoreError::Signature(_) => "bad_signature",
+            ScoreError::Bounds(_) => "bounds",
+            ScoreError::Graph(_) => "graph_bounds",
+            ScoreError::Manifest { .. } => "manifest",
+            ScoreError::Checksum { .. } => "checksum",
+            ScoreError::FeatureSchema { .. } => "feature_schema",
+            ScoreError::FeatureCount { .. } => "feature_count",
+            ScoreError::AlarmRule(_) => "alarm_rule",
+            ScoreError::Onnx(_) => "onnx",
+            ScoreError::BatchShape { .. } | ScoreError::Run(_) => "run",
+        }
+    }
+}
+
+/// Reads `dir/name`, no further than `max` bytes plus one: a larger file is refused without
+/// being read whole. `None` when the file does not exist and `optional`.
+fn read_bounded(
+    dir: &Path,
+    name: &str,
+    max: u64,
+    optional: bool,
+) -> Result<Option<Vec<u8>>, ScoreError> {
+    let path = dir.join(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ScoreError::Read { path, source }),
+    };
+    let mut bytes = Vec::new();
+    if let Err(source) = file.take(max + 1).read_to_end(&mut bytes) {
+        return Err(ScoreError::Read { path, source });
+    }
+    if bytes.len() as u64 > max {
+        return Err(ScoreError::TooLarge { path, max });
+    }
+    Ok(Some(bytes))
+}
+
+fn read_required(dir: &Path, name: &str, max: u64) -> Result<Vec<u8>, ScoreError> {
+    read_bounded(dir, name, max, false)?.ok_or_else(|| ScoreError::Read {
+        path: dir.join(name),
+        source: std::io::ErrorKind::NotFound.into(),
+    })
+}
+
 /// A loaded, checked model, ready to score. Shareable between threads (`&self` methods).
 #[derive(Debug)]
 pub struct Scorer {
@@ -165,28 +259,54 @@ impl Clone for Scorer {
 }
 
 impl Scorer {
-    /// Loads and checks the model directory `dir` (see [`Scorer::from_parts`]).
+    /// Loads and checks the model directory `dir` trusting no key: `signature.json` is not
+    /// read (see [`Scorer::load_trusted`]).
     pub fn load(dir: &Path) -> Result<Scorer, ScoreError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| ScoreError::Read { path, source })
-        };
-        let manifest = read(MANIFEST_FILE)?;
-        let manifest: ModelManifest =
-            serde_json::from_slice(&manifest).map_err(|source| ScoreError::Manifest {
+        Scorer::load_trusted(dir, &[]).map(|(scorer, _)| scorer)
+    }
+
+    /// Loads and checks the model directory `dir` (see the module docs and
+    /// [`Scorer::from_parts`]). With `keys`, the model must be signed by one of them, and the
+    /// manifest used is the one parsed from the very bytes verified; the signature's facts come
+    /// back to order the next model (`selfheal_core::signature::check_succession`). Without
+    /// keys nothing is verified and `None` comes back.
+    pub fn load_trusted(
+        dir: &Path,
+        keys: &[VerifyingKey],
+    ) -> Result<(Scorer, Option<Signed>), ScoreError> {
+        let manifest_bytes = read_required(dir, MANIFEST_FILE, MAX_MANIFEST_BYTES)?;
+        let parse = |bytes: &[u8]| {
+            serde_json::from_slice::<ModelManifest>(bytes).map_err(|source| ScoreError::Manifest {
                 path: dir.join(MANIFEST_FILE),
                 source,
-            })?;
-        let model = read(MODEL_FILE)?;
-        Scorer::from_parts(manifest, &model)
+            })
+        };
+        if keys.is_empty() {
+            let manifest = parse(&manifest_bytes)?;
+            let model = read_required(dir, MODEL_FILE, MAX_MODEL_BYTES)?;
+            return Ok((Scorer::from_parts(manifest, &model)?, None));
+        }
+        let model = read_required(dir, MODEL_FILE, MAX_MODEL_BYTES)?;
+        let Some(sig) = read_bounded(dir, SIGNATURE_FILE, MAX_SIGNATURE_BYTES, true)? else {
+            return Err(ScoreError::Unsigned {
+                path: dir.join(SIGNATURE_FILE),
+            });
+        };
+        let digest: [u8; 32] = Sha256::digest(&model).into();
+        let verified = signature::verify(keys, &sig, &manifest_bytes, &digest)
+            .map_err(ScoreError::Signature)?;
+        let scorer = Scorer::from_parts(verified.manifest, &model)?;
+        Ok((scorer, Some(verified.signed)))
     }
 
     /// Checks `model` (the bytes of `model.onnx`) against `manifest` and prepares it to run.
     ///
     /// Refused, in this order: a checksum that differs from `manifest.model_sha256`, a feature
-    /// schema version other than [`FEATURE_SCHEMA_VERSION`], an invalid alarm rule, bytes that are
-    /// not a runnable ONNX model, and a feature count on which the feature spec, the feature name
-    /// list and the model's input width do not all agree.
+    /// schema version other than [`FEATURE_SCHEMA_VERSION`], an invalid alarm rule, a graph
+    /// outside its bounds ([`graph_bounds`], the tree ensembles' limits), bytes that are not a
+    /// runnable ONNX model, a feature count on which the feature spec, the feature name list and
+    /// the model's input width do not all agree, and a manifest field outside
+    /// `selfheal_core::model_bounds`.
     pub fn from_parts(manifest: ModelManifest, model: &[u8]) -> Result<Scorer, ScoreError> {
         let actual = sha256_hex(model);
         if !actual.eq_ignore_ascii_case(&manifest.model_sha256) {
@@ -211,9 +331,13 @@ impl Scorer {
         let names = manifest.feature_names.len();
         let mismatch = |model: String| ScoreError::FeatureCount { spec, names, model };
 
-        let mut inference = tree_ensemble::onnx()
-            .model_for_read(&mut &model[..])
+        let onnx = tree_ensemble::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &model[..])
             .map_err(onnx_error)?;
+        graph_bounds::check_graph(&proto).map_err(ScoreError::Graph)?;
+        let mut inference = onnx.model_for_proto_model(&proto).map_err(onnx_error)?;
+        drop(proto);
         let n_inputs = inference.input_outlets().map_err(onnx_error)?.len();
         if n_inputs != 1 {
             return Err(ScoreError::Onnx(
@@ -234,11 +358,15 @@ impl Scorer {
                 declared.map_or("undeclared".into(), |w| w.to_string()),
             ));
         }
+        // After the checks above, whose errors existing callers match on; nothing so far was
+        // sized by a manifest field (the feature extractors that windows size come later).
+        model_bounds::check_manifest(&manifest).map_err(ScoreError::Bounds)?;
         let batch = inference.symbols.sym("N");
         inference
             .set_input_fact(0, f32::fact([batch.to_dim(), spec.to_dim()]).into())
             .map_err(onnx_error)?;
         let typed = inference.into_optimized().map_err(onnx_error)?;
+        check_row_values(&typed, &batch)?;
         let outputs = typed.output_outlets().map_err(onnx_error)?;
         let [output] = outputs else {
             return Err(ScoreError::Onnx(
@@ -319,6 +447,38 @@ impl Scorer {
             Err(e) => unreachable!("alarm rule validated at load: {e}"),
         }
     }
+}
+
+/// Refuses a plan any of whose values holds more than [`MAX_GRAPH_ROW_VALUES`] elements per
+/// input row (its shape at a batch of one): each is allocated once per batch, so a constant
+/// broadcast or a `Gather` of millions of columns would cost gigabytes on a batch of a few
+/// hundred series. The trainer's widest value is the range guard's, one per feature.
+fn check_row_values(typed: &TypedModel, batch: &Symbol) -> Result<(), ScoreError> {
+    let one_row = SymbolValues::default().with(batch, 1);
+    for node in typed.nodes() {
+        for outlet in &node.outputs {
+            let mut per_row: usize = 1;
+            for dim in outlet.fact.shape.iter() {
+                let d = dim
+                    .eval(&one_row)
+                    .to_i64()
+                    .ok()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .and_then(|d| per_row.checked_mul(d));
+                per_row = match d {
+                    Some(n) if n <= MAX_GRAPH_ROW_VALUES => n,
+                    _ => {
+                        return Err(ScoreError::Graph(GraphBoundsError(format!(
+                            "{} ({}) computes a value of shape {:?}: more than \
+                             {MAX_GRAPH_ROW_VALUES} elements per input row",
+                            node.name, node.op, outlet.fact.shape
+                        ))));
+                    }
+                };
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lower-case hex sha256 of `bytes`.

@@ -185,29 +185,14 @@ async fn load_file(path: PathBuf) -> Result<Option<Checkpoint>, CheckpointError>
     }
 }
 
-/// Temp file, fsync, rename over `path`, fsync the directory: a crash leaves the old file or
-/// the new one, never a torn one.
+/// The runtime's durable write (temporary sibling, fsync, rename over `path`, fsync the
+/// directory): a crash leaves the old file or the new one, never a torn one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    use std::io::Write;
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| CheckpointError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io("creating directory for", dir))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    f.write_all(bytes).map_err(io("writing", &tmp))?;
-    f.sync_all().map_err(io("syncing", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io("renaming", path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing directory of", dir))
+    selfheal_runtime::atomic::write(path, bytes).map_err(|e| CheckpointError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 impl CheckpointStore for FileCheckpoints {

@@ -15,9 +15,10 @@
 //! Both are written atomically (temp file, fsync, rename, directory fsync), the records first,
 //! so a `.reason` file always has its records.
 
+use super::Batch;
 use super::checkpoint::{CheckpointError, write_atomic};
-use super::{Batch, error_chain};
 use selfheal_core::schema::encode_wire;
+use selfheal_runtime::chain::ErrorChain;
 use std::path::{Path, PathBuf};
 
 /// Where one handler's dead letters go.
@@ -70,7 +71,7 @@ impl DeadLetters {
             batch.first_seq,
             batch.last_seq,
             batch.records.len(),
-            error_chain(error),
+            ErrorChain::new(error),
         );
         let records_path = self.dir.join(format!("{name}.records"));
         let reason_path = self.dir.join(format!("{name}.reason"));

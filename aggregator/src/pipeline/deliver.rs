@@ -3,11 +3,14 @@
 //! Every source's reader uses it, so the retry and poison rules are the same on every path.
 
 use super::dead_letter::DeadLetters;
-use super::{Batch, Checkpoint, CheckpointStore, Handler, RetryClass, error_chain};
+use super::{Batch, Checkpoint, CheckpointStore, Handler, RetryClass};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use selfheal_runtime::backoff::{Backoff, Jitter};
+use selfheal_runtime::chain::ErrorChain;
+use selfheal_runtime::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -84,45 +87,17 @@ impl PipelineMetrics {
     }
 }
 
-/// Jittered exponential backoff. Written here until the runtime crate's lands.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    initial: Duration,
-    max: Duration,
+/// The pipeline's retry delays: the runtime's [`Backoff`] with equal jitter, each delay
+/// uniform in `[d/2, d]` for `d = min(max, initial · 2^attempt)`, so sources that fail together
+/// do not retry in lockstep yet each waits at least half the step.
+pub(crate) fn backoff(initial: Duration, max: Duration) -> Backoff {
+    Backoff::new(initial, max).with_jitter(Jitter::Equal)
 }
 
-impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            next: initial,
-            initial,
-            max,
-        }
-    }
-
-    /// The next delay: uniformly in [d/2, d], then d doubles (capped).
-    pub(crate) fn delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(self.max);
-        d.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
-/// Sleeps `d`, or less if shutdown is requested; true when shutdown was requested.
-pub(crate) async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return true;
-    }
-    let stopped = tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = stop.wait_for(|s| *s) => true,
-    };
-    stopped || *stop.borrow()
+/// Sleeps `d`, or less if shutdown is requested; true when it was: the runtime's
+/// [`Shutdown::sleep`] over the receiver the sources hold.
+pub(crate) async fn sleep_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
+    Shutdown::from(stop.clone()).sleep(d).await
 }
 
 /// One handler's side of a source: its handler, checkpoints, dead letters and retry timing.
@@ -210,7 +185,7 @@ impl<C: CheckpointStore, H: Handler> Delivery<C, H> {
     /// false when shutdown came first.
     async fn handle(&self, batch: &Batch, stop: &mut watch::Receiver<bool>) -> bool {
         let name = self.handler.name();
-        let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
+        let mut backoff = backoff(self.retry_initial, self.retry_max);
         loop {
             let error = match self.handler.handle(batch).await {
                 Ok(()) => return true,
@@ -219,12 +194,12 @@ impl<C: CheckpointStore, H: Handler> Delivery<C, H> {
             match error.class() {
                 RetryClass::Retryable => {
                     self.metrics.error(name, "retryable");
-                    tracing::warn!(handler = name, shard = %batch.shard_id, first = %batch.first_seq, last = %batch.last_seq, records = batch.records.len(), error = %error_chain(&error), "BatchHandlerError");
+                    tracing::warn!(handler = name, shard = %batch.shard_id, first = %batch.first_seq, last = %batch.last_seq, records = batch.records.len(), error = %ErrorChain::new(&error), "BatchHandlerError");
                     if *stop.borrow() {
                         tracing::warn!(handler = name, shard = %batch.shard_id, "BatchAbandonedAtShutdown");
                         return false;
                     }
-                    if sleep_or_stop(backoff.delay(), stop).await {
+                    if sleep_or_stop(backoff.next_delay(), stop).await {
                         // One more try at shutdown: a store that just came back is worth it.
                         continue;
                     }
@@ -244,7 +219,7 @@ impl<C: CheckpointStore, H: Handler> Delivery<C, H> {
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let name = self.handler.name();
-        let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
+        let mut backoff = backoff(self.retry_initial, self.retry_max);
         loop {
             match self.dead_letters.set_aside(name, batch, error).await {
                 Ok(path) => {
@@ -256,13 +231,13 @@ impl<C: CheckpointStore, H: Handler> Delivery<C, H> {
                         .dead_letter_records
                         .get_or_create(&self.labels)
                         .inc_by(batch.records.len() as u64);
-                    tracing::error!(handler = name, shard = %batch.shard_id, first = %batch.first_seq, last = %batch.last_seq, records = batch.records.len(), dead_letter = %path.display(), error = %error_chain(error), "PoisonBatchSetAside");
+                    tracing::error!(handler = name, shard = %batch.shard_id, first = %batch.first_seq, last = %batch.last_seq, records = batch.records.len(), dead_letter = %path.display(), error = %ErrorChain::new(error), "PoisonBatchSetAside");
                     return true;
                 }
                 Err(e) => {
                     self.metrics.error(name, "dead_letter");
-                    tracing::warn!(handler = name, dir = %self.dead_letters.dir().display(), error = %error_chain(&e), "DeadLetterWriteError");
-                    if sleep_or_stop(backoff.delay(), stop).await {
+                    tracing::warn!(handler = name, dir = %self.dead_letters.dir().display(), error = %ErrorChain::new(&e), "DeadLetterWriteError");
+                    if sleep_or_stop(backoff.next_delay(), stop).await {
                         return false;
                     }
                 }
@@ -279,17 +254,17 @@ impl<C: CheckpointStore, H: Handler> Delivery<C, H> {
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let name = self.handler.name();
-        let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
+        let mut backoff = backoff(self.retry_initial, self.retry_max);
         loop {
             match self.checkpoints.save(shard, cp).await {
                 Ok(()) => return true,
                 Err(e) => {
                     self.metrics.error(name, "checkpoint");
-                    tracing::warn!(handler = name, shard, error = %error_chain(&e), "CheckpointSaveError");
+                    tracing::warn!(handler = name, shard, error = %ErrorChain::new(&e), "CheckpointSaveError");
                     if *stop.borrow() {
                         return false;
                     }
-                    sleep_or_stop(backoff.delay(), stop).await;
+                    sleep_or_stop(backoff.next_delay(), stop).await;
                 }
             }
         }
@@ -307,13 +282,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let d: Vec<Duration> = (0..4).map(|_| b.delay()).collect();
+        let mut b = backoff(Duration::from_millis(100), Duration::from_millis(350));
+        let d: Vec<Duration> = (0..4).map(|_| b.next_delay()).collect();
         assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
         assert!(d[1] >= Duration::from_millis(100) && d[1] <= Duration::from_millis(200));
         assert!(d[3] >= Duration::from_millis(175) && d[3] <= Duration::from_millis(350));
         b.reset();
-        assert!(b.delay() <= Duration::from_millis(100));
+        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 
     /// Refuses batches whose first sequence number is listed, as poison; fails the first

@@ -165,18 +165,6 @@ pub fn valid_handler_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// `e` and its causes, `: `-separated, for log lines.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 /// Sequence numbers in order: decimal digit strings compare by length, then lexically
 /// (Kinesis sequence numbers are up to 128-bit decimals; log offsets are zero-padded).
 pub fn seq_at_or_after(seq: &str, bound: &str) -> bool {

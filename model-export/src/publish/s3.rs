@@ -1,8 +1,8 @@
 //! Publishing into an S3 store (`selfheal model publish DIR --to s3://bucket/prefix`).
 //!
 //! Same layout and rules as the directory store (see [`super`]): the source is verified, then
-//! `model.onnx` and `manifest.json` are uploaded under `<prefix>/<family>/<version>/`, and only
-//! then is `<prefix>/<family>/latest` written, so an agent polling `latest` never sees a pointer
+//! `model.onnx`, `manifest.json` and (signed) `signature.json` are uploaded under
+//! `<prefix>/<family>/<version>/`, and only then is `<prefix>/<family>/latest` written, so an agent polling `latest` never sees a pointer
 //! to a version that is not all there. An object already at a version's key is read back and
 //! compared byte for byte: the same bytes are left alone, other bytes refuse the publish. Each
 //! new object is written with `If-None-Match: *`, so two publishers racing on one version cannot
@@ -12,11 +12,12 @@
 //! profile, web identity / IRSA, instance metadata), region, and `AWS_ENDPOINT_URL`, with the
 //! addressing rule of `selfheal_runtime::aws` that the agent's mirror of this store shares.
 
-use super::{PublishError, checked_source};
+use super::{PublishError, Signing, checked_source, signature_for};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use selfheal_core::model::{MANIFEST_FILE, MODEL_FILE};
+use selfheal_core::signature::SIGNATURE_FILE;
 use selfheal_core::store::S3Store;
 use std::path::Path;
 
@@ -114,11 +115,15 @@ async fn put_once(
     }
 }
 
-/// Publishes `model_dir` into `store`; returns the version's URL, `s3://bucket/.../<version>/`.
+/// Publishes `model_dir` into `store`, signed with `signing` if given; returns the version's
+/// URL, `s3://bucket/.../<version>/`. `signature.json` is written after the manifest and
+/// before `latest`, and is the one object of a version that is replaced (a re-signed version:
+/// a rollback, a new key).
 pub async fn publish(
     client: &Client,
     model_dir: &Path,
     store: &S3Store,
+    signing: Option<&Signing>,
 ) -> Result<String, PublishError> {
     let manifest = checked_source(model_dir)?;
     let (family, version) = (&manifest.family, &manifest.version);
@@ -145,6 +150,40 @@ pub async fn publish(
         if put_once(client, store, &key, &bytes).await? == Put::Written {
             written += 1;
         }
+    }
+    let key = store.file_key(family, version, SIGNATURE_FILE);
+    let previous = get(client, store, &key).await?;
+    if let Some(signing) = signing {
+        let latest = get(client, store, &store.latest_key(family))
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .filter(|l| l != version && selfheal_core::store::is_plain_name(l));
+        let latest_sig = match latest {
+            Some(l) => get(client, store, &store.file_key(family, &l, SIGNATURE_FILE))
+                .await?
+                .map(|b| (l, b)),
+            None => None,
+        };
+        super::signing::check_not_an_unsigned_rollback(
+            signing,
+            version,
+            previous.as_deref(),
+            latest_sig.as_ref().map(|(l, b)| (l.as_str(), b.as_slice())),
+        )?;
+    }
+    if let Some(sig) = signature_for(model_dir, signing, previous.as_deref())?
+        && previous.as_deref() != Some(&sig[..])
+    {
+        client
+            .put_object()
+            .bucket(&store.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(sig))
+            .send()
+            .await
+            .map_err(s3_error("PutObject", store, &key))?;
+        written += 1;
     }
     let key = store.latest_key(family);
     client

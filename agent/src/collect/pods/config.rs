@@ -57,7 +57,7 @@ pub struct PodsConfig {
     /// Seconds allowed for one list request, and for a watch stream to stay silent beyond
     /// `resync_secs` before the connection is considered dead.
     pub request_timeout_secs: u64,
-    /// Fewest seconds between two re-lists asked for by [`PodDirectory::request_relist`] (a
+    /// Fewest seconds between two re-lists asked for by [`PodDirectory::request_relist`](super::PodDirectory::request_relist) (a
     /// cgroup of a pod not yet known), so a burst of new pods costs one list.
     pub min_relist_interval_secs: u64,
 }
@@ -78,15 +78,9 @@ impl Default for PodsConfig {
     }
 }
 
-/// A [`PodsConfig`] value that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid agent configuration: field `{field}`: {reason}")]
-pub struct PodsConfigError {
-    /// Dotted path of the field from the agent config root, e.g. `pods.resync_secs`.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-}
+/// A [`PodsConfig`] value that cannot be used: the runtime's field error (the agent's `ConfigError` adds
+/// "invalid agent configuration").
+pub type PodsConfigError = selfheal_runtime::config::FieldError;
 
 impl PodsConfig {
     /// The source in effect: `auto` resolved against the environment.

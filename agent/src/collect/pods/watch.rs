@@ -6,6 +6,9 @@ use super::decode::{Pod, Status, WatchEvent, parse_pod_list};
 use super::directory::SharedPodDirectory;
 use super::{PodStats, PodsError, inc};
 use reqwest::Url;
+use selfheal_runtime::backoff::Backoff;
+use selfheal_runtime::chain::ErrorChain;
+use selfheal_runtime::shutdown::Shutdown;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -67,9 +70,6 @@ pub struct PodWatcher {
     directory: SharedPodDirectory,
     stats: Arc<PodStats>,
     relist: Arc<Notify>,
-    /// The `api` source's client when built on `kube_runtime` (feature `kube`).
-    #[cfg(feature = "kube")]
-    kube: Option<::kube::Client>,
 }
 
 impl PodWatcher {
@@ -103,11 +103,6 @@ impl PodWatcher {
             }
         }
         let client = builder.build().map_err(PodsError::Client)?;
-        #[cfg(feature = "kube")]
-        let kube = match source {
-            PodSource::Api => Some(super::kube::client(config, &url, request_timeout)?),
-            _ => None,
-        };
         let directory = SharedPodDirectory::default();
         let relist = directory.read().relist.clone();
         Ok(Some(PodWatcher {
@@ -122,8 +117,6 @@ impl PodWatcher {
             directory,
             stats: Arc::new(PodStats::default()),
             relist,
-            #[cfg(feature = "kube")]
-            kube,
         }))
     }
 
@@ -141,10 +134,6 @@ impl PodWatcher {
     /// needs names for one cycle. Returns the number of pods known. Counts a failure in
     /// [`PodStats::list_errors_total`].
     pub async fn sync_once(&self) -> Result<usize, PodsError> {
-        #[cfg(feature = "kube")]
-        if let Some(cx) = self.kube_context() {
-            return cx.sync_once().await;
-        }
         let url = match self.source {
             PodSource::Api => {
                 let selector = format!("spec.nodeName={}", self.node_name);
@@ -166,15 +155,12 @@ impl PodWatcher {
 
     /// Lists and watches (or polls) until `shutdown` becomes true or its sender is dropped.
     /// Never returns an error: failures are logged, counted and retried with backoff.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        #[cfg(feature = "kube")]
-        if let Some(cx) = self.kube_context() {
-            return cx.run(&mut shutdown).await;
-        }
-        let mut backoff = FullJitter::default();
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut shutdown = Shutdown::from(shutdown);
+        let mut backoff = backoff();
         let mut state = PassState::default();
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_requested() {
                 return;
             }
             let pass = match self.source {
@@ -196,10 +182,10 @@ impl PodWatcher {
                         Phase::Watch => &self.stats.watch_errors_total,
                     };
                     inc(counter);
-                    let wait = backoff.next_wait();
+                    let wait = backoff.next_delay();
                     let retry_in_ms = wait.as_millis() as u64;
                     let retryable = err.is_retryable();
-                    let error = ErrorChain(err);
+                    let error = ErrorChain::new(err).to_string();
                     match failure.phase {
                         Phase::List => tracing::warn!(
                             event = "PodListError", source_kind = ?self.source, retryable,
@@ -210,25 +196,12 @@ impl PodWatcher {
                             retry_in_ms, error = %error, "pod watch failed; listing again"
                         ),
                     }
-                    if sleep_or_shutdown(wait, &mut shutdown).await {
+                    if shutdown.sleep(wait).await {
                         return;
                     }
                 }
             }
         }
-    }
-
-    #[cfg(feature = "kube")]
-    fn kube_context(&self) -> Option<super::kube::Context<'_>> {
-        Some(super::kube::Context {
-            client: self.kube.as_ref()?,
-            node_name: &self.node_name,
-            resync: self.resync,
-            min_relist_interval: self.min_relist_interval,
-            directory: &self.directory,
-            stats: &self.stats,
-            relist: &self.relist,
-        })
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
@@ -312,7 +285,7 @@ impl PodWatcher {
 
     async fn poll_kubelet(
         &self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
         state: &mut PassState,
     ) -> Result<Ended, Failure> {
         let url = self.url("/pods", &[]);
@@ -325,14 +298,14 @@ impl PodWatcher {
             tokio::select! {
                 _ = tokio::time::sleep(self.resync) => {}
                 _ = self.relist_requested(state.last_list) => {}
-                _ = shutdown_signalled(shutdown) => return Ok(Ended::Shutdown),
+                () = shutdown.requested() => return Ok(Ended::Shutdown),
             }
         }
     }
 
     async fn list_and_watch(
         &self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
         state: &mut PassState,
     ) -> Result<Ended, Failure> {
         let selector = format!("spec.nodeName={}", self.node_name);
@@ -375,7 +348,7 @@ impl PodWatcher {
             let chunk = tokio::select! {
                 c = tokio::time::timeout(silence, resp.chunk()) => c,
                 _ = &mut relist => return Ok(Ended::StreamEnd),
-                _ = shutdown_signalled(shutdown) => return Ok(Ended::Shutdown),
+                () = shutdown.requested() => return Ok(Ended::Shutdown),
             };
             let chunk = match chunk {
                 Err(_) => Err(PodsError::Stalled(silence)),
@@ -468,77 +441,11 @@ async fn read_token(path: &Path) -> Result<Option<String>, PodsError> {
     }
 }
 
-/// Resolves once shutdown is signalled: the value turns true or the sender is dropped.
-async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone, which is a shutdown too.
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// Sleeps, or returns true early when shutdown is signalled.
-async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = shutdown_signalled(shutdown) => true,
-    }
-}
-
-/// Exponential backoff with full jitter: the n-th wait after a failure is uniform in
-/// `[0, min(MAX_BACKOFF, MIN_BACKOFF·2ⁿ)]`, so the nodes of a fleet that lost the API server
-/// together spread their re-lists over the window instead of arriving in lockstep.
-#[derive(Debug, Clone, Default)]
-pub(super) struct FullJitter {
-    attempt: u32,
-}
-
-impl FullJitter {
-    /// The upper bound of the next wait.
-    fn ceiling(&self) -> Duration {
-        MIN_BACKOFF
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(MAX_BACKOFF)
-    }
-
-    /// The next wait, and one more attempt counted.
-    pub(super) fn next_wait(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(fastrand::f64())
-    }
-
-    /// Back to the first, shortest window (after a success).
-    pub(super) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-impl Iterator for FullJitter {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(self.next_wait())
-    }
-}
-
-#[cfg(feature = "kube")]
-impl ::kube::runtime::utils::Backoff for FullJitter {
-    fn reset(&mut self) {
-        FullJitter::reset(self);
-    }
-}
-
-/// Displays an error with its causes, `a: b: c`, for one-line logs.
-pub(super) struct ErrorChain<'a>(pub(super) &'a (dyn std::error::Error + Send + Sync + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
+/// The watcher's retry delays: the runtime's [`Backoff`] with full jitter (each wait uniform in
+/// `[0, min(MAX_BACKOFF, MIN_BACKOFF·2ⁿ)]`), so the nodes of a fleet that lost the API server
+/// together spread their re-lists instead of arriving in lockstep.
+pub(super) fn backoff() -> Backoff {
+    Backoff::new(MIN_BACKOFF, MAX_BACKOFF)
 }
 
 #[cfg(test)]
@@ -623,17 +530,12 @@ mod tests {
 
     #[test]
     fn backoff_is_full_jitter_under_a_doubling_ceiling() {
-        let mut b = FullJitter::default();
+        let mut b = backoff();
         let mut ceilings = Vec::new();
         for _ in 0..10 {
-            let ceiling = b.ceiling();
+            let ceiling = b.ceiling(b.attempt());
             ceilings.push(ceiling);
-            let waits: Vec<Duration> = (0..200)
-                .map(|_| {
-                    let mut probe = b.clone();
-                    probe.next_wait()
-                })
-                .collect();
+            let waits: Vec<Duration> = (0..200).map(|_| b.delay_for(b.attempt())).collect();
             assert!(
                 waits.iter().all(|w| *w <= ceiling),
                 "{waits:?} over {ceiling:?}"
@@ -641,12 +543,12 @@ mod tests {
             // Spread over the whole window, not bunched at its top.
             assert!(waits.iter().any(|w| *w < ceiling / 4), "{waits:?}");
             assert!(waits.iter().any(|w| *w > ceiling * 3 / 4), "{waits:?}");
-            b.next_wait();
+            b.next_delay();
         }
         assert_eq!(ceilings[0], MIN_BACKOFF);
         assert_eq!(ceilings[1], MIN_BACKOFF * 2);
         assert_eq!(*ceilings.last().expect("ten"), MAX_BACKOFF);
         b.reset();
-        assert_eq!(b.ceiling(), MIN_BACKOFF);
+        assert_eq!(b.ceiling(b.attempt()), MIN_BACKOFF);
     }
 }

@@ -64,14 +64,18 @@ pub fn main(cmd: SpoolCommand) -> anyhow::Result<ExitCode> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
             println!("spool {}", dir.display());
-            println!("lane     segments  records       bytes  oldest  corrupt");
-            for (name, l) in [("anomaly", &ins.anomaly), ("sample", &ins.sample)] {
+            println!("lane       segments  records       bytes  oldest  corrupt");
+            for (name, l) in [
+                ("anomaly", &ins.anomaly),
+                ("sample", &ins.sample),
+                ("quarantine", &ins.quarantine),
+            ] {
                 let age = l.oldest_ms.map_or_else(
                     || "-".to_owned(),
                     |ms| format!("{}s", (now_ms - ms).max(0) / 1000),
                 );
                 println!(
-                    "{name:<8} {:>8} {:>8} {:>11} {age:>7} {:>8}",
+                    "{name:<10} {:>8} {:>8} {:>11} {age:>7} {:>8}",
                     l.segments, l.records, l.bytes, l.corrupt_regions
                 );
             }

@@ -67,7 +67,11 @@ pub struct SpoolSettings {
 impl SpoolConfig {
     /// Checks the fields.
     pub fn validate(&self) -> Result<SpoolSettings, SpoolError> {
-        let invalid = |field, reason: String| Err(SpoolError::Invalid { field, reason });
+        let invalid = |field, reason: String| {
+            Err(SpoolError::Invalid(
+                selfheal_runtime::config::FieldError::new(field, reason),
+            ))
+        };
         if self.dir.as_os_str().is_empty() {
             return invalid("spool.dir", "must not be empty".into());
         }

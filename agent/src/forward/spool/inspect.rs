@@ -29,6 +29,8 @@ pub struct Inspection {
     pub anomaly: LaneInspection,
     /// Sample lane.
     pub sample: LaneInspection,
+    /// Records the sink refused for good (HTTP 400/413), set aside and never sent again.
+    pub quarantine: LaneInspection,
 }
 
 /// Scans a spool directory without changing it.
@@ -67,6 +69,23 @@ pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
         match lane {
             Lane::Anomaly => out.anomaly = li,
             Lane::Sample => out.sample = li,
+        }
+    }
+    let qdir = dir.join(super::quarantine::DIR);
+    if qdir.is_dir() {
+        for seq in list_segments(&qdir)? {
+            let path = seg_path(&qdir, seq);
+            let buf = fs::read(&path).map_err(io_err(&path))?;
+            let s = scan_bytes(&buf, 0);
+            let q = &mut out.quarantine;
+            q.segments += 1;
+            q.bytes += buf.len() as u64;
+            q.records += s.records;
+            q.corrupt_regions += s.corrupt_regions + u64::from(s.torn_at.is_some());
+            q.oldest_ms = match (q.oldest_ms, s.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
     }
     Ok(out)

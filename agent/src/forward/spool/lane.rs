@@ -5,7 +5,7 @@ use super::{Lane, SpoolError, SpoolStats, io_err};
 use selfheal_runtime::frame;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -76,11 +76,15 @@ pub(super) struct ScanSummary {
     pub(super) torn_at: Option<u64>,
 }
 
+/// Scans a whole segment file from `from`. A frame that runs past the end is a torn tail only
+/// when no valid frame start follows it ([`frame::scan_complete`]): a length field corrupted in
+/// the middle of a segment is skipped to the next frame, never taken for a torn tail that would
+/// cut off every record after it.
 pub(super) fn scan_bytes(buf: &[u8], from: usize) -> ScanSummary {
     let mut s = ScanSummary::default();
     let mut pos = from;
     while pos < buf.len() {
-        match frame::scan_at(buf, pos) {
+        match frame::scan_complete(buf, pos) {
             frame::Scanned::Frame(f) => {
                 s.records += 1;
                 s.oldest_ms = Some(s.oldest_ms.map_or(f.appended_ms, |o| o.min(f.appended_ms)));
@@ -218,13 +222,19 @@ impl LaneState {
     }
 
     pub(super) fn write_checkpoint(&self, sync: bool) -> io::Result<()> {
-        let tmp = self.dir.join("ack.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(format!("{} {}\n", self.acked.seq, self.acked.offset).as_bytes())?;
+        let line = format!("{} {}\n", self.acked.seq, self.acked.offset);
+        let ack = self.dir.join("ack");
         if sync {
-            f.sync_data()?;
+            return selfheal_runtime::atomic::write(&ack, line.as_bytes())
+                .map_err(|e| io::Error::new(e.source.kind(), e));
         }
-        fs::rename(&tmp, self.dir.join("ack"))
+        // `sync = false` is the operator's choice of speed over durability for the whole spool
+        // (segments are not fsynced either): still atomic, so a reader never sees half a line,
+        // but a power cut may bring back an older checkpoint, which replays records (never
+        // loses them).
+        let tmp = self.dir.join("ack.tmp");
+        fs::write(&tmp, line)?;
+        fs::rename(&tmp, ack)
     }
 
     /// Deletes segments wholly behind the checkpoint; returns the bytes freed.

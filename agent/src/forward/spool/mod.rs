@@ -17,6 +17,9 @@
 //! counted, never fatal; a write error (a full disk included) drops that record, counted, and the
 //! spool carries on.
 //!
+//! Records a sink refuses for good are never deleted: [`Spool::quarantine`] moves them to
+//! `<dir>/quarantine/` ([`quarantine`]), which `selfheal agent spool inspect` shows.
+//!
 //! One process owns a spool directory at a time (the agent, or `selfheal agent spool drain` while
 //! the agent is stopped); `inspect` only reads.
 
@@ -24,6 +27,7 @@ pub mod cli;
 mod config;
 mod inspect;
 mod lane;
+pub mod quarantine;
 mod stats;
 
 pub use config::{FsyncPolicy, SpoolConfig, SpoolSettings};
@@ -50,13 +54,8 @@ pub const MAX_PARTITION_KEY_LEN: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// The configuration is unusable; names the field.
-    #[error("invalid spool configuration: field `{field}`: {reason}")]
-    Invalid {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error("invalid spool configuration: {0}")]
+    Invalid(#[from] selfheal_runtime::config::FieldError),
     /// A directory or file of the spool could not be created or read.
     #[error("spool I/O on {path}")]
     Io {
@@ -136,6 +135,7 @@ struct Inner {
     lanes: [LaneState; 2],
     total_bytes: u64,
     last_sync: Instant,
+    quarantine: quarantine::Quarantine,
 }
 
 /// The spool. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -167,6 +167,21 @@ impl Spool {
             LaneState::open(&settings.dir, Lane::Sample, &stats)?,
         ];
         let total_bytes = lanes.iter().map(LaneState::bytes).sum();
+        let quarantine = quarantine::Quarantine::open(
+            &settings.dir,
+            settings.max_bytes / 4,
+            settings.segment_bytes,
+        )?;
+        stats
+            .quarantine_records
+            .store(quarantine.records(), Ordering::Relaxed);
+        if quarantine.records() > 0 {
+            tracing::warn!(
+                records = quarantine.records(),
+                bytes = quarantine.bytes(),
+                "SpoolQuarantineNotEmpty"
+            );
+        }
         let unacked: u64 = lanes.iter().map(|l| l.unacked).sum();
         if unacked > 0 {
             tracing::info!(records = unacked, bytes = total_bytes, "SpoolReplayQueued");
@@ -177,6 +192,7 @@ impl Spool {
                 lanes,
                 total_bytes,
                 last_sync: Instant::now(),
+                quarantine,
             }),
             stats,
             notify: Notify::new(),
@@ -463,12 +479,20 @@ impl Spool {
                 batch.ends[lane.idx()] = Some(state.read);
                 continue;
             }
+            // The last chunk of a segment holds its end: there a frame running past the end
+            // is a torn tail only if no frame follows (see `frame::scan_complete`).
+            let last_chunk = state.read.offset + buf.len() as u64 >= seg_len;
             let mut pos = 0;
             while pos < buf.len() {
                 if batch.records.len() >= max_records {
                     break;
                 }
-                match frame::scan_at(&buf, pos) {
+                let scanned = if last_chunk {
+                    frame::scan_complete(&buf, pos)
+                } else {
+                    frame::scan_at(&buf, pos)
+                };
+                match scanned {
                     frame::Scanned::Frame(f) => {
                         let size = f.key.len() + f.wire.len();
                         if !batch.records.is_empty() && *bytes + size > max_bytes {
@@ -516,6 +540,34 @@ impl Spool {
             "SpoolCorruptRegionSkipped"
         );
         state.read.offset += len;
+    }
+
+    /// Moves `records` (refused for good by the sink) to the quarantine, durably, before the
+    /// caller acknowledges their batch. Returns false when they could not be written there (an
+    /// I/O error, logged): they are then counted as [`DropReason::Rejected`].
+    pub fn quarantine(&self, records: &[&SpooledRecord], why: &str) -> bool {
+        let mut inner = self.lock();
+        let n = records.len() as u64;
+        match inner.quarantine.put(records, now_ms()) {
+            Ok(evicted) => {
+                self.stats.quarantined.fetch_add(n, Ordering::Relaxed);
+                if evicted > 0 {
+                    self.stats
+                        .count_drop(DropReason::QuarantineEvicted, evicted);
+                    tracing::warn!(records = evicted, "SpoolQuarantineEvicted");
+                }
+                self.stats
+                    .quarantine_records
+                    .store(inner.quarantine.records(), Ordering::Relaxed);
+                tracing::warn!(records = n, reason = why, "SpoolRecordsQuarantined");
+                true
+            }
+            Err(e) => {
+                self.io_event(&inner.settings.dir.join(quarantine::DIR), "quarantine", &e);
+                self.stats.count_drop(DropReason::Rejected, n);
+                false
+            }
+        }
     }
 
     /// Marks a batch as delivered: moves each lane's checkpoint past it and deletes segments

@@ -53,20 +53,23 @@ pub enum DropReason {
     SampleEvicted,
     /// A queued anomaly was evicted to make room for a newer one (no samples were left).
     AnomalyEvicted,
-    /// The record (wire bytes plus partition key) is over [`MAX_RECORD_BYTES`], its key over
-    /// [`MAX_PARTITION_KEY_LEN`], or it is larger than the whole spool.
+    /// The record (wire bytes plus partition key) is over [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES), its key over
+    /// [`MAX_PARTITION_KEY_LEN`](super::MAX_PARTITION_KEY_LEN), or it is larger than the whole spool.
     TooLarge,
     /// The envelope could not be encoded.
     Encode,
     /// Writing failed (a full disk included).
     Io,
-    /// The sink refused the record for good (not retryable).
+    /// The sink refused the record for good and it could not be written to the quarantine
+    /// either (a write error); records refused for good go to the quarantine otherwise.
     Rejected,
+    /// A quarantined record was deleted to keep the quarantine within its bound.
+    QuarantineEvicted,
 }
 
 impl DropReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::SampleFull,
         DropReason::SampleEvicted,
         DropReason::AnomalyEvicted,
@@ -74,6 +77,7 @@ impl DropReason {
         DropReason::Encode,
         DropReason::Io,
         DropReason::Rejected,
+        DropReason::QuarantineEvicted,
     ];
 
     /// Label for metrics and logs.
@@ -86,6 +90,7 @@ impl DropReason {
             DropReason::Encode => "encode",
             DropReason::Io => "io",
             DropReason::Rejected => "rejected",
+            DropReason::QuarantineEvicted => "quarantine_evicted",
         }
     }
 }
@@ -109,6 +114,10 @@ pub struct SpoolStats {
     pub depth_bytes: AtomicU64,
     pub(super) lane_records: [AtomicU64; 2],
     pub(super) lane_bytes: [AtomicU64; 2],
+    /// Records moved to the quarantine since start.
+    pub quarantined: AtomicU64,
+    /// Records in the quarantine now.
+    pub quarantine_records: AtomicU64,
 }
 
 impl SpoolStats {
@@ -221,6 +230,20 @@ impl Collector for SpoolMetrics {
             "Corrupt or torn spool regions skipped",
             load(&sp.corrupt_regions),
         )?;
+        counter(
+            &mut enc,
+            "spool_quarantined_records",
+            "Records the sink refused for good, moved to the quarantine",
+            load(&sp.quarantined),
+        )?;
+        let g = ConstGauge::new(load(&sp.quarantine_records));
+        let m = enc.encode_descriptor(
+            "spool_quarantine_records",
+            "Records held in the quarantine",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)?;
         counter(
             &mut enc,
             "spool_io_errors",

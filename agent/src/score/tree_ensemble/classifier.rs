@@ -3,6 +3,7 @@
 
 use super::flat::{FlatEnsemble, RawEnsemble};
 use super::{cast_to_f32, check_input_fact, input_rows};
+use selfheal_core::model_bounds::{MAX_GRAPH_TREE_NODES, MAX_TARGETS};
 use std::sync::{Arc, OnceLock};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -220,13 +221,31 @@ pub(super) fn classifier(
     let labels = node.get_attr_opt_slice::<i64>("classlabels_int64s")?;
     let post_transform = parse_post_transform(node)?;
     let (Some(labels), Some(post_transform)) = (labels, post_transform) else {
-        // String labels or an exotic transform: tract's own kernel handles them, slowly.
+        // String labels or an exotic transform: tract's own kernel handles them, slowly, after
+        // the same bounds on what it sizes as ours.
+        let nodes = node
+            .get_attr_opt_slice::<i64>("nodes_treeids")?
+            .map_or(0, <[i64]>::len);
+        let classes = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "classlabels_strings")
+            .map_or(0, |a| a.strings.len());
+        ensure!(
+            nodes <= MAX_GRAPH_TREE_NODES && classes <= MAX_TARGETS,
+            "TreeEnsembleClassifier: {nodes} nodes and {classes} classes exceed the bounds \
+             ({MAX_GRAPH_TREE_NODES}, {MAX_TARGETS})"
+        );
         let Some(builtin) = builtin_classifier() else {
             bail!("TreeEnsembleClassifier: unsupported attributes and no fallback");
         };
         return builtin(ctx, node);
     };
-    ensure!(!labels.is_empty(), "classlabels_int64s is empty");
+    ensure!(
+        (1..=MAX_TARGETS).contains(&labels.len()),
+        "classlabels_int64s has {} labels, not 1..={MAX_TARGETS}",
+        labels.len()
+    );
     let raw = RawEnsemble::parse(node, "class")?;
     let ensemble = FlatEnsemble::build(&raw, labels.len())?;
     let base_values = node.get_attr_opt_vec::<f32>("base_values")?;

@@ -2,6 +2,7 @@
 //! one array of 16-byte records per ensemble, checking them, and the batch-major walk (see the
 //! parent module for the layout).
 
+use selfheal_core::model_bounds::{MAX_GRAPH_TREE_NODES, MAX_TARGETS, MAX_TREE_DEPTH};
 use std::collections::HashMap;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
@@ -130,6 +131,20 @@ impl<'a> RawEnsemble<'a> {
                 bail!("tensor-valued attribute {attr} is not supported");
             }
         }
+        // The counts first, from the slices the protobuf already holds: nothing below is
+        // sized by a node or leaf count over its bound.
+        let n = node.get_attr_slice::<i64>("nodes_treeids")?.len();
+        ensure!(
+            n <= MAX_GRAPH_TREE_NODES,
+            "tree ensemble has {n} nodes, more than {MAX_GRAPH_TREE_NODES}"
+        );
+        let l = node
+            .get_attr_slice::<i64>(&format!("{leaf_prefix}_treeids"))?
+            .len();
+        ensure!(
+            l <= MAX_GRAPH_TREE_NODES,
+            "tree ensemble has {l} leaf weights, more than {MAX_GRAPH_TREE_NODES}"
+        );
         let nodes_f32 = |name: &str| -> TractResult<Vec<f32>> {
             Ok(node.get_attr_opt_vec::<f32>(name)?.unwrap_or_default())
         };
@@ -206,6 +221,12 @@ impl Contributions {
 impl FlatEnsemble {
     /// Flattens and checks the ensemble; `n_targets` bounds the leaf target ids.
     pub(super) fn build(raw: &RawEnsemble<'_>, n_targets: usize) -> TractResult<FlatEnsemble> {
+        // Every row's sums are `n_targets` wide and `every_row_credits_every_target` keeps two
+        // per-target arrays: bounded before either is allocated.
+        ensure!(
+            (1..=MAX_TARGETS).contains(&n_targets),
+            "tree ensemble has {n_targets} targets, not 1..={MAX_TARGETS}"
+        );
         let n = raw.tree_ids.len();
         let mut index: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
         index.extend((0..n).map(|i| ((raw.tree_ids[i], raw.node_ids[i]), i)));
@@ -331,6 +352,11 @@ impl FlatEnsemble {
                 raw.node_ids[i]
             );
             visited[i] = true;
+            ensure!(
+                depth <= MAX_TREE_DEPTH,
+                "tree {} is deeper than {MAX_TREE_DEPTH} levels",
+                raw.tree_ids[i]
+            );
             max_depth = max_depth.max(depth);
             let at = self.records.len();
             ensure!(at < NOT_LEAF as usize, "too many tree nodes");

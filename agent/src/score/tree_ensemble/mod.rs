@@ -27,10 +27,12 @@
 //! [`register`] also registers `LabelEncoder` ([`super::label_encoder`]): with the regressor it
 //! is what scikit-learn's stock IsolationForest export (skl2onnx) needs beyond tract's own ops.
 //!
-//! Files: [`flat`] the layout and the walk, `classifier` and `regressor` the two operators.
+//! Files: `flat` the layout and the walk, `classifier` and `regressor` the two operators.
 
 mod classifier;
 mod flat;
+#[cfg(test)]
+mod fuzz;
 mod regressor;
 
 pub use classifier::FastTreeEnsembleClassifier;

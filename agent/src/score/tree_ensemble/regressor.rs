@@ -2,6 +2,7 @@
 
 use super::flat::{FlatEnsemble, RawEnsemble};
 use super::{cast_to_f32, check_input_fact, input_rows};
+use selfheal_core::model_bounds::MAX_TARGETS;
 use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -48,6 +49,12 @@ impl RegressorKernel {
             base_values,
             complete,
         }
+    }
+
+    /// The flattened ensemble.
+    #[cfg(test)]
+    pub(super) fn ensemble(&self) -> &FlatEnsemble {
+        &self.ensemble
     }
 
     /// The `n_rows × n_targets` values for `n_rows` rows of `width` features.
@@ -257,11 +264,12 @@ pub(super) fn regressor_kernel(node: &NodeProto) -> TractResult<RegressorKernel>
     let Some(n_targets) = node.get_attr_opt::<i64>("n_targets")? else {
         bail!("TreeEnsembleRegressor: n_targets is missing");
     };
+    // Every row's output is `n_targets` wide: bounded before anything is sized by it.
     let n_targets = usize::try_from(n_targets)
         .ok()
-        .filter(|&n| n > 0)
+        .filter(|n| (1..=MAX_TARGETS).contains(n))
         .ok_or_else(|| {
-            format_err!("TreeEnsembleRegressor: n_targets {n_targets} is not positive")
+            format_err!("TreeEnsembleRegressor: n_targets {n_targets} is not in 1..={MAX_TARGETS}")
         })?;
     let raw = RawEnsemble::parse(node, "target")?;
     let ensemble = FlatEnsemble::build(&raw, n_targets)?;

@@ -531,7 +531,7 @@ impl IngestLog {
         Ok(())
     }
 
-    /// Reads records from `pos` on, up to about [`READ_CHUNK`] bytes, crossing into the next
+    /// Reads records from `pos` on, up to about `READ_CHUNK` bytes, crossing into the next
     /// segment when one is finished.
     pub fn read(&self, pos: u64) -> Result<Chunk, LogError> {
         let mut pos = pos;
@@ -600,7 +600,14 @@ impl IngestLog {
         };
         let mut p = 0;
         while p < buf.len() {
-            match frame::scan_at(buf, p) {
+            // Up to the readable end, a length corrupted to run past it is skipped to the next
+            // frame instead of hiding every record after it.
+            let scanned = if whole {
+                frame::scan_complete(buf, p)
+            } else {
+                frame::scan_at(buf, p)
+            };
+            match scanned {
                 Scanned::Frame(f) => {
                     p = f.offset + f.len;
                     out.records.push(LoggedRecord {
@@ -655,7 +662,7 @@ fn recover(bytes: &[u8], recent: &mut RecentIds) -> usize {
     let mut p = 0;
     let mut valid = 0;
     while p < bytes.len() {
-        match frame::scan_at(bytes, p) {
+        match frame::scan_complete(bytes, p) {
             Scanned::Frame(f) => {
                 if let Ok(env) = selfheal_core::schema::decode_wire(f.wire) {
                     recent.insert(env.record().id.as_u128());

@@ -6,12 +6,12 @@
 //! consumed segments are deleted.
 
 use super::log::{Chunk, IngestLog, LogError};
-use crate::pipeline::deliver::{Backoff, sleep_or_stop};
+use crate::pipeline::deliver::{backoff, sleep_or_stop};
 use crate::pipeline::{
-    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, error_chain,
-    seq_at_or_after,
+    Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
 };
-use selfheal_core::schema::decode_wire;
+use selfheal_core::schema::{DecodeError, decode_wire};
+use selfheal_runtime::chain::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -86,7 +86,7 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let name = self.delivery.name();
         let mut appended = self.log.subscribe();
-        let mut backoff = Backoff::new(self.limits.retry_initial, self.limits.retry_max);
+        let mut backoff = backoff(self.limits.retry_initial, self.limits.retry_max);
         let mut batch: Option<Batch> = None;
         let mut started: Option<Instant> = None;
         let mut bytes = 0usize;
@@ -112,8 +112,8 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(handler = name, error = %error_chain(&e), "IngestLogReadError");
-                    sleep_or_stop(backoff.delay(), &mut stop).await;
+                    tracing::warn!(handler = name, error = %ErrorChain::new(&e), "IngestLogReadError");
+                    sleep_or_stop(backoff.next_delay(), &stop).await;
                     continue;
                 }
             };
@@ -121,6 +121,19 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
             self.pos = chunk.next;
             for r in chunk.records {
                 let s = seq(r.end);
+                let decoded = decode_wire(&r.wire);
+                if let Err(DecodeError::UnsupportedVersion { found, supported }) = &decoded
+                    && *found > *supported
+                {
+                    // Logged by a newer build: deliver what came before, then stop here, never
+                    // checkpointing past it, until a build that reads it runs.
+                    if !self.flush(&mut batch, &mut stop).await {
+                        return;
+                    }
+                    tracing::error!(handler = name, sequence = %s, found, supported, "IngestLogReaderStoppedAtNewerSchema");
+                    let _ = stop.wait_for(|s| *s).await;
+                    return;
+                }
                 let b = batch.get_or_insert_with(|| Batch {
                     shard_id: SHARD.into(),
                     first_seq: s.clone(),
@@ -130,7 +143,7 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
                 b.last_seq.clone_from(&s);
                 started.get_or_insert_with(Instant::now);
                 bytes += r.wire.len();
-                match decode_wire(&r.wire) {
+                match decoded {
                     Ok(envelope) => b.records.push(ConsumedRecord {
                         sequence: s.clone(),
                         partition_key: r.key,
@@ -194,7 +207,7 @@ impl<C: CheckpointStore, H: Handler> LogReader<C, H> {
                 .and_then(|r| r);
             if let Err(e) = released {
                 // The segments stay until the next release: space, not data, is at stake.
-                tracing::warn!(handler = self.delivery.name(), error = %error_chain(&e), "IngestLogReleaseError");
+                tracing::warn!(handler = self.delivery.name(), error = %ErrorChain::new(&e), "IngestLogReleaseError");
             }
         }
         true

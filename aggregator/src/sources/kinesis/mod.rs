@@ -15,11 +15,16 @@
 //!
 //! Errors are events: throttling and transport errors back off (jittered, doubling, capped) and
 //! retry; an expired iterator is renewed from the last record read; a record that does not
-//! decode is logged once, counted and skipped, never blocking the shard; handler failures are
+//! decode is logged once, counted and skipped, never blocking the shard. A record of a *newer*
+//! schema version is not malformed: it is data this build cannot read yet (an agent upgraded
+//! before the aggregator). The records before it are delivered and checkpointed, and then that
+//! shard's reader stops where it is (`selfheal_aggregator_consume_stalled_shards`, one ERROR
+//! line) until shutdown, never checkpointing past it: the upgraded aggregator reads on from
+//! there. Other shards go on; handler failures are
 //! [`Delivery`]'s (retried, or set aside when poison). A reader task that panics takes the
 //! consumer down with it (and so the process, non-zero): a bug is not retried in a loop.
 
-use crate::pipeline::deliver::{Backoff, sleep_or_stop};
+use crate::pipeline::deliver::{backoff, sleep_or_stop};
 use crate::pipeline::{
     Batch, Checkpoint, CheckpointStore, ConsumedRecord, Delivery, Handler, seq_at_or_after,
 };
@@ -33,7 +38,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use selfheal_core::schema::decode_wire;
+use selfheal_core::schema::{DecodeError, decode_wire};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +103,10 @@ pub struct ConsumeMetrics {
     pub shards_reading: Gauge,
     /// Shards read to their end.
     pub shards_finished: Counter,
+    /// Records of a newer schema version than this build reads (each stops its shard).
+    pub newer_schema: Counter,
+    /// Shard readers stopped at a record of a newer schema version.
+    pub stalled_shards: Gauge,
 }
 
 impl ConsumeMetrics {
@@ -125,6 +134,16 @@ impl ConsumeMetrics {
             "shards_finished",
             "Closed shards read to their end",
             self.shards_finished.clone(),
+        );
+        r.register(
+            "newer_schema_records",
+            "Records of a newer schema version than this build reads",
+            self.newer_schema.clone(),
+        );
+        r.register(
+            "stalled_shards",
+            "Shard readers stopped, uncheckpointed, at a record of a newer schema version",
+            self.stalled_shards.clone(),
         );
     }
 
@@ -193,7 +212,7 @@ impl<C: CheckpointStore, H: Handler> Consumer<C, H> {
         let mut running: HashSet<String> = HashSet::new();
         let mut finished: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<(String, bool)> = JoinSet::new();
-        let mut backoff = Backoff::new(inner.settings.retry_initial, inner.settings.retry_max);
+        let mut backoff = backoff(inner.settings.retry_initial, inner.settings.retry_max);
         loop {
             let wait = match inner.list_shards().await {
                 Ok(shards) => {
@@ -206,7 +225,7 @@ impl<C: CheckpointStore, H: Handler> Consumer<C, H> {
                 Err(e) => {
                     inner.metrics.error("list_shards");
                     tracing::warn!(stream = %inner.settings.stream, error = %e, "ListShardsError");
-                    backoff.delay()
+                    backoff.next_delay()
                 }
             };
             let deadline = tokio::time::sleep(wait);
@@ -307,7 +326,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
                 }
                 Err(e) => {
                     self.metrics.error("checkpoint");
-                    tracing::warn!(handler = self.delivery.name(), shard = %id, error = %crate::pipeline::error_chain(&e), "CheckpointLoadError");
+                    tracing::warn!(handler = self.delivery.name(), shard = %id, error = %selfheal_runtime::chain::ErrorChain::new(&e), "CheckpointLoadError");
                 }
             }
         }
@@ -379,7 +398,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
             .and_then(Checkpoint::cut_at)
             .map(str::to_owned);
         tracing::info!(handler, shard, after = ?last_read, replay_through = ?cut, "ShardReaderStarted");
-        let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
+        let mut backoff = backoff(self.settings.retry_initial, self.settings.retry_max);
         let mut iterator: Option<String> = None;
         let mut batch = OpenBatch::default();
         let behind_labels = ShardLabels {
@@ -414,7 +433,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
                             "get_shard_iterator"
                         });
                         tracing::warn!(shard, error = %DisplayErrorContext(&e), "GetShardIteratorError");
-                        sleep_or_stop(backoff.delay(), &mut stop).await;
+                        sleep_or_stop(backoff.next_delay(), &stop).await;
                         continue;
                     }
                 },
@@ -447,7 +466,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
                         }
                     }
                     iterator = Some(it);
-                    sleep_or_stop(backoff.delay(), &mut stop).await;
+                    sleep_or_stop(backoff.next_delay(), &stop).await;
                     continue;
                 }
             };
@@ -462,8 +481,31 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
             let n = out.records().len();
             for r in out.records() {
                 let seq = r.sequence_number().to_owned();
+                let decoded = decode_wire(r.data().as_ref());
+                if let Err(DecodeError::UnsupportedVersion { found, supported }) = &decoded
+                    && *found > *supported
+                {
+                    // Hand over what came before it, then stop here until shutdown.
+                    if !self.flush(&mut batch, &mut after, &mut stop).await {
+                        return false;
+                    }
+                    self.metrics.newer_schema.inc();
+                    self.metrics.stalled_shards.inc();
+                    tracing::error!(
+                        handler,
+                        shard,
+                        sequence = %seq,
+                        found,
+                        supported,
+                        checkpoint = ?after,
+                        "ShardStoppedAtNewerSchema"
+                    );
+                    wait_stop(&mut stop).await;
+                    self.metrics.stalled_shards.dec();
+                    return false;
+                }
                 batch.add(shard, &seq, r.data().as_ref().len());
-                match decode_wire(r.data().as_ref()) {
+                match decoded {
                     Ok(envelope) => {
                         if self.counts_records {
                             self.metrics.records.inc();
@@ -521,7 +563,7 @@ impl<C: CheckpointStore, H: Handler> Inner<C, H> {
             }
             let full = i32::try_from(n).unwrap_or(i32::MAX) >= self.settings.get_records_limit;
             if !full {
-                sleep_or_stop(self.settings.poll_interval, &mut stop).await;
+                sleep_or_stop(self.settings.poll_interval, &stop).await;
             }
         }
     }
