@@ -36,6 +36,10 @@ enum Command {
     Agent(selfheal_agent::cli::AgentArgs),
     /// Read the agents' stream into the data lake (and, later, incidents and healing).
     Aggregator(selfheal_aggregator::cli::AggregatorArgs),
+    /// List, show, acknowledge and resolve incidents (through an aggregator's API).
+    Incidents(selfheal_aggregator::api::cli::IncidentsArgs),
+    /// Add, list and expire silences (through an aggregator's API).
+    Silences(selfheal_aggregator::api::cli::SilencesArgs),
     /// Train, score, evaluate and publish models.
     #[command(subcommand)]
     Model(selfheal_model_export::cli::ModelCommand),
@@ -73,5 +77,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Agent(args) => selfheal_agent::cli::main(args),
         Command::Aggregator(args) => selfheal_aggregator::cli::main(args),
         Command::Model(cmd) => selfheal_model_export::cli::main(cmd),
+        Command::Incidents(args) => selfheal_aggregator::api::cli::incidents_main(args),
+        Command::Silences(args) => selfheal_aggregator::api::cli::silences_main(args),
     }
 }

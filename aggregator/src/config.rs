@@ -47,6 +47,8 @@ pub struct AggregatorConfig {
     pub batch: BatchConfig,
     /// The data lake.
     pub lake: LakeConfig,
+    /// The incident pipeline, its store, API and page.
+    pub incidents: crate::incident::config::IncidentsConfig,
 }
 
 /// `[kinesis]`: the stream and how it is polled.
@@ -258,6 +260,7 @@ impl Default for AggregatorConfig {
             checkpoint: CheckpointConfig::default(),
             batch: BatchConfig::default(),
             lake: LakeConfig::default(),
+            incidents: crate::incident::config::IncidentsConfig::default(),
         }
     }
 }
@@ -315,6 +318,9 @@ pub enum ConfigError {
     /// The file or environment could not be read or parsed into [`AggregatorConfig`].
     #[error("invalid aggregator configuration")]
     Parse(#[from] Box<figment::Error>),
+    /// An `[incidents]` field is not acceptable.
+    #[error("invalid aggregator configuration: {0}")]
+    Incidents(#[from] crate::incident::config::FieldError),
     /// A field parsed but its value is not acceptable.
     #[error("invalid aggregator configuration: {0}")]
     Invalid(#[from] FieldError),
@@ -345,6 +351,8 @@ pub struct Settings {
     pub lake_location: String,
     /// S3 overrides.
     pub lake_s3: S3Options,
+    /// The incident pipeline, unless `incidents.enabled = false`.
+    pub incidents: Option<crate::incident::config::Validated>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -450,8 +458,22 @@ impl AggregatorConfig {
                 format!("{:?} is not an address:port ({e})", self.listen_addr),
             )
         })?;
+        // The data directory holds what the aggregator keeps locally beside its checkpoints.
+        let local_lake =
+            (!self.lake.location.starts_with("s3://")).then(|| PathBuf::from(&self.lake.location));
+        let data_dir = match (&http_ingest, local_lake) {
+            (Some(_), Some(lake)) => lake.parent().map(Path::to_path_buf),
+            _ => self.checkpoint.dir.parent().map(Path::to_path_buf),
+        }
+        .unwrap_or_else(|| PathBuf::from("/var/lib/selfheal"));
+        let incidents = if self.incidents.enabled {
+            Some(self.incidents.validate(&data_dir)?)
+        } else {
+            None
+        };
         Ok(Settings {
             listen_addr,
+            incidents,
             shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
             health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,
             http_ingest,

@@ -8,11 +8,10 @@
 //!   [`pipeline::HandlerError`] retry class (retryable, or poison: set aside as a dead letter),
 //!   and per-handler checkpoints, so each handler reads at its own pace and one failing handler
 //!   never stalls another.
-//! - Handlers: [`lake`] writes the data lake ([`selfheal_lake`], shared with the trainer).
-//!   The incident pipeline is the next handler: `incident` (dedup and grouping of anomalies into
-//!   incidents), `store` (where incidents, silences and heal history persist) and `api` (the
-//!   incident and silence HTTP API and its page) are being written on their own branch and land
-//!   next to these modules.
+//! - Handlers: [`lake`] writes the data lake ([`selfheal_lake`], shared with the trainer);
+//!   [`incident`] groups and deduplicates anomalies into incidents (severity, Alertmanager
+//!   timing, silences, inhibition, lifecycle) and keeps them in its [`store`] (SQLite or
+//!   DynamoDB); [`api`] serves them (`/api/v1`, the page, and the `incidents`/`silences` CLI).
 //! - [`policy`] (rules and guardrails) and [`heal`] (executors: dry-run, kube direct, the remote
 //!   heal API) are named places, empty until their issues land.
 //!
@@ -20,12 +19,15 @@
 //! settings, the runtime crate's admin server serves `/metrics` and `/healthz`, and [`cli`] is the
 //! binary's edge.
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod heal;
+pub mod incident;
 pub mod lake;
 pub mod pipeline;
 pub mod policy;
 pub mod run;
 pub mod sources;
+pub mod store;

@@ -1,6 +1,7 @@
 //! `run(settings, shutdown)`: the aggregator's stages wired together: a source feeding every
-//! handler (the lake writer today; the incident pipeline next) through its own reader and
-//! checkpoints, and the `/metrics` + `/healthz` server. The source is the Kinesis stream (one
+//! handler (the lake writer, and the incident pipeline unless `incidents.enabled = false`)
+//! through its own reader and checkpoints, and the `/metrics` + `/healthz` server with the
+//! incident API and page. The source is the Kinesis stream (one
 //! [`Consumer`] per handler, checkpoints under `<checkpoint.dir>/<stream>/<handler>/`) or the
 //! HTTP ingest endpoint with its log (one [`LogReader`] per handler, checkpoints under
 //! `<ingest.log_dir>/checkpoints/<handler>/`).
@@ -65,6 +66,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The incident pipeline could not start (its store, or the API token file).
+    #[error("cannot start the incident pipeline")]
+    Incidents(#[source] crate::incident::handler::StartError),
     /// A task panicked (its message is on stderr); the others were stopped.
     #[error("the {0} task panicked")]
     TaskPanicked(String),
@@ -85,8 +89,45 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let writer = LakeWriter::new(store);
     writer.stats().register(&mut registry);
     tracing::info!(lake = %writer.store().location(), "LakeOpened");
-    let handlers: Vec<SharedHandler> = vec![Arc::new(LakeHandler::new(writer))];
-    run_with(settings, handlers, registry, shutdown).await
+    let mut handlers: Vec<SharedHandler> = vec![Arc::new(LakeHandler::new(writer))];
+    let mut extras = Extras::default();
+    if let Some(inc) = &settings.incidents {
+        let started = crate::incident::start(inc, &mut registry)
+            .await
+            .map_err(RunError::Incidents)?;
+        handlers.push(Arc::new(crate::incident::IncidentHandler(
+            started.incidents.clone(),
+        )));
+        extras.routes = started.routes;
+        let timers = started.incidents;
+        extras.tasks.push((
+            "incident timers".into(),
+            Box::new(move |stop| Box::pin(timers.run_timers(stop))),
+        ));
+    }
+    run_with_extras(settings, handlers, extras, registry, shutdown).await
+}
+
+/// A task that runs until the shutdown signal it is given turns true.
+pub type ServiceTask = Box<
+    dyn FnOnce(watch::Receiver<bool>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+>;
+
+/// What handlers bring besides themselves: routes for the HTTP server (the incident API and
+/// page) and tasks supervised like the readers (the incident timers).
+#[derive(Default)]
+pub struct Extras {
+    /// Merged into the server's routes.
+    pub routes: axum::Router,
+    /// Run until shutdown, by name; one ending early stops the aggregator.
+    pub tasks: Vec<(String, ServiceTask)>,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.tasks.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Extras").field("tasks", &names).finish()
+    }
 }
 
 /// The tasks `run` supervises, by name.
@@ -125,6 +166,17 @@ impl Tasks {
 pub async fn run_with(
     settings: Settings,
     handlers: Vec<SharedHandler>,
+    registry: Registry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    run_with_extras(settings, handlers, Extras::default(), registry, shutdown).await
+}
+
+/// [`run_with`], with the routes and tasks the handlers bring.
+pub async fn run_with_extras(
+    settings: Settings,
+    handlers: Vec<SharedHandler>,
+    extras: Extras,
     mut registry: Registry,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
@@ -138,16 +190,34 @@ pub async fn run_with(
     match settings.http_ingest.clone() {
         Some(ingest) => {
             start_http(
-                &settings, &ingest, handlers, registry, consume, pipeline, &stop, &mut tasks,
+                &settings,
+                &ingest,
+                handlers,
+                extras.routes,
+                registry,
+                consume,
+                pipeline,
+                &stop,
+                &mut tasks,
             )
             .await?;
         }
         None => {
             start_kinesis(
-                &settings, handlers, registry, consume, pipeline, &stop, &mut tasks,
+                &settings,
+                handlers,
+                extras.routes,
+                registry,
+                consume,
+                pipeline,
+                &stop,
+                &mut tasks,
             )
             .await?;
         }
+    }
+    for (name, task) in extras.tasks {
+        tasks.spawn(name, task(stop.clone()));
     }
     let mut failure = tokio::select! {
         _ = shutdown.wait_for(|s| *s) => None,
@@ -183,6 +253,7 @@ async fn start_http(
     settings: &Settings,
     ingest: &IngestSettings,
     handlers: Vec<SharedHandler>,
+    extra_routes: axum::Router,
     mut registry: Registry,
     consume: Arc<ConsumeMetrics>,
     pipeline: Arc<PipelineMetrics>,
@@ -217,6 +288,10 @@ async fn start_http(
             Arc::clone(&pipeline),
             settings.handler_retry,
         );
+        let limits = BatchLimits {
+            flush_interval: flush_interval_for(settings, name),
+            ..limits
+        };
         let reader = LogReader::register(Arc::clone(&log), delivery, limits)
             .await
             .map_err(|source| RunError::Checkpoint {
@@ -253,7 +328,7 @@ async fn start_http(
     // the server answering is the health.
     let app = AdminServer::new(Arc::new(registry))
         .health(AlwaysHealthy("http ingest"))
-        .merge(routes)
+        .merge(routes.merge(extra_routes))
         .into_router();
     let listen_err = |source| RunError::Listen {
         addr: settings.listen_addr,
@@ -278,9 +353,11 @@ async fn start_http(
 }
 
 /// The Kinesis source: one consumer per handler, and the server for `/metrics` and `/healthz`.
+#[allow(clippy::too_many_arguments)]
 async fn start_kinesis(
     settings: &Settings,
     handlers: Vec<SharedHandler>,
+    extra_routes: axum::Router,
     mut registry: Registry,
     consume: Arc<ConsumeMetrics>,
     pipeline: Arc<PipelineMetrics>,
@@ -324,9 +401,11 @@ async fn start_kinesis(
             Arc::clone(&pipeline),
             settings.handler_retry,
         );
+        let mut consumer_settings = settings.consumer.clone();
+        consumer_settings.flush_interval = flush_interval_for(settings, name);
         let consumer = Consumer::new(
             client.clone(),
-            settings.consumer.clone(),
+            consumer_settings,
             delivery,
             Arc::clone(&consume),
             i == 0,
@@ -335,7 +414,9 @@ async fn start_kinesis(
         consumers.push((name, consumer));
     }
     let admin = AdminMetrics::register(&mut registry);
-    let mut server = AdminServer::new(Arc::new(registry)).metrics(admin);
+    let mut server = AdminServer::new(Arc::new(registry))
+        .metrics(admin)
+        .merge(extra_routes);
     if let Some(progress) = progress {
         server = server.health(kinesis_health(progress, settings.health_max_age));
     }
@@ -352,6 +433,17 @@ async fn start_kinesis(
         tasks.spawn(format!("{name} consumer"), consumer.run(stop.clone()));
     }
     Ok(())
+}
+
+/// How long a handler's open batch may wait: `[batch]`'s interval, but the incident handler's
+/// own (`incidents.flush_interval_ms`, default 1 s) when shorter, since an incident waits for
+/// its batch while the lake wants large objects.
+fn flush_interval_for(settings: &Settings, handler: &str) -> std::time::Duration {
+    let batch = settings.consumer.flush_interval;
+    match &settings.incidents {
+        Some(inc) if handler == crate::incident::HANDLER_NAME => inc.flush_interval.min(batch),
+        _ => batch,
+    }
 }
 
 /// `/healthz` with the Kinesis source: 200 while the consumer keeps talking to Kinesis (a

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod family;
 pub mod features;
 pub mod forest;
+pub mod incident;
 pub mod model;
 pub mod model_bounds;
 pub mod schema;

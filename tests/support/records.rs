@@ -35,6 +35,36 @@ pub fn pod_cpu_sample(i: u64, ts_ms: i64) -> Envelope {
     })
 }
 
+/// The incident storm's record: a CPU anomaly (score `score` over threshold 0.6, model
+/// `cpu-v7`) of pod `checkout-{node}-{pod}` of Deployment shop/checkout on `node-{node}`.
+pub fn checkout_cpu_anomaly(id: u128, ts_ms: i64, node: usize, pod: usize, score: f64) -> Envelope {
+    Envelope::new(Payload::Anomaly(selfheal_core::schema::Anomaly {
+        record: Record {
+            id: RecordId::from_u128(id),
+            ts_ms,
+            node: format!("node-{node}"),
+            subject: Subject::Pod(PodRef {
+                uid: format!("uid-{node}-{pod}"),
+                namespace: Some("shop".into()),
+                name: Some(format!("checkout-{node}-{pod}")),
+                owner: Some(OwnerRef {
+                    kind: "Deployment".into(),
+                    name: "checkout".into(),
+                }),
+                qos: None,
+            }),
+            family: Family::Cpu,
+            values: BTreeMap::from([(Metric::CpuUsageCores, 3.5)]),
+        },
+        score,
+        threshold: 0.6,
+        model_version: "cpu-v7".into(),
+        features: vec![3.5],
+        top_features: vec![("cpu_usage_cores_z60".into(), 4.0)],
+        window: vec![],
+    }))
+}
+
 /// The wire form of a node-a CPU sample with id `id`, taken now (what node-a's agent sends).
 pub fn node_a_wire(id: u128) -> Vec<u8> {
     node_wire(id, "node-a", now_ms())
