@@ -26,6 +26,10 @@ quiet() {
 missing=()
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# The incident page's test drives a real headless browser; the TLS ingest test makes its
+# certificates with openssl.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   quiet apt-get update
