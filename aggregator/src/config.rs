@@ -660,13 +660,8 @@ impl TokenReviewConfig {
         let field = "ingest.auth.kubernetes.api_url";
         let url = reqwest::Url::parse(&self.api_url)
             .map_err(|e| invalid(field, format!("{:?} is not a URL: {e}", self.api_url)))?;
-        let host = url.host_str().unwrap_or_default();
-        let loopback = host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|a| a.is_loopback());
+        let loopback =
+            selfheal_runtime::config::is_loopback_host(url.host_str().unwrap_or_default());
         match url.scheme() {
             "https" => {}
             "http" if loopback => {}

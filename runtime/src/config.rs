@@ -89,6 +89,18 @@ pub fn non_empty<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Fie
     }
 }
 
+/// Whether a URL's host (`Url::host_str`, `[::1]` brackets allowed) is this machine's loopback:
+/// `localhost` or a loopback address. The one place a credential may travel over plain
+/// `http://`, or a certificate go unchecked, because nobody else is on the path.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
 /// An absolute `http://` or `https://` URL with a host (an endpoint override, the API server).
 #[cfg(feature = "http")]
 pub fn http_url(field: &'static str, value: &str) -> Result<http::Uri, FieldError> {
@@ -116,6 +128,29 @@ pub fn http_url(field: &'static str, value: &str) -> Result<http::Uri, FieldErro
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loopback_hosts_are_localhost_and_loopback_addresses_only() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.10",
+            "[::1]",
+            "::1",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "10.0.0.7",
+            "[fd00::1]",
+            "localhost.example",
+            "kubernetes.default.svc",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
     use super::*;
 
     #[test]

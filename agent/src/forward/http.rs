@@ -58,16 +58,6 @@ fn bad(field: &'static str, reason: String) -> super::ForwardConfigError {
     super::ForwardConfigError { field, reason }
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_loopback())
-}
-
 impl HttpSink {
     /// Checks the URL and the credential files and builds the client.
     pub fn from_config(cfg: &HttpConfig) -> Result<HttpSink, super::ForwardConfigError> {
@@ -77,7 +67,10 @@ impl HttpSink {
                 format!("{:?} is not a URL: {e}", cfg.url),
             )
         })?;
-        if cfg.token_file.is_some() && url.scheme() != "https" && !is_loopback(&url) {
+        if cfg.token_file.is_some()
+            && url.scheme() != "https"
+            && !selfheal_runtime::config::is_loopback_host(url.host_str().unwrap_or_default())
+        {
             return Err(bad(
                 "forward.http.url",
                 format!(

@@ -215,13 +215,14 @@ fn is_node_local(url: &Url, node_ip: Option<&str>) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => {
-            ip.is_loopback() || node_ip.and_then(|n| n.parse::<std::net::IpAddr>().ok()) == Some(ip)
-        }
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
+    let is_node_ip = || {
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>();
+        ip.is_ok_and(|ip| node_ip.and_then(|n| n.parse().ok()) == Some(ip))
+    };
+    selfheal_runtime::config::is_loopback_host(host) || is_node_ip()
 }
 
 fn in_cluster_url(host: &str, port: &str) -> String {
