@@ -6,6 +6,7 @@
 //! file system, the network or the clock: callers pass time and data in. [`batch`] frames wire
 //! records into the HTTP transport's POST bodies, for the agent's sink and the aggregator's ingest.
 
+pub mod action;
 pub mod batch;
 pub mod family;
 pub mod features;
