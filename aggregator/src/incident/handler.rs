@@ -9,9 +9,9 @@
 //! the error is returned, so the batch's retry counts its records again, exactly once.
 //!
 //! Authentication: the records this handler sees come from the Kinesis stream (IAM) or from the
-//! HTTP ingest route; the hardening issue's agent authentication must be in front of that route
-//! (`crate::ingest::router`), and the API's writes (ack, resolve, silences) need the same
-//! bearer-token check before healing acts on incidents; see [`crate::api`].
+//! HTTP ingest route, which authenticates every agent and attributes its records to its node
+//! ([`crate::auth`]); the API's writes (ack, resolve, silences) need a bearer token
+//! ([`crate::api`]).
 
 use super::IncidentSettings;
 use super::engine::{BatchStats, Engine, EngineError, Notification, Update};
