@@ -135,6 +135,18 @@ function sparkline(series, w, h) {
   return svg;
 }
 
+function actionText(r) {
+  const t = r.target.namespace + "/" + r.target.kind + "/" + r.target.name;
+  const a = r.action;
+  switch (a.kind) {
+    case "scale": return "scale " + t + " " + a.from + " → " + a.to + " replicas";
+    case "rollout_restart": return "rollout restart " + t;
+    case "delete_pod": return "delete pod " + a.pod + " of " + t;
+    case "set_hpa_min_replicas": return "set HPA " + a.hpa + " minReplicas " + a.from + " → " + a.to + " (" + t + ")";
+    default: return a.kind + " " + t;
+  }
+}
+
 function describe(ev) {
   const k = ev.kind;
   switch (k.type) {
@@ -146,6 +158,13 @@ function describe(ev) {
     case "unmuted": return "no longer " + mutedText(k.was);
     case "notified": return "notification: " + k.reason;
     case "notification_suppressed": return "notification " + k.reason + " held back: " + mutedText(k.by);
+    case "heal_decided": return "heal: " + k.playbook + ": " + k.decision;
+    case "heal_refused": return "heal refused by " + k.guardrail + ": " + k.reason + (k.retry_at_ms ? " (again at " + fmtTime(k.retry_at_ms) + ")" : "");
+    case "action_intent": return (k.dry_run ? "dry-run: would " : "") + actionText(k.request) + " via " + k.executor + " [" + k.request_id + "]";
+    case "action_applied": return "applied [" + k.request_id + "]: " + k.outcome.detail;
+    case "action_failed": return "failed [" + k.request_id + "]: " + k.error.kind + ": " + k.error.message;
+    case "verification_started": return "verifying [" + k.request_id + "] until " + fmtTime(k.until_ms);
+    case "verified": return "verification [" + k.request_id + "]: " + (k.healed ? "healed" : "not healed") + ": " + k.detail;
     default: return k.type;
   }
 }
