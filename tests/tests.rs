@@ -11,6 +11,7 @@ mod agent_forward;
 mod dependencies;
 mod detect;
 mod forward;
+mod heal;
 mod incidents;
 mod incidents_page;
 mod incidents_store;
