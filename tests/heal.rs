@@ -128,25 +128,34 @@ fn a_cpu_storm_is_one_scale_then_cooldown_and_verification_both_ways() {
     assert_eq!(log[0].request.request_id, format!("{}/1", inc.id));
     assert_eq!(log[0].request.action, Action::Scale { from: 15, to: 16 });
     let evs = events(&agg, &inc);
-    assert!(evs.iter().any(|e| matches!(e, EventKind::ActionIntent { dry_run: true, .. })));
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, EventKind::ActionIntent { dry_run: true, .. }))
+    );
     // Visible in the CLI: the timeline and the plan.
     let shown = cli(&agg, &["incidents", "show", inc.id.as_str()]);
-    assert!(shown.contains("dry-run: would scale shop/Deployment/checkout 15 → 16"), "{shown}");
+    assert!(
+        shown.contains("dry-run: would scale shop/Deployment/checkout 15 → 16"),
+        "{shown}"
+    );
     let mut c = selfheal();
     c.args(["heal", "dry-run", inc.id.as_str(), "--url", &agg.url()]);
     let plan = crate::support::stdout_of(&mut c);
     assert!(
         plan.contains("decision  nothing now: incident is verifying")
-            && plan.contains("recorded  [") && plan.contains("15 → 16"),
+            && plan.contains("recorded  [")
+            && plan.contains("15 → 16"),
         "{plan}"
     );
     // The anomalies stopped: the window closes healed.
     agg.wait("resolved by verification", Duration::from_secs(30), |a| {
         of(a, "Deployment/checkout")[0].state == State::Resolved
     });
-    assert!(events(&agg, &inc)
-        .iter()
-        .any(|e| matches!(e, EventKind::Verified { healed: true, .. })));
+    assert!(
+        events(&agg, &inc)
+            .iter()
+            .any(|e| matches!(e, EventKind::Verified { healed: true, .. }))
+    );
     let eff: serde_json::Value = agg.get_json("/api/v1/heal/efficacy");
     assert_eq!(eff["playbooks"]["scale_out"]["share"], 1.0, "{eff}");
     assert_eq!(
@@ -198,7 +207,10 @@ fn a_cpu_storm_is_one_scale_then_cooldown_and_verification_both_ways() {
     });
     let cart = of(&agg, "Deployment/cart").remove(0);
     let evs = events(&agg, &cart);
-    assert!(evs.iter().any(|e| matches!(e, EventKind::Verified { healed: false, .. })));
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, EventKind::Verified { healed: false, .. }))
+    );
     let restarts: Vec<_> = log_entries(dir.path())
         .into_iter()
         .filter(|e| matches!(e.request.action, Action::RolloutRestart { .. }))
@@ -244,7 +256,9 @@ fn each_guardrail_blocks_with_its_reason_in_history_and_sends_nothing() {
     ];
     for (w, guardrail, why) in want {
         agg.wait(&format!("{w} refused"), Duration::from_secs(60), |a| {
-            of(a, w).first().is_some_and(|i| refusal(&events(a, i)).is_some())
+            of(a, w)
+                .first()
+                .is_some_and(|i| refusal(&events(a, i)).is_some())
         });
         let inc = of(&agg, w).remove(0);
         let (g, reason) = refusal(&events(&agg, &inc)).expect("refusal");
@@ -257,7 +271,9 @@ fn each_guardrail_blocks_with_its_reason_in_history_and_sends_nothing() {
         "records",
         &workload_storm(4 << 64, now_ms(), Family::Cpu, "shop", "first"),
     ));
-    agg.wait("first acted", Duration::from_secs(60), |_| !log_entries(dir.path()).is_empty());
+    agg.wait("first acted", Duration::from_secs(60), |_| {
+        !log_entries(dir.path()).is_empty()
+    });
     rt.block_on(put(
         &kinesis,
         "records",
@@ -313,7 +329,11 @@ fn maintenance_blocks_and_a_bad_reload_keeps_the_old_policy() {
     );
     assert_eq!(agg.metric("selfheal_aggregator_heal_policy_healthy"), 0.0);
     // A good file replaces it.
-    write_file(dir.path(), "policy.toml", "[guardrails]\ncooldown_secs = 5\n");
+    write_file(
+        dir.path(),
+        "policy.toml",
+        "[guardrails]\ncooldown_secs = 5\n",
+    );
     agg.wait("the good reload", Duration::from_secs(20), |a| {
         a.metric("selfheal_aggregator_heal_policy_reloads_total{result=\"ok\"}") >= 1.0
     });
@@ -357,14 +377,25 @@ fn a_sigkill_between_intent_and_outcome_then_a_restart_acts_once() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     // The dry-run executor answers 30 s after recording: the kill lands in between.
-    let agg = start(dir.path(), &moto, port, FAST_VERIFY, "dry_run_latency_ms = 30000");
+    let agg = start(
+        dir.path(),
+        &moto,
+        port,
+        FAST_VERIFY,
+        "dry_run_latency_ms = 30000",
+    );
     rt.block_on(put(&kinesis, "records", &storm(1 << 64, now_ms())));
-    agg.wait("an intent without an outcome", Duration::from_secs(60), |a| {
-        of(a, "Deployment/checkout").first().is_some_and(|i| {
-            let acts: Vec<ActionRecord> = a.get_json(&format!("/api/v1/incidents/{}/actions", i.id));
-            acts.len() == 1 && acts[0].outcome.is_none()
-        }) && log_entries(dir.path()).len() == 1
-    });
+    agg.wait(
+        "an intent without an outcome",
+        Duration::from_secs(60),
+        |a| {
+            of(a, "Deployment/checkout").first().is_some_and(|i| {
+                let acts: Vec<ActionRecord> =
+                    a.get_json(&format!("/api/v1/incidents/{}/actions", i.id));
+                acts.len() == 1 && acts[0].outcome.is_none()
+            }) && log_entries(dir.path()).len() == 1
+        },
+    );
     let inc = of(&agg, "Deployment/checkout").remove(0);
     agg.kill();
     // Restarted (the records are redelivered from the last checkpoint), answering at once.

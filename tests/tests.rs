@@ -12,6 +12,7 @@ mod dependencies;
 mod detect;
 mod forward;
 mod heal;
+mod heal_store;
 mod incidents;
 mod incidents_page;
 mod incidents_store;

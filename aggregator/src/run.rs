@@ -103,9 +103,10 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         )));
         extras.routes = started.routes;
         if let Some(heal) = &settings.heal {
-            let (routes, tasks) = crate::heal::controller::start(started.incidents.clone(), heal, &mut registry)
-                .await
-                .map_err(RunError::Heal)?;
+            let (routes, tasks) =
+                crate::heal::controller::start(started.incidents.clone(), heal, &mut registry)
+                    .await
+                    .map_err(RunError::Heal)?;
             extras.routes = extras.routes.merge(routes);
             extras.tasks.extend(tasks);
         }

@@ -38,7 +38,10 @@ pub fn main(args: HealArgs) -> anyhow::Result<ExitCode> {
     if !(id.len() == 20 && id.bytes().all(|b| b.is_ascii_hexdigit())) {
         bail!("{id:?} is not an incident id (20 hex digits)");
     }
-    let url = format!("{}/api/v1/incidents/{id}/plan", args.url.trim_end_matches('/'));
+    let url = format!(
+        "{}/api/v1/incidents/{id}/plan",
+        args.url.trim_end_matches('/')
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,7 +84,11 @@ pub fn render(p: &PlanBody) -> String {
         i.family,
         i.scope.as_str(),
         i.state,
-        if p.dry_run { "dry-run (records only)" } else { "enforcing" }
+        if p.dry_run {
+            "dry-run (records only)"
+        } else {
+            "enforcing"
+        }
     );
     let d = match &p.decision {
         Decision::Wait { why } => format!("nothing now: {why}"),
@@ -107,7 +114,11 @@ pub fn render(p: &PlanBody) -> String {
             "refused by {}: {}{}",
             r.guardrail,
             r.reason,
-            if r.retry_at_ms.is_some() { "" } else { " (would escalate)" }
+            if r.retry_at_ms.is_some() {
+                ""
+            } else {
+                " (would escalate)"
+            }
         ),
         Decision::Escalate { reason } => format!("would escalate: {reason}"),
     };

@@ -212,7 +212,11 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
     }
 
     /// The controller loop, until `shutdown`.
-    pub async fn run(self: Arc<Self>, interval: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -263,7 +267,13 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         stats
     }
 
-    async fn decide(&self, mem: &mut Memory, policy: &Policy, inc: Incident, stats: &mut TickStats) {
+    async fn decide(
+        &self,
+        mem: &mut Memory,
+        policy: &Policy,
+        inc: Incident,
+        stats: &mut TickStats,
+    ) {
         let now = self.incidents.now_ms();
         let exec = self.executor_for(policy);
         let mut observed = None;
@@ -313,7 +323,11 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
                 stats.store_writes += 1;
                 if let Err(e) = self
                     .incidents
-                    .annotate(&inc.id, vec![(ev, reason.clone())], Some((State::Escalated, reason)))
+                    .annotate(
+                        &inc.id,
+                        vec![(ev, reason.clone())],
+                        Some((State::Escalated, reason)),
+                    )
                     .await
                 {
                     self.annotate_failed(&inc.id, &e);
@@ -384,7 +398,11 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         stats.store_writes += 1;
         match self
             .incidents
-            .annotate(&inc.id, vec![(ev, format!("guardrail {}", r.guardrail))], to)
+            .annotate(
+                &inc.id,
+                vec![(ev, format!("guardrail {}", r.guardrail))],
+                to,
+            )
             .await
         {
             Ok(_) => {
@@ -491,8 +509,10 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
             Err(e) => {
                 self.metrics.store_errors.inc();
                 tracing::warn!(request_id = %record.request_id, error = %chain(&e), "HealIntentWriteError");
-                mem.next_look
-                    .insert(record.incident.clone(), self.incidents.now_ms() + RECHECK_MS);
+                mem.next_look.insert(
+                    record.incident.clone(),
+                    self.incidents.now_ms() + RECHECK_MS,
+                );
                 return None;
             }
         };
@@ -504,7 +524,13 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
     }
 
     /// Sends `record`'s request and records the answer.
-    async fn send(&self, mem: &mut Memory, policy: &Policy, mut record: ActionRecord, stats: &mut TickStats) {
+    async fn send(
+        &self,
+        mem: &mut Memory,
+        policy: &Policy,
+        mut record: ActionRecord,
+        stats: &mut TickStats,
+    ) {
         let exec = if record.dry_run {
             AnyExecutor::DryRun(Arc::clone(&self.dry))
         } else {
@@ -530,7 +556,10 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
                 };
                 self.metrics
                     .actions
-                    .get_or_create(&ActionLabels { kind, result: label })
+                    .get_or_create(&ActionLabels {
+                        kind,
+                        result: label,
+                    })
                     .inc();
                 self.metrics
                     .intent_to_outcome
@@ -600,19 +629,26 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
                 tracing::warn!(request_id = %record.request_id, error = %err, retryable = err.is_retryable(), then = ?then, "HealActionError");
                 match then {
                     ErrorAction::Retry { after_ms } => {
-                        mem.resend_at.insert(record.request_id.clone(), now + after_ms);
-                        self.retry_later(mem, record, err, Some(now + after_ms), stats).await;
+                        mem.resend_at
+                            .insert(record.request_id.clone(), now + after_ms);
+                        self.retry_later(mem, record, err, Some(now + after_ms), stats)
+                            .await;
                     }
                     ErrorAction::Redecide => {
                         // Same plan on the object's new version, next pass.
                         match exec.observe(&record.request.target).await {
                             Ok(s) => {
                                 record.request.expect = match (&record.request.action, &s.hpa) {
-                                    (selfheal_core::action::Action::SetHpaMinReplicas { .. }, Some(h)) => h.version.clone(),
+                                    (
+                                        selfheal_core::action::Action::SetHpaMinReplicas { .. },
+                                        Some(h),
+                                    ) => h.version.clone(),
                                     _ => s.version.clone(),
                                 };
                             }
-                            Err(e) => tracing::warn!(request_id = %record.request_id, error = %e, "HealObserveError"),
+                            Err(e) => {
+                                tracing::warn!(request_id = %record.request_id, error = %e, "HealObserveError")
+                            }
                         }
                         mem.resend_at.insert(record.request_id.clone(), now);
                         self.retry_later(mem, record, err, Some(now), stats).await;
@@ -714,7 +750,13 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         }
     }
 
-    async fn resume(&self, mem: &mut Memory, policy: &Policy, r: ActionRecord, stats: &mut TickStats) {
+    async fn resume(
+        &self,
+        mem: &mut Memory,
+        policy: &Policy,
+        r: ActionRecord,
+        stats: &mut TickStats,
+    ) {
         let now = self.incidents.now_ms();
         if r.outcome.is_none() {
             if mem.resend_at.get(&r.request_id).is_none_or(|t| *t <= now) {
@@ -737,7 +779,13 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         }
     }
 
-    async fn verify_step(&self, mem: &mut Memory, policy: &Policy, mut r: ActionRecord, stats: &mut TickStats) {
+    async fn verify_step(
+        &self,
+        mem: &mut Memory,
+        policy: &Policy,
+        mut r: ActionRecord,
+        stats: &mut TickStats,
+    ) {
         let now = self.incidents.now_ms();
         let applied_at = r.outcome.as_ref().map_or(r.intent_at_ms, |o| o.at_ms);
         let Some(inc) = self.incidents.active(&r.incident).await else {
@@ -828,7 +876,13 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         }
     }
 
-    async fn restore_step(&self, mem: &mut Memory, policy: &Policy, mut r: ActionRecord, stats: &mut TickStats) {
+    async fn restore_step(
+        &self,
+        mem: &mut Memory,
+        policy: &Policy,
+        mut r: ActionRecord,
+        stats: &mut TickStats,
+    ) {
         let now = self.incidents.now_ms();
         let Some(rs) = r.restore.clone() else {
             return;
@@ -841,7 +895,8 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         let state = match exec.observe(&r.request.target).await {
             Ok(s) => s,
             Err(e) if e.kind == ActionErrorKind::NotFound => {
-                self.finish_restore(mem, &mut r, format!("not restored: {e}"), stats).await;
+                self.finish_restore(mem, &mut r, format!("not restored: {e}"), stats)
+                    .await;
                 return;
             }
             Err(e) => {
@@ -890,8 +945,13 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
                         None,
                     )
                     .await;
-                self.finish_restore(mem, &mut r, format!("restored by {}", req.request_id), stats)
-                    .await;
+                self.finish_restore(
+                    mem,
+                    &mut r,
+                    format!("restored by {}", req.request_id),
+                    stats,
+                )
+                .await;
                 if step2.outcome.is_none() {
                     self.send(mem, policy, step2, stats).await;
                 }
@@ -899,7 +959,13 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         }
     }
 
-    async fn finish_restore(&self, mem: &mut Memory, r: &mut ActionRecord, done: String, stats: &mut TickStats) {
+    async fn finish_restore(
+        &self,
+        mem: &mut Memory,
+        r: &mut ActionRecord,
+        done: String,
+        stats: &mut TickStats,
+    ) {
         if let Some(x) = r.restore.as_mut() {
             x.done = Some(done.clone());
         }
@@ -922,7 +988,10 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
                         },
                         "hold over".into(),
                     )],
-                    Some((State::Resolved, "verified: healed; held value restored".into())),
+                    Some((
+                        State::Resolved,
+                        "verified: healed; held value restored".into(),
+                    )),
                 )
                 .await
             {
@@ -965,10 +1034,10 @@ pub async fn start(
         Some(&settings.dry_run_log),
         settings.dry_run_latency,
     )?);
-    let executor = match settings.executor {
-        // The only executor in this build; `HealConfig::validate` refuses the others.
-        _ => AnyExecutor::DryRun(Arc::clone(&dry)),
-    };
+    // The only executor in this build; `HealConfig::validate` refuses `kube` and `heal-api`
+    // until they join `AnyExecutor` (the seam is there, named).
+    debug_assert_eq!(settings.executor, super::config::ExecutorKind::DryRun);
+    let executor = AnyExecutor::DryRun(Arc::clone(&dry));
     let metrics = Arc::new(HealMetrics::default());
     {
         let r = registry.sub_registry_with_prefix("heal");
@@ -976,7 +1045,14 @@ pub async fn start(
     }
     metrics.register(registry);
     let healer = Arc::new(
-        Healer::start(incidents, Arc::clone(&settings.policy), executor, dry, metrics).await?,
+        Healer::start(
+            incidents,
+            Arc::clone(&settings.policy),
+            executor,
+            dry,
+            metrics,
+        )
+        .await?,
     );
     let routes = super::api::router(Arc::clone(&healer));
     let interval = settings.interval;

@@ -170,7 +170,10 @@ impl Executor for DryRunExecutor {
     }
 
     async fn apply(&self, req: &ActionRequest) -> Result<ActionOutcome, ActionError> {
-        let detail = format!("dry-run: would {}; recorded, not sent", super::describe(req));
+        let detail = format!(
+            "dry-run: would {}; recorded, not sent",
+            super::describe(req)
+        );
         let version_after = {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let g = &mut *guard;

@@ -47,7 +47,9 @@ impl Rig {
     }
 
     async fn on(dir: &Path, policy: Policy, clock: Arc<ManualClock>) -> Rig {
-        let store = SqliteStore::open(&dir.join("incidents")).await.expect("store");
+        let store = SqliteStore::open(&dir.join("incidents"))
+            .await
+            .expect("store");
         let settings = IncidentSettings {
             resolve_timeout_ms: 3_600_000,
             ..IncidentSettings::default()
@@ -88,7 +90,12 @@ impl Rig {
     async fn storm(&self, family: Family, name: &str) {
         let recs: Vec<_> = (0..40)
             .map(|i| {
-                let mut a = anomaly(u128::from(IDS.fetch_add(1, Ordering::SeqCst)), "n1", i % 4, 0.9);
+                let mut a = anomaly(
+                    u128::from(IDS.fetch_add(1, Ordering::SeqCst)),
+                    "n1",
+                    i % 4,
+                    0.9,
+                );
                 a.record.family = family;
                 a.record.ts_ms = self.clock.now_ms();
                 if let selfheal_core::schema::Subject::Pod(p) = &mut a.record.subject {
@@ -101,7 +108,10 @@ impl Rig {
                 env(a)
             })
             .collect();
-        self.incidents.apply_batch(recs.iter()).await.expect("batch");
+        self.incidents
+            .apply_batch(recs.iter())
+            .await
+            .expect("batch");
     }
 
     async fn only(&self) -> Incident {
@@ -151,8 +161,11 @@ async fn a_cpu_storm_scales_once_and_resolves_when_the_anomalies_stop() {
     assert_eq!(inc.state, State::Verifying);
     let evs = rig.events(&inc).await;
     assert_eq!(intents(&evs), 1);
-    let Some(EventKind::ActionIntent { request, dry_run, .. }) =
-        evs.iter().find(|e| matches!(e, EventKind::ActionIntent { .. }))
+    let Some(EventKind::ActionIntent {
+        request, dry_run, ..
+    }) = evs
+        .iter()
+        .find(|e| matches!(e, EventKind::ActionIntent { .. }))
     else {
         panic!("intent");
     };
@@ -165,11 +178,22 @@ async fn a_cpu_storm_scales_once_and_resolves_when_the_anomalies_stop() {
     let inc = rig.only().await;
     assert_eq!(inc.state, State::Resolved, "{:?}", rig.events(&inc).await);
     let evs = rig.events(&inc).await;
-    assert!(evs.iter().any(|e| matches!(e, EventKind::Verified { healed: true, .. })));
-    let acts = rig.incidents.store().actions_of(&inc.id).await.expect("actions");
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, EventKind::Verified { healed: true, .. }))
+    );
+    let acts = rig
+        .incidents
+        .store()
+        .actions_of(&inc.id)
+        .await
+        .expect("actions");
     assert_eq!(acts.len(), 1);
     assert!(acts[0].is_finished());
-    assert_eq!(crate::store::efficacy(&acts)["scale_out"].share(), Some(1.0));
+    assert_eq!(
+        crate::store::efficacy(&acts)["scale_out"].share(),
+        Some(1.0)
+    );
 
     // The next storm on the same Deployment within the cooldown is refused, with its reason.
     rig.advance(60_000);
@@ -194,7 +218,9 @@ async fn a_cpu_storm_scales_once_and_resolves_when_the_anomalies_stop() {
     let refusals: Vec<_> = evs
         .iter()
         .filter_map(|e| match e {
-            EventKind::HealRefused { guardrail, reason, .. } => Some((guardrail.clone(), reason.clone())),
+            EventKind::HealRefused {
+                guardrail, reason, ..
+            } => Some((guardrail.clone(), reason.clone())),
             _ => None,
         })
         .collect();
@@ -216,7 +242,10 @@ async fn anomalies_that_go_on_escalate_and_the_action_is_not_repeated() {
     let inc = rig.only().await;
     assert_eq!(inc.state, State::Escalated);
     let evs = rig.events(&inc).await;
-    assert!(evs.iter().any(|e| matches!(e, EventKind::Verified { healed: false, .. })));
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, EventKind::Verified { healed: false, .. }))
+    );
     for _ in 0..3 {
         rig.advance(400_000);
         rig.storm(Family::Memory, "cart").await;
@@ -267,19 +296,44 @@ async fn an_intent_without_an_outcome_is_resent_once_after_a_restart() {
             verification: None,
             restore: None,
         };
-        assert!(rig.incidents.store().insert_intent(&record).await.expect("insert"));
-        assert!(!rig.incidents.store().insert_intent(&record).await.expect("again"), "conditional");
+        assert!(
+            rig.incidents
+                .store()
+                .insert_intent(&record)
+                .await
+                .expect("insert")
+        );
+        assert!(
+            !rig.incidents
+                .store()
+                .insert_intent(&record)
+                .await
+                .expect("again"),
+            "conditional"
+        );
     }
     let rig = Rig::on(dir.path(), Policy::default(), clock).await;
     rig.healer.tick().await;
     rig.healer.tick().await;
-    let acts = rig.incidents.store().actions_of(&id).await.expect("actions");
+    let acts = rig
+        .incidents
+        .store()
+        .actions_of(&id)
+        .await
+        .expect("actions");
     assert_eq!(acts.len(), 1);
     assert!(acts[0].outcome.is_some(), "{:?}", acts[0]);
     assert_eq!(rig.log_lines(), 1, "sent exactly once");
     let evs = rig.events(&rig.only().await).await;
-    assert!(evs.iter().any(|e| matches!(e, EventKind::ActionApplied { .. })));
-    assert_eq!(intents(&evs), 0, "no new decision: the stored record was followed");
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, EventKind::ActionApplied { .. }))
+    );
+    assert_eq!(
+        intents(&evs),
+        0,
+        "no new decision: the stored record was followed"
+    );
 }
 
 #[tokio::test]
@@ -293,7 +347,10 @@ async fn an_hpa_floor_is_raised_held_and_restored() {
     };
     rig.dry.set_state(WorkloadState {
         target: t.clone(),
-        version: ObjectVersion { uid: "d".into(), resource_version: "5".into() },
+        version: ObjectVersion {
+            uid: "d".into(),
+            resource_version: "5".into(),
+        },
         generation: 2,
         observed_generation: 2,
         replicas: 3,
@@ -303,7 +360,10 @@ async fn an_hpa_floor_is_raised_held_and_restored() {
         rolling_out: false,
         hpa: Some(HpaState {
             name: "web".into(),
-            version: ObjectVersion { uid: "h".into(), resource_version: "9".into() },
+            version: ObjectVersion {
+                uid: "h".into(),
+                resource_version: "9".into(),
+            },
             min_replicas: 2,
             max_replicas: 10,
             current_replicas: 3,
@@ -325,11 +385,20 @@ async fn an_hpa_floor_is_raised_held_and_restored() {
     assert_eq!(floor(&rig, &t).await, 2, "restored");
     let inc = rig.only().await;
     assert_eq!(inc.state, State::Resolved);
-    let acts = rig.incidents.store().actions_of(&inc.id).await.expect("actions");
+    let acts = rig
+        .incidents
+        .store()
+        .actions_of(&inc.id)
+        .await
+        .expect("actions");
     assert_eq!(acts.len(), 2);
     assert_eq!(
         acts[1].request.action,
-        Action::SetHpaMinReplicas { hpa: "web".into(), from: 4, to: 2 }
+        Action::SetHpaMinReplicas {
+            hpa: "web".into(),
+            from: 4,
+            to: 2
+        }
     );
     assert_eq!(rig.log_lines(), 2);
 }
@@ -360,7 +429,10 @@ async fn guardrails_refuse_on_the_timeline_and_send_nothing() {
     let page = rig
         .incidents
         .store()
-        .list(&crate::store::Query { limit: 10, ..Default::default() })
+        .list(&crate::store::Query {
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .expect("list");
     let mut seen = Vec::new();
@@ -375,8 +447,16 @@ async fn guardrails_refuse_on_the_timeline_and_send_nothing() {
     assert_eq!(
         seen,
         vec![
-            ("shop/Deployment/leaky".into(), "action_kind".into(), State::Escalated),
-            ("shop/Deployment/rolling".into(), "mid_rollout".into(), State::Open),
+            (
+                "shop/Deployment/leaky".into(),
+                "action_kind".into(),
+                State::Escalated
+            ),
+            (
+                "shop/Deployment/rolling".into(),
+                "mid_rollout".into(),
+                State::Open
+            ),
         ]
     );
     assert_eq!(rig.log_lines(), 0);

@@ -558,7 +558,8 @@ impl Engine {
         }
         let mut up = Update::default();
         for (kind, cause) in events {
-            up.events.push(inc.event(now_ms, kind, cause, actor.clone()));
+            up.events
+                .push(inc.event(now_ms, kind, cause, actor.clone()));
         }
         match to {
             Some((to, cause)) => {

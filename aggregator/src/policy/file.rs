@@ -464,7 +464,12 @@ impl PolicyFile {
         .into_iter()
         .collect();
         let g = &self.guardrails;
-        let cooldown_ms = secs_ms("guardrails.cooldown_secs", g.cooldown_secs, 0.0, 7.0 * 86_400.0)?;
+        let cooldown_ms = secs_ms(
+            "guardrails.cooldown_secs",
+            g.cooldown_secs,
+            0.0,
+            7.0 * 86_400.0,
+        )?;
         if g.max_actions_per_hour == 0 {
             return Err(FieldError::new(
                 "guardrails.max_actions_per_hour",
@@ -612,7 +617,10 @@ mod tests {
         assert_eq!(p.playbooks[&Family::Memory], Playbook::RolloutRestart);
         assert!(matches!(
             p.playbooks[&Family::Traffic],
-            Playbook::Stabilize(Scaling { hold_ms: 900_000, .. })
+            Playbook::Stabilize(Scaling {
+                hold_ms: 900_000,
+                ..
+            })
         ));
         assert_eq!(p.playbooks[&Family::Restarts], Playbook::RestartOnce);
         assert_eq!(p.playbooks[&Family::Pressure], Playbook::Escalate);
@@ -696,7 +704,9 @@ settle_secs = 2
             "guardrails.allow_namespaces"
         );
         assert_eq!(
-            field_of("[[guardrails.maintenance]]\nname = \"x\"\ndays = [\"funday\"]\nstart_utc = \"02:00\"\nduration_mins = 5"),
+            field_of(
+                "[[guardrails.maintenance]]\nname = \"x\"\ndays = [\"funday\"]\nstart_utc = \"02:00\"\nduration_mins = 5"
+            ),
             "guardrails.maintenance"
         );
         assert_eq!(

@@ -133,7 +133,9 @@ impl GuardState {
 
     /// Forgets what is older than [`REMEMBER_MS`].
     pub fn expire(&mut self, now_ms: i64) {
-        let keep_from = self.recent.partition_point(|x| x.at_ms < now_ms - REMEMBER_MS);
+        let keep_from = self
+            .recent
+            .partition_point(|x| x.at_ms < now_ms - REMEMBER_MS);
         self.recent.drain(..keep_from);
     }
 
@@ -184,13 +186,13 @@ pub fn in_maintenance(p: &Policy, now_ms: i64) -> Option<(&str, i64)> {
             name,
             starts_at_ms,
             ends_at_ms,
-        } => (now_ms >= *starts_at_ms && now_ms < *ends_at_ms).then_some((name.as_str(), *ends_at_ms)),
+        } => (now_ms >= *starts_at_ms && now_ms < *ends_at_ms)
+            .then_some((name.as_str(), *ends_at_ms)),
         Maintenance::Weekly(w) => {
             let day = now_ms.div_euclid(86_400_000);
             // 1970-01-01 was a Thursday (Monday = 0).
             let weekday = (day + 3).rem_euclid(7);
-            let minute_of_week =
-                weekday * 1440 + now_ms.rem_euclid(86_400_000) / 60_000;
+            let minute_of_week = weekday * 1440 + now_ms.rem_euclid(86_400_000) / 60_000;
             w.days.iter().find_map(|d| {
                 let start = i64::from(*d) * 1440 + i64::from(w.start_minute);
                 let into = (minute_of_week - start).rem_euclid(WEEK_MINS);
@@ -371,10 +373,22 @@ mod tests {
         let (name, end) = in_maintenance(&p, sat_0230).expect("inside");
         assert_eq!(name, "sat");
         assert_eq!(end, sat_0230 + 90 * 60_000);
-        assert!(in_maintenance(&p, sat_0230 - 31 * 60_000).is_none(), "01:59");
-        assert!(in_maintenance(&p, sat_0230 + 90 * 60_000).is_none(), "04:00");
-        assert!(in_maintenance(&p, sat_0230 + 86_400_000).is_none(), "sunday");
-        assert!(in_maintenance(&p, sat_0230 + 7 * 86_400_000).is_some(), "next week");
+        assert!(
+            in_maintenance(&p, sat_0230 - 31 * 60_000).is_none(),
+            "01:59"
+        );
+        assert!(
+            in_maintenance(&p, sat_0230 + 90 * 60_000).is_none(),
+            "04:00"
+        );
+        assert!(
+            in_maintenance(&p, sat_0230 + 86_400_000).is_none(),
+            "sunday"
+        );
+        assert!(
+            in_maintenance(&p, sat_0230 + 7 * 86_400_000).is_some(),
+            "next week"
+        );
     }
 
     #[test]

@@ -180,14 +180,9 @@ pub fn reconcile(inc: &Incident, w: &World<'_>) -> Decision {
         Ok(p) => p,
         Err(reason) => return Decision::Escalate { reason },
     };
-    if let Err(r) = guard::check_action(
-        w.policy,
-        w.guard,
-        inc.id.as_str(),
-        state,
-        &action,
-        w.now_ms,
-    ) {
+    if let Err(r) =
+        guard::check_action(w.policy, w.guard, inc.id.as_str(), state, &action, w.now_ms)
+    {
         return Decision::Refuse(r);
     }
     Decision::Act(Plan {

@@ -530,9 +530,7 @@ impl DynamoStore {
             .iter()
             .map(|it| doc("action", it))
             .collect::<Result<_, _>>()?;
-        v.sort_by(|a, b| {
-            (a.intent_at_ms, &a.request_id).cmp(&(b.intent_at_ms, &b.request_id))
-        });
+        v.sort_by(|a, b| (a.intent_at_ms, &a.request_id).cmp(&(b.intent_at_ms, &b.request_id)));
         Ok(v)
     }
 }

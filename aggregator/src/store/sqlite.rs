@@ -537,10 +537,8 @@ impl ActionStore for SqliteStore {
 
     async fn action(&self, request_id: &str) -> Result<Option<ActionRecord>, StoreError> {
         let id = request_id.to_owned();
-        self.with(move |c| {
-            Ok(actions_where(c, "request_id = ?1", id.into())?.pop())
-        })
-        .await
+        self.with(move |c| Ok(actions_where(c, "request_id = ?1", id.into())?.pop()))
+            .await
     }
 
     async fn actions_since(&self, since_ms: i64) -> Result<Vec<ActionRecord>, StoreError> {

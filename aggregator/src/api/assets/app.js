@@ -113,8 +113,18 @@ async function listView() {
     el("thead", {}, el("tr", {}, ["id", "state", "severity", "family", "workload / node", "anomalies", "affected", "peak / threshold", "updated", "muted"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows));
   const more = data.next ? el("p", {}, el("a", { href: "/incidents?" + new URLSearchParams(Object.assign(Object.fromEntries(params), { after: data.next })) }, "next page →")) : null;
-  main.replaceChildren(el("h1", {}, "Incidents"), counts, form,
+  main.replaceChildren(el("h1", {}, "Incidents"), counts, await efficacyView(), form,
     rows.length ? table : el("p", { class: "muted", id: "empty" }, "No incident matches."), more);
+}
+
+// Healing's efficacy per playbook (share of verified actions that healed); nothing when
+// healing is off or nothing was verified yet.
+async function efficacyView() {
+  let eff;
+  try { eff = await api("/api/v1/heal/efficacy"); } catch (_) { return el("span", {}); }
+  const chips = Object.entries(eff.playbooks || {}).map(([name, e]) =>
+    el("span", { class: "chip", "data-playbook": name }, name + " " + (e.share === null ? "–" : Math.round(e.share * 100) + " %") + " (" + e.healed + "/" + (e.healed + e.not_healed) + " healed)"));
+  return chips.length ? el("div", { class: "counts", id: "efficacy" }, el("span", { class: "muted" }, "healing efficacy: "), ...chips) : el("span", {});
 }
 
 function sparkline(series, w, h) {

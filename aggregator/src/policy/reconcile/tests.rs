@@ -377,7 +377,10 @@ fn each_guardrail_refuses_with_its_reason() {
     let mut rate_ns = p.clone();
     rate_ns.guardrails.max_actions_per_hour_per_namespace = 2;
     assert_eq!(
-        refused(&reconcile(&inc, &world(&rate_ns, &others("shop"), Some(&s)))),
+        refused(&reconcile(
+            &inc,
+            &world(&rate_ns, &others("shop"), Some(&s))
+        )),
         Some(Guardrail::RateNamespace)
     );
     assert!(matches!(
@@ -431,7 +434,12 @@ fn a_recorded_step_or_a_state_healing_holds_means_wait() {
     let mut w = world(&p, &g, Some(&s));
     w.steps_taken = 1;
     assert!(matches!(reconcile(&inc, &w), Decision::Wait { .. }));
-    for st in [State::Acting, State::Verifying, State::Escalated, State::Resolved] {
+    for st in [
+        State::Acting,
+        State::Verifying,
+        State::Escalated,
+        State::Resolved,
+    ] {
         inc.state = st;
         assert!(matches!(
             reconcile(&inc, &world(&p, &g, Some(&s))),
