@@ -10,7 +10,7 @@
 //!   default one, which records exactly what it would send.
 //! * [`metrics`]: `selfheal_aggregator_heal_*`, with the efficacy per playbook.
 //! * [`api`]: `/api/v1/heal/*` and the per-incident plan and actions; [`cli`]: `selfheal heal`.
-//! * [`config`]: `[heal]`.
+//! * [`config`]: the `[heal]` section.
 
 pub mod api;
 pub mod cli;

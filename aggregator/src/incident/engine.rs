@@ -562,10 +562,17 @@ impl Engine {
                 .push(inc.event(now_ms, kind, cause, actor.clone()));
         }
         match to {
-            Some((to, cause)) => {
-                let mut moved = self.transition(id, to, &cause, actor, now_ms)?;
+            // Resolving ends what the incident inhibits and may notify: the full path.
+            Some((State::Resolved, cause)) => {
+                let mut moved = self.transition(id, State::Resolved, &cause, actor, now_ms)?;
                 up.events.append(&mut moved.events);
                 up.incidents = moved.incidents;
+            }
+            // Acting, verifying, escalated: still active, so no mute changes; skipping the
+            // re-mute of every incident keeps a 10,000-incident storm linear.
+            Some((to, cause)) => {
+                up.events.push(inc.transition(to, now_ms, cause, actor)?);
+                self.collect_changed(&mut up, &[]);
             }
             None => self.collect_changed(&mut up, &[]),
         }
