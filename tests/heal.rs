@@ -29,7 +29,7 @@ fn start(dir: &Path, moto: &Moto, port: u16, policy: &str, heal: &str) -> Agg {
     let cfg = config(dir, port, "records");
     let mut text = std::fs::read_to_string(&cfg).expect("config");
     text.push_str(&format!(
-        "[heal]\npolicy_file = \"{}/policy.toml\"\ninterval_ms = 100\npolicy_poll_secs = 0.3\n{heal}\n",
+        "[heal]\nenabled = true\npolicy_file = \"{}/policy.toml\"\ninterval_ms = 100\npolicy_poll_secs = 0.3\n{heal}\n",
         dir.display()
     ));
     std::fs::write(&cfg, text).expect("write config");
@@ -354,7 +354,7 @@ fn a_bad_policy_file_stops_the_start_naming_the_field() {
     let cfg = config(dir.path(), free_port(), "records");
     let mut text = std::fs::read_to_string(&cfg).expect("config");
     text.push_str(&format!(
-        "[heal]\npolicy_file = \"{}/policy.toml\"\n",
+        "[heal]\nenabled = true\npolicy_file = \"{}/policy.toml\"\n",
         dir.path().display()
     ));
     std::fs::write(&cfg, text).expect("write");

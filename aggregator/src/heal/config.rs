@@ -27,7 +27,8 @@ pub enum ExecutorKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealConfig {
-    /// Run the healing controller (needs `[incidents]`).
+    /// Run the healing controller (needs `[incidents]`). Off by default: turning healing on
+    /// is a decision, and even then the default policy is dry-run.
     pub enabled: bool,
     /// The policy file (TOML); unset, the built-in defaults (dry-run, the playbooks).
     /// Reloaded on SIGHUP and when it changes; a bad reload keeps the policy in force.
@@ -49,7 +50,7 @@ pub struct HealConfig {
 impl Default for HealConfig {
     fn default() -> Self {
         HealConfig {
-            enabled: true,
+            enabled: false,
             policy_file: None,
             executor: ExecutorKind::DryRun,
             interval_ms: 250,
