@@ -11,6 +11,8 @@ mod agent_forward;
 mod dependencies;
 mod detect;
 mod forward;
+mod heal;
+mod heal_store;
 mod incidents;
 mod incidents_page;
 mod incidents_store;

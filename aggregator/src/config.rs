@@ -49,6 +49,8 @@ pub struct AggregatorConfig {
     pub lake: LakeConfig,
     /// The incident pipeline, its store, API and page.
     pub incidents: crate::incident::config::IncidentsConfig,
+    /// The healing controller (its policy is `heal.policy_file`).
+    pub heal: crate::heal::config::HealConfig,
 }
 
 /// `[kinesis]`: the stream and how it is polled.
@@ -261,6 +263,7 @@ impl Default for AggregatorConfig {
             batch: BatchConfig::default(),
             lake: LakeConfig::default(),
             incidents: crate::incident::config::IncidentsConfig::default(),
+            heal: crate::heal::config::HealConfig::default(),
         }
     }
 }
@@ -324,6 +327,9 @@ pub enum ConfigError {
     /// A field parsed but its value is not acceptable.
     #[error("invalid aggregator configuration: {0}")]
     Invalid(#[from] FieldError),
+    /// `[heal]` or the policy file it names is not acceptable.
+    #[error("invalid aggregator configuration")]
+    Heal(#[source] crate::heal::config::HealConfigError),
 }
 
 /// Validated settings.
@@ -353,6 +359,8 @@ pub struct Settings {
     pub lake_s3: S3Options,
     /// The incident pipeline, unless `incidents.enabled = false`.
     pub incidents: Option<crate::incident::config::Validated>,
+    /// The healing controller, unless `heal.enabled = false` (or incidents are off).
+    pub heal: Option<crate::heal::config::HealSettings>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -471,9 +479,15 @@ impl AggregatorConfig {
         } else {
             None
         };
+        let heal = if self.heal.enabled && incidents.is_some() {
+            Some(self.heal.validate(&data_dir).map_err(ConfigError::Heal)?)
+        } else {
+            None
+        };
         Ok(Settings {
             listen_addr,
             incidents,
+            heal,
             shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
             health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,
             http_ingest,

@@ -69,6 +69,9 @@ pub enum RunError {
     /// The incident pipeline could not start (its store, or the API token file).
     #[error("cannot start the incident pipeline")]
     Incidents(#[source] crate::incident::handler::StartError),
+    /// The healing controller could not start (its dry-run log, its action records).
+    #[error("cannot start the healing controller")]
+    Heal(#[source] crate::heal::controller::StartError),
     /// A task panicked (its message is on stderr); the others were stopped.
     #[error("the {0} task panicked")]
     TaskPanicked(String),
@@ -99,6 +102,14 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
             started.incidents.clone(),
         )));
         extras.routes = started.routes;
+        if let Some(heal) = &settings.heal {
+            let (routes, tasks) =
+                crate::heal::controller::start(started.incidents.clone(), heal, &mut registry)
+                    .await
+                    .map_err(RunError::Heal)?;
+            extras.routes = extras.routes.merge(routes);
+            extras.tasks.extend(tasks);
+        }
         let timers = started.incidents;
         extras.tasks.push((
             "incident timers".into(),
