@@ -25,7 +25,7 @@ use super::metrics::{
 };
 use super::{DryRunExecutor, describe};
 use crate::incident::Incidents;
-use crate::incident::handler::{IncidentError, chain};
+use crate::incident::handler::IncidentError;
 use crate::policy::guard::{self, Recent};
 use crate::policy::reconcile::{RECHECK_MS, RestoreDecision, restore};
 use crate::policy::{
@@ -38,6 +38,7 @@ use crate::store::{
 };
 use selfheal_core::action::{ActionError, ActionErrorKind, Executor};
 use selfheal_core::incident::{EventKind, Incident, IncidentId, State};
+use selfheal_runtime::chain::ErrorChain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Mutex, watch};
@@ -356,7 +357,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
             }
             IncidentError::Engine(_) => {}
         }
-        tracing::warn!(incident = %id, error = %chain(e), "HealTimelineWriteError");
+        tracing::warn!(incident = %id, error = %ErrorChain::new(e), "HealTimelineWriteError");
     }
 
     async fn refuse(
@@ -508,7 +509,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
             },
             Err(e) => {
                 self.metrics.store_errors.inc();
-                tracing::warn!(request_id = %record.request_id, error = %chain(&e), "HealIntentWriteError");
+                tracing::warn!(request_id = %record.request_id, error = %ErrorChain::new(&e), "HealIntentWriteError");
                 mem.next_look.insert(
                     record.incident.clone(),
                     self.incidents.now_ms() + RECHECK_MS,
@@ -744,7 +745,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
             }
             Err(e) => {
                 self.metrics.store_errors.inc();
-                tracing::warn!(request_id = %record.request_id, error = %chain(&e), "HealRecordWriteError");
+                tracing::warn!(request_id = %record.request_id, error = %ErrorChain::new(&e), "HealRecordWriteError");
                 false
             }
         }
