@@ -500,7 +500,7 @@ impl ForestSet {
             if !m.offset.is_finite() {
                 return Err(ForestSetError::NonFiniteOffset { member: i });
             }
-            if !(m.scale > 0.0 && m.scale <= Member::MAX_SCALE) {
+            if m.scale.is_nan() || m.scale <= 0.0 || m.scale > Member::MAX_SCALE {
                 return Err(ForestSetError::BadScale { member: i });
             }
         }

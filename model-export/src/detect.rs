@@ -184,12 +184,6 @@ pub enum DetectError {
         /// The contamination asked for.
         contamination: f64,
     },
-    /// A level-free layout whose features are only the value, or have no value to leave out.
-    #[error(
-        "a level-free layout needs the value feature and at least one derived feature \
-         (delta, or a rolling statistic) per signal"
-    )]
-    LevelFreeWithoutDerived,
     /// Label windows were given for a different number of series.
     #[error("{labels} label sets for {series} series")]
     LabelCount {
@@ -386,15 +380,10 @@ pub fn train_model(
         }
     };
     if let ForestLayout::PerSignal {
-        offset_quantile,
-        level_free,
-        ..
+        offset_quantile, ..
     } = cfg.layout
     {
         check("offset_quantile", offset_quantile)?;
-        if level_free && (!spec.value || spec.per_signal() < 2) {
-            return Err(DetectError::LevelFreeWithoutDerived);
-        }
     }
     if cfg.spike_contamination != 0.0 {
         check("spike_contamination", cfg.spike_contamination)?;
@@ -679,7 +668,8 @@ pub fn normalizing_scales(spreads: &[f64]) -> Vec<f64> {
     spreads
         .iter()
         .map(|&s| {
-            if !(reference > 0.0) {
+            // Only positive spreads were kept: the median is NaN exactly when none was.
+            if reference.is_nan() {
                 1.0
             } else if s > 0.0 {
                 (reference / s).clamp(lo, hi)
@@ -706,8 +696,12 @@ fn grow(
     };
     let width = spec.per_signal();
     // The value is a signal's first feature (`FeatureSpec::names`); a level-free forest
-    // starts after it (checked by `train_model`: a value and something after it).
-    let skip = usize::from(level_free);
+    // starts after it. A spec without a value is level-free already, and one with nothing but
+    // the value leaves the forests nothing else to read: both keep every column.
+    let skip = usize::from(level_free && spec.value && width >= 2);
+    if level_free && skip == 0 && spec.value {
+        tracing::info!("level-free layout over value-only features: the forests read the value");
+    }
     let mut members = Vec::with_capacity(spec.signals.len());
     let mut spreads = Vec::with_capacity(spec.signals.len());
     for (i, signal) in spec.signals.iter().enumerate() {
@@ -1017,14 +1011,16 @@ mod tests {
             guard.bounds.iter().map(|b| b.column).collect::<Vec<_>>(),
             [0, width, 2 * width]
         );
+        // Value-only features leave nothing else to read: the forests read the value.
         let only_value = TrainConfig {
             features: FeatureSpec::raw(Vec::new()),
             ..level_free
         };
-        assert!(matches!(
-            train_model(std::slice::from_ref(&series), None, &only_value),
-            Err(DetectError::LevelFreeWithoutDerived)
-        ));
+        let (det, _) =
+            train_model(std::slice::from_ref(&series), None, &only_value).expect("trained");
+        for (i, m) in det.forest.members.iter().enumerate() {
+            assert_eq!((m.first_feature, m.forest.n_features), (i, 1));
+        }
 
         let joint = TrainConfig {
             layout: ForestLayout::Joint,

@@ -150,7 +150,8 @@ pub enum ForestLayout {
         /// The forests read a signal's derived features (delta, rolling statistics) but not
         /// its raw value: a level the signal did not hold in training is then left to the
         /// range guard, and a level inside the training range that the signal holds for a
-        /// while no longer scores at all. False when absent.
+        /// while no longer scores at all. A no-op for features without a value or with
+        /// nothing but the value. False when absent.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         level_free: bool,
     },
