@@ -117,7 +117,10 @@ if [ "$MODELS" = 1 ]; then
   for family in cpu memory traffic pressure restarts; do
     if "$bin" model train --family "$family" --input "$tmp/lake" --out "$tmp/model-$family" \
         --version footprint >/dev/null 2>"$tmp/train-$family.log"; then
-      "$bin" model publish "$tmp/model-$family" --to "$tmp/store" >/dev/null
+      if ! "$bin" model publish "$tmp/model-$family" --to "$tmp/store" >/dev/null 2>"$tmp/publish-$family.log"; then
+        echo "model $family: trained but not published: $(tail -1 "$tmp/publish-$family.log")"
+        continue
+      fi
       python3 - "$tmp/model-$family" "$family" <<'PY'
 import json, os, sys
 d, family = sys.argv[1], sys.argv[2]

@@ -615,13 +615,33 @@ pub fn calibrate(
         .iter()
         .flat_map(|s| smooth_scores(s, alarm))
         .collect();
+    let ordinary = contamination_threshold(&smoothed, 0.5);
+    let mut threshold = contamination_threshold(&smoothed, contamination);
+    if threshold <= ordinary {
+        // Half the training scores or more sit at the very top: the signals were flat in
+        // training (a node observed while idle, a pod tree that never moved), so every row
+        // had the same features. Anything other than that score is new; agents refuse a
+        // threshold that is not above the ordinary score, so it goes just above it.
+        tracing::warn!(
+            rows = raw.len(),
+            ordinary,
+            "TrainingSetFlat: at least half the training scores equal the threshold's quantile; \
+             the model alarms on any change from what training showed"
+        );
+        threshold = ordinary + FLAT_THRESHOLD_MARGIN;
+    }
     Ok(Calibration {
-        threshold: contamination_threshold(&smoothed, contamination),
-        ordinary: contamination_threshold(&smoothed, 0.5),
+        threshold,
+        ordinary,
         spike: spike_threshold(&raw, spike_contamination),
         training_rows: raw.len(),
     })
 }
+
+/// How far above the ordinary score the threshold of a flat training set goes: far below the
+/// smallest step a forest's score takes (one tree's path one node shorter moves a 10-tree,
+/// ψ = 64 forest's score by about 0.004), far above `f32` rounding of scores near 0.
+pub const FLAT_THRESHOLD_MARGIN: f64 = 1e-4;
 
 /// The range guard over each signal's value column, from the range it held in `train`; `None`
 /// when `weight` is 0 or the spec has no value feature.
@@ -759,6 +779,19 @@ mod tests {
             [1.0],
             "one forest is its own median"
         );
+    }
+
+    #[test]
+    fn a_flat_training_set_gets_a_threshold_just_above_its_ordinary_score() {
+        // Every training row alike: all scores equal, so every quantile is the same number.
+        let flat = vec![vec![0.25; 500]];
+        let cal = calibrate(&flat, DEFAULT_ALARM, 0.04, 0.0).expect("calibrated");
+        assert_eq!(cal.ordinary, 0.25);
+        assert_eq!(cal.threshold, 0.25 + FLAT_THRESHOLD_MARGIN);
+        // An ordinary training set keeps its quantile.
+        let varied = vec![(0..500).map(|i| f64::from(i) / 500.0).collect::<Vec<_>>()];
+        let cal = calibrate(&varied, AlarmRule::k_of_n(1, 1), 0.04, 0.0).expect("calibrated");
+        assert!((cal.threshold - contamination_threshold(&varied[0], 0.04)).abs() < 1e-12);
     }
 
     #[test]
