@@ -21,7 +21,7 @@ variable "name" {
 }
 
 variable "kinesis_shard_count" {
-  description = "Provisioned shards (about 300 nodes per shard at the default sampling); null for on-demand."
+  description = "Provisioned shards (about 200 nodes per shard at the default sampling); null for on-demand."
   type        = number
   default     = null
 }

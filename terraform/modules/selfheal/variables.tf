@@ -18,7 +18,7 @@ variable "tags" {
 # --- Kinesis --------------------------------------------------------------------------------
 
 variable "kinesis_shard_count" {
-  description = "Provisioned shards of the record stream (1 MB/s or 1,000 records/s of writes each; docs/deploy.md sizes them: about 300 nodes per shard at the agents' default sampling). null: on-demand capacity mode, which scales by itself and costs more at steady load."
+  description = "Provisioned shards of the record stream (1 MB/s or 1,000 records/s of writes each; docs/deploy.md sizes them: about 200 nodes per shard: each node forwards ~4 records/s at the default sampling). null: on-demand capacity mode, which scales by itself and costs more at steady load."
   type        = number
   default     = null
 
