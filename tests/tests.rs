@@ -26,3 +26,4 @@ mod pipeline;
 mod pods;
 mod score;
 mod sklearn_onnx;
+mod terraform;
