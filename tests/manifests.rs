@@ -753,8 +753,11 @@ fn heal_api_runs_two_replicas_behind_a_disruption_budget_and_a_service() {
         8443
     );
     for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
-        assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe}");
+        assert_eq!(
+            c[probe]["httpGet"],
+            json!({"path": "/healthz", "port": "https", "scheme": "HTTPS"}),
+            "{probe}"
+        );
     }
 }
 
@@ -773,6 +776,10 @@ fn heal_api_admits_only_the_aggregator() {
         &labels(heal)
     ));
 
+    // One port (the signed API, /metrics and /healthz all on 8443), two sources: the
+    // aggregator's pods, in the heal API's own namespace (a bare podSelector), and the
+    // monitoring namespace for /metrics. No rule without `from` (which would admit everyone),
+    // no address rule, no other namespace.
     let ingress = policy["ingress"].as_array().expect("ingress rules");
     assert_eq!(ingress.len(), 2, "{policy}");
     for rule in ingress {
@@ -780,20 +787,19 @@ fn heal_api_admits_only_the_aggregator() {
             rule["from"].is_array(),
             "a rule without `from` admits everyone: {rule}"
         );
+        assert_eq!(
+            rule["ports"],
+            json!([{"port": 8443, "protocol": "TCP"}]),
+            "{rule}"
+        );
     }
-    // The signed API: from the aggregator's pods, in the heal API's own namespace (a bare
-    // podSelector), and from nothing else: no namespace-wide or address rule.
-    let api = ingress
-        .iter()
-        .find(|r| r["ports"] == json!([{"port": 8443, "protocol": "TCP"}]))
-        .expect("a rule for the API port");
-    let from = api["from"].as_array().expect("from");
-    assert_eq!(from.len(), 1, "{api}");
+    let from = ingress[0]["from"].as_array().expect("from");
+    assert_eq!(from.len(), 1, "{policy}");
     assert!(from[0].get("namespaceSelector").is_none() && from[0].get("ipBlock").is_none());
     let sel = &from[0]["podSelector"]["matchLabels"];
     assert!(
         selects(sel, &labels(agg)),
-        "the aggregator is not admitted: {api}"
+        "the aggregator is not admitted: {policy}"
     );
     assert_eq!(
         agg["metadata"]["namespace"],
@@ -806,13 +812,8 @@ fn heal_api_admits_only_the_aggregator() {
             other["metadata"]["name"]
         );
     }
-    // The admin port: the monitoring namespace only.
-    let admin = ingress
-        .iter()
-        .find(|r| r["ports"] == json!([{"port": 9479, "protocol": "TCP"}]))
-        .expect("a rule for the admin port");
     assert_eq!(
-        admin["from"],
+        ingress[1]["from"],
         json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
     );
     // Out: the API server and DNS, nothing else.
@@ -1020,14 +1021,10 @@ fn heal_api_config_matches_its_ports_mounts_and_actions() {
         port_of(cfg["listen_addr"].as_str().expect("listen_addr")),
         container_port(c, "https")
     );
-    assert_eq!(
-        port_of(
-            cfg["admin_listen_addr"]
-                .as_str()
-                .expect("admin_listen_addr")
-        ),
-        container_port(c, "admin")
-    );
+    // The audit log goes to stdout (the root filesystem is read-only; the pod's log outlives it).
+    assert_eq!(cfg["audit_log"], "-");
+    // No action may scale a workload to zero.
+    assert!(cfg["bounds"]["min_replicas"].as_i64() >= Some(1), "{cfg}");
     for key in ["cert_file", "key_file"] {
         assert_eq!(
             parent(cfg["tls"][key].as_str().expect(key)),
@@ -1035,7 +1032,10 @@ fn heal_api_config_matches_its_ports_mounts_and_actions() {
             "{key}"
         );
     }
-    assert_eq!(cfg["auth"]["key_dir"], mount_path(c, "hmac"));
+    assert_eq!(
+        cfg["keys"]["file"],
+        format!("{}/keys", mount_path(c, "hmac"))
+    );
     assert_eq!(
         volume(pod, "tls")["secret"]["secretName"],
         "selfheal-heal-api-tls"
