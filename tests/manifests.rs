@@ -1335,3 +1335,91 @@ fn agents_send_to_the_in_cluster_aggregator_with_a_projected_token() {
             .all(|v| v["name"] != "ingest-token")
     );
 }
+
+#[test]
+fn heal_api_writes_are_bounded_by_admission_policies() {
+    let objs = objects("daemonset");
+    let dep = object(&objs, "Deployment", "selfheal-heal-api");
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        dep["metadata"]["namespace"].as_str().expect("ns"),
+        pod_spec(dep)["serviceAccountName"].as_str().expect("sa")
+    );
+    let policies: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["kind"] == "ValidatingAdmissionPolicy")
+        .collect();
+    assert_eq!(policies.len(), 3, "workloads, their scale, HPAs");
+    // Every (group, resource) the heal API's Role may write is under a policy for UPDATE.
+    let mut covered = BTreeSet::new();
+    for p in &policies {
+        let name = p["metadata"]["name"].as_str().expect("name");
+        let spec = &p["spec"];
+        assert_eq!(spec["failurePolicy"], "Fail", "{name}");
+        assert_eq!(
+            spec["matchConditions"],
+            json!([{"name": "heal-api-only", "expression": format!("request.userInfo.username == '{user}'")}]),
+            "{name} must apply to the heal API's writes, and only to them"
+        );
+        assert!(
+            spec["validations"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty()),
+            "{name}"
+        );
+        for rule in spec["matchConstraints"]["resourceRules"]
+            .as_array()
+            .expect("rules")
+        {
+            assert_eq!(strs(&rule["operations"]), ["UPDATE"], "{name}");
+            for g in strs(&rule["apiGroups"]) {
+                for r in strs(&rule["resources"]) {
+                    covered.insert((g.to_owned(), r.to_owned()));
+                }
+            }
+        }
+        let binding = object(&objs, "ValidatingAdmissionPolicyBinding", name);
+        assert_eq!(binding["spec"]["policyName"], name);
+        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+        assert!(
+            binding["spec"].get("matchResources").is_none(),
+            "{name}: bound in every namespace"
+        );
+    }
+    let writes: BTreeSet<(String, String)> = heal_api_grants()
+        .into_iter()
+        .filter(|(_, _, v)| v == "patch" || v == "update")
+        .map(|(g, r, _)| (g, r))
+        .collect();
+    assert_eq!(
+        covered, writes,
+        "writes without a policy, or policies for nothing"
+    );
+
+    // The scale policy's floor and step are the heal API's own bounds, enforced a second time
+    // by the API server (a stolen token gets no further than the heal API would go).
+    let cfg = toml_json(&mounted_config(&objs, dep, "config", "heal-api.toml"));
+    let scale = policies
+        .iter()
+        .find(|p| p["metadata"]["name"] == "selfheal-heal-api-scale")
+        .expect("the scale policy");
+    let exprs: Vec<&str> = scale["spec"]["validations"]
+        .as_array()
+        .expect("validations")
+        .iter()
+        .filter_map(|v| v["expression"].as_str())
+        .collect();
+    let min = cfg["bounds"]["min_replicas"]
+        .as_i64()
+        .expect("min_replicas");
+    let step = cfg["bounds"]["max_step"].as_i64().expect("max_step");
+    assert_eq!(
+        exprs,
+        [
+            format!("object.spec.replicas >= {min}"),
+            format!(
+                "object.spec.replicas - oldObject.spec.replicas <= {step} && oldObject.spec.replicas - object.spec.replicas <= {step}"
+            ),
+        ]
+    );
+}
