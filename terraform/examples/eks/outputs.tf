@@ -14,7 +14,7 @@ output "model_location" {
 }
 
 output "table_names" {
-  description = "DynamoDB tables (incidents: the aggregator's incidents.store.table)."
+  description = "DynamoDB tables (incidents: the aggregator's incidents.store.table, heal actions included; leases)."
   value       = module.selfheal.table_names
 }
 

@@ -147,8 +147,9 @@ data "aws_iam_policy_document" "aggregator" {
   }
   # aggregator/src/store/dynamodb.rs: DescribeTable at start, Query/GetItem to read, PutItem,
   # DeleteItem and BatchWriteItem to write; TransactWriteItems is authorized per item as
-  # PutItem/UpdateItem/DeleteItem/ConditionCheckItem (the heal actions' exactly-once records and
-  # the leases are conditional writes). No CreateTable: the tables are these.
+  # PutItem/UpdateItem/DeleteItem/ConditionCheckItem (the heal actions' exactly-once records are
+  # conditional PutItems and UpdateItems; leases will be conditional writes). No CreateTable: the
+  # tables are these.
   statement {
     sid = "WriteTables"
     actions = [

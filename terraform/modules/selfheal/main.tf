@@ -193,15 +193,19 @@ resource "aws_s3_bucket_policy" "lake" {
   depends_on = [aws_s3_bucket_public_access_block.lake]
 }
 
-# --- DynamoDB: incidents, heal actions, leases ---------------------------------------------
-# The aggregator's store (aggregator/src/store/dynamodb.rs) keys every table by a string
-# partition key `pk` and a string sort key `sk`; point-in-time recovery and the stack's key on
-# each. Pay per request: the load is bursty (incident storms) and small on average.
+# --- DynamoDB: incidents and heal actions, leases -------------------------------------------
+# The aggregator's store (aggregator/src/store/dynamodb.rs) is ONE table keyed by a string
+# partition key `pk` and a string sort key `sk`: incidents (`pk = INC`), their events, silences,
+# dedup ids and the heal actions' exactly-once records (`pk = ACT`, a PutItem conditional on
+# attribute_not_exists) all live in it, so "incidents" is also the actions table (the
+# aggregator's incidents.store.table). "leases" is for the DynamoDB checkpoint store with shard
+# leases that several aggregator replicas need (docs/ARCHITECTURE.md); nothing writes it until
+# that store lands. Same key schema, point-in-time recovery and the stack's key on each; pay per
+# request: the load is bursty (incident storms) and small on average.
 
 locals {
   tables = {
     incidents = "${var.name}-incidents"
-    actions   = "${var.name}-actions"
     leases    = "${var.name}-leases"
   }
 }

@@ -29,7 +29,7 @@ output "model_location" {
 }
 
 output "table_names" {
-  description = "DynamoDB tables by role: incidents (the aggregator's incidents.store.table), actions and leases."
+  description = "DynamoDB tables by role: incidents (the aggregator's incidents.store.table, which also holds the heal actions' records) and leases (shard leases, for several aggregator replicas)."
   value       = { for k, t in aws_dynamodb_table.this : k => t.name }
 }
 
