@@ -28,3 +28,4 @@ mod pipeline;
 mod pods;
 mod score;
 mod sklearn_onnx;
+mod terraform;
