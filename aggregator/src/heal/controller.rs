@@ -5,7 +5,7 @@
 //!    recognises a request it applied); an applied step 1 is verified; a held value whose time
 //!    is up is restored as step 2.
 //! 2. **Decide** for each open or acknowledged incident not yet acted on and due for a look:
-//!    [`reconcile`] (observing the workload through the executor when it asks), then record a
+//!    [`reconcile()`] (observing the workload through the executor when it asks), then record a
 //!    refusal, escalate, or carry out the plan.
 //!
 //! Carrying out a plan: the intent is written to the store with a conditional insert first

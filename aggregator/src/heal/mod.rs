@@ -2,7 +2,7 @@
 //! [`crate::policy`] decides (pure); this module carries decisions out and keeps the record.
 //!
 //! * [`controller`]: the [`Healer`]. Every `heal.interval_ms` it decides for incidents that are
-//!   open or acknowledged ([`crate::policy::reconcile`]), records each action's intent in the
+//!   open or acknowledged ([`crate::policy::reconcile()`]), records each action's intent in the
 //!   store with a conditional insert keyed `<incident>/<step>` *before* sending it, sends it
 //!   through the executor, records the outcome, verifies it in a window, restores held values
 //!   on time, and escalates what it cannot heal. Everything it does is a timeline event.

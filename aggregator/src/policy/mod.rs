@@ -1,10 +1,10 @@
 //! Policy and guardrails: what the aggregator may do about an incident, and what it must never
 //! do. It decides; [`crate::heal`] carries decisions out through an executor and verifies them.
 //!
-//! * [`file`]: the policy file (TOML), validated into a [`Policy`] with the bad field named.
+//! * [`mod@file`]: the policy file (TOML), validated into a [`Policy`] with the bad field named.
 //! * [`guard`]: the guardrails (cooldown, hourly rates, blast radius, maintenance windows,
 //!   allow-lists, mid-rollout, mutes), each refusal a [`Refusal`] with its reason.
-//! * [`reconcile`]: `reconcile(incident, world) -> Decision`, pure and idempotent (kube-rs'
+//! * [`mod@reconcile`]: `reconcile(incident, world) -> Decision`, pure and idempotent (kube-rs'
 //!   controller shape), the verification verdict and the `error_policy` for failed actions.
 //! * [`PolicySource`]: the current policy, reloaded on SIGHUP and when the file changes; a bad
 //!   reload keeps the old policy, logs and counts why.
