@@ -16,12 +16,18 @@ use selfheal_heal_api::kube::{Connection, KubeConfig, KubeExecutor};
 use serde_json::Value;
 use std::future::Future;
 
+/// One runtime for every test here: a kube client runs a worker task on the runtime it was
+/// built in, so an executor must live and be used on one runtime.
 fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("test runtime")
-        .block_on(f)
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+    .block_on(f)
 }
 
 /// An executor on the double's URL with a bearer-token file, as a test configures one.
@@ -120,8 +126,19 @@ fn observe_reports_replicas_rollout_status_and_the_owning_hpa() {
     assert_eq!(double.store().tokens_seen(), ["heal-token"]);
 
     // A spec change the controller has not observed yet is a rollout in progress.
-    let out = double.kubectl(&["set", "image", "deploy/web", "app=registry.example/app:1.5", "-n", "default"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = double.kubectl(&[
+        "set",
+        "image",
+        "deploy/web",
+        "app=registry.example/app:1.5",
+        "-n",
+        "default",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state = block_on(exec.observe(&web())).expect("observe");
     assert!(state.rolling_out);
     assert_eq!((state.generation, state.observed_generation), (2, 1));
@@ -142,8 +159,15 @@ fn observe_reports_replicas_rollout_status_and_the_owning_hpa() {
     assert_eq!(state.replicas, 2);
     assert!(!state.rolling_out);
     assert!(state.hpa.is_none());
-    assert!(double.store().writes().iter().all(|w| w.path.contains("deployments/web") && w.method == "PATCH"),
-        "observe wrote nothing: {:?}", double.store().writes());
+    assert!(
+        double
+            .store()
+            .writes()
+            .iter()
+            .all(|w| w.path.contains("deployments/web") && w.method == "PATCH"),
+        "observe wrote nothing: {:?}",
+        double.store().writes()
+    );
 }
 
 #[test]
@@ -158,22 +182,36 @@ fn scale_goes_through_the_scale_subresource_once_and_kubectl_shows_it() {
     assert!(!out.already_applied && !out.dry_run, "{out:?}");
     let d = deploy(&double);
     assert_eq!(d["spec"]["replicas"], 5);
-    assert_eq!(d["metadata"]["annotations"][REQUEST_ID_ANNOTATION], "inc-7/1");
     assert_eq!(
-        out.version_after.as_ref().map(|v| v.resource_version.as_str()),
+        d["metadata"]["annotations"][REQUEST_ID_ANNOTATION],
+        "inc-7/1"
+    );
+    assert_eq!(
+        out.version_after
+            .as_ref()
+            .map(|v| v.resource_version.as_str()),
         d["metadata"]["resourceVersion"].as_str()
     );
-    assert_eq!(kubectl_row(&double, &["get", "deploy", "-n", "default"], "web")[1], "3/5");
+    assert_eq!(
+        kubectl_row(&double, &["get", "deploy", "-n", "default"], "web")[1],
+        "3/5"
+    );
     // Two writes: the annotation under the decision's version, then the Scale under the
     // annotated one.
     let w = accepted(&double);
     assert_eq!(w.len(), 2, "{w:?}");
-    assert_eq!((w[0].method.as_str(), w[1].method.as_str()), ("PATCH", "PUT"));
+    assert_eq!(
+        (w[0].method.as_str(), w[1].method.as_str()),
+        ("PATCH", "PUT")
+    );
     assert_eq!(
         w[0].json()["metadata"]["resourceVersion"],
         state.version.resource_version.as_str()
     );
-    assert!(w[1].path.starts_with("/apis/apps/v1/namespaces/default/deployments/web/scale"));
+    assert!(
+        w[1].path
+            .starts_with("/apis/apps/v1/namespaces/default/deployments/web/scale")
+    );
     assert_eq!(w[1].json()["kind"], "Scale");
     assert_eq!(w[1].json()["spec"]["replicas"], 5);
 
@@ -203,17 +241,24 @@ fn a_request_cut_between_annotate_and_scale_is_finished_once_when_re_sent() {
     let req = request("inc-9/1", &state, Action::Scale { from: 3, to: 6 });
     // The executor dies (as far as the API can tell) after the annotation: its scale never
     // lands.
-    double.store().fail_next(Some("PUT"), "/deployments/web/scale", 500, 1);
+    double
+        .store()
+        .fail_next(Some("PUT"), "/deployments/web/scale", 500, 1);
     let err = block_on(exec.apply(&req)).expect_err("the scale failed");
     assert_eq!(err.kind, ActionErrorKind::Unavailable);
     assert!(err.is_retryable());
     let d = deploy(&double);
-    assert_eq!(d["metadata"]["annotations"][REQUEST_ID_ANNOTATION], "inc-9/1");
+    assert_eq!(
+        d["metadata"]["annotations"][REQUEST_ID_ANNOTATION],
+        "inc-9/1"
+    );
     assert_eq!(d["spec"]["replicas"], 3);
     // Meanwhile the deployment controller updates the status: a new resourceVersion.
-    double.store().modify(&deployments(), "default", "web", |d| {
-        d["status"]["conditions"][0]["lastUpdateTime"] = "2026-12-01T15:00:00Z".into();
-    });
+    double
+        .store()
+        .modify(&deployments(), "default", "web", |d| {
+            d["status"]["conditions"][0]["lastUpdateTime"] = "2026-12-01T15:00:00Z".into();
+        });
     // A fresh executor (the restarted process) re-sends the same request.
     let exec = executor(&double, dir.path());
     let out = block_on(exec.apply(&req)).expect("finished");
@@ -237,14 +282,19 @@ fn a_request_cut_between_annotate_and_scale_is_finished_once_when_re_sent() {
     };
     let state = block_on(exec.observe(&api)).expect("observe api");
     let req = request("inc-10/1", &state, Action::Scale { from: 2, to: 4 });
-    double.store().fail_next(Some("PUT"), "/deployments/api/scale", 503, 1);
+    double
+        .store()
+        .fail_next(Some("PUT"), "/deployments/api/scale", 500, 1);
     assert!(block_on(exec.apply(&req)).is_err());
     let out = double.kubectl(&["scale", "deploy/api", "--replicas=3", "-n", "default"]);
     assert!(out.status.success());
     let err = block_on(exec.apply(&req)).expect_err("conflict");
     assert_eq!(err.kind, ActionErrorKind::Conflict, "{err}");
     assert_eq!(
-        double.store().get(&deployments(), "default", "api").expect("api")["spec"]["replicas"],
+        double
+            .store()
+            .get(&deployments(), "default", "api")
+            .expect("api")["spec"]["replicas"],
         3
     );
 }
@@ -258,7 +308,11 @@ fn a_stale_or_re_created_object_is_a_conflict_and_nothing_is_written() {
     let state = block_on(exec.observe(&web())).expect("observe");
     // A user edits the deployment after the decision.
     let out = double.kubectl(&["label", "deploy", "web", "team=payments", "-n", "default"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before = accepted(&double).len();
     for action in [
         Action::Scale { from: 3, to: 5 },
@@ -271,7 +325,11 @@ fn a_stale_or_re_created_object_is_a_conflict_and_nothing_is_written() {
         assert!(!err.is_retryable());
         assert!(err.message.contains("changed since the decision"), "{err}");
     }
-    assert_eq!(accepted(&double).len(), before, "a refused action reached the API");
+    assert_eq!(
+        accepted(&double).len(),
+        before,
+        "a refused action reached the API"
+    );
     assert_eq!(deploy(&double)["spec"]["replicas"], 3);
 
     // Deleted and re-created under the same name: another uid, another object.
@@ -283,16 +341,26 @@ fn a_stale_or_re_created_object_is_a_conflict_and_nothing_is_written() {
         uid: state.version.uid.clone(),
         resource_version: fresh.version.resource_version.clone(),
     };
-    let err = block_on(exec.apply(&request("inc-3/2", &fresh, Action::Scale { from: 3, to: 5 })))
-        .expect_err("another object");
+    let err = block_on(exec.apply(&request(
+        "inc-3/2",
+        &fresh,
+        Action::Scale { from: 3, to: 5 },
+    )))
+    .expect_err("another object");
     assert_eq!(err.kind, ActionErrorKind::Conflict);
     assert!(err.message.contains("another object"), "{err}");
 
     // The API server's own 409 (someone wrote between our read and our write) is a conflict too.
     let state = block_on(exec.observe(&web())).expect("observe");
-    double.store().fail_next(Some("PATCH"), "/deployments/web", 409, 1);
-    let err = block_on(exec.apply(&request("inc-3/3", &state, Action::Scale { from: 3, to: 4 })))
-        .expect_err("409");
+    double
+        .store()
+        .fail_next(Some("PATCH"), "/deployments/web", 409, 1);
+    let err = block_on(exec.apply(&request(
+        "inc-3/3",
+        &state,
+        Action::Scale { from: 3, to: 4 },
+    )))
+    .expect_err("409");
     assert_eq!(err.kind, ActionErrorKind::Conflict);
 }
 
@@ -318,12 +386,24 @@ fn rollout_restart_sets_the_template_annotation_once() {
         d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION],
         at
     );
-    assert_eq!(d["metadata"]["annotations"][REQUEST_ID_ANNOTATION], "inc-4/1");
+    assert_eq!(
+        d["metadata"]["annotations"][REQUEST_ID_ANNOTATION],
+        "inc-4/1"
+    );
     assert_eq!(d["metadata"]["generation"], 2);
-    assert_eq!(accepted(&double).len(), 1, "one write: annotation and restart together");
+    assert_eq!(
+        accepted(&double).len(),
+        1,
+        "one write: annotation and restart together"
+    );
     // kubectl sees the restart as a rollout.
     let out = double.kubectl(&[
-        "get", "deploy", "web", "-n", "default", "-o",
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "default",
+        "-o",
         "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), at);
@@ -384,7 +464,11 @@ fn the_hpa_floor_is_raised_and_restored_and_kubectl_shows_both() {
     assert!(!out.already_applied);
     let row = kubectl_row(&double, &["get", "hpa", "-n", "default"], "web");
     assert_eq!(row[4..6], ["6", "10"], "{row:?}");
-    assert!(block_on(exec.apply(&raise)).expect("re-send").already_applied);
+    assert!(
+        block_on(exec.apply(&raise))
+            .expect("re-send")
+            .already_applied
+    );
 
     // Restored after stabilize_for: a new request on the version the raise left.
     let restore = ActionRequest {
@@ -401,7 +485,10 @@ fn the_hpa_floor_is_raised_and_restored_and_kubectl_shows_both() {
     let row = kubectl_row(&double, &["get", "hpa", "-n", "default"], "web");
     assert_eq!(row[4], "2");
     let stored = double.store().get(&hpas(), "default", "web").expect("hpa");
-    assert_eq!(stored["metadata"]["annotations"][REQUEST_ID_ANNOTATION], "inc-6/2");
+    assert_eq!(
+        stored["metadata"]["annotations"][REQUEST_ID_ANNOTATION],
+        "inc-6/2"
+    );
     assert_eq!(stored["metadata"]["generation"], 3);
     // The old raise re-sent now: its id is no longer on the object and the version moved on.
     let err = block_on(exec.apply(&raise)).expect_err("stale raise");
@@ -427,7 +514,10 @@ fn the_hpa_floor_is_raised_and_restored_and_kubectl_shows_both() {
     double
         .store()
         .put(&hpas(), hpa_object("default", "other", "api", 1, 3));
-    let other = double.store().get(&hpas(), "default", "other").expect("other");
+    let other = double
+        .store()
+        .get(&hpas(), "default", "other")
+        .expect("other");
     let wrong = ActionRequest {
         request_id: "inc-6/4".into(),
         target: web(),
@@ -458,15 +548,9 @@ fn delete_pod_deletes_that_pod_of_the_workload_once() {
     let exec = executor(&double, dir.path());
     let state = block_on(exec.observe(&web())).expect("observe");
     let victim = "web-7c5b9d8f6-p001";
-    let uid = double.store().get(&pods(), "default", victim).expect("pod")["metadata"]["uid"]
-        .clone();
-    let req = request(
-        "inc-8/1",
-        &state,
-        Action::DeletePod {
-            pod: victim.into(),
-        },
-    );
+    let uid =
+        double.store().get(&pods(), "default", victim).expect("pod")["metadata"]["uid"].clone();
+    let req = request("inc-8/1", &state, Action::DeletePod { pod: victim.into() });
     let out = block_on(exec.apply(&req)).expect("delete");
     assert!(!out.already_applied);
     assert!(double.store().get(&pods(), "default", victim).is_none());
@@ -478,7 +562,10 @@ fn delete_pod_deletes_that_pod_of_the_workload_once() {
     assert_eq!(w[1].json()["preconditions"]["uid"], uid);
     // The ReplicaSet re-creates a pod of the same name (as a StatefulSet would): another uid,
     // so the re-sent request is recognised as done and deletes nothing.
-    let mut replacement = double.store().get(&pods(), "default", "web-7c5b9d8f6-p000").expect("p000");
+    let mut replacement = double
+        .store()
+        .get(&pods(), "default", "web-7c5b9d8f6-p000")
+        .expect("p000");
     replacement["metadata"]["name"] = victim.into();
     replacement["metadata"]["uid"] = "a-new-incarnation".into();
     double.store().put(&pods(), replacement);
@@ -497,8 +584,17 @@ fn delete_pod_deletes_that_pod_of_the_workload_once() {
     )))
     .expect_err("not web's pod");
     assert_eq!(err.kind, ActionErrorKind::Forbidden, "{err}");
-    assert!(double.store().get(&pods(), "default", "api-7c5b9d8f6-p000").is_some());
-    assert_eq!(accepted(&double).len(), 2, "a refused delete reached the API");
+    assert!(
+        double
+            .store()
+            .get(&pods(), "default", "api-7c5b9d8f6-p000")
+            .is_some()
+    );
+    assert_eq!(
+        accepted(&double).len(),
+        2,
+        "a refused delete reached the API"
+    );
 }
 
 #[test]
@@ -510,19 +606,26 @@ fn api_failures_are_classified_and_only_unavailable_is_retryable() {
     let state = block_on(exec.observe(&web())).expect("observe");
     let req = request("inc-11/1", &state, Action::Scale { from: 3, to: 4 });
 
-    double.store().fail_next(Some("PATCH"), "/deployments/web", 403, 1);
+    double
+        .store()
+        .fail_next(Some("PATCH"), "/deployments/web", 403, 1);
     let err = block_on(exec.apply(&req)).expect_err("403");
     assert_eq!(err.kind, ActionErrorKind::Forbidden, "{err}");
     assert!(!err.is_retryable());
     assert!(err.message.contains("403"), "{err}");
 
-    double.store().fail_next(Some("PATCH"), "/deployments/web", 500, 1);
+    double
+        .store()
+        .fail_next(Some("PATCH"), "/deployments/web", 500, 1);
     let err = block_on(exec.apply(&req)).expect_err("500");
     assert_eq!(err.kind, ActionErrorKind::Unavailable, "{err}");
     assert!(err.is_retryable());
 
-    double.store().fail_next(Some("GET"), "/deployments/web", 429, 1);
-    let err = block_on(exec.observe(&web())).expect_err("429");
+    // (kube's client itself retries 429, 503 and 504 with backoff before giving up.)
+    double
+        .store()
+        .fail_next(Some("GET"), "/deployments/web", 500, 1);
+    let err = block_on(exec.observe(&web())).expect_err("500 on read");
     assert_eq!(err.kind, ActionErrorKind::Unavailable);
     assert_eq!(deploy(&double)["spec"]["replicas"], 3, "nothing applied");
 
@@ -585,6 +688,11 @@ fn a_kubeconfig_file_and_context_select_the_api_server() {
         ..KubeConfig::default()
     };
     let err = block_on(KubeExecutor::connect(&bad)).expect_err("token over the network in clear");
-    let chain = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
     assert!(chain.contains("kube.connection.url"), "{chain}");
 }

@@ -125,14 +125,20 @@ impl KubeExecutor {
     }
 
     /// The HPA (autoscaling/v2) in the target's namespace whose `scaleTargetRef` names it.
-    async fn owning_hpa(&self, target: &Target) -> Result<Option<HorizontalPodAutoscaler>, ActionError> {
+    async fn owning_hpa(
+        &self,
+        target: &Target,
+    ) -> Result<Option<HorizontalPodAutoscaler>, ActionError> {
         let list = self
             .hpas(&target.namespace)
             .list(&ListParams::default())
             .await
             .map_err(|e| error::classify(&format!("list HPAs in {}", target.namespace), e))?;
-        let owners: Vec<&HorizontalPodAutoscaler> =
-            list.items.iter().filter(|h| observe::hpa_targets(h, target)).collect();
+        let owners: Vec<&HorizontalPodAutoscaler> = list
+            .items
+            .iter()
+            .filter(|h| observe::hpa_targets(h, target))
+            .collect();
         if owners.len() > 1 {
             tracing::warn!(%target, hpas = owners.len(), "several HPAs target this workload; using the first by name");
         }
@@ -191,7 +197,11 @@ impl Executor for KubeExecutor {
                 }
             }
         };
-        state.hpa = self.owning_hpa(target).await?.as_ref().map(observe::hpa_state);
+        state.hpa = self
+            .owning_hpa(target)
+            .await?
+            .as_ref()
+            .map(observe::hpa_state);
         Ok(state)
     }
 

@@ -469,7 +469,10 @@ impl Store {
                 md["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
             }
             None => {
-                if md.get("uid").is_none_or(|u| u.as_str().is_none_or(str::is_empty)) {
+                if md
+                    .get("uid")
+                    .is_none_or(|u| u.as_str().is_none_or(str::is_empty))
+                {
                     inner.uid_counter += 1;
                     md["uid"] = json!(format!(
                         "00000000-0000-4000-8000-{:012x}",
@@ -487,7 +490,11 @@ impl Store {
                 None => md.get("generation").and_then(Value::as_i64).unwrap_or(1),
                 Some(old) => {
                     let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
-                    if old.get("spec") == obj.get("spec") { g } else { g + 1 }
+                    if old.get("spec") == obj.get("spec") {
+                        g
+                    } else {
+                        g + 1
+                    }
                 }
             };
             obj["metadata"]["generation"] = json!(generation);
@@ -508,7 +515,12 @@ impl Store {
     /// `status` catches up with `spec` (observed generation, every replica updated, ready and
     /// available; a StatefulSet's current revision becomes its update revision). A no-op when
     /// it is already finished; `None` when there is no such object.
-    pub fn complete_rollout(&self, def: &ResourceDef, namespace: &str, name: &str) -> Option<Value> {
+    pub fn complete_rollout(
+        &self,
+        def: &ResourceDef,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
         let mut inner = lock(&self.inner);
         self.finish_rollout_locked(&mut inner, def, namespace, name)
     }
@@ -544,7 +556,10 @@ impl Store {
         if def.group != "apps" {
             return Some(current);
         }
-        let replicas = current.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let replicas = current
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let mut obj = current.clone();
         let st = &mut obj["status"];
         if !st.is_object() {
@@ -567,10 +582,9 @@ impl Store {
             "StatefulSet" => {
                 st["updatedReplicas"] = json!(replicas);
                 st["currentReplicas"] = json!(replicas);
-                let rev = st
-                    .get("updateRevision")
-                    .cloned()
-                    .unwrap_or_else(|| json!(format!("{name}-rev{}", current["metadata"]["generation"])));
+                let rev = st.get("updateRevision").cloned().unwrap_or_else(|| {
+                    json!(format!("{name}-rev{}", current["metadata"]["generation"]))
+                });
                 st["updateRevision"] = rev.clone();
                 st["currentRevision"] = rev;
             }
@@ -821,8 +835,17 @@ impl KubeDouble {
             .env_clear()
             .env("HOME", home.path())
             .env("KUBECONFIG", home.path().join("no-kubeconfig"))
-            .args(["--server", &self.url(), "--token", "x", "--request-timeout=10s"])
-            .arg(format!("--cache-dir={}", home.path().join("cache").display()))
+            .args([
+                "--server",
+                &self.url(),
+                "--token",
+                "x",
+                "--request-timeout=10s",
+            ])
+            .arg(format!(
+                "--cache-dir={}",
+                home.path().join("cache").display()
+            ))
             .args(args)
             .output()
             .expect("run kubectl")
@@ -1178,18 +1201,38 @@ fn injected(code: u16, path: &str) -> Response {
         401 => ("Unauthorized", "Unauthorized".to_owned()),
         403 => (
             "Forbidden",
-            format!("forbidden: User \"system:serviceaccount:selfheal:selfheal\" cannot access {path}"),
+            format!(
+                "forbidden: User \"system:serviceaccount:selfheal:selfheal\" cannot access {path}"
+            ),
         ),
-        404 => ("NotFound", "the server could not find the requested resource".to_owned()),
+        404 => (
+            "NotFound",
+            "the server could not find the requested resource".to_owned(),
+        ),
         409 => (
             "Conflict",
-            format!("Operation cannot be fulfilled on {path}: {}", "the object has been modified; please apply your changes to the latest version and try again"),
+            format!(
+                "Operation cannot be fulfilled on {path}: {}",
+                "the object has been modified; please apply your changes to the latest version and try again"
+            ),
         ),
         422 => ("Invalid", format!("{path} is invalid")),
-        429 => ("TooManyRequests", "Too many requests, please try again later.".to_owned()),
-        503 => ("ServiceUnavailable", "the server is currently unable to handle the request".to_owned()),
-        504 => ("Timeout", "the server was unable to return a response in the time allotted".to_owned()),
-        _ => ("InternalError", format!("Internal error occurred: injected failure on {path}")),
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please try again later.".to_owned(),
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".to_owned(),
+        ),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted".to_owned(),
+        ),
+        _ => (
+            "InternalError",
+            format!("Internal error occurred: injected failure on {path}"),
+        ),
     };
     status_error(code, reason, message)
 }
@@ -1270,7 +1313,10 @@ fn api_group_list(defs: &[ResourceDef]) -> Value {
 
 fn resource_list(defs: &[ResourceDef], group: &str, version: &str) -> Response {
     let mut resources: Vec<Value> = Vec::new();
-    for d in defs.iter().filter(|d| d.group == group && d.version == version) {
+    for d in defs
+        .iter()
+        .filter(|d| d.group == group && d.version == version)
+    {
         resources.push(json!({
             "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced,
             "kind": d.kind, "verbs": d.verbs,

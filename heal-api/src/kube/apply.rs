@@ -167,7 +167,11 @@ async fn fetch<K: Resource + Clone + DeserializeOwned + Debug>(
 }
 
 /// Refuses a request whose object changed since the decision.
-fn check_unchanged(meta: &ObjectMeta, what: &str, expect: &ObjectVersion) -> Result<(), ActionError> {
+fn check_unchanged(
+    meta: &ObjectMeta,
+    what: &str,
+    expect: &ObjectVersion,
+) -> Result<(), ActionError> {
     let rv = meta.resource_version.as_deref().unwrap_or_default();
     if rv != expect.resource_version {
         return Err(conflict(format!(
@@ -238,7 +242,9 @@ async fn scale<K: Workload>(
         return Ok(outcome(
             false,
             &done.metadata,
-            format!("finished scaling {t} from {from} to {to} (scale subresource; annotated earlier)"),
+            format!(
+                "finished scaling {t} from {from} to {to} (scale subresource; annotated earlier)"
+            ),
         ));
     }
     check_unchanged(obj.meta(), &t.to_string(), &req.expect)?;
@@ -408,9 +414,9 @@ async fn remove_pod(pods: &Api<Pod>, name: &str, what: &str, uid: &str) -> Resul
         ..DeleteParams::default()
     };
     pods.delete(name, &dp)
-    .await
-    .map(|_| ())
-    .map_err(|e| classify(&format!("delete {what}"), e))
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&format!("delete {what}"), e))
 }
 
 /// The uid of the workload that controls `pod`: its StatefulSet, or for a Deployment the owner
@@ -420,16 +426,21 @@ async fn workload_uid_of_pod(
     pod: &Pod,
     kind: WorkloadKind,
 ) -> Result<Option<String>, ActionError> {
-    let controller = |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>, kind: &str| {
-        refs.into_iter()
-            .flatten()
-            .find(|r| r.controller == Some(true) && r.kind == kind)
-            .cloned()
-    };
+    let controller =
+        |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+         kind: &str| {
+            refs.into_iter()
+                .flatten()
+                .find(|r| r.controller == Some(true) && r.kind == kind)
+                .cloned()
+        };
     match kind {
-        WorkloadKind::StatefulSet => Ok(controller(pod.metadata.owner_references.as_ref(), "StatefulSet").map(|r| r.uid)),
+        WorkloadKind::StatefulSet => {
+            Ok(controller(pod.metadata.owner_references.as_ref(), "StatefulSet").map(|r| r.uid))
+        }
         WorkloadKind::Deployment => {
-            let Some(rs_ref) = controller(pod.metadata.owner_references.as_ref(), "ReplicaSet") else {
+            let Some(rs_ref) = controller(pod.metadata.owner_references.as_ref(), "ReplicaSet")
+            else {
                 return Ok(None);
             };
             let ns = pod.metadata.namespace.clone().unwrap_or_default();

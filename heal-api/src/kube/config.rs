@@ -182,7 +182,9 @@ mod tests {
     fn a_token_crosses_plain_http_only_on_loopback() {
         url("http://127.0.0.1:6443").validate().expect("loopback");
         url("https://10.0.0.1:6443").validate().expect("https");
-        let e = url("http://10.0.0.1:6443").validate().expect_err("http to a network");
+        let e = url("http://10.0.0.1:6443")
+            .validate()
+            .expect_err("http to a network");
         assert_eq!(e.field, "kube.connection.url");
         assert_eq!(
             url("ftp://k").validate().expect_err("scheme").field,
@@ -206,6 +208,9 @@ mod tests {
             },
             ..KubeConfig::default()
         };
-        assert_eq!(c.validate().expect_err("no CA").field, "kube.connection.ca_file");
+        assert_eq!(
+            c.validate().expect_err("no CA").field,
+            "kube.connection.ca_file"
+        );
     }
 }

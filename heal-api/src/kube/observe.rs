@@ -222,9 +222,21 @@ mod tests {
 
     #[test]
     fn a_statefulset_is_rolled_out_only_when_kubectl_would_say_so() {
-        assert!(!statefulset_rolling_out(&statefulset(3, sts_status(3, 3, "r2", "r2"), None)));
-        assert!(statefulset_rolling_out(&statefulset(3, sts_status(2, 3, "r2", "r2"), None)));
-        assert!(statefulset_rolling_out(&statefulset(3, sts_status(3, 1, "r1", "r2"), None)));
+        assert!(!statefulset_rolling_out(&statefulset(
+            3,
+            sts_status(3, 3, "r2", "r2"),
+            None
+        )));
+        assert!(statefulset_rolling_out(&statefulset(
+            3,
+            sts_status(2, 3, "r2", "r2"),
+            None
+        )));
+        assert!(statefulset_rolling_out(&statefulset(
+            3,
+            sts_status(3, 1, "r1", "r2"),
+            None
+        )));
         let mut unobserved = sts_status(3, 3, "r2", "r2");
         unobserved.observed_generation = Some(1);
         assert!(statefulset_rolling_out(&statefulset(3, unobserved, None)));

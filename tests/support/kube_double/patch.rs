@@ -38,7 +38,9 @@ pub fn apply(kind: PatchType, doc: &mut Value, patch: &[u8]) -> Result<(), Strin
         PatchType::Merge => {
             let p: Value = serde_json::from_slice(patch).map_err(|e| format!("{e}"))?;
             if !p.is_object() {
-                return Err("json: cannot unmarshal into Go value of type map[string]interface {}".into());
+                return Err(
+                    "json: cannot unmarshal into Go value of type map[string]interface {}".into(),
+                );
             }
             json_patch::merge(doc, &p);
             Ok(())
@@ -51,7 +53,9 @@ pub fn apply(kind: PatchType, doc: &mut Value, patch: &[u8]) -> Result<(), Strin
         PatchType::Strategic => {
             let p: Value = serde_json::from_slice(patch).map_err(|e| format!("{e}"))?;
             let Value::Object(p) = p else {
-                return Err("json: cannot unmarshal into Go value of type map[string]interface {}".into());
+                return Err(
+                    "json: cannot unmarshal into Go value of type map[string]interface {}".into(),
+                );
             };
             if !doc.is_object() {
                 *doc = Value::Object(Map::new());
@@ -67,8 +71,13 @@ pub fn apply(kind: PatchType, doc: &mut Value, patch: &[u8]) -> Result<(), Strin
 /// The patch merge key of a list field, by its name.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims" => "name",
         "ports" => "containerPort",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
@@ -157,10 +166,14 @@ fn merge_list(doc: &mut Vec<Value>, patch: &[Value], key: &str) -> Result<(), St
     }
     for elem in patch {
         let Some(p) = elem.as_object() else {
-            return Err(format!("merging a list by \"{key}\": an element is not an object"));
+            return Err(format!(
+                "merging a list by \"{key}\": an element is not an object"
+            ));
         };
         let Some(id) = p.get(key) else {
-            return Err(format!("map: {elem} does not contain declared merge key: {key}"));
+            return Err(format!(
+                "map: {elem} does not contain declared merge key: {key}"
+            ));
         };
         let at = doc.iter().position(|d| d.get(key) == Some(id));
         match (p.get("$patch").and_then(Value::as_str), at) {

@@ -83,20 +83,35 @@ fn template_columns(o: &Value) -> (String, String) {
 fn selector(o: &Value) -> String {
     let s = writes::scale_of(o);
     let s = s["status"]["selector"].as_str().unwrap_or_default();
-    if s.is_empty() { "<none>".into() } else { s.to_owned() }
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s.to_owned()
+    }
 }
 
 /// The HPA's `Targets` cell, as kubectl 1.32 prints it (`cpu: <unknown>/80%`).
 fn hpa_targets(o: &Value) -> String {
-    let metrics = o.pointer("/spec/metrics").and_then(Value::as_array).cloned().unwrap_or_default();
+    let metrics = o
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if metrics.is_empty() {
         return "<none>".into();
     }
-    let current = o.pointer("/status/currentMetrics").and_then(Value::as_array).cloned().unwrap_or_default();
+    let current = o
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     metrics
         .iter()
         .map(|m| {
-            let name = m.pointer("/resource/name").and_then(Value::as_str).unwrap_or("metric");
+            let name = m
+                .pointer("/resource/name")
+                .and_then(Value::as_str)
+                .unwrap_or("metric");
             let target = &m.pointer("/resource/target").cloned().unwrap_or_default();
             let now = current
                 .iter()
@@ -106,7 +121,13 @@ fn hpa_targets(o: &Value) -> String {
                 .map_or("<unknown>".to_owned(), |v| format!("{v}%"));
             match target["averageUtilization"].as_i64() {
                 Some(t) => format!("{name}: {now}/{t}%"),
-                None => format!("{name}: {now}/{}", target["averageValue"].as_str().or(target["value"].as_str()).unwrap_or("<unknown>")),
+                None => format!(
+                    "{name}: {now}/{}",
+                    target["averageValue"]
+                        .as_str()
+                        .or(target["value"].as_str())
+                        .unwrap_or("<unknown>")
+                ),
             }
         })
         .collect::<Vec<_>>()
@@ -118,7 +139,7 @@ fn cells(kind: &str, o: &Value) -> Value {
     let age = age(&meta(o, "creationTimestamp"));
     match kind {
         "Pod" => {
-                let statuses = o
+            let statuses = o
                 .pointer("/status/containerStatuses")
                 .and_then(Value::as_array)
                 .cloned()
@@ -127,7 +148,10 @@ fn cells(kind: &str, o: &Value) -> Value {
                 .pointer("/spec/containers")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
-            let ready = statuses.iter().filter(|s| s["ready"] == json!(true)).count();
+            let ready = statuses
+                .iter()
+                .filter(|s| s["ready"] == json!(true))
+                .count();
             let restarts: u64 = statuses
                 .iter()
                 .map(|s| s["restartCount"].as_u64().unwrap_or(0))
@@ -152,42 +176,74 @@ fn cells(kind: &str, o: &Value) -> Value {
                 reason,
                 restarts.to_string(),
                 age,
-                o.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>"),
-                o.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("<none>"),
+                o.pointer("/status/podIP")
+                    .and_then(Value::as_str)
+                    .unwrap_or("<none>"),
+                o.pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("<none>"),
             ])
         }
         "Deployment" => {
             let (containers, images) = template_columns(o);
             json!([
                 name,
-                format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas")),
+                format!(
+                    "{}/{}",
+                    int(o, "/status/readyReplicas"),
+                    int(o, "/spec/replicas")
+                ),
                 int(o, "/status/updatedReplicas"),
                 int(o, "/status/availableReplicas"),
-                age, containers, images, selector(o),
+                age,
+                containers,
+                images,
+                selector(o),
             ])
         }
         "StatefulSet" => {
             let (containers, images) = template_columns(o);
             json!([
                 name,
-                format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas")),
-                age, containers, images,
+                format!(
+                    "{}/{}",
+                    int(o, "/status/readyReplicas"),
+                    int(o, "/spec/replicas")
+                ),
+                age,
+                containers,
+                images,
             ])
         }
         "ReplicaSet" => {
             let (containers, images) = template_columns(o);
             json!([
-                name, int(o, "/spec/replicas"), int(o, "/status/replicas"),
-                int(o, "/status/readyReplicas"), age, containers, images, selector(o),
+                name,
+                int(o, "/spec/replicas"),
+                int(o, "/status/replicas"),
+                int(o, "/status/readyReplicas"),
+                age,
+                containers,
+                images,
+                selector(o),
             ])
         }
         "HorizontalPodAutoscaler" => {
-            let target = o.pointer("/spec/scaleTargetRef").cloned().unwrap_or_default();
+            let target = o
+                .pointer("/spec/scaleTargetRef")
+                .cloned()
+                .unwrap_or_default();
             json!([
                 name,
-                format!("{}/{}", target["kind"].as_str().unwrap_or_default(), target["name"].as_str().unwrap_or_default()),
+                format!(
+                    "{}/{}",
+                    target["kind"].as_str().unwrap_or_default(),
+                    target["name"].as_str().unwrap_or_default()
+                ),
                 hpa_targets(o),
-                o.pointer("/spec/minReplicas").and_then(Value::as_i64).map_or("<unset>".to_owned(), |m| m.to_string()),
+                o.pointer("/spec/minReplicas")
+                    .and_then(Value::as_i64)
+                    .map_or("<unset>".to_owned(), |m| m.to_string()),
                 int(o, "/spec/maxReplicas"),
                 int(o, "/status/currentReplicas"),
                 age,

@@ -87,7 +87,9 @@ fn unsupported_patch(ct: &str) -> Response {
     status_error(
         415,
         "UnsupportedMediaType",
-        format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"),
+        format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"
+        ),
     )
 }
 
@@ -183,7 +185,10 @@ fn invalid(def: &ResourceDef, name: &str, field: &str, value: &Value, detail: &s
     failure(
         422,
         "Invalid",
-        format!("{}{group} \"{name}\" is invalid: {field}: {cause}", def.kind),
+        format!(
+            "{}{group} \"{name}\" is invalid: {field}: {cause}",
+            def.kind
+        ),
         d,
     )
 }
@@ -245,8 +250,7 @@ fn validate(def: &ResourceDef, name: &str, obj: &Value) -> Result<(), Response> 
 fn default(def: &ResourceDef, obj: &mut Value) {
     match def.kind {
         "Deployment" | "StatefulSet" | "ReplicaSet" => {
-            if obj.pointer("/spec/replicas").is_none_or(Value::is_null) && obj["spec"].is_object()
-            {
+            if obj.pointer("/spec/replicas").is_none_or(Value::is_null) && obj["spec"].is_object() {
                 obj["spec"]["replicas"] = json!(1);
             }
         }
@@ -254,7 +258,9 @@ fn default(def: &ResourceDef, obj: &mut Value) {
             if obj.pointer("/spec/minReplicas").is_none_or(Value::is_null) {
                 obj["spec"]["minReplicas"] = json!(1);
             }
-            if obj.pointer("/spec/metrics").is_none_or(|m| m.as_array().is_none_or(Vec::is_empty))
+            if obj
+                .pointer("/spec/metrics")
+                .is_none_or(|m| m.as_array().is_none_or(Vec::is_empty))
             {
                 obj["spec"]["metrics"] = json!([{"type": "Resource", "resource": {
                     "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
@@ -269,7 +275,10 @@ fn create(store: &Store, def: &ResourceDef, ns: &str, body: &[u8]) -> Response {
         Ok(o) => o,
         Err(e) => return e,
     };
-    if obj["metadata"].get("namespace").and_then(Value::as_str).is_some_and(|n| !n.is_empty() && n != ns)
+    if obj["metadata"]
+        .get("namespace")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty() && n != ns)
     {
         return status_error(
             400,
@@ -287,7 +296,10 @@ fn create(store: &Store, def: &ResourceDef, ns: &str, body: &[u8]) -> Response {
             return failure(
                 422,
                 "Invalid",
-                format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", def.kind),
+                format!(
+                    "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                    def.kind
+                ),
                 json!({"kind": def.kind, "causes": [{"reason": "FieldValueRequired", "message": "Required value: name or generateName is required", "field": "metadata.name"}]}),
             );
         }
@@ -358,7 +370,11 @@ pub(super) fn update(
         storage.group.to_owned(),
         storage.version.to_owned(),
         storage.plural.to_owned(),
-        if storage.namespaced { ns.to_owned() } else { String::new() },
+        if storage.namespaced {
+            ns.to_owned()
+        } else {
+            String::new()
+        },
         name.to_owned(),
     );
     let Some(current) = inner.objects.get(&key).cloned() else {
@@ -512,7 +528,13 @@ fn delete(store: &Store, def: &ResourceDef, ns: &str, name: &str, body: &[u8]) -
 /// The `autoscaling/v1` Scale of a workload: its identity and version are the parent's.
 pub(super) fn scale_of(parent: &Value) -> Value {
     let mut md = json!({});
-    for f in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+    for f in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
         if let Some(v) = parent["metadata"].get(f) {
             md[f] = v.clone();
         }
@@ -599,8 +621,11 @@ fn random_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
-    let mut x = (nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut x = (nanos
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    .wrapping_mul(0xbf58_476d_1ce4_e5b9);
     (0..5)
         .map(|_| {
             let c = ALPHABET[(x % ALPHABET.len() as u64) as usize] as char;
