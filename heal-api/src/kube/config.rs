@@ -194,11 +194,15 @@ mod tests {
 
     #[test]
     fn bad_bounds_and_missing_files_name_their_field() {
-        let mut c = KubeConfig::default();
-        c.timeout_secs = 0;
+        let c = KubeConfig {
+            timeout_secs: 0,
+            ..KubeConfig::default()
+        };
         assert_eq!(c.validate().expect_err("0 s").field, "kube.timeout_secs");
-        let mut c = KubeConfig::default();
-        c.field_manager = " ".into();
+        let c = KubeConfig {
+            field_manager: " ".into(),
+            ..KubeConfig::default()
+        };
         assert_eq!(c.validate().expect_err("blank").field, "kube.field_manager");
         let c = KubeConfig {
             connection: Connection::Url {
