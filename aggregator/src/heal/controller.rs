@@ -1022,6 +1022,9 @@ pub enum StartError {
     /// The action records could not be read.
     #[error(transparent)]
     Restore(#[from] HealError),
+    /// The kube executor could not be set up (configuration, credentials, client).
+    #[error("cannot set up the kube executor")]
+    Kube(#[from] selfheal_heal_api::kube::KubeSetupError),
 }
 
 /// Starts the controller on `incidents`: registers its metrics (and the policy's), returns its
@@ -1035,10 +1038,15 @@ pub async fn start(
         Some(&settings.dry_run_log),
         settings.dry_run_latency,
     )?);
-    // The only executor in this build; `HealConfig::validate` refuses `kube` and `heal-api`
-    // until they join `AnyExecutor` (the seam is there, named).
-    debug_assert_eq!(settings.executor, super::config::ExecutorKind::DryRun);
-    let executor = AnyExecutor::DryRun(Arc::clone(&dry));
+    let executor = match settings.executor {
+        super::config::ExecutorKind::Kube => AnyExecutor::Kube(Arc::new(
+            selfheal_heal_api::kube::KubeExecutor::connect(&settings.kube).await?,
+        )),
+        // `HealConfig::validate` refuses `heal-api` until its client joins `AnyExecutor`.
+        super::config::ExecutorKind::DryRun | super::config::ExecutorKind::HealApi => {
+            AnyExecutor::DryRun(Arc::clone(&dry))
+        }
+    };
     let metrics = Arc::new(HealMetrics::default());
     {
         let r = registry.sub_registry_with_prefix("heal");

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use selfheal_runtime::config::{FieldError, http_url, in_range, is_loopback_host, non_empty};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The kube executor's configuration (`[heal.kube]` or wherever the embedding service puts
 /// it; field names in errors are relative to it, prefixed `kube.`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubeConfig {
     /// Where the API server and the credentials come from.
@@ -45,7 +45,7 @@ impl Default for KubeConfig {
 }
 
 /// Where the API server and the credentials come from.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "source", rename_all = "snake_case")]
 pub enum Connection {
     /// The pod's service account: `KUBERNETES_SERVICE_HOST`/`_PORT`, the mounted token (re-read

@@ -8,6 +8,10 @@
 //! does, and a write that changes nothing keeps the resourceVersion (no event), as a no-op update
 //! does on a real cluster. HPAs are stored as autoscaling/v2 and converted for autoscaling/v1.
 
+// The error of a write step is the HTTP answer itself (a `Status` body with its code), returned
+// as is; boxing it would only add an allocation to a test double's error path.
+#![allow(clippy::result_large_err)]
+
 use super::patch::{self, PatchType};
 use super::*;
 use axum::http::Method;
@@ -249,10 +253,11 @@ fn validate(def: &ResourceDef, name: &str, obj: &Value) -> Result<(), Response> 
 /// The API server's defaulting for the fields the double's readers rely on.
 fn default(def: &ResourceDef, obj: &mut Value) {
     match def.kind {
-        "Deployment" | "StatefulSet" | "ReplicaSet" => {
-            if obj.pointer("/spec/replicas").is_none_or(Value::is_null) && obj["spec"].is_object() {
-                obj["spec"]["replicas"] = json!(1);
-            }
+        "Deployment" | "StatefulSet" | "ReplicaSet"
+            if obj.pointer("/spec/replicas").is_none_or(Value::is_null)
+                && obj["spec"].is_object() =>
+        {
+            obj["spec"]["replicas"] = json!(1);
         }
         "HorizontalPodAutoscaler" if def.version == "v2" => {
             if obj.pointer("/spec/minReplicas").is_none_or(Value::is_null) {
