@@ -163,8 +163,10 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         &self.metrics
     }
 
-    fn executor_for(&self, p: &Policy) -> AnyExecutor {
-        if p.dry_run {
+    /// The dry-run executor when `dry_run` (a dry-run policy, or a record made under one),
+    /// else the configured one.
+    fn executor_for(&self, dry_run: bool) -> AnyExecutor {
+        if dry_run {
             AnyExecutor::DryRun(Arc::clone(&self.dry))
         } else {
             self.executor.clone()
@@ -182,7 +184,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         let mem = self.mem.lock().await;
         let steps = mem.steps.get(id).copied().unwrap_or(0);
         let now = self.incidents.now_ms();
-        let exec = self.executor_for(&policy);
+        let exec = self.executor_for(policy.dry_run);
         let mut observed = None;
         loop {
             let w = World {
@@ -276,7 +278,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         stats: &mut TickStats,
     ) {
         let now = self.incidents.now_ms();
-        let exec = self.executor_for(policy);
+        let exec = self.executor_for(policy.dry_run);
         let mut observed = None;
         let decision = loop {
             let w = World {
@@ -425,7 +427,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         stats: &mut TickStats,
     ) {
         let now = self.incidents.now_ms();
-        let exec = self.executor_for(policy);
+        let exec = self.executor_for(policy.dry_run);
         let record = ActionRecord {
             request_id: plan.request.request_id.clone(),
             incident: inc.id.clone(),
@@ -532,11 +534,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         mut record: ActionRecord,
         stats: &mut TickStats,
     ) {
-        let exec = if record.dry_run {
-            AnyExecutor::DryRun(Arc::clone(&self.dry))
-        } else {
-            self.executor.clone()
-        };
+        let exec = self.executor_for(record.dry_run);
         if record.dry_run {
             // A re-send after a restart may find the dry-run's view empty: seed it from the
             // request, so its version check passes as it did the first time.
@@ -888,11 +886,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         let Some(rs) = r.restore.clone() else {
             return;
         };
-        let exec = if r.dry_run {
-            AnyExecutor::DryRun(Arc::clone(&self.dry))
-        } else {
-            self.executor.clone()
-        };
+        let exec = self.executor_for(r.dry_run);
         let state = match exec.observe(&r.request.target).await {
             Ok(s) => s,
             Err(e) if e.kind == ActionErrorKind::NotFound => {
