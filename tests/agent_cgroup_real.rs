@@ -119,12 +119,17 @@ fn wait_until(secs: u64, what: &str, mut ready: impl FnMut() -> bool) {
 /// Runs `selfheal agent --once` over the test pod's kubepods tree, two readings `gap_ms` apart,
 /// and returns what it printed.
 fn agent_once(pod: &RealPod, gap_ms: u32) -> String {
+    agent_once_with(pod, gap_ms, "")
+}
+
+/// [`agent_once`] with more configuration lines.
+fn agent_once_with(pod: &RealPod, gap_ms: u32, extra: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_file(
         dir.path(),
         "agent.toml",
         &format!(
-            "node_name = \"test-node\"\nkubepods_paths = [\"{}/kubepods\"]\n",
+            "node_name = \"test-node\"\nkubepods_paths = [\"{}/kubepods\"]\n{extra}",
             pod.parent
         ),
     );
@@ -253,6 +258,76 @@ fn real_cgroups_cpu_memory_and_removal() {
         "series of a removed pod must disappear"
     );
     assert_eq!(pipeline.normalizer().series_count(), series_with_pod - 1);
+}
+
+#[test]
+fn a_pod_in_the_local_pod_directory_is_named_after_its_deployment() {
+    let _machine = machine();
+    let mut pod = match RealPod::create("dir") {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED pod directory test: {why}");
+            return;
+        }
+    };
+    pod.spawn("sleep 60");
+    let pods = tempfile::tempdir().expect("tempdir");
+    // The Deployment controller's naming: ReplicaSet `<deployment>-<hash>`, the hash as a label.
+    let json = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"uid":"{uid}",
+        "name":"checkout-6f7c9d8b5-q2w3e","namespace":"chaos",
+        "labels":{{"pod-template-hash":"6f7c9d8b5"}},
+        "ownerReferences":[{{"apiVersion":"apps/v1","kind":"ReplicaSet",
+        "name":"checkout-6f7c9d8b5","controller":true}}]}},
+        "spec":{{"nodeName":"test-node","containers":[{{"name":"app"}}]}},
+        "status":{{"phase":"Running","qosClass":"Burstable",
+        "containerStatuses":[{{"name":"app","ready":true,"restartCount":4,"state":{{"running":{{}}}}}}]}}}}"#,
+        uid = pod.uid
+    );
+    write_file(pods.path(), &format!("{}.json", pod.uid), &json);
+    // Files that are not pods are skipped, not fatal.
+    write_file(pods.path(), "garbage.json", "{ not json");
+    let extra = format!(
+        "[pods]\nsource = \"dir\"\ndir = \"{}\"\n",
+        pods.path().display()
+    );
+    let stdout = agent_once_with(&pod, 500, &extra);
+    let subjects: Vec<(Subject, Family, Option<f64>)> = envelopes(&stdout)
+        .into_iter()
+        .map(|e| {
+            let r = e.record().clone();
+            let restarts = r.values.get(&Metric::RestartsTotal).copied();
+            (r.subject, r.family, restarts)
+        })
+        .collect();
+    let ours: Vec<&(Subject, Family, Option<f64>)> = subjects
+        .iter()
+        .filter(|(s, _, _)| matches!(s, Subject::Pod(p) if p.uid == pod.uid))
+        .collect();
+    assert!(!ours.is_empty(), "the pod's records: {subjects:?}");
+    for (s, _, _) in &ours {
+        assert_eq!(s.workload_key("test-node"), "chaos/Deployment/checkout");
+    }
+    let restarts = ours
+        .iter()
+        .find_map(|(_, f, r)| (*f == Family::Restarts).then_some(*r).flatten());
+    assert_eq!(restarts, Some(4.0), "restart count from containerStatuses");
+
+    // A bad [pods] dir stops the start, naming the field.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_file(
+        dir.path(),
+        "agent.toml",
+        "node_name = \"n\"\n[pods]\nsource = \"dir\"\ndir = \"/nonexistent/pods\"\n",
+    );
+    let out = selfheal()
+        .args(["agent", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pods.dir"), "{err}");
 }
 
 /// A pair of network namespaces joined by a veth, made for one test and deleted on drop: the

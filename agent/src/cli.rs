@@ -2,7 +2,7 @@
 
 use crate::collect::CycleErrors;
 use crate::collect::Pipeline;
-use crate::collect::pods::{PodWatcher, SharedPodDirectory};
+use crate::collect::pods::{DirWatcher, PodWatcher, SharedPodDirectory};
 use crate::config::AgentConfig;
 use crate::run::{Output, run};
 use anyhow::Context;
@@ -71,21 +71,27 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.once {
         let mut pipeline = Pipeline::new(&settings);
         // Inside the runtime: a client may spawn its connection tasks when it is built.
-        let pods = runtime()?.block_on(async {
-            anyhow::Ok(
-                match PodWatcher::new(&settings.pods, &settings.node_name)? {
-                    Some(w) => {
-                        let n = w
-                            .sync_once()
-                            .await
-                            .context("cannot list the pods on this node")?;
-                        tracing::info!(pods = n, "PodsListed");
-                        w.directory()
-                    }
-                    None => SharedPodDirectory::default(),
-                },
-            )
-        })?;
+        let pods = if let Some(mut d) = DirWatcher::new(&settings.pods) {
+            let n = d.sync_once().context("cannot read the pod directory")?;
+            tracing::info!(pods = n, "PodsListed");
+            d.directory()
+        } else {
+            runtime()?.block_on(async {
+                anyhow::Ok(
+                    match PodWatcher::new(&settings.pods, &settings.node_name)? {
+                        Some(w) => {
+                            let n = w
+                                .sync_once()
+                                .await
+                                .context("cannot list the pods on this node")?;
+                            tracing::info!(pods = n, "PodsListed");
+                            w.directory()
+                        }
+                        None => SharedPodDirectory::default(),
+                    },
+                )
+            })?
+        };
         let mut errs = CycleErrors::default();
         let _ = pipeline.cycle(&pods.read(), &mut errs);
         std::thread::sleep(Duration::from_millis(args.once_gap_ms.max(1)));

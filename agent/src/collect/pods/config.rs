@@ -26,6 +26,10 @@ pub enum PodSource {
     /// `nodes/proxy` (or `nodes/pods` with the `KubeletFineGrainedAuthz` feature), which is
     /// broader than the `api` source's get/list/watch on pods: prefer `api`.
     Kubelet,
+    /// A local directory of kubelet-format Pod JSON files, one object per file (`<uid>.json`),
+    /// re-read every `dir_poll_ms`: for pods a program on this machine lays out in cgroups
+    /// (`selfheal chaos run`, `selfheal up`) where there is no kubelet to ask.
+    Dir,
     /// No pod identity: records carry only the UID from the cgroup path.
     None,
 }
@@ -34,9 +38,14 @@ pub enum PodSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PodsConfig {
-    /// `auto` (default), `api`, `kubelet` or `none`. `auto` means `api` inside a cluster
+    /// `auto` (default), `api`, `kubelet`, `dir` or `none`. `auto` means `api` inside a cluster
     /// (`KUBERNETES_SERVICE_HOST` set) and `none` elsewhere.
     pub source: PodSource,
+    /// The directory of Pod JSON files for the `dir` source (required there; must exist).
+    pub dir: Option<PathBuf>,
+    /// Milliseconds between two reads of `dir` (100..=60000). A read lists the directory and
+    /// parses only the files whose size, modification time or inode changed.
+    pub dir_poll_ms: u64,
     /// API server base URL. Defaults to `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
     pub api_url: Option<String>,
     /// Kubelet base URL for the `kubelet` source.
@@ -67,6 +76,8 @@ impl Default for PodsConfig {
     fn default() -> Self {
         PodsConfig {
             source: PodSource::Auto,
+            dir: None,
+            dir_poll_ms: 1000,
             api_url: None,
             kubelet_url: DEFAULT_KUBELET_URL.into(),
             token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
@@ -164,6 +175,26 @@ impl PodsConfig {
                 self.insecure_skip_tls_verify,
                 node_ip.as_deref(),
             )?,
+            PodSource::Dir => {
+                if !(100..=60_000).contains(&self.dir_poll_ms) {
+                    return bad(
+                        "pods.dir_poll_ms",
+                        format!("must be in 100..=60000, got {}", self.dir_poll_ms),
+                    );
+                }
+                match self.dir.as_deref() {
+                    None => {
+                        return bad(
+                            "pods.dir",
+                            "source is `dir` but no directory is given".into(),
+                        );
+                    }
+                    Some(d) if !d.is_dir() => {
+                        return bad("pods.dir", format!("{} is not a directory", d.display()));
+                    }
+                    Some(_) => {}
+                }
+            }
             PodSource::Auto | PodSource::None => {}
         }
         if self.resolved_source() == PodSource::Api && self.resolved_api_url().is_none() {
@@ -369,6 +400,29 @@ mod tests {
         };
         local("10.0.0.7").expect("the node's own IP");
         local("10.0.0.8").expect_err("another node");
+    }
+
+    #[test]
+    fn the_dir_source_needs_an_existing_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = |d: Option<PathBuf>, poll| PodsConfig {
+            source: PodSource::Dir,
+            dir: d,
+            dir_poll_ms: poll,
+            ..PodsConfig::default()
+        };
+        dir(Some(tmp.path().to_owned()), 1000)
+            .validate()
+            .expect("valid");
+        for (c, field) in [
+            (dir(None, 1000), "pods.dir"),
+            (dir(Some(tmp.path().join("absent")), 1000), "pods.dir"),
+            (dir(Some(tmp.path().to_owned()), 10), "pods.dir_poll_ms"),
+        ] {
+            assert_eq!(c.validate().expect_err("refused").field, field);
+        }
+        let c: PodsConfig = serde_json::from_str(r#"{"source":"dir","dir":"/x"}"#).expect("valid");
+        assert_eq!(c.resolved_source(), PodSource::Dir);
     }
 
     #[test]

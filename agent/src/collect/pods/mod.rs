@@ -11,6 +11,9 @@
 //!   `pod-template-hash` label, never by reading ReplicaSets.
 //! - **kubelet**: poll the kubelet's `GET /pods` every `resync_secs`, for clusters where agents
 //!   must not talk to the API server.
+//! - **dir**: kubelet-format Pod JSON files in a local directory, read every `dir_poll_ms`
+//!   ([`DirWatcher`]), for pods laid out on this machine by `selfheal chaos run` and
+//!   `selfheal up`, where there is no kubelet.
 //!
 //! The bearer token is read again from its file on every (re)connect, because projected
 //! service-account tokens rotate. Every failure is one `tracing` line plus a counter in
@@ -38,6 +41,7 @@
 
 mod config;
 mod decode;
+mod dir;
 mod directory;
 mod watch;
 
@@ -46,6 +50,7 @@ pub use config::{
     PodsConfigError,
 };
 pub use decode::parse_pod_list;
+pub use dir::{DirWatcher, MAX_POD_FILE_BYTES, MAX_POD_FILES};
 pub use directory::{PodDirectory, PodInfo, SharedPodDirectory};
 pub use watch::PodWatcher;
 
@@ -69,6 +74,9 @@ pub struct PodStats {
     pub relist_requests_total: AtomicU64,
     /// Pods currently known.
     pub pods_known: AtomicU64,
+    /// Pod files the `dir` source refused (too large, beyond the file cap, not a Pod), once
+    /// per version of each file.
+    pub files_rejected_total: AtomicU64,
 }
 
 /// A plain copy of [`PodStats`].
@@ -86,6 +94,8 @@ pub struct PodStatsSnapshot {
     pub relist_requests_total: u64,
     /// See [`PodStats::pods_known`].
     pub pods_known: u64,
+    /// See [`PodStats::files_rejected_total`].
+    pub files_rejected_total: u64,
 }
 
 impl PodStats {
@@ -99,6 +109,7 @@ impl PodStats {
             watch_events_total: r(&self.watch_events_total),
             relist_requests_total: r(&self.relist_requests_total),
             pods_known: r(&self.pods_known),
+            files_rejected_total: r(&self.files_rejected_total),
         }
     }
 }
@@ -131,6 +142,12 @@ impl prometheus_client::collector::Collector for PodMetrics {
             "pod_relists",
             "Full re-lists of pods",
             s.relists_total,
+        )?;
+        counter(
+            &mut enc,
+            "pod_files_rejected",
+            "Pod files the dir source refused (too large, beyond the file cap, not a Pod)",
+            s.files_rejected_total,
         )
     }
 }
@@ -144,13 +161,20 @@ pub fn start(
     registry: &mut prometheus_client::registry::Registry,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SharedPodDirectory, PodsError> {
-    let (directory, stats) = match PodWatcher::new(config, node_name)? {
-        Some(w) => {
+    let watcher = PodWatcher::new(config, node_name)?;
+    let (directory, stats) = match (DirWatcher::new(config), watcher) {
+        (Some(d), _) => {
+            tracing::info!(event = "PodDirWatched", dir = ?config.dir, "pods named from a local directory");
+            let parts = (d.directory(), d.stats());
+            tokio::spawn(d.run(shutdown));
+            parts
+        }
+        (None, Some(w)) => {
             let parts = (w.directory(), w.stats());
             tokio::spawn(w.run(shutdown));
             parts
         }
-        None => {
+        (None, None) => {
             tracing::info!("PodIdentityDisabled");
             (SharedPodDirectory::default(), Arc::default())
         }
@@ -240,6 +264,15 @@ pub enum PodsError {
     /// The watch stream went silent for longer than the server was asked to keep it open.
     #[error("watch stream silent for {0:?}")]
     Stalled(Duration),
+    /// The `dir` source's directory could not be listed.
+    #[error("cannot list the pod directory {path}")]
+    Dir {
+        /// The `pods.dir`.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl PodsError {
@@ -261,6 +294,7 @@ impl PodsError {
             | PodsError::Request { .. }
             | PodsError::Gone(_)
             | PodsError::Stalled(_)
+            | PodsError::Dir { .. }
             | PodsError::EventTooLarge(_) => true,
         }
     }

@@ -78,7 +78,8 @@ impl PodWatcher {
     pub fn new(config: &PodsConfig, node_name: &str) -> Result<Option<PodWatcher>, PodsError> {
         let source = config.resolved_source();
         let url = match source {
-            PodSource::None | PodSource::Auto => return Ok(None),
+            // The directory source needs no client: `DirWatcher` keeps it.
+            PodSource::None | PodSource::Auto | PodSource::Dir => return Ok(None),
             PodSource::Api => config.resolved_api_url().unwrap_or_default(),
             PodSource::Kubelet => config.kubelet_url.clone(),
         };
