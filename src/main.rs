@@ -45,6 +45,9 @@ enum Command {
     /// Train, score, evaluate and publish models.
     #[command(subcommand)]
     Model(selfheal_model_export::cli::ModelCommand),
+    /// Inject real faults on this machine and record when they ran (label windows).
+    #[command(subcommand)]
+    Chaos(selfheal_chaos::cli::ChaosCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -82,5 +85,6 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Incidents(args) => selfheal_aggregator::api::cli::incidents_main(args),
         Command::Silences(args) => selfheal_aggregator::api::cli::silences_main(args),
         Command::Heal(args) => selfheal_aggregator::heal::cli::main(args),
+        Command::Chaos(cmd) => selfheal_chaos::cli::main(cmd),
     }
 }

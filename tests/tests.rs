@@ -8,6 +8,7 @@ mod agent_cgroup_real;
 mod agent_cli;
 mod agent_collect;
 mod agent_forward;
+mod chaos;
 mod dependencies;
 mod detect;
 mod forward;

@@ -15,9 +15,13 @@
 //! de-duplicated by record id within a write; a duplicate that arrives in another write (an
 //! agent resent it) is dropped on read, by [`read_family`].
 //!
+//! Beside the table, `labels/` holds the ground truth of chaos runs ([`labels`]): one small
+//! JSON object per run saying which fault ran against which workload on which node, and when.
+//!
 //! [`format`](mod@format) owns the table and its Parquet encoding, [`store`] the directory or S3 bucket.
 
 pub mod format;
+pub mod labels;
 pub mod store;
 
 use format::{LakeRow, RowKind};

@@ -128,7 +128,11 @@ impl LakeStore {
                     .put_object()
                     .bucket(bucket)
                     .key(&full)
-                    .content_type("application/vnd.apache.parquet")
+                    .content_type(if key.ends_with(".json") {
+                        "application/json"
+                    } else {
+                        "application/vnd.apache.parquet"
+                    })
                     .body(ByteStream::from(bytes))
                     .send()
                     .await
