@@ -25,6 +25,7 @@ mod kube_double;
 mod lake;
 mod manifests;
 mod model;
+mod model_lake_labels;
 mod model_push;
 mod model_signing;
 mod pipeline;

@@ -54,7 +54,11 @@ pub struct TrainArgs {
     /// (a directory of the aggregator's Parquet, or `s3://bucket/prefix`) to read `--family` from.
     #[arg(long)]
     pub input: PathBuf,
-    /// Label windows (NAB JSON) or SMD point labels; enables the best-F1 threshold.
+    /// Label windows (NAB JSON) or SMD point labels; enables the best-F1 threshold. With a
+    /// lake `--input`: `lake` (the input lake's chaos windows, its `labels/`), another lake
+    /// (a directory or `s3://bucket/prefix`), or a label windows file from `selfheal chaos run
+    /// --labels-out`; the lake is then cut into training rows far from every fault and
+    /// evaluation stretches around each fault, where the threshold is chosen.
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Model directory to write.
@@ -173,7 +177,9 @@ pub struct EvalArgs {
     /// CSV (or SMD `.txt`) file, or a directory of them (metrics pooled over the files).
     #[arg(long)]
     pub input: PathBuf,
-    /// Label windows (NAB JSON) or SMD point labels.
+    /// Label windows (NAB JSON) or SMD point labels. With a lake `--input`: `lake`, another
+    /// lake, or a label windows file (see `model train --labels`); the model is evaluated on
+    /// the stretches around each fault of its family.
     #[arg(long)]
     pub labels: PathBuf,
     /// Print the metrics as JSON.
@@ -316,9 +322,6 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             .family
             .parse()
             .context("--family must name a metric family to train from a lake")?;
-        if a.labels.is_some() {
-            bail!("--labels is not supported with lake input yet (label windows name CSV series)");
-        }
         let lake = crate::lake::read_lake(&a.input.to_string_lossy(), family)?;
         tracing::info!(
             objects = lake.objects,
@@ -328,6 +331,20 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             runs = lake.series.len(),
             "LakeRead"
         );
+        if let Some(labels) = &a.labels {
+            let source = lake_labels(labels, &a.input)?;
+            let cut = crate::lake::slice_by_labels(&lake, family, &source);
+            log_cut(&cut);
+            if cut.train.is_empty() {
+                bail!(
+                    "no {family} rows of the lake lie far enough from every label window to \
+                     train on (a run needs quiet running {}s before and {}s after each fault)",
+                    crate::lake::LABEL_CONTEXT_SECS,
+                    crate::lake::LABEL_SETTLE_SECS
+                );
+            }
+            return train_on(a, cut.train, Some(cut.eval), Some(lake.digest));
+        }
         (lake.series, Some(lake.digest))
     } else {
         let series = read_input(&a.input)?;
@@ -345,14 +362,68 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         }
         (series, None)
     };
-    let labels = match &a.labels {
-        Some(p) => Some(
+    train_on(a, series, None, lake_digest)
+}
+
+/// Where a lake's labels come from: `lake` (the input lake's own), a `.json` label windows
+/// file, or another lake.
+fn lake_labels(labels: &Path, input: &Path) -> Result<crate::lake::LabelSource> {
+    use crate::lake::{LabelSource, read_lake_labels};
+    if labels.as_os_str() == "lake" {
+        return Ok(LabelSource::Chaos(read_lake_labels(
+            &input.to_string_lossy(),
+        )?));
+    }
+    if labels.extension().is_some_and(|e| e == "json") {
+        return Ok(LabelSource::File(crate::dataset::LabelWindows::read(
+            labels,
+        )?));
+    }
+    let loc = labels.to_string_lossy();
+    if !loc.starts_with("s3://") && !labels.is_dir() {
+        bail!(
+            "--labels {}: expected `lake`, a lake directory, s3://bucket/prefix or a .json label \
+             windows file",
+            labels.display()
+        );
+    }
+    Ok(LabelSource::Chaos(read_lake_labels(&loc)?))
+}
+
+fn log_cut(cut: &crate::lake::LabelledLake) {
+    tracing::info!(
+        train_series = cut.train.len(),
+        train_rows = cut.train.iter().map(|s| s.rows.len()).sum::<usize>(),
+        eval_series = cut.eval.len(),
+        eval_rows = cut.eval.iter().map(|(s, _)| s.rows.len()).sum::<usize>(),
+        windows_matched = cut.windows_matched,
+        windows_total = cut.windows_total,
+        "LakeLabelled"
+    );
+    if cut.windows_matched < cut.windows_total {
+        tracing::warn!(
+            unmatched = cut.windows_total - cut.windows_matched,
+            "label windows with no sample of their target or node in the lake"
+        );
+    }
+}
+
+/// Trains on `series`; with `split`, the threshold is chosen on those labelled evaluation
+/// series (lake input), otherwise on the tails of `series` under `--labels` (CSV input).
+fn train_on(
+    a: TrainArgs,
+    series: Vec<crate::dataset::Series>,
+    split: Option<Vec<(crate::dataset::Series, Windows)>>,
+    lake_digest: Option<String>,
+) -> Result<ExitCode> {
+    let labels = match (&a.labels, &split) {
+        (Some(p), None) => Some(
             series
                 .iter()
                 .map(|s| read_labels(p, s))
                 .collect::<Result<Vec<Windows>, _>>()?,
         ),
-        None => None,
+        _ => None,
     };
     let features = match &a.features {
         Some(p) => {
@@ -408,7 +479,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             .spike_contamination
             .unwrap_or(contamination * DEFAULT_SPIKE_RATIO),
     };
-    let (detector, report) = train_model(&series, labels.as_deref(), &cfg)?;
+    let (detector, report) = match &split {
+        Some(eval) => crate::detect::train_model_on_split(&series, eval, &cfg)?,
+        None => train_model(&series, labels.as_deref(), &cfg)?,
+    };
     let now = OffsetDateTime::now_utc();
     let created_at = now.format(&Rfc3339)?;
     let forest_json = serde_json::to_vec(&detector.forest)?;
@@ -504,17 +578,48 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let (detector, _) =
         read_model_dir(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
     let mut counts = Counts::default();
+    if crate::lake::is_lake(&a.input) {
+        let family: Family = detector_family(&a.model)?;
+        let lake = crate::lake::read_lake(&a.input.to_string_lossy(), family)?;
+        let cut = crate::lake::slice_by_labels(&lake, family, &lake_labels(&a.labels, &a.input)?);
+        log_cut(&cut);
+        if cut.eval.is_empty() {
+            bail!("no {family} label window of the lake falls on its samples: nothing to evaluate");
+        }
+        for (series, windows) in &cut.eval {
+            let series = series.select_columns(&detector.spec.signals)?;
+            let scored = detector.run(&series)?;
+            counts.add(&Counts::of(&scored.alarms, windows));
+        }
+        return print_metrics(&counts, a.json);
+    }
     for series in read_input(&a.input)? {
         let series = series.select_columns(&detector.spec.signals)?;
         let windows = read_labels(&a.labels, &series)?;
         let scored = detector.run(&series)?;
         counts.add(&Counts::of(&scored.alarms, &windows));
     }
+    print_metrics(&counts, a.json)
+}
+
+fn print_metrics(counts: &Counts, json: bool) -> Result<ExitCode> {
     let m = counts.metrics();
-    if a.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else {
         print!("{m}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metric family a model directory is for (its manifest's `family`).
+fn detector_family(model: &Path) -> Result<Family> {
+    let (_, manifest) =
+        read_model_dir(model).with_context(|| format!("loading model {}", model.display()))?;
+    manifest.family.parse().with_context(|| {
+        format!(
+            "the model's family {:?} is not a metric family, so it cannot be evaluated on a lake",
+            manifest.family
+        )
+    })
 }

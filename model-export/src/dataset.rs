@@ -527,6 +527,11 @@ impl LabelWindows {
             .map(Vec::as_slice)
     }
 
+    /// The windows under exactly the key `key`.
+    pub fn get(&self, key: &str) -> Option<&[(i64, i64)]> {
+        self.0.get(key).map(Vec::as_slice)
+    }
+
     /// The series keys.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)

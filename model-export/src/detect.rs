@@ -409,6 +409,61 @@ pub fn train_model(
         }
     };
     let grown = grow_forests(series, labels, validation_fraction, &spec, cfg)?;
+    finish(grown, spec, cfg, contamination)
+}
+
+/// Trains on every row of `train` and chooses the threshold (with
+/// [`ThresholdRule::BestF1`]) on `validation`, whole labelled series kept apart from training:
+/// the split [`crate::lake::slice_by_labels`] makes of a lake by its chaos windows, where the
+/// faults must never be learned as normal and lie anywhere in a run, not in its tail. Each
+/// validation series is featurized on its own and its feature warm-up left out, as on the node.
+pub fn train_model_on_split(
+    train: &[Series],
+    validation: &[(Series, Windows)],
+    cfg: &TrainConfig,
+) -> Result<(Detector, ThresholdReport), DetectError> {
+    let Some(first) = train.first() else {
+        return Err(DetectError::Train(TrainError::NoRows));
+    };
+    let spec = spec_for(&cfg.features, first);
+    if spec.is_empty() {
+        return Err(DetectError::NoFeatures);
+    }
+    let contamination = match cfg.threshold {
+        ThresholdRule::Contamination(c) => c,
+        ThresholdRule::BestF1 {
+            fallback_contamination,
+            ..
+        } => fallback_contamination,
+    };
+    if !(contamination > 0.0 && contamination < 1.0) {
+        return Err(DetectError::BadFraction {
+            name: "contamination",
+            value: contamination,
+        });
+    }
+    let mut grown = grow_forests(train, None, None, &spec, cfg)?;
+    let warmup = spec.warmup();
+    for (s, w) in validation {
+        let s = s.select_columns(&spec.signals)?;
+        let rows = features(&s, &spec)?;
+        let n = rows.n_rows();
+        if n > warmup {
+            grown
+                .held_back
+                .push((rows.slice(warmup..n), w.slice(warmup..n)));
+        }
+    }
+    finish(grown, spec, cfg, contamination)
+}
+
+/// Calibrates grown forests and picks the threshold by `cfg.threshold`.
+fn finish(
+    grown: Grown,
+    spec: FeatureSpec,
+    cfg: &TrainConfig,
+    contamination: f64,
+) -> Result<(Detector, ThresholdReport), DetectError> {
     let Calibration {
         threshold: by_contamination,
         ordinary,
