@@ -32,6 +32,9 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole loop on this machine: the agent, the aggregator (ingest, lake, incidents,
+    /// dry-run healing) and the incident page, in one data directory.
+    Up(selfheal_up::cli::UpArgs),
     /// Run the node agent: collect, normalize, score and forward.
     Agent(selfheal_agent::cli::AgentArgs),
     /// Read the agents' stream into the data lake (and, later, incidents and healing).
@@ -47,9 +50,10 @@ enum Command {
     Model(selfheal_model_export::cli::ModelCommand),
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("SELFHEAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("SELFHEAL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     // Logs go to stderr: stdout belongs to commands that print records.
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
@@ -60,7 +64,13 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `up` talks to a person on its terminal with its own progress lines: its logs default to
+    // warnings and errors (`SELFHEAL_LOG=info` shows them all).
+    let default_level = match cli.command {
+        Command::Up(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -76,6 +86,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Up(args) => selfheal_up::cli::main(args),
         Command::Agent(args) => selfheal_agent::cli::main(args),
         Command::Aggregator(args) => selfheal_aggregator::cli::main(args),
         Command::Model(cmd) => selfheal_model_export::cli::main(cmd),

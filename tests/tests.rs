@@ -31,3 +31,4 @@ mod pods;
 mod score;
 mod sklearn_onnx;
 mod terraform;
+mod up;
