@@ -49,6 +49,8 @@ pub struct AggregatorConfig {
     pub lake: LakeConfig,
     /// The incident pipeline, its store, API and page.
     pub incidents: crate::incident::config::IncidentsConfig,
+    /// Where incidents are notified (webhooks, SNS); none by default.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// `[kinesis]`: the stream and how it is polled.
@@ -261,6 +263,7 @@ impl Default for AggregatorConfig {
             batch: BatchConfig::default(),
             lake: LakeConfig::default(),
             incidents: crate::incident::config::IncidentsConfig::default(),
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -353,6 +356,8 @@ pub struct Settings {
     pub lake_s3: S3Options,
     /// The incident pipeline, unless `incidents.enabled = false`.
     pub incidents: Option<crate::incident::config::Validated>,
+    /// `[notify]`, when a channel is configured (it needs the incident pipeline).
+    pub notify: Option<crate::notify::NotifySettings>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -471,9 +476,21 @@ impl AggregatorConfig {
         } else {
             None
         };
+        let notify = self.notify.validate()?;
+        let notify = match (notify.any(), &incidents) {
+            (false, _) => None,
+            (true, Some(_)) => Some(notify),
+            (true, None) => {
+                return Err(invalid(
+                    "notify",
+                    "channels are configured but incidents.enabled = false: nothing to notify",
+                ));
+            }
+        };
         Ok(Settings {
             listen_addr,
             incidents,
+            notify,
             shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
             health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,
             http_ingest,

@@ -12,6 +12,8 @@
 //!   [`incident`] groups and deduplicates anomalies into incidents (severity, Alertmanager
 //!   timing, silences, inhibition, lifecycle) and keeps them in its [`store`] (SQLite or
 //!   DynamoDB); [`api`] serves them (`/api/v1`, the page, and the `incidents`/`silences` CLI).
+//! - [`notify`] sends the incidents' notification moments (opened, updated, repeat, escalated,
+//!   resolved) to webhooks (Alertmanager's payload) and SNS topics, queued and retried.
 //! - [`policy`] (rules and guardrails) and [`heal`] (executors: dry-run, kube direct, the remote
 //!   heal API) are named places, empty until their issues land.
 //!
@@ -26,6 +28,7 @@ pub mod config;
 pub mod heal;
 pub mod incident;
 pub mod lake;
+pub mod notify;
 pub mod pipeline;
 pub mod policy;
 pub mod run;

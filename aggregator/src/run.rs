@@ -69,6 +69,9 @@ pub enum RunError {
     /// The incident pipeline could not start (its store, or the API token file).
     #[error("cannot start the incident pipeline")]
     Incidents(#[source] crate::incident::handler::StartError),
+    /// A notification channel could not be set up.
+    #[error("cannot set up notifications")]
+    Notify(#[source] crate::notify::NotifyError),
     /// A task panicked (its message is on stderr); the others were stopped.
     #[error("the {0} task panicked")]
     TaskPanicked(String),
@@ -99,6 +102,18 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
             started.incidents.clone(),
         )));
         extras.routes = started.routes;
+        if let Some(n) = &settings.notify {
+            let (notifier, workers) = crate::notify::start(n, &mut registry)
+                .await
+                .map_err(RunError::Notify)?;
+            started.incidents.notify_with(notifier);
+            // Supervised like the readers; at shutdown it flushes its queues within
+            // notify.flush_timeout_secs.
+            extras.tasks.push((
+                "notifier".into(),
+                Box::new(move |stop| Box::pin(workers.run(stop))),
+            ));
+        }
         let timers = started.incidents;
         extras.tasks.push((
             "incident timers".into(),
