@@ -14,13 +14,13 @@ use crate::auth::AuthSettings;
 use crate::auth::tokenreview::ReviewSettings;
 use crate::auth::tokens::TokenSource;
 use crate::sources::http::IngestSettings;
-use crate::sources::http::conn::{ConnSettings, TlsSettings};
 use crate::sources::http::log::LogSettings;
 use crate::sources::kinesis::ConsumerSettings;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use selfheal_lake::S3Options;
 use selfheal_runtime::config::{self, FieldError};
+use selfheal_runtime::conn::{ConnSettings, TlsSettings};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -592,7 +592,7 @@ impl IngestConfig {
                     client_ca_file: t.client_ca_file.clone(),
                 };
                 // Fail at start on an unreadable or mismatched certificate and key.
-                crate::sources::http::conn::server_config(&settings).map_err(|e| {
+                selfheal_runtime::conn::server_config(&settings).map_err(|e| {
                     invalid(
                         "ingest.tls",
                         selfheal_runtime::chain::ErrorChain::new(&e).to_string(),

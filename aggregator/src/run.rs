@@ -47,7 +47,7 @@ pub enum RunError {
     Auth(#[source] crate::auth::AuthError),
     /// The ingest server's TLS files could not be loaded.
     #[error("cannot set up TLS on the ingest server")]
-    Tls(#[source] crate::sources::http::conn::TlsError),
+    Tls(#[source] selfheal_runtime::conn::TlsError),
     /// A handler's checkpoint could not be read at start.
     #[error("cannot read the checkpoint of handler {handler}")]
     Checkpoint {
@@ -320,11 +320,12 @@ async fn start_http(
     let tls = ingest
         .conn
         .tls
-        .as_ref()
-        .map(crate::sources::http::conn::server_config)
+        .clone()
+        .map(selfheal_runtime::conn::ReloadingTls::load)
         .transpose()
-        .map_err(RunError::Tls)?;
-    let conn_metrics = Arc::new(crate::sources::http::conn::ConnMetrics::default());
+        .map_err(RunError::Tls)?
+        .map(Arc::new);
+    let conn_metrics = Arc::new(selfheal_runtime::conn::ConnMetrics::default());
     conn_metrics.register(&mut registry);
     let routes = crate::sources::http::router(
         ingest,
@@ -333,13 +334,22 @@ async fn start_http(
         consume,
         ingest_metrics,
     );
-    let bounded = crate::sources::http::conn::Bounded {
+    if let Some(tls) = &tls {
+        // A rotated certificate (or client CA) takes effect for new connections.
+        let watch = Arc::clone(tls).watch(
+            selfheal_runtime::conn::ReloadingTls::DEFAULT_CHECK_EVERY,
+            Arc::clone(&conn_metrics),
+            stop.clone(),
+        );
+        tasks.spawn("tls reload".into(), watch);
+    }
+    let bounded = selfheal_runtime::conn::Bounded {
         settings: ingest.conn.clone(),
         tls,
         metrics: conn_metrics,
     };
     // The ingest port runs its own connection loop (TLS, its connection cap and head timeout:
-    // `sources::http::conn`) around the runtime's admin routes. No upstream to be wedged on:
+    // `selfheal_runtime::conn`) around the runtime's admin routes. No upstream to be wedged on:
     // the server answering is the health.
     let app = AdminServer::new(Arc::new(registry))
         .health(AlwaysHealthy("http ingest"))
@@ -353,7 +363,7 @@ async fn start_http(
         .await
         .map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
-    let server = tokio::spawn(crate::sources::http::conn::serve(
+    let server = tokio::spawn(selfheal_runtime::conn::serve(
         listener,
         app,
         bounded,

@@ -14,6 +14,8 @@
 //!   (exponential, capped, jittered), `server` (the admin server: `/metrics`, `/healthz`), and
 //!   `config::http_url` (also alone as `http`).
 //! - `aws` — `aws`: the SDK config builder and the one path-style addressing rule.
+//! - `tls` — `conn`: the bounded HTTP/1.1 connection loop (connection cap, head and idle
+//!   timeouts) with TLS whose files are re-read when they change.
 //!
 //! It depends on no selfheal crate: `core` owns what the stages agree on (records, features,
 //! models), this crate owns how a service runs.
@@ -26,6 +28,8 @@ pub mod aws;
 pub mod backoff;
 pub mod chain;
 pub mod config;
+#[cfg(feature = "tls")]
+pub mod conn;
 pub mod frame;
 pub mod s3url;
 #[cfg(feature = "service")]

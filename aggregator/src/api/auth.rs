@@ -8,6 +8,7 @@
 //! Every refusal is counted (`selfheal_aggregator_api_auth_refused_total{reason}`) and logged
 //! with the route and the peer's address when known, never the presented token.
 
+use crate::auth::tokens::digest;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -16,7 +17,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -132,7 +132,7 @@ impl WriteAuth {
     /// The gate for the token in `file`; `None`: every write refused.
     pub fn load(file: Option<&Path>) -> Result<WriteAuth, TokenError> {
         let expected = match file {
-            Some(p) => Some(digest(&read_token_file(p)?)),
+            Some(p) => Some(digest(read_token_file(p)?.as_bytes())),
             None => {
                 tracing::warn!(
                     "ApiWritesDisabled: incidents.api_token_file is not set; acknowledge, resolve and silences are refused"
@@ -149,7 +149,7 @@ impl WriteAuth {
     /// A gate expecting `token` (tests, benches).
     pub fn with_token(token: &str) -> WriteAuth {
         WriteAuth {
-            expected: Some(digest(token)),
+            expected: Some(digest(token.as_bytes())),
             metrics: Arc::default(),
         }
     }
@@ -167,20 +167,12 @@ impl WriteAuth {
         let Some(presented) = authorization.and_then(bearer) else {
             return Err("missing");
         };
-        if bool::from(digest_bytes(presented).ct_eq(expected)) {
+        if bool::from(digest(presented).ct_eq(expected)) {
             Ok(())
         } else {
             Err("invalid")
         }
     }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    digest_bytes(token.as_bytes())
-}
-
-fn digest_bytes(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive, RFC 6750).

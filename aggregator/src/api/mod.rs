@@ -99,7 +99,7 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            crate::incident::handler::chain(&e),
+            selfheal_runtime::chain::ErrorChain::new(&e).to_string(),
         )
     }
 }
@@ -119,7 +119,7 @@ impl From<IncidentError> for ApiError {
                 ApiError(StatusCode::CONFLICT, e.to_string())
             }
             IncidentError::Engine(e @ EngineError::Matcher(_)) => {
-                bad(crate::incident::handler::chain(&e))
+                bad(selfheal_runtime::chain::ErrorChain::new(&e).to_string())
             }
         }
     }

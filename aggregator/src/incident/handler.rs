@@ -9,9 +9,9 @@
 //! the error is returned, so the batch's retry counts its records again, exactly once.
 //!
 //! Authentication: the records this handler sees come from the Kinesis stream (IAM) or from the
-//! HTTP ingest route; the hardening issue's agent authentication must be in front of that route
-//! (`crate::ingest::router`), and the API's writes (ack, resolve, silences) need the same
-//! bearer-token check before healing acts on incidents; see [`crate::api`].
+//! HTTP ingest route, which authenticates every agent and attributes its records to its node
+//! ([`crate::auth`]); the API's writes (ack, resolve, silences) need a bearer token
+//! ([`crate::api`]).
 
 use super::IncidentSettings;
 use super::engine::{BatchStats, Engine, EngineError, Notification, Update};
@@ -25,6 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use selfheal_core::incident::{Actor, Incident, IncidentId, MutedBy, Severity, Silence, State};
 use selfheal_core::schema::Envelope;
+use selfheal_runtime::chain::ErrorChain;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -395,7 +396,7 @@ impl<S: IncidentStore> Incidents<S> {
             tokio::select! {
                 _ = tick.tick() => {
                     if let Err(e) = self.tick().await {
-                        tracing::warn!(error = %chain(&e), "IncidentTickError");
+                        tracing::warn!(error = %ErrorChain::new(&e), "IncidentTickError");
                     }
                 }
                 _ = prune.tick() => {
@@ -403,7 +404,7 @@ impl<S: IncidentStore> Incidents<S> {
                     let horizon = self.inner.engine.lock().await.seen().horizon_ms(now);
                     match self.inner.store.prune(now - retention_ms, horizon).await {
                         Ok(p) => tracing::info!(incidents = p.incidents, silences = p.silences, seen_ids = p.seen_ids, "IncidentStorePruned"),
-                        Err(e) => tracing::warn!(error = %chain(&e), "IncidentStorePruneError"),
+                        Err(e) => tracing::warn!(error = %ErrorChain::new(&e), "IncidentStorePruneError"),
                     }
                 }
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
@@ -419,7 +420,7 @@ impl<S: IncidentStore> Incidents<S> {
             return Ok(());
         };
         self.inner.metrics.store_errors.inc();
-        tracing::warn!(error = %chain(&e), "IncidentStoreWriteError");
+        tracing::warn!(error = %ErrorChain::new(&e), "IncidentStoreWriteError");
         // The engine ran ahead of the store: go back to what the store holds, so the retry
         // counts the batch again (once).
         self.inner.stale.store(true, Ordering::SeqCst);
@@ -503,18 +504,6 @@ fn reason_str(r: selfheal_core::incident::NotifyReason) -> &'static str {
         Repeat => "repeat",
         Resolved => "resolved",
     }
-}
-
-/// An error with its sources, `: `-joined, for one log line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The pipeline as a pipeline [`Handler`], named `incidents`: its own reader and checkpoints on

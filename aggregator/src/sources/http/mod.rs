@@ -30,7 +30,7 @@
 //! `selfheal_aggregator_ingest_refused_records_total{reason}`).
 //!
 //! Bounds, so eight (or eight hundred) slow clients cannot starve an agent: the connection loop
-//! ([`conn`]) caps connections and times out heads and idle connections; the body must arrive
+//! ([`selfheal_runtime::conn`]) caps connections and times out heads and idle connections; the body must arrive
 //! within `body_timeout`; memory for bodies being read is a budget of
 //! `max_concurrent_requests × max_body_bytes`, taken chunk by chunk as bytes arrive (a slow
 //! client holds only what it sent), and a request that would overdraw it is answered 503. No
@@ -43,7 +43,6 @@
 //! A retried request must not duplicate: the log drops records whose ids it logged recently
 //! (see [`log`]), and the lake handler de-duplicates rows by id within a batch.
 
-pub mod conn;
 pub mod log;
 pub mod reader;
 
@@ -91,7 +90,7 @@ pub struct IngestSettings {
     /// Who may post.
     pub auth: crate::auth::AuthSettings,
     /// Connection bounds and TLS of the server.
-    pub conn: conn::ConnSettings,
+    pub conn: selfheal_runtime::conn::ConnSettings,
     /// The durable log requests are appended to.
     pub log: log::LogSettings,
 }

@@ -66,7 +66,7 @@ impl Server {
                 tokens: Some(TokenSource::File(token_file.clone())),
                 review: None,
             },
-            conn: conn::ConnSettings {
+            conn: selfheal_runtime::conn::ConnSettings {
                 max_connections: 64,
                 header_timeout,
                 tls: None,
@@ -91,12 +91,12 @@ impl Server {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let bounded = conn::Bounded {
+        let bounded = selfheal_runtime::conn::Bounded {
             settings: settings.conn.clone(),
             tls: None,
             metrics: Arc::default(),
         };
-        let task = tokio::spawn(conn::serve(listener, app, bounded, rx));
+        let task = tokio::spawn(selfheal_runtime::conn::serve(listener, app, bounded, rx));
         Server {
             addr,
             log,

@@ -1,13 +1,17 @@
-//! The ingest server's connection loop: what `axum::serve` does, plus the bounds a port anyone
-//! can reach needs. Each connection is its own task, so one slow client never delays another:
+//! A bounded HTTP/1.1 connection loop: what `axum::serve` does, plus the bounds a port anyone
+//! can reach needs (the aggregator's ingest, the heal API). Each connection is its own task, so
+//! one slow client never delays another:
 //!
 //! - at most `max_connections` at once; one over that is closed at accept, counted;
 //! - TLS (rustls, aws-lc-rs), when configured, with the handshake bounded by `header_timeout`;
+//!   the certificate, key and client CA files are re-read when they change ([`ReloadingTls`]),
+//!   so a rotated Secret (cert-manager, a Kubernetes Secret volume's symlink swap) takes effect
+//!   for new connections without a restart; files that do not load keep the old configuration,
+//!   logged and counted;
 //! - a request head must arrive whole within `header_timeout` of the connection waiting for one,
 //!   which also closes idle keep-alive connections after that long (hyper starts the head timer
 //!   as soon as the connection is ready for its next request);
-//! - the body is bounded by the ingest handler itself (`body_timeout`, `max_body_bytes`, a
-//!   memory budget taken as bytes arrive), not here.
+//! - the body is bounded by the handler itself (a body timeout, a size cap), not here.
 //!
 //! Shutdown: the listener closes, idle connections close, and a request in flight has
 //! `header_timeout` to finish; connections still open after that are dropped.
@@ -22,7 +26,7 @@ use prometheus_client::registry::Registry;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -116,7 +120,7 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, Tls
     Ok(Arc::new(config))
 }
 
-/// Connection counters (`selfheal_aggregator_http_*`).
+/// Connection counters (`<service prefix>_http_*`).
 #[derive(Debug, Default)]
 pub struct ConnMetrics {
     /// Connections open now.
@@ -125,6 +129,10 @@ pub struct ConnMetrics {
     pub refused: Counter,
     /// TLS handshakes that failed or timed out.
     pub tls_failed: Counter,
+    /// TLS configurations loaded after a change of the files.
+    pub tls_reloads: Counter,
+    /// Changed TLS files that did not load (the previous configuration stays).
+    pub tls_reload_failures: Counter,
 }
 
 impl ConnMetrics {
@@ -142,7 +150,120 @@ impl ConnMetrics {
             "TLS handshakes that failed or timed out",
             self.tls_failed.clone(),
         );
+        r.register(
+            "tls_reloads",
+            "TLS configurations loaded after the certificate, key or CA files changed",
+            self.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_reload_failures",
+            "Changed TLS files that did not load; the previous configuration stays in use",
+            self.tls_reload_failures.clone(),
+        );
     }
+}
+
+/// The server's TLS configuration, rebuilt when its files change.
+///
+/// Why by content and not by modification time: a Kubernetes Secret volume replaces its files
+/// by swapping a symlink, and cert-manager may write a new pair within the same second; reading
+/// three small PEM files every [`ReloadingTls::DEFAULT_CHECK_EVERY`] is cheap and never misses
+/// a change.
+#[derive(Debug)]
+pub struct ReloadingTls {
+    files: TlsSettings,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+    loaded: Mutex<Vec<Option<Vec<u8>>>>,
+}
+
+impl ReloadingTls {
+    /// How often [`ReloadingTls::watch`] looks at the files by default.
+    pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+    /// Loads the files once; an error here is a start-up error.
+    pub fn load(files: TlsSettings) -> Result<ReloadingTls, TlsError> {
+        let contents = read_all(&files);
+        let config = server_config(&files)?;
+        Ok(ReloadingTls {
+            files,
+            current: RwLock::new(config),
+            loaded: Mutex::new(contents),
+        })
+    }
+
+    /// The configuration new connections use.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        match self.current.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the files; rebuilds the configuration if any changed. `Ok(true)` when a new
+    /// configuration is in use, `Ok(false)` when nothing changed, the error when the changed
+    /// files do not load (the old configuration stays; the same files are not retried until
+    /// they change again).
+    pub fn check(&self) -> Result<bool, TlsError> {
+        let contents = read_all(&self.files);
+        let mut loaded = match self.loaded.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *loaded == contents {
+            return Ok(false);
+        }
+        *loaded = contents;
+        let config = server_config(&self.files)?;
+        match self.current.write() {
+            Ok(mut c) => *c = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+        Ok(true)
+    }
+
+    /// Checks the files every `every` until `shutdown`, counting and logging each reload and
+    /// each failure.
+    pub async fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        metrics: Arc<ConnMetrics>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            match self.check() {
+                Ok(false) => {}
+                Ok(true) => {
+                    metrics.tls_reloads.inc();
+                    tracing::info!(cert = %self.files.cert_file.display(), "TlsReloaded");
+                }
+                Err(e) => {
+                    metrics.tls_reload_failures.inc();
+                    tracing::warn!(error = %crate::chain::ErrorChain::new(&e), "TlsReloadFailed");
+                }
+            }
+        }
+    }
+}
+
+/// The three files' bytes (`None` for one that cannot be read, so a file appearing again is a
+/// change too).
+fn read_all(files: &TlsSettings) -> Vec<Option<Vec<u8>>> {
+    [
+        Some(&files.cert_file),
+        Some(&files.key_file),
+        files.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::read(p).ok())
+    .collect()
 }
 
 /// What the bounded loop needs: its settings, the TLS configuration built from them, and its
@@ -151,8 +272,8 @@ impl ConnMetrics {
 pub struct Bounded {
     /// Cap and timeouts.
     pub settings: ConnSettings,
-    /// TLS, if configured.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS, if configured: each connection takes the configuration current at accept.
+    pub tls: Option<Arc<ReloadingTls>>,
     /// Counters.
     pub metrics: Arc<ConnMetrics>,
 }
@@ -170,7 +291,6 @@ pub async fn serve(
         metrics,
     } = bounded;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut refused_logged = false;
     loop {
@@ -200,7 +320,9 @@ pub async fn serve(
         refused_logged = false;
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.current()));
         let watcher = graceful.watcher();
         let metrics = Arc::clone(&metrics);
         let header_timeout = settings.header_timeout;
@@ -253,5 +375,84 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(connections = open, "HttpConnectionsAbandonedAtShutdown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A self-signed EC certificate and key for 127.0.0.1 under `name` in `dir`.
+    fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args([
+                "-subj",
+                "/CN=selfheal-test",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .output()
+            .expect("run openssl (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (crt, key)
+    }
+
+    #[test]
+    fn a_rotated_pair_is_picked_up_and_a_broken_one_keeps_the_old() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (a_crt, a_key) = self_signed(tmp.path(), "a");
+        let (b_crt, b_key) = self_signed(tmp.path(), "b");
+        let files = TlsSettings {
+            cert_file: tmp.path().join("tls.crt"),
+            key_file: tmp.path().join("tls.key"),
+            client_ca_file: None,
+        };
+        std::fs::copy(&a_crt, &files.cert_file).expect("copy");
+        std::fs::copy(&a_key, &files.key_file).expect("copy");
+        let tls = ReloadingTls::load(files.clone()).expect("load a");
+        let first = tls.current();
+        assert!(!tls.check().expect("unchanged"), "nothing changed yet");
+        assert!(Arc::ptr_eq(&first, &tls.current()));
+
+        // Rotated: the new pair is in use for the next connection.
+        std::fs::copy(&b_crt, &files.cert_file).expect("copy");
+        std::fs::copy(&b_key, &files.key_file).expect("copy");
+        assert!(tls.check().expect("rotated"));
+        let second = tls.current();
+        assert!(!Arc::ptr_eq(&first, &second));
+
+        // Half-written (the key of another certificate): refused, the last good one stays,
+        // and the same bad files are not reported again until they change.
+        std::fs::copy(&a_key, &files.key_file).expect("copy");
+        let e = tls.check().expect_err("mismatched pair");
+        assert!(matches!(e, TlsError::Rustls(_)), "{e}");
+        assert!(Arc::ptr_eq(&second, &tls.current()));
+        assert!(!tls.check().expect("same bad files"));
+
+        // A missing file is a change, and an error naming it.
+        std::fs::remove_file(&files.cert_file).expect("rm");
+        let e = tls.check().expect_err("missing cert");
+        assert!(e.to_string().contains("tls.crt"), "{e}");
+        assert!(Arc::ptr_eq(&second, &tls.current()));
+
+        // Fixed: back in business.
+        std::fs::copy(&a_crt, &files.cert_file).expect("copy");
+        assert!(tls.check().expect("fixed"));
+        assert!(!Arc::ptr_eq(&second, &tls.current()));
     }
 }
