@@ -20,7 +20,7 @@ use selfheal_heal_api::sign::{self, Key};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
@@ -444,14 +444,6 @@ fn a_signed_scale_request_scales_once_and_its_replay_after_a_restart_is_refused(
     });
 }
 
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{what}: not within 20 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Whether a signed observe with `k` is accepted.
 async fn accepted(http: &reqwest::Client, srv: &Server, k: &Key, n: &str) -> (u16, String) {
     let body = serde_json::to_vec(&target()).expect("json");
@@ -507,7 +499,6 @@ fn keys_rotate_through_the_secret_file_without_a_restart() {
         assert!(metrics.contains("selfheal_heal_api_key_reloads_total{outcome=\"error\"}"), "{metrics}");
         srv.shutdown().await;
     });
-    let _ = wait_until;
 }
 
 #[test]

@@ -80,7 +80,8 @@ impl RemoteExecutor {
                 reason,
             };
             let pem = std::fs::read(ca).map_err(|e| err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
             b = b.tls_certs_only(certs);
         }
         let http = b.build().map_err(ClientError::Http)?;
@@ -125,8 +126,12 @@ impl RemoteExecutor {
         let key = keys
             .first()
             .ok_or_else(|| ActionError::new(ActionErrorKind::Forbidden, "no signing key"))?;
-        let nonce = sign::new_nonce()
-            .map_err(|e| ActionError::new(ActionErrorKind::Unavailable, format!("no randomness for a nonce: {e}")))?;
+        let nonce = sign::new_nonce().map_err(|e| {
+            ActionError::new(
+                ActionErrorKind::Unavailable,
+                format!("no randomness for a nonce: {e}"),
+            )
+        })?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -150,11 +155,17 @@ impl RemoteExecutor {
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| {
-            ActionError::new(ActionErrorKind::Unavailable, format!("heal API answer cut off: {e}"))
+            ActionError::new(
+                ActionErrorKind::Unavailable,
+                format!("heal API answer cut off: {e}"),
+            )
         })?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
-                ActionError::new(ActionErrorKind::Unavailable, format!("heal API answer is not JSON: {e}"))
+                ActionError::new(
+                    ActionErrorKind::Unavailable,
+                    format!("heal API answer is not JSON: {e}"),
+                )
             });
         }
         let err: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -167,7 +178,10 @@ impl RemoteExecutor {
             400 | 413 | 422 => ActionErrorKind::Invalid,
             _ => ActionErrorKind::Unavailable,
         };
-        Err(ActionError::new(kind, format!("heal API answered {status} {reason}: {message}")))
+        Err(ActionError::new(
+            kind,
+            format!("heal API answered {status} {reason}: {message}"),
+        ))
     }
 }
 

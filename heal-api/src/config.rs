@@ -266,7 +266,9 @@ impl HealApiConfig {
         config::in_range("max_body_bytes", self.max_body_bytes, 256..=1024 * 1024)?;
         config::in_range("clock_window_secs", self.clock_window_secs, 1..=60)?;
         config::in_range("max_nonces", self.max_nonces, 16..=10_000_000)?;
-        if !(self.rate_per_sec.is_finite() && self.rate_per_sec > 0.0 && self.rate_per_sec <= 10_000.0)
+        if !(self.rate_per_sec.is_finite()
+            && self.rate_per_sec > 0.0
+            && self.rate_per_sec <= 10_000.0)
         {
             return Err(invalid(
                 "rate_per_sec",
@@ -334,7 +336,10 @@ impl HealApiConfig {
             ));
         }
         if b.max_step < 1 {
-            return Err(invalid("bounds.max_step", format!("must be at least 1, got {}", b.max_step)));
+            return Err(invalid(
+                "bounds.max_step",
+                format!("must be at least 1, got {}", b.max_step),
+            ));
         }
         Ok(Settings {
             listen_addr,
@@ -355,7 +360,11 @@ impl HealApiConfig {
             tls: self.tls,
             max_connections: self.max_connections,
             header_timeout: config::secs("header_timeout_secs", self.header_timeout_secs, 600.0)?,
-            request_timeout: config::secs("request_timeout_secs", self.request_timeout_secs, 600.0)?,
+            request_timeout: config::secs(
+                "request_timeout_secs",
+                self.request_timeout_secs,
+                600.0,
+            )?,
         })
     }
 }

@@ -301,11 +301,23 @@ mod tests {
     #[test]
     fn the_format_is_one_or_two_id_hex_lines() {
         let keys = parse(&format!("# rotation\nk2 {A}\n\nk1 {A}\n")).expect("two keys");
-        assert_eq!(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k2", "k1"]);
+        assert_eq!(
+            keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            ["k2", "k1"]
+        );
         assert!(matches!(parse(""), Err(KeysError::Count(_))));
-        assert!(matches!(parse(&format!("a {A}\nb {A}\nc {A}")), Err(KeysError::Count(_))));
-        assert!(matches!(parse(&format!("a {A}\na {A}")), Err(KeysError::Count(_))));
-        assert!(matches!(parse("a zz"), Err(KeysError::Syntax { line: 1, .. })));
+        assert!(matches!(
+            parse(&format!("a {A}\nb {A}\nc {A}")),
+            Err(KeysError::Count(_))
+        ));
+        assert!(matches!(
+            parse(&format!("a {A}\na {A}")),
+            Err(KeysError::Count(_))
+        ));
+        assert!(matches!(
+            parse("a zz"),
+            Err(KeysError::Syntax { line: 1, .. })
+        ));
         assert!(matches!(parse("a"), Err(KeysError::Syntax { .. })));
         assert!(matches!(parse("a 0011"), Err(KeysError::Key(_))));
     }

@@ -43,7 +43,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use selfheal_core::action::{Action, ActionError, ActionErrorKind, ActionRequest, Executor, Target};
+use selfheal_core::action::{
+    Action, ActionError, ActionErrorKind, ActionRequest, Executor, Target,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -123,7 +125,9 @@ impl Metrics {
     }
 
     pub(crate) fn key_reload(&self, outcome: &'static str) {
-        self.key_reloads.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.key_reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 }
 
@@ -180,7 +184,9 @@ pub struct Api<E> {
 
 impl<E> std::fmt::Debug for Api<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("Api")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -273,7 +279,11 @@ impl<E: Executor> Api<E> {
         if let Some(peer) = seen.peer
             && !self.limiter.allow(&format!("ip:{}", peer.ip()))
         {
-            return Err(Answer::refuse(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests from this address"));
+            return Err(Answer::refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address",
+            ));
         }
         let (parts, body) = req.into_parts();
         let body = axum::body::to_bytes(body, self.policy.max_body_bytes)
@@ -282,7 +292,10 @@ impl<E: Executor> Api<E> {
                 Answer::refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    format!("the body is over {} bytes (or was cut off)", self.policy.max_body_bytes),
+                    format!(
+                        "the body is over {} bytes (or was cut off)",
+                        self.policy.max_body_bytes
+                    ),
                 )
             })?;
         let h = &parts.headers;
@@ -311,7 +324,11 @@ impl<E: Executor> Api<E> {
         if let Some(id) = &seen.key_id
             && !self.limiter.allow(&format!("key:{id}"))
         {
-            return Err(Answer::refuse(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests with this key"));
+            return Err(Answer::refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests with this key",
+            ));
         }
         Ok(body)
     }
@@ -321,11 +338,18 @@ impl<E: Executor> Api<E> {
             return Err(Answer::refuse(
                 StatusCode::FORBIDDEN,
                 "namespace_not_allowed",
-                format!("namespace {:?} is not in allow.namespaces", target.namespace),
+                format!(
+                    "namespace {:?} is not in allow.namespaces",
+                    target.namespace
+                ),
             ));
         }
         if !dns_name(&target.name, 253) {
-            return Err(Answer::refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "the target's name is not a Kubernetes name"));
+            return Err(Answer::refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "the target's name is not a Kubernetes name",
+            ));
         }
         Ok(())
     }
@@ -345,14 +369,20 @@ impl<E: Executor> Api<E> {
                 return Err(Answer::refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "out_of_bounds",
-                    format!("{what} {to} is outside {}..={}", b.min_replicas, b.max_replicas),
+                    format!(
+                        "{what} {to} is outside {}..={}",
+                        b.min_replicas, b.max_replicas
+                    ),
                 ));
             }
             if from < 0 || (i64::from(to) - i64::from(from)).abs() > i64::from(b.max_step) {
                 return Err(Answer::refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "out_of_bounds",
-                    format!("{what} {from} -> {to} is a step over max_step {}", b.max_step),
+                    format!(
+                        "{what} {from} -> {to} is a step over max_step {}",
+                        b.max_step
+                    ),
                 ));
             }
             Ok(())
@@ -361,7 +391,11 @@ impl<E: Executor> Api<E> {
             Action::Scale { from, to } => counts("replicas", *from, *to),
             Action::SetHpaMinReplicas { hpa, from, to } => {
                 if !dns_name(hpa, 253) {
-                    return Err(Answer::refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "the HPA's name is not a Kubernetes name"));
+                    return Err(Answer::refuse(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        "the HPA's name is not a Kubernetes name",
+                    ));
                 }
                 counts("minReplicas", *from, *to)
             }
@@ -375,14 +409,22 @@ impl<E: Executor> Api<E> {
                 if ok {
                     Ok(())
                 } else {
-                    Err(Answer::refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "restarted_at is not an RFC 3339 time"))
+                    Err(Answer::refuse(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        "restarted_at is not an RFC 3339 time",
+                    ))
                 }
             }
             Action::DeletePod { pod } => {
                 if dns_name(pod, 253) {
                     Ok(())
                 } else {
-                    Err(Answer::refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "the pod's name is not a Kubernetes name"))
+                    Err(Answer::refuse(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        "the pod's name is not a Kubernetes name",
+                    ))
                 }
             }
         }
@@ -396,7 +438,9 @@ impl<E: Executor> Api<E> {
                 (a.status, a.decision, a.reason, a.message, body)
             }
         };
-        self.metrics.latency.observe(seen.started.elapsed().as_secs_f64());
+        self.metrics
+            .latency
+            .observe(seen.started.elapsed().as_secs_f64());
         self.metrics
             .requests
             .get_or_create(&DecisionLabels { decision, reason })
@@ -481,18 +525,34 @@ async fn actions<E: Executor>(State(api): State<Arc<Api<E>>>, req: Request<Body>
     let result: Result<Accepted, Answer> = async {
         let body = api.admit(req, &mut seen).await?;
         let ar: ActionRequest = serde_json::from_slice(&body).map_err(|e| {
-            Answer::refuse(StatusCode::BAD_REQUEST, "malformed_json", format!("not an action request: {e}"))
+            Answer::refuse(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("not an action request: {e}"),
+            )
         })?;
         seen.request_id = Some(ar.request_id.clone());
         seen.target = Some(ar.target.to_string());
         seen.action = Some(ar.action.kind().as_str().to_owned());
         if ar.request_id.is_empty() || ar.request_id.len() > 253 {
-            return Err(Answer::refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "request_id must be 1 to 253 characters"));
+            return Err(Answer::refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "request_id must be 1 to 253 characters",
+            ));
         }
         api.allowed(&ar.target)?;
         api.in_bounds(&ar)?;
-        let out = api.executor.apply(&ar).await.map_err(|e| executor_error(&e))?;
-        let reason = if out.already_applied { "already_applied" } else { "applied" };
+        let out = api
+            .executor
+            .apply(&ar)
+            .await
+            .map_err(|e| executor_error(&e))?;
+        let reason = if out.already_applied {
+            "already_applied"
+        } else {
+            "applied"
+        };
         let body = serde_json::to_value(&out).unwrap_or_default();
         Ok((StatusCode::OK, reason, out.detail.clone(), body))
     }
@@ -505,12 +565,20 @@ async fn observe<E: Executor>(State(api): State<Arc<Api<E>>>, req: Request<Body>
     let result: Result<Accepted, Answer> = async {
         let body = api.admit(req, &mut seen).await?;
         let t: Target = serde_json::from_slice(&body).map_err(|e| {
-            Answer::refuse(StatusCode::BAD_REQUEST, "malformed_json", format!("not a target: {e}"))
+            Answer::refuse(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("not a target: {e}"),
+            )
         })?;
         seen.target = Some(t.to_string());
         seen.action = Some("observe".into());
         api.allowed(&t)?;
-        let state = api.executor.observe(&t).await.map_err(|e| executor_error(&e))?;
+        let state = api
+            .executor
+            .observe(&t)
+            .await
+            .map_err(|e| executor_error(&e))?;
         let body = serde_json::to_value(&state).unwrap_or_default();
         Ok((StatusCode::OK, "observed", String::new(), body))
     }
@@ -580,10 +648,12 @@ pub async fn start_with_keys<E: Executor>(
     let ring = Keyring::new(keys);
     let audit = match &settings.audit {
         crate::config::AuditTarget::Stdout => AuditLog::stdout(),
-        crate::config::AuditTarget::File(p) => AuditLog::file(p).map_err(|source| ServerError::Audit {
-            path: p.clone(),
-            source,
-        })?,
+        crate::config::AuditTarget::File(p) => {
+            AuditLog::file(p).map_err(|source| ServerError::Audit {
+                path: p.clone(),
+                source,
+            })?
+        }
     };
     let mut registry = Registry::with_prefix("selfheal_heal_api");
     let metrics = Arc::new(Metrics::default());
@@ -600,7 +670,10 @@ pub async fn start_with_keys<E: Executor>(
         key_file: settings.tls.key_file.clone(),
         client_ca_file: settings.tls.client_ca_file.clone(),
     };
-    let tls = selfheal_runtime::conn::server_config(&tls_settings).map_err(ServerError::Tls)?;
+    let tls = Arc::new(
+        selfheal_runtime::conn::ReloadingTls::load(tls_settings.clone())
+            .map_err(ServerError::Tls)?,
+    );
     let api = Arc::new(Api::new(
         executor,
         settings.policy.clone(),
@@ -631,10 +704,21 @@ pub async fn start_with_keys<E: Executor>(
             header_timeout: settings.header_timeout,
             tls: Some(tls_settings),
         },
-        tls: Some(tls),
-        metrics: conn_metrics,
+        tls: Some(Arc::clone(&tls)),
+        metrics: Arc::clone(&conn_metrics),
     };
-    let server = tokio::spawn(selfheal_runtime::conn::serve(listener, app, bounded, shutdown.clone()));
+    let server = tokio::spawn(selfheal_runtime::conn::serve(
+        listener,
+        app,
+        bounded,
+        shutdown.clone(),
+    ));
+    // A renewed certificate (cert-manager, a rotated Secret) is picked up without a restart.
+    tokio::spawn(tls.watch(
+        selfheal_runtime::conn::ReloadingTls::DEFAULT_CHECK_EVERY,
+        conn_metrics,
+        shutdown.clone(),
+    ));
     let keys = tokio::spawn(loader.watch(ring, settings.keys_reload, metrics, shutdown));
     tracing::info!(%addr, "HealApiListening");
     Ok(Running { addr, server, keys })

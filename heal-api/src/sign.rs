@@ -53,7 +53,9 @@ pub struct Key {
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the secret, not even in a debug log.
-        f.debug_struct("Key").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,14 +142,28 @@ impl Signed {
     }
 }
 
-fn canonical(method: &str, path: &str, ts: &str, nonce: &str, key_id: &str, body: &[u8]) -> Vec<u8> {
+fn canonical(
+    method: &str,
+    path: &str,
+    ts: &str,
+    nonce: &str,
+    key_id: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let digest = hex::encode(Sha256::digest(body));
     format!("selfheal-v1\n{method}\n{path}\n{ts}\n{nonce}\n{key_id}\n{digest}").into_bytes()
 }
 
 /// Signs a request: `path` with its query, exactly as sent; `nonce` fresh per request
 /// ([`new_nonce`]).
-pub fn sign(key: &Key, method: &str, path: &str, unix_secs: i64, nonce: &str, body: &[u8]) -> Signed {
+pub fn sign(
+    key: &Key,
+    method: &str,
+    path: &str,
+    unix_secs: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Signed {
     let ts = unix_secs.to_string();
     let mac = key.mac(&canonical(method, path, &ts, nonce, &key.id, body));
     Signed {
@@ -229,8 +245,7 @@ pub struct RequestParts<'a> {
 
 fn nonce_ok(n: &str) -> bool {
     (16..=64).contains(&n.len())
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
@@ -364,7 +379,10 @@ mod tests {
         let keys = [key("k1", 1)];
         let v = Verifier::new(60, 100);
         let s = sign(&keys[0], "POST", "/v1/actions", NOW, NONCE, b"{}");
-        assert_eq!(v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"{}", NOW), Ok("k1"));
+        assert_eq!(
+            v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"{}", NOW),
+            Ok("k1")
+        );
         assert_eq!(
             v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"{}", NOW + 1),
             Err(Refusal::Replayed)
@@ -378,7 +396,14 @@ mod tests {
         let mut n = 0;
         let mut fresh = |t: i64| {
             n += 1;
-            sign(&keys[0], "POST", "/v1/actions", t, &format!("{NONCE}{n}"), b"body")
+            sign(
+                &keys[0],
+                "POST",
+                "/v1/actions",
+                t,
+                &format!("{NONCE}{n}"),
+                b"body",
+            )
         };
         let s = fresh(NOW);
         let none = RequestParts {
@@ -394,26 +419,54 @@ mod tests {
         p.signature = None;
         assert_eq!(v.verify(&keys, &p, b"body", NOW), Err(Refusal::Malformed));
         let p = parts(&s, "POST", "/v1/actions");
-        assert_eq!(v.verify(&keys, &p, b"bodY", NOW), Err(Refusal::BadSignature));
+        assert_eq!(
+            v.verify(&keys, &p, b"bodY", NOW),
+            Err(Refusal::BadSignature)
+        );
         let p = parts(&s, "POST", "/v1/actionz");
-        assert_eq!(v.verify(&keys, &p, b"body", NOW), Err(Refusal::BadSignature));
+        assert_eq!(
+            v.verify(&keys, &p, b"body", NOW),
+            Err(Refusal::BadSignature)
+        );
         let p = parts(&s, "PUT", "/v1/actions");
-        assert_eq!(v.verify(&keys, &p, b"body", NOW), Err(Refusal::BadSignature));
+        assert_eq!(
+            v.verify(&keys, &p, b"body", NOW),
+            Err(Refusal::BadSignature)
+        );
         // The same signature claimed by another key id.
         let mut p = parts(&s, "POST", "/v1/actions");
         p.key_id = Some("k2");
-        assert_eq!(v.verify(&keys, &p, b"body", NOW), Err(Refusal::BadSignature));
+        assert_eq!(
+            v.verify(&keys, &p, b"body", NOW),
+            Err(Refusal::BadSignature)
+        );
         p.key_id = Some("k3");
         assert_eq!(v.verify(&keys, &p, b"body", NOW), Err(Refusal::UnknownKey));
         let s = fresh(NOW - 61);
-        assert_eq!(v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW), Err(Refusal::Stale));
+        assert_eq!(
+            v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW),
+            Err(Refusal::Stale)
+        );
         let s = fresh(NOW + 61);
-        assert_eq!(v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW), Err(Refusal::Future));
+        assert_eq!(
+            v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW),
+            Err(Refusal::Future)
+        );
         let s = fresh(NOW - 60);
-        assert!(v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW).is_ok());
+        assert!(
+            v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW)
+                .is_ok()
+        );
         // A wrong key: signed with a secret the server does not have, under a known id.
         let wrong = key("k1", 9);
-        let s = sign(&wrong, "POST", "/v1/actions", NOW, "ffffffffffffffffffff", b"body");
+        let s = sign(
+            &wrong,
+            "POST",
+            "/v1/actions",
+            NOW,
+            "ffffffffffffffffffff",
+            b"body",
+        );
         assert_eq!(
             v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW),
             Err(Refusal::BadSignature)
@@ -431,16 +484,28 @@ mod tests {
             assert!(v.verify(&keys, &parts(&s, "POST", "/"), b"", NOW).is_ok());
         }
         let s = sign(&keys[0], "POST", "/", NOW, &format!("{NONCE}x"), b"");
-        assert_eq!(v.verify(&keys, &parts(&s, "POST", "/"), b"", NOW), Err(Refusal::NonceCacheFull));
+        assert_eq!(
+            v.verify(&keys, &parts(&s, "POST", "/"), b"", NOW),
+            Err(Refusal::NonceCacheFull)
+        );
         let s = sign(&keys[0], "POST", "/", NOW + 120, &format!("{NONCE}y"), b"");
-        assert!(v.verify(&keys, &parts(&s, "POST", "/"), b"", NOW + 120).is_ok());
+        assert!(
+            v.verify(&keys, &parts(&s, "POST", "/"), b"", NOW + 120)
+                .is_ok()
+        );
         assert_eq!(v.nonces(), 1);
     }
 
     #[test]
     fn keys_are_checked_and_never_printed() {
-        assert!(matches!(Key::new("a b", vec![0; 32]), Err(KeyError::BadId(_))));
-        assert!(matches!(Key::new("a", vec![0; 31]), Err(KeyError::ShortSecret { .. })));
+        assert!(matches!(
+            Key::new("a b", vec![0; 32]),
+            Err(KeyError::BadId(_))
+        ));
+        assert!(matches!(
+            Key::new("a", vec![0; 31]),
+            Err(KeyError::ShortSecret { .. })
+        ));
         let k = key("k1", 0x41);
         assert!(!format!("{k:?}").contains("AAAA"));
     }

@@ -250,7 +250,7 @@ impl Builder {
         let queued = self.metrics.queued(name);
         // Every outcome appears on /metrics from the start, at 0.
         for o in ["delivered", "failed", "dropped", "abandoned"] {
-            self.metrics.messages.get_or_create(&ChannelOutcome {
+            let _ = self.metrics.messages.get_or_create(&ChannelOutcome {
                 channel: name.to_owned(),
                 outcome: o,
             });
@@ -306,7 +306,9 @@ impl Notifier {
                     at: now,
                 };
                 match intake.tx.try_send(q) {
-                    Ok(()) => intake.queued.inc(),
+                    Ok(()) => {
+                        intake.queued.inc();
+                    }
                     Err(e) => {
                         let why = match e {
                             mpsc::error::TrySendError::Full(_) => "queue full",
