@@ -471,7 +471,7 @@ mod tests {
             v.verify(&keys, &parts(&s, "POST", "/v1/actions"), b"body", NOW),
             Err(Refusal::BadSignature)
         );
-        // Refused requests do not take a nonce: only the two accepted ones are held.
+        // Refused requests do not take a nonce: only the one accepted is held.
         assert_eq!(v.nonces(), 1);
     }
 
