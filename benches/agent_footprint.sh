@@ -16,6 +16,7 @@
 #   benches/agent_footprint.sh                 # DURATION=60 PODS=100 MODELS=0
 #   DURATION=300 benches/agent_footprint.sh
 #   MODELS=1 TRAIN_SECS=240 TRAIN_INTERVAL=0.2 benches/agent_footprint.sh
+#   SELFHEAL_BIN=/path/to/selfheal MODELS=1 benches/agent_footprint.sh   # a prebuilt binary
 #   POD_WATCH=handwritten SAMPLES=4 benches/agent_footprint.sh
 #       pod identity from benches/kube_api_stub.py (the `api` source), CPU per sample as well.
 #       (POD_WATCH=kube / both ran the `kube_runtime` variant beside it until that variant was
@@ -48,8 +49,14 @@ if [ "$POD_WATCH" = both ]; then
   cargo build --release -q --bin selfheal --features selfheal-agent/kube
   cp "$CARGO_TARGET_DIR/release/selfheal" "$tmp/selfheal-kube"
 fi
-cargo build --release -q --bin selfheal "${features[@]}"
-bin="$CARGO_TARGET_DIR/release/selfheal"
+# SELFHEAL_BIN: measure a binary built beforehand (a `dist` build, or one copied out of a
+# target dir that other worktrees also build into) instead of building this tree's.
+if [ -n "${SELFHEAL_BIN:-}" ]; then
+  bin=$SELFHEAL_BIN
+else
+  cargo build --release -q --bin selfheal "${features[@]}"
+  bin="$CARGO_TARGET_DIR/release/selfheal"
+fi
 
 python3 - "$tmp/cgroup" "$PODS" <<'PY'
 import os, sys
@@ -77,8 +84,13 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 models_env=()
 if [ "$MODELS" = 1 ]; then
   agg_port=$(port); train_port=$(port)
+  # HTTP ingest takes only authenticated nodes: one token for the recording agent's node.
+  token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+  printf '%s' "$token" >"$tmp/agent-token"; chmod 600 "$tmp/agent-token"
+  echo "footprint-node $token" >"$tmp/ingest-tokens"; chmod 600 "$tmp/ingest-tokens"
   SELFHEAL_LOG=warn SELFHEAL_AGGREGATOR_LISTEN_ADDR="127.0.0.1:$agg_port" \
     SELFHEAL_AGGREGATOR_INGEST__SOURCE=http SELFHEAL_AGGREGATOR_LAKE__LOCATION="$tmp/lake" \
+    SELFHEAL_AGGREGATOR_INGEST__AUTH__TOKEN_FILE="$tmp/ingest-tokens" \
     SELFHEAL_AGGREGATOR_CHECKPOINT__DIR="$tmp/checkpoints" \
     "$bin" aggregator >/dev/null 2>"$tmp/aggregator.log" &
   pids+=($!); agg=$!
@@ -86,17 +98,29 @@ if [ "$MODELS" = 1 ]; then
     SELFHEAL_AGENT_LISTEN_ADDR="127.0.0.1:$train_port" SELFHEAL_AGENT_SPOOL__DIR="$tmp/spool" \
     SELFHEAL_AGENT_FORWARD__SINK=http \
     SELFHEAL_AGENT_FORWARD__HTTP__URL="http://127.0.0.1:$agg_port/v1/ingest" \
+    SELFHEAL_AGENT_FORWARD__HTTP__TOKEN_FILE="$tmp/agent-token" SELFHEAL_AGENT_NODE_NAME=footprint-node \
     "$bin" agent >/dev/null 2>"$tmp/train-agent.log" &
   pids+=($!); train_agent=$!
   echo "recording the agent's own lake for ${TRAIN_SECS} s at ${TRAIN_INTERVAL} s" >&2
   sleep "$TRAIN_SECS"
-  kill -TERM "$train_agent"; wait "$train_agent" || true
+  if ! kill -TERM "$train_agent" 2>/dev/null; then
+    echo "the recording agent exited early:" >&2; tail -5 "$tmp/train-agent.log" >&2
+    echo "aggregator:" >&2; tail -5 "$tmp/aggregator.log" >&2
+    exit 1
+  fi
+  wait "$train_agent" || true
   sleep 2
-  kill -TERM "$agg"; wait "$agg" || true
+  if ! kill -TERM "$agg" 2>/dev/null; then
+    echo "the aggregator exited early:" >&2; tail -5 "$tmp/aggregator.log" >&2; exit 1
+  fi
+  wait "$agg" || true
   for family in cpu memory traffic pressure restarts; do
     if "$bin" model train --family "$family" --input "$tmp/lake" --out "$tmp/model-$family" \
         --version footprint >/dev/null 2>"$tmp/train-$family.log"; then
-      "$bin" model publish "$tmp/model-$family" --to "$tmp/store" >/dev/null
+      if ! "$bin" model publish "$tmp/model-$family" --to "$tmp/store" >/dev/null 2>"$tmp/publish-$family.log"; then
+        echo "model $family: trained but not published: $(tail -1 "$tmp/publish-$family.log")"
+        continue
+      fi
       python3 - "$tmp/model-$family" "$family" <<'PY'
 import json, os, sys
 d, family = sys.argv[1], sys.argv[2]

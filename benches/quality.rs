@@ -25,7 +25,7 @@ use selfheal_model_export::eval::{Counts, Metrics};
 use selfheal_model_export::quality::{
     self, AlarmVariant, Cell, DataSet, Grid, PerDataSet, Table, objective, pooled_all,
 };
-use selfheal_model_export::train::ForestParams;
+use selfheal_model_export::train::{ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -163,18 +163,41 @@ fn grid() -> Result<Grid, String> {
         .into_iter()
         .flat_map(|(n_trees, max_samples)| {
             let base = base.clone();
-            // Without the range guard too, except at the largest size (the previous default,
-            // measured with it), to keep the grid's cost down.
-            let guards: &[f32] = if n_trees >= 100 { &[0.3] } else { &[0.0, 0.3] };
-            guards.iter().map(move |&range_weight| TrainConfig {
-                forest: ForestParams {
-                    n_trees,
-                    max_samples,
-                    ..base.forest
-                },
-                range_weight,
-                ..base.clone()
-            })
+            // Per size: the plain per-signal layout without and with the range guard, and with
+            // the guard, each forest's score normalized to the set's median spread, the
+            // forests level-free (the value left to the guard, so at three guard weights),
+            // and both. The largest size
+            // (the previous default) only with the guard and plain, to keep the grid's cost
+            // down.
+            let layouts: &[(f32, bool, bool)] = if n_trees >= 100 {
+                &[(0.3, false, false)]
+            } else {
+                &[
+                    (0.0, false, false),
+                    (0.3, false, false),
+                    (0.3, true, false),
+                    (0.15, false, true),
+                    (0.3, false, true),
+                    (0.6, false, true),
+                    (0.3, true, true),
+                ]
+            };
+            layouts
+                .iter()
+                .map(move |&(range_weight, normalize, level_free)| TrainConfig {
+                    forest: ForestParams {
+                        n_trees,
+                        max_samples,
+                        ..base.forest
+                    },
+                    layout: ForestLayout::PerSignal {
+                        offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
+                        normalize,
+                        level_free,
+                    },
+                    range_weight,
+                    ..base.clone()
+                })
         })
         .collect();
     let mut variants = Vec::new();
@@ -196,14 +219,32 @@ fn grid() -> Result<Grid, String> {
     Ok(Grid { forests, variants })
 }
 
+/// A forest configuration as the reports name it.
+fn forest_name(f: &TrainConfig) -> String {
+    let (normalize, level_free) = match f.layout {
+        ForestLayout::PerSignal {
+            normalize,
+            level_free,
+            ..
+        } => (normalize, level_free),
+        ForestLayout::Joint => (false, false),
+    };
+    format!(
+        "{} trees x psi {}, range guard {}{}{}",
+        f.forest.n_trees,
+        f.forest.max_samples,
+        f.range_weight,
+        if normalize { ", normalized" } else { "" },
+        if level_free { ", level-free" } else { "" },
+    )
+}
+
 fn describe(t: &Table, c: Cell) -> String {
     let f = &t.grid.forests[c.forest];
     let v = &t.grid.variants[c.variant];
     format!(
-        "{} trees x psi {}, range guard {}, alarm {}-of-{} half-life {} adapt {}, sensitivity {:.1} (contamination {:.4}), spike {}",
-        f.forest.n_trees,
-        f.forest.max_samples,
-        f.range_weight,
+        "{}, alarm {}-of-{} half-life {} adapt {}, sensitivity {:.1} (contamination {:.4}), spike {}",
+        forest_name(f),
         v.alarm.k,
         v.alarm.n,
         v.alarm.smoothing_half_life,
@@ -279,15 +320,12 @@ fn run() -> Result<(), String> {
         let bytes = selfheal_model_export::onnx::export_set(&det.forest)
             .map_err(|e| e.to_string())?
             .len();
-        sizes.push((
-            (f.forest.n_trees, f.forest.max_samples, f.range_weight),
-            bytes,
-        ));
+        sizes.push((f.clone(), bytes));
     }
     let size_of = |f: &TrainConfig| {
         sizes
             .iter()
-            .find(|(k, _)| *k == (f.forest.n_trees, f.forest.max_samples, f.range_weight))
+            .find(|(k, _)| k == f)
             .map_or(usize::MAX, |(_, b)| *b)
     };
     println!(
@@ -295,10 +333,8 @@ fn run() -> Result<(), String> {
     );
     for f in &full.grid.forests {
         println!(
-            "- {} trees x psi {}, range guard {}: {} bytes{}",
-            f.forest.n_trees,
-            f.forest.max_samples,
-            f.range_weight,
+            "- {}: {} bytes{}",
+            forest_name(f),
             size_of(f),
             if size_of(f) <= MODEL_BUDGET {
                 ""
@@ -345,6 +381,7 @@ fn run() -> Result<(), String> {
     let v = &t.grid.variants[all.variant];
     let f = &t.grid.forests[all.forest];
     let is_default = d.forest == f.forest
+        && d.layout == f.layout
         && d.range_weight == f.range_weight
         && d.alarm == v.alarm
         && d.threshold
@@ -388,7 +425,7 @@ fn run() -> Result<(), String> {
         variant: all.variant,
     };
     println!("\n### Forest size (the chosen alarm variant, in-sample)\n");
-    print!("| trees x ψ, range guard |");
+    print!("| forest configuration |");
     for d in &sets {
         print!(" {}: windows hit, events /1000, F1 |", d.name());
     }
@@ -402,10 +439,7 @@ fn run() -> Result<(), String> {
             },
             |_| true,
         );
-        print!(
-            "| {} x {}, {} |",
-            f.forest.n_trees, f.forest.max_samples, f.range_weight
-        );
+        print!("| {} |", forest_name(f));
         for (_, m) in &per {
             print!(
                 " {}/{}, {:.2}, {:.3} |",

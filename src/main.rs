@@ -40,6 +40,8 @@ enum Command {
     Incidents(selfheal_aggregator::api::cli::IncidentsArgs),
     /// Add, list and expire silences (through an aggregator's API).
     Silences(selfheal_aggregator::api::cli::SilencesArgs),
+    /// What healing would do about an incident (through an aggregator's API).
+    Heal(selfheal_aggregator::heal::cli::HealArgs),
     /// Train, score, evaluate and publish models.
     #[command(subcommand)]
     Model(selfheal_model_export::cli::ModelCommand),
@@ -79,5 +81,6 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Model(cmd) => selfheal_model_export::cli::main(cmd),
         Command::Incidents(args) => selfheal_aggregator::api::cli::incidents_main(args),
         Command::Silences(args) => selfheal_aggregator::api::cli::silences_main(args),
+        Command::Heal(args) => selfheal_aggregator::heal::cli::main(args),
     }
 }

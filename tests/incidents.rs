@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -28,7 +28,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -54,7 +54,7 @@ fn anomaly(id: u128, ts_ms: i64, node: &str, subject: Subject, score: f64) -> En
 }
 
 /// 3 nodes x 5 pods, 200 reports each over two minutes of record time: 3000 anomalies.
-fn storm(id_base: u128, t0: i64) -> Vec<Envelope> {
+pub(crate) fn storm(id_base: u128, t0: i64) -> Vec<Envelope> {
     let mut out = Vec::with_capacity(3000);
     for round in 0..200 {
         for node in 0..3 {
@@ -74,7 +74,7 @@ fn storm(id_base: u128, t0: i64) -> Vec<Envelope> {
     out
 }
 
-async fn put(client: &aws_sdk_kinesis::Client, stream: &str, envs: &[Envelope]) {
+pub(crate) async fn put(client: &aws_sdk_kinesis::Client, stream: &str, envs: &[Envelope]) {
     let entries: Vec<PutRecordsRequestEntry> = envs
         .iter()
         .map(|e| {
@@ -125,7 +125,7 @@ pub(crate) struct Agg {
     token_file: PathBuf,
 }
 
-fn config(dir: &Path, port: u16, stream: &str) -> PathBuf {
+pub(crate) fn config(dir: &Path, port: u16, stream: &str) -> PathBuf {
     write_file(
         dir,
         "aggregator.toml",
@@ -219,7 +219,7 @@ impl Agg {
         Agg::spawn(selfheal(), dir, &cfg, port)
     }
 
-    fn spawn(mut cmd: std::process::Command, dir: &Path, cfg: &Path, port: u16) -> Agg {
+    pub(crate) fn spawn(mut cmd: std::process::Command, dir: &Path, cfg: &Path, port: u16) -> Agg {
         write_token(dir);
         cmd.args(["aggregator", "--config"])
             .arg(cfg)
@@ -295,7 +295,7 @@ impl Agg {
 }
 
 /// The CLI against `agg`, with its token file.
-fn cli(agg: &Agg, args: &[&str]) -> String {
+pub(crate) fn cli(agg: &Agg, args: &[&str]) -> String {
     let mut c = selfheal();
     c.args(args)
         .args(["--url", &agg.url()])

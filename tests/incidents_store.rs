@@ -344,7 +344,7 @@ macro_rules! suite {
     };
 }
 
-async fn dynamo(moto: &Moto) -> DynamoStore {
+pub(crate) async fn dynamo(moto: &Moto) -> DynamoStore {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())

@@ -51,6 +51,8 @@ pub struct AggregatorConfig {
     pub incidents: crate::incident::config::IncidentsConfig,
     /// Where incidents are notified (webhooks, SNS); none by default.
     pub notify: crate::notify::NotifyConfig,
+    /// The healing controller (its policy is `heal.policy_file`).
+    pub heal: crate::heal::config::HealConfig,
 }
 
 /// `[kinesis]`: the stream and how it is polled.
@@ -264,6 +266,7 @@ impl Default for AggregatorConfig {
             lake: LakeConfig::default(),
             incidents: crate::incident::config::IncidentsConfig::default(),
             notify: crate::notify::NotifyConfig::default(),
+            heal: crate::heal::config::HealConfig::default(),
         }
     }
 }
@@ -327,6 +330,9 @@ pub enum ConfigError {
     /// A field parsed but its value is not acceptable.
     #[error("invalid aggregator configuration: {0}")]
     Invalid(#[from] FieldError),
+    /// `[heal]` or the policy file it names is not acceptable.
+    #[error("invalid aggregator configuration")]
+    Heal(#[source] crate::heal::config::HealConfigError),
 }
 
 /// Validated settings.
@@ -358,6 +364,8 @@ pub struct Settings {
     pub incidents: Option<crate::incident::config::Validated>,
     /// `[notify]`, when a channel is configured (it needs the incident pipeline).
     pub notify: Option<crate::notify::NotifySettings>,
+    /// The healing controller, unless `heal.enabled = false` (or incidents are off).
+    pub heal: Option<crate::heal::config::HealSettings>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -487,10 +495,16 @@ impl AggregatorConfig {
                 ));
             }
         };
+        let heal = if self.heal.enabled && incidents.is_some() {
+            Some(self.heal.validate(&data_dir).map_err(ConfigError::Heal)?)
+        } else {
+            None
+        };
         Ok(Settings {
             listen_addr,
             incidents,
             notify,
+            heal,
             shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
             health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,
             http_ingest,

@@ -14,8 +14,9 @@
 //!   DynamoDB); [`api`] serves them (`/api/v1`, the page, and the `incidents`/`silences` CLI).
 //! - [`notify`] sends the incidents' notification moments (opened, updated, repeat, escalated,
 //!   resolved) to webhooks (Alertmanager's payload) and SNS topics, queued and retried.
-//! - [`policy`] (rules and guardrails) and [`heal`] (executors: dry-run, kube direct, the remote
-//!   heal API) are named places, empty until their issues land.
+//! - [`policy`] decides what to do about an incident (playbooks, guardrails, a pure
+//!   `reconcile`); [`heal`] carries it out exactly once through an executor (dry-run by
+//!   default), verifies it and keeps the efficacy per playbook.
 //!
 //! [`run`] wires the stages and exits non-zero when any task panics, [`config`] validates their
 //! settings, the runtime crate's admin server serves `/metrics` and `/healthz`, and [`cli`] is the

@@ -72,6 +72,9 @@ pub enum RunError {
     /// A notification channel could not be set up.
     #[error("cannot set up notifications")]
     Notify(#[source] crate::notify::NotifyError),
+    /// The healing controller could not start (its dry-run log, its action records).
+    #[error("cannot start the healing controller")]
+    Heal(#[source] crate::heal::controller::StartError),
     /// A task panicked (its message is on stderr); the others were stopped.
     #[error("the {0} task panicked")]
     TaskPanicked(String),
@@ -113,6 +116,14 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
                 "notifier".into(),
                 Box::new(move |stop| Box::pin(workers.run(stop))),
             ));
+        }
+        if let Some(heal) = &settings.heal {
+            let (routes, tasks) =
+                crate::heal::controller::start(started.incidents.clone(), heal, &mut registry)
+                    .await
+                    .map_err(RunError::Heal)?;
+            extras.routes = extras.routes.merge(routes);
+            extras.tasks.extend(tasks);
         }
         let timers = started.incidents;
         extras.tasks.push((

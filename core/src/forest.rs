@@ -214,8 +214,30 @@ pub struct Member {
     /// the forest's scores on its training rows, so that every member's ordinary level is about
     /// 0 and no member dominates the maximum just by scoring higher on everything.
     pub offset: f64,
+    /// Multiplies the excess over `offset`: a forest whose ordinary scores spread widely above
+    /// its median would otherwise dominate the maximum on ordinary data, one whose scores are
+    /// tightly bunched would never be heard. The trainer sets it so that every member's
+    /// training spread (offset minus median score) is the set's median spread
+    /// (`normalize` in the per-signal layout). 1 (the default, omitted from JSON) in sets
+    /// written before it existed.
+    #[serde(default = "unit_scale", skip_serializing_if = "is_unit_scale")]
+    pub scale: f64,
     /// The forest; its feature indices are relative to `first_feature`.
     pub forest: IsolationForest,
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_unit_scale(s: &f64) -> bool {
+    *s == 1.0
+}
+
+impl Member {
+    /// Largest scale a member may have: bounds how loud one forest can make the set.
+    pub const MAX_SCALE: f64 = 100.0;
 }
 
 /// The model a detector scores with: one or more isolation forests over blocks of the feature
@@ -375,6 +397,12 @@ pub enum ForestSetError {
         /// Member index.
         member: usize,
     },
+    /// A member's scale is not in (0, [`Member::MAX_SCALE`]].
+    #[error("forest {member} has a scale outside (0, {}]", Member::MAX_SCALE)]
+    BadScale {
+        /// Member index.
+        member: usize,
+    },
     /// The range guard's weight is negative or not finite.
     #[error("range guard weight must be a finite number >= 0")]
     BadRangeWeight,
@@ -411,6 +439,7 @@ impl ForestSet {
             members: vec![Member {
                 first_feature: 0,
                 offset: 0.0,
+                scale: 1.0,
                 forest,
             }],
             range: None,
@@ -440,6 +469,7 @@ impl ForestSet {
         match self.members.as_slice() {
             [m] if m.first_feature == 0
                 && m.offset == 0.0
+                && m.scale == 1.0
                 && m.forest.n_features == self.n_features =>
             {
                 Some(&m.forest)
@@ -470,6 +500,9 @@ impl ForestSet {
             if !m.offset.is_finite() {
                 return Err(ForestSetError::NonFiniteOffset { member: i });
             }
+            if m.scale.is_nan() || m.scale <= 0.0 || m.scale > Member::MAX_SCALE {
+                return Err(ForestSetError::BadScale { member: i });
+            }
         }
         if let Some(guard) = &self.range {
             guard.validate(self.n_features)?;
@@ -482,14 +515,19 @@ impl ForestSet {
         self.members.iter().map(|m| m.forest.trees.len()).sum()
     }
 
-    /// Each member's score minus its offset, in member order.
+    /// Each member's score minus its offset, times its scale, in member order.
     ///
     /// # Panics
     /// If `x` is shorter than `n_features` or the set fails [`ForestSet::validate`].
     pub fn member_scores<'a>(&'a self, x: &'a [f32]) -> impl Iterator<Item = f64> + 'a {
         self.members.iter().map(move |m| {
             let cols = &x[m.first_feature..m.first_feature + m.forest.n_features];
-            m.forest.score(cols) - m.offset
+            let excess = m.forest.score(cols) - m.offset;
+            if m.scale == 1.0 {
+                excess
+            } else {
+                excess * m.scale
+            }
         })
     }
 
@@ -596,6 +634,7 @@ mod tests {
             members: vec![Member {
                 first_feature: 0,
                 offset: 0.5,
+                scale: 1.0,
                 forest: stump(),
             }],
             range: None,
@@ -654,11 +693,13 @@ mod tests {
                 Member {
                     first_feature: 0,
                     offset: 0.1,
+                    scale: 1.0,
                     forest: stump(),
                 },
                 Member {
                     first_feature: 1,
                     offset: 0.2,
+                    scale: 1.0,
                     forest: stump(),
                 },
             ],
@@ -681,6 +722,26 @@ mod tests {
             bad.validate(),
             Err(ForestSetError::NonFiniteOffset { member: 0 })
         ));
+        // A scale multiplies a member's excess; outside (0, MAX_SCALE] it is refused.
+        let mut scaled = set.clone();
+        scaled.members[1].scale = 4.0;
+        scaled.validate().expect("valid");
+        assert_eq!(scaled.score(&[1.0, 0.0]), (lo - 0.1).max((hi - 0.2) * 4.0));
+        assert!(scaled.as_single().is_none());
+        let json = serde_json::to_string(&set).expect("json");
+        assert!(!json.contains("scale"), "a unit scale is omitted: {json}");
+        let json = serde_json::to_string(&scaled).expect("json");
+        let back: ForestSet = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, scaled);
+        for s in [0.0, -1.0, f64::NAN, Member::MAX_SCALE * 2.0] {
+            let mut bad = set.clone();
+            bad.members[0].scale = s;
+            assert_eq!(
+                bad.validate(),
+                Err(ForestSetError::BadScale { member: 0 }),
+                "{s}"
+            );
+        }
         assert_eq!(
             ForestSet {
                 n_features: 1,

@@ -424,6 +424,66 @@ pub enum EventKind {
         /// Why it was held back.
         by: MutedBy,
     },
+    /// Healing decided what to do (the playbook and the decision, in words).
+    HealDecided {
+        /// The playbook (`scale_out`, `stabilize`, `rollout_restart`, `restart_once`,
+        /// `escalate`).
+        playbook: String,
+        /// What it decided.
+        decision: String,
+    },
+    /// A guardrail refused an action.
+    HealRefused {
+        /// Which guardrail (`cooldown`, `rate_global`, `blast_radius`, `maintenance`, ...).
+        guardrail: String,
+        /// Why.
+        reason: String,
+        /// When healing decides again, unix ms; `None`: it will not (the incident escalates).
+        retry_at_ms: Option<i64>,
+    },
+    /// An action's intent was recorded (before it is sent): exactly what will be sent.
+    ActionIntent {
+        /// Its idempotency key, `<incident>/<step>`.
+        request_id: String,
+        /// The executor (`dry-run`, `kube`, `heal-api`).
+        executor: String,
+        /// Only recorded, never sent.
+        dry_run: bool,
+        /// The request.
+        request: crate::action::ActionRequest,
+    },
+    /// The executor carried the action out (or recognised it as already applied).
+    ActionApplied {
+        /// Its idempotency key.
+        request_id: String,
+        /// What the executor reported.
+        outcome: crate::action::ActionOutcome,
+    },
+    /// The executor failed.
+    ActionFailed {
+        /// Its idempotency key.
+        request_id: String,
+        /// The error and its class.
+        error: crate::action::ActionError,
+        /// When it is retried, unix ms; `None`: not retried.
+        retry_at_ms: Option<i64>,
+    },
+    /// The verification window opened.
+    VerificationStarted {
+        /// The action verified.
+        request_id: String,
+        /// When the window closes, unix ms.
+        until_ms: i64,
+    },
+    /// The verification ended.
+    Verified {
+        /// The action verified.
+        request_id: String,
+        /// Whether the workload's anomalies stopped.
+        healed: bool,
+        /// What was seen.
+        detail: String,
+    },
 }
 
 /// One entry of an incident's timeline.

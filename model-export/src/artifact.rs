@@ -227,11 +227,14 @@ mod tests {
             timestamps: None,
             rows,
         };
+        // The plain per-signal layout: each member reads its whole block, so one member
+        // stands for a forest of the old one-forest layout below.
         let cfg = TrainConfig {
             forest: ForestParams {
                 n_trees: 10,
                 ..ForestParams::default()
             },
+            layout: crate::train::ForestLayout::per_signal(),
             ..TrainConfig::default()
         };
         let (det, _) = train_model(&[series], None, &cfg).expect("trained");

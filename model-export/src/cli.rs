@@ -8,8 +8,8 @@
 use crate::artifact::{read_model_dir, sha256_files, write_model_dir};
 use crate::dataset::{Windows, read_input, read_labels, read_series};
 use crate::detect::{
-    DEFAULT_ALARM, DEFAULT_RANGE_WEIGHT, DEFAULT_SENSITIVITY, DEFAULT_SPIKE_RATIO, ThresholdRule,
-    TrainConfig, sensitivity_contamination, train_model,
+    DEFAULT_ALARM, DEFAULT_LAYOUT, DEFAULT_RANGE_WEIGHT, DEFAULT_SENSITIVITY, DEFAULT_SPIKE_RATIO,
+    ThresholdRule, TrainConfig, sensitivity_contamination, train_model,
 };
 use crate::eval::Counts;
 use crate::train::{
@@ -72,6 +72,16 @@ pub struct TrainArgs {
     /// over every feature.
     #[arg(long, value_enum, default_value_t = LayoutArg::PerSignal)]
     pub layout: LayoutArg,
+    /// With `--layout per-signal`: scale each forest's excess so that its ordinary variation
+    /// on the training rows (offset minus median score) is the model's median one, so that no
+    /// signal wins the maximum on ordinary data by varying more (`true` or `false`).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = DEFAULT_LAYOUT.normalizes())]
+    pub normalize: bool,
+    /// With `--layout per-signal`: the forests read each signal's derived features (delta,
+    /// rolling statistics) but not its raw value, leaving levels outside the training range to
+    /// the range guard (`true` or `false`).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = DEFAULT_LAYOUT.is_level_free())]
+    pub level_free: bool,
     /// Sub-sample size per tree (ψ).
     #[arg(long, default_value_t = DEFAULT_MAX_SAMPLES)]
     pub max_samples: usize,
@@ -376,6 +386,8 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             LayoutArg::Joint => ForestLayout::Joint,
             LayoutArg::PerSignal => ForestLayout::PerSignal {
                 offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
+                normalize: a.normalize,
+                level_free: a.level_free,
             },
         },
         features,

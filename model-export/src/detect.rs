@@ -12,7 +12,7 @@
 use crate::dataset::{DataError, Series, Windows, features, spec_for};
 use crate::eval::{Counts, Metrics};
 use crate::train::{
-    FeatureMatrix, ForestLayout, ForestParams, PER_SIGNAL_OFFSET_QUANTILE, TrainError, train_forest,
+    FeatureMatrix, ForestLayout, ForestParams, NORMALIZE_SCALE_RANGE, TrainError, train_forest,
 };
 use selfheal_core::features::FeatureSpec;
 use selfheal_core::forest::{ForestSet, Member, RangeGuard};
@@ -71,7 +71,7 @@ pub struct TrainConfig {
 
 /// Default `--sensitivity` (docs/benchmarks.md, "Detection quality": chosen by
 /// leave-one-machine-out).
-pub const DEFAULT_SENSITIVITY: f64 = 0.9;
+pub const DEFAULT_SENSITIVITY: f64 = 0.8;
 
 /// Least and most contamination `--sensitivity` reaches (at 0 and at 1).
 pub const SENSITIVITY_CONTAMINATION: (f64, f64) = (0.001, 0.1);
@@ -85,18 +85,31 @@ pub fn sensitivity_contamination(s: f64) -> f64 {
     lo * (hi / lo).powf(s.clamp(0.0, 1.0))
 }
 
-/// Default alarm rule: scores smoothed over a half-life of 5 samples, then 3 smoothed scores at
-/// or above threshold within the last 15, the threshold adapting to a new normal over 1000
+/// Default alarm rule: scores smoothed over a half-life of 5 samples, then 2 smoothed scores at
+/// or above threshold within the last 5, the threshold adapting to a new normal over 1000
 /// samples (a score level held for three quarters of them: about 83 minutes at the agent's 5 s
-/// interval). Chosen leave-one-machine-out with [`DEFAULT_SENSITIVITY`] on 26 machines
-/// (docs/benchmarks.md, "Detection quality"): a short half-life lets a two- or three-sample
-/// incident reach the threshold, 3-of-15 keeps one incident one alarm.
-pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(3, 15).smoothed(5).adapting(1000);
+/// interval). Chosen leave-one-machine-out with [`DEFAULT_SENSITIVITY`] and [`DEFAULT_LAYOUT`]
+/// on 26 machines (docs/benchmarks.md, "Detection quality"): a short half-life lets a two- or
+/// three-sample incident reach the threshold, 2-of-5 drops a lone smoothed crossing.
+pub const DEFAULT_ALARM: AlarmRule = AlarmRule::k_of_n(2, 5).smoothed(5).adapting(1000);
 
-/// Default weight of the range guard: a value one training span outside its range scores 0.3,
-/// about three times the largest excess a forest's score reaches over its offset on ordinary
-/// data, so a value clearly outside the range it held in training alarms by itself.
-pub const DEFAULT_RANGE_WEIGHT: f32 = 0.3;
+/// Default forest layout: one forest per signal, offsets at the 99th training percentile,
+/// level-free (each forest reads its signal's delta and rolling statistics, not its value;
+/// the range guard reads the value), not normalized (docs/benchmarks.md, "Detection quality":
+/// chosen by leave-one-machine-out). A test split's ordinary level drift inside the training
+/// range is what the value feature made the forests alarm on.
+pub const DEFAULT_LAYOUT: ForestLayout = ForestLayout::PerSignal {
+    offset_quantile: crate::train::PER_SIGNAL_OFFSET_QUANTILE,
+    normalize: false,
+    level_free: true,
+};
+
+/// Default weight of the range guard: a value one training span outside its range scores 0.6,
+/// several times the largest excess a forest's score reaches over its offset on ordinary
+/// data, so a value clearly outside the range it held in training alarms by itself. With the
+/// level-free layout the guard is the only part of the model that sees a signal's level;
+/// leave-one-machine-out chose 0.6 among 0.15, 0.3 and 0.6.
+pub const DEFAULT_RANGE_WEIGHT: f32 = 0.6;
 /// Default spike share, as a fraction of the threshold's contamination: 0, no spike threshold
 /// (leave-one-machine-out chose none at the default sensitivity, whose smoothing half-life of 5
 /// samples already lets a short incident through; `--spike-contamination` sets one).
@@ -114,16 +127,14 @@ pub const SPIKE_MIN_ROWS_ABOVE: f64 = 20.0;
 impl Default for TrainConfig {
     /// The configuration chosen leave-one-machine-out (docs/benchmarks.md, "Detection
     /// quality"): one forest per signal of [`crate::train::DEFAULT_TREES`] trees at ψ =
-    /// [`crate::train::DEFAULT_MAX_SAMPLES`], the standard features (value, delta, std and
-    /// z-score over 12 and 60 samples), the contamination of [`DEFAULT_SENSITIVITY`] over the
+    /// [`crate::train::DEFAULT_MAX_SAMPLES`] in [`DEFAULT_LAYOUT`] (level-free), the standard
+    /// features (value, delta, std and z-score over 12 and 60 samples), the contamination of [`DEFAULT_SENSITIVITY`] over the
     /// smoothed training scores, [`DEFAULT_ALARM`], the range guard ([`DEFAULT_RANGE_WEIGHT`]),
     /// and no spike threshold ([`DEFAULT_SPIKE_RATIO`]).
     fn default() -> Self {
         TrainConfig {
             forest: ForestParams::default(),
-            layout: ForestLayout::PerSignal {
-                offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
-            },
+            layout: DEFAULT_LAYOUT,
             features: FeatureSpec::standard(Vec::new()),
             alarm: DEFAULT_ALARM,
             threshold: ThresholdRule::Contamination(default_contamination()),
@@ -368,7 +379,10 @@ pub fn train_model(
             Err(DetectError::BadFraction { name, value })
         }
     };
-    if let ForestLayout::PerSignal { offset_quantile } = cfg.layout {
+    if let ForestLayout::PerSignal {
+        offset_quantile, ..
+    } = cfg.layout
+    {
         check("offset_quantile", offset_quantile)?;
     }
     if cfg.spike_contamination != 0.0 {
@@ -601,13 +615,33 @@ pub fn calibrate(
         .iter()
         .flat_map(|s| smooth_scores(s, alarm))
         .collect();
+    let ordinary = contamination_threshold(&smoothed, 0.5);
+    let mut threshold = contamination_threshold(&smoothed, contamination);
+    if threshold <= ordinary {
+        // Half the training scores or more sit at the very top: the signals were flat in
+        // training (a node observed while idle, a pod tree that never moved), so every row
+        // had the same features. Anything other than that score is new; agents refuse a
+        // threshold that is not above the ordinary score, so it goes just above it.
+        tracing::warn!(
+            rows = raw.len(),
+            ordinary,
+            "TrainingSetFlat: at least half the training scores equal the threshold's quantile; \
+             the model alarms on any change from what training showed"
+        );
+        threshold = ordinary + FLAT_THRESHOLD_MARGIN;
+    }
     Ok(Calibration {
-        threshold: contamination_threshold(&smoothed, contamination),
-        ordinary: contamination_threshold(&smoothed, 0.5),
+        threshold,
+        ordinary,
         spike: spike_threshold(&raw, spike_contamination),
         training_rows: raw.len(),
     })
 }
+
+/// How far above the ordinary score the threshold of a flat training set goes: far below the
+/// smallest step a forest's score takes (one tree's path one node shorter moves a 10-tree,
+/// ψ = 64 forest's score by about 0.004), far above `f32` rounding of scores near 0.
+pub const FLAT_THRESHOLD_MARGIN: f64 = 1e-4;
 
 /// The range guard over each signal's value column, from the range it held in `train`; `None`
 /// when `weight` is 0 or the spec has no value feature.
@@ -643,20 +677,56 @@ fn spike_threshold(raw_train_scores: &[f64], contamination: f64) -> Option<f64> 
     Some(contamination_threshold(raw_train_scores, contamination))
 }
 
+/// The scales that bring each forest's training spread (offset minus median score) to the
+/// median spread, within [`NORMALIZE_SCALE_RANGE`]; a forest with no spread gets the largest
+/// scale, and a set where no forest has one keeps unit scales.
+pub fn normalizing_scales(spreads: &[f64]) -> Vec<f64> {
+    let mut sorted: Vec<f64> = spreads.iter().copied().filter(|s| *s > 0.0).collect();
+    sorted.sort_by(f64::total_cmp);
+    let reference = quantile_of_sorted(&sorted, 0.5);
+    let (lo, hi) = NORMALIZE_SCALE_RANGE;
+    spreads
+        .iter()
+        .map(|&s| {
+            // Only positive spreads were kept: the median is NaN exactly when none was.
+            if reference.is_nan() {
+                1.0
+            } else if s > 0.0 {
+                (reference / s).clamp(lo, hi)
+            } else {
+                hi
+            }
+        })
+        .collect()
+}
+
 /// Grows the model's forests on `train` per `cfg.layout`.
 fn grow(
     train: &FeatureMatrix,
     spec: &FeatureSpec,
     cfg: &TrainConfig,
 ) -> Result<ForestSet, DetectError> {
-    let ForestLayout::PerSignal { offset_quantile } = cfg.layout else {
+    let ForestLayout::PerSignal {
+        offset_quantile,
+        normalize,
+        level_free,
+    } = cfg.layout
+    else {
         return Ok(ForestSet::single(train_forest(train, &cfg.forest)?));
     };
     let width = spec.per_signal();
+    // The value is a signal's first feature (`FeatureSpec::names`); a level-free forest
+    // starts after it. A spec without a value is level-free already, and one with nothing but
+    // the value leaves the forests nothing else to read: both keep every column.
+    let skip = usize::from(level_free && spec.value && width >= 2);
+    if level_free && skip == 0 && spec.value {
+        tracing::info!("level-free layout over value-only features: the forests read the value");
+    }
     let mut members = Vec::with_capacity(spec.signals.len());
+    let mut spreads = Vec::with_capacity(spec.signals.len());
     for (i, signal) in spec.signals.iter().enumerate() {
-        let first_feature = i * width;
-        let rows = train.columns(first_feature..first_feature + width);
+        let first_feature = i * width + skip;
+        let rows = train.columns(first_feature..i * width + width);
         let params = ForestParams {
             seed: cfg.forest.seed.wrapping_add(i as u64),
             ..cfg.forest
@@ -666,12 +736,19 @@ fn grow(
             .map(|r| forest.score(rows.row(r)))
             .collect();
         let offset = contamination_threshold(&scores, 1.0 - offset_quantile);
+        spreads.push(offset - contamination_threshold(&scores, 0.5));
         tracing::debug!(%signal, offset, "signal forest grown");
         members.push(Member {
             first_feature,
             offset,
+            scale: 1.0,
             forest,
         });
+    }
+    if normalize {
+        for (m, scale) in members.iter_mut().zip(normalizing_scales(&spreads)) {
+            m.scale = scale;
+        }
     }
     Ok(ForestSet {
         n_features: spec.len(),
@@ -684,6 +761,38 @@ fn grow(
 mod tests {
     use super::*;
     use crate::dataset::{Series, features};
+    use crate::train::PER_SIGNAL_OFFSET_QUANTILE;
+
+    #[test]
+    fn normalizing_scales_bring_spreads_to_the_median() {
+        // Median of the positive spreads: 0.02.
+        let scales = normalizing_scales(&[0.01, 0.02, 0.04, 0.0]);
+        assert_eq!(scales, [2.0, 1.0, 0.5, NORMALIZE_SCALE_RANGE.1]);
+        // Median 0.51: the quiet forest's 25.5 is capped.
+        assert_eq!(
+            normalizing_scales(&[0.02, 1.0]),
+            [NORMALIZE_SCALE_RANGE.1, 0.51]
+        );
+        assert_eq!(normalizing_scales(&[0.0, 0.0]), [1.0, 1.0]);
+        assert_eq!(
+            normalizing_scales(&[0.3]),
+            [1.0],
+            "one forest is its own median"
+        );
+    }
+
+    #[test]
+    fn a_flat_training_set_gets_a_threshold_just_above_its_ordinary_score() {
+        // Every training row alike: all scores equal, so every quantile is the same number.
+        let flat = vec![vec![0.25; 500]];
+        let cal = calibrate(&flat, DEFAULT_ALARM, 0.04, 0.0).expect("calibrated");
+        assert_eq!(cal.ordinary, 0.25);
+        assert_eq!(cal.threshold, 0.25 + FLAT_THRESHOLD_MARGIN);
+        // An ordinary training set keeps its quantile.
+        let varied = vec![(0..500).map(|i| f64::from(i) / 500.0).collect::<Vec<_>>()];
+        let cal = calibrate(&varied, AlarmRule::k_of_n(1, 1), 0.04, 0.0).expect("calibrated");
+        assert!((cal.threshold - contamination_threshold(&varied[0], 0.04)).abs() < 1e-12);
+    }
 
     #[test]
     fn contamination_quantile_interpolates() {
@@ -852,11 +961,13 @@ mod tests {
     #[test]
     fn per_signal_layout_grows_one_forest_per_signal_with_its_offset() {
         let series = three_signals(1400);
+        // The plain per-signal layout (every forest reads all its signal's features).
         let cfg = TrainConfig {
             forest: ForestParams {
                 n_trees: 30,
                 ..ForestParams::default()
             },
+            layout: ForestLayout::per_signal(),
             ..TrainConfig::default()
         };
         let (det, _) = train_model(std::slice::from_ref(&series), None, &cfg).expect("trained");
@@ -884,6 +995,66 @@ mod tests {
         let peak = scores[1500..1540].iter().copied().fold(f64::MIN, f64::max);
         assert!(peak > 0.05, "peak excess {peak}");
 
+        // Normalized: each forest's training spread (offset minus median) times its scale is
+        // the median spread, so scaled, every forest's ordinary variation is the same size.
+        let normalized = TrainConfig {
+            layout: ForestLayout::PerSignal {
+                offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
+                normalize: true,
+                level_free: false,
+            },
+            ..cfg.clone()
+        };
+        let (det, _) =
+            train_model(std::slice::from_ref(&series), None, &normalized).expect("trained");
+        let scaled_spreads: Vec<f64> = det
+            .forest
+            .members
+            .iter()
+            .map(|m| {
+                let cols = rows.columns(m.first_feature..m.first_feature + m.forest.n_features);
+                let scores: Vec<f64> = (0..cols.n_rows())
+                    .map(|r| m.forest.score(cols.row(r)))
+                    .collect();
+                (m.offset - contamination_threshold(&scores, 0.5)) * m.scale
+            })
+            .collect();
+        assert!(det.forest.members.iter().any(|m| m.scale != 1.0));
+        for s in &scaled_spreads {
+            assert!((s - scaled_spreads[1]).abs() < 1e-9, "{scaled_spreads:?}");
+        }
+        // Level-free: each forest reads its signal's features but the value; the guard still
+        // reads every value.
+        let level_free = TrainConfig {
+            layout: ForestLayout::PerSignal {
+                offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
+                normalize: false,
+                level_free: true,
+            },
+            ..cfg.clone()
+        };
+        let (det, _) =
+            train_model(std::slice::from_ref(&series), None, &level_free).expect("trained");
+        for (i, m) in det.forest.members.iter().enumerate() {
+            assert_eq!(m.first_feature, i * width + 1);
+            assert_eq!(m.forest.n_features, width - 1);
+        }
+        let guard = det.forest.range.as_ref().expect("guard");
+        assert_eq!(
+            guard.bounds.iter().map(|b| b.column).collect::<Vec<_>>(),
+            [0, width, 2 * width]
+        );
+        // Value-only features leave nothing else to read: the forests read the value.
+        let only_value = TrainConfig {
+            features: FeatureSpec::raw(Vec::new()),
+            ..level_free
+        };
+        let (det, _) =
+            train_model(std::slice::from_ref(&series), None, &only_value).expect("trained");
+        for (i, m) in det.forest.members.iter().enumerate() {
+            assert_eq!((m.first_feature, m.forest.n_features), (i, 1));
+        }
+
         let joint = TrainConfig {
             layout: ForestLayout::Joint,
             ..cfg.clone()
@@ -893,6 +1064,8 @@ mod tests {
         let bad = TrainConfig {
             layout: ForestLayout::PerSignal {
                 offset_quantile: 1.0,
+                normalize: false,
+                level_free: false,
             },
             ..cfg
         };

@@ -28,6 +28,7 @@
 //!   └─ Mul(-ln 2 / (trees_g · c(ψ_g)))       per forest
 //!   └─ Exp                                  forest scores f32[N, G]
 //!   └─ Sub(offset_g)                        each forest's excess over its ordinary level
+//!   └─ Mul(scale_g)                         only when some member's scale is not 1
 //!   └─ ReduceMax(axis 1, keepdims)          score f32[N, 1] = ForestSet::score
 //! ```
 //!
@@ -534,29 +535,47 @@ fn set_proto(set: &ForestSet) -> Result<pb::ModelProto, OnnxExportError> {
         .map(|m| path_factor(&m.forest) as f32)
         .collect();
     let offsets = set.members.iter().map(|m| m.offset as f32).collect();
-    let mut reduce = op("score", "ReduceMax", &["excess"], OUTPUT_NAME);
+    // A unit scale everywhere writes the graph as it was before scales existed (same bytes).
+    let scaled = set.members.iter().any(|m| m.scale != 1.0);
+    let reduced = if scaled { "scaled_excess" } else { "excess" };
+    let mut reduce = op("score", "ReduceMax", &[reduced], OUTPUT_NAME);
     reduce.attribute = vec![ints_attr("axes", vec![1]), int_attr("keepdims", 1)];
+    let mut node = vec![
+        ensemble,
+        op(
+            "exponents",
+            "Mul",
+            &["path_sums", "path_factors"],
+            "exponents",
+        ),
+        op("forest_scores", "Exp", &["exponents"], "forest_scores"),
+        op("excess", "Sub", &["forest_scores", "offsets"], "excess"),
+    ];
+    let mut initializer = vec![
+        float_tensor("path_factors", vec![g as i64], factors),
+        float_tensor("offsets", vec![g as i64], offsets),
+    ];
+    if scaled {
+        node.push(op(
+            "scaled_excess",
+            "Mul",
+            &["excess", "scales"],
+            "scaled_excess",
+        ));
+        initializer.push(float_tensor(
+            "scales",
+            vec![g as i64],
+            set.members.iter().map(|m| m.scale as f32).collect(),
+        ));
+    }
+    node.push(reduce);
     let graph = pb::GraphProto {
         name: "isolation_forest_set".into(),
         doc_string: "Largest excess of one of several isolation forests' scores \
                      2^(-E[h(x)]/c(psi)) over that forest's offset; higher is more anomalous."
             .into(),
-        node: vec![
-            ensemble,
-            op(
-                "exponents",
-                "Mul",
-                &["path_sums", "path_factors"],
-                "exponents",
-            ),
-            op("forest_scores", "Exp", &["exponents"], "forest_scores"),
-            op("excess", "Sub", &["forest_scores", "offsets"], "excess"),
-            reduce,
-        ],
-        initializer: vec![
-            float_tensor("path_factors", vec![g as i64], factors),
-            float_tensor("offsets", vec![g as i64], offsets),
-        ],
+        node,
+        initializer,
         input: vec![value_info(INPUT_NAME, set.n_features as i64)],
         output: vec![value_info(OUTPUT_NAME, 1)],
         ..Default::default()
@@ -810,6 +829,7 @@ mod tests {
         let member = |first_feature, offset| selfheal_core::forest::Member {
             first_feature,
             offset,
+            scale: 1.0,
             forest: one.clone(),
         };
         let mut set = ForestSet {
@@ -855,6 +875,31 @@ mod tests {
             .find(|t| t.name == "offsets")
             .expect("offsets");
         assert_eq!(offsets.float_data, [0.5, 0.6]);
+        // Scales other than 1 add one Mul after the offsets.
+        let mut scaled = set.clone();
+        scaled.members[1].scale = 2.5;
+        let graph = pb::ModelProto::decode(export_set(&scaled).expect("valid").as_slice())
+            .expect("decodes")
+            .graph
+            .expect("graph");
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(
+            ops,
+            [
+                "TreeEnsembleRegressor",
+                "Mul",
+                "Exp",
+                "Sub",
+                "Mul",
+                "ReduceMax"
+            ]
+        );
+        let scales = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == "scales")
+            .expect("scales");
+        assert_eq!(scales.float_data, [1.0, 2.5]);
         // A set of one plain forest is the classifier graph; a bad set is refused.
         let single = ForestSet::single(stump());
         assert_eq!(

@@ -140,8 +140,61 @@ pub enum ForestLayout {
     PerSignal {
         /// Quantile of each forest's training scores that becomes its offset, in (0, 1).
         offset_quantile: f64,
+        /// Scale each forest's excess so that its training spread (offset minus median
+        /// training score) is the median spread of the model's forests
+        /// (`selfheal_core::forest::Member::scale`, within [`NORMALIZE_SCALE_RANGE`]): every
+        /// signal's score is then in units of its own ordinary variation, so no signal wins
+        /// the maximum on ordinary data by varying more. False when absent.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        normalize: bool,
+        /// The forests read a signal's derived features (delta, rolling statistics) but not
+        /// its raw value: a level the signal did not hold in training is then left to the
+        /// range guard, and a level inside the training range that the signal holds for a
+        /// while no longer scores at all. A no-op for features without a value or with
+        /// nothing but the value. False when absent.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        level_free: bool,
     },
 }
+
+impl ForestLayout {
+    /// The default per-signal layout: offsets at [`PER_SIGNAL_OFFSET_QUANTILE`], no
+    /// normalization, forests reading every feature.
+    pub const fn per_signal() -> ForestLayout {
+        ForestLayout::PerSignal {
+            offset_quantile: PER_SIGNAL_OFFSET_QUANTILE,
+            normalize: false,
+            level_free: false,
+        }
+    }
+
+    /// Whether the layout normalizes its forests' excesses (false for the joint layout).
+    pub const fn normalizes(self) -> bool {
+        matches!(
+            self,
+            ForestLayout::PerSignal {
+                normalize: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether the layout's forests leave the value out (false for the joint layout).
+    pub const fn is_level_free(self) -> bool {
+        matches!(
+            self,
+            ForestLayout::PerSignal {
+                level_free: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Least and most scale [`ForestLayout::PerSignal::normalize`] gives a forest: a signal
+/// whose training scores barely vary (a constant) gets at most ten times the median's weight,
+/// not an unbounded one.
+pub const NORMALIZE_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 
 /// The offset quantile of the default per-signal layout: a forest's 99th-percentile training
 /// score is its ordinary ceiling.

@@ -299,6 +299,54 @@ fn describe(e: &Event) -> String {
         EventKind::NotificationSuppressed { reason, by } => {
             format!("notification {reason:?} held back by {by}").to_lowercase()
         }
+        EventKind::HealDecided { playbook, decision } => {
+            format!("heal: {playbook}: {decision}")
+        }
+        EventKind::HealRefused {
+            guardrail,
+            reason,
+            retry_at_ms,
+        } => match retry_at_ms {
+            Some(t) => format!(
+                "heal refused by {guardrail}: {reason} (again at {})",
+                fmt_time(*t)
+            ),
+            None => format!("heal refused by {guardrail}: {reason}"),
+        },
+        EventKind::ActionIntent {
+            request_id,
+            executor,
+            dry_run,
+            request,
+        } => format!(
+            "{}{} via {executor} [{request_id}]",
+            if *dry_run { "dry-run: would " } else { "" },
+            crate::heal::describe(request)
+        ),
+        EventKind::ActionApplied {
+            request_id,
+            outcome,
+        } => format!("applied [{request_id}]: {}", outcome.detail),
+        EventKind::ActionFailed {
+            request_id,
+            error,
+            retry_at_ms,
+        } => match retry_at_ms {
+            Some(t) => format!("failed [{request_id}]: {error} (retry at {})", fmt_time(*t)),
+            None => format!("failed [{request_id}]: {error}"),
+        },
+        EventKind::VerificationStarted {
+            request_id,
+            until_ms,
+        } => format!("verifying [{request_id}] until {}", fmt_time(*until_ms)),
+        EventKind::Verified {
+            request_id,
+            healed,
+            detail,
+        } => format!(
+            "verification [{request_id}]: {}: {detail}",
+            if *healed { "healed" } else { "not healed" }
+        ),
     }
 }
 

@@ -73,7 +73,7 @@ pub fn router<S: IncidentStore + Clone>(incidents: Incidents<S>, auth: auth::Wri
 
 /// An API refusal.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 #[derive(Serialize)]
 struct ErrorBody {
@@ -273,7 +273,7 @@ pub struct ShowBody {
     pub now_ms: i64,
 }
 
-fn valid_id(id: &str) -> Result<IncidentId, ApiError> {
+pub(crate) fn valid_id(id: &str) -> Result<IncidentId, ApiError> {
     if id.len() == 20 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(IncidentId(id.to_owned()))
     } else {

@@ -532,6 +532,53 @@ impl Engine {
         Ok(up)
     }
 
+    /// Appends healing's `events` to an active incident and, with `to`, moves it (the move
+    /// checked first, so a refused move adds nothing): one update, one store write.
+    pub fn annotate(
+        &mut self,
+        id: &IncidentId,
+        events: Vec<(EventKind, String)>,
+        to: Option<(State, String)>,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Update, EngineError> {
+        let inc = self
+            .by_id
+            .get(id)
+            .and_then(|k| self.active.get_mut(k))
+            .ok_or_else(|| EngineError::NotActive(id.clone()))?;
+        if let Some((to, _)) = &to
+            && !inc.state.can_become(*to)
+        {
+            return Err(EngineError::Transition(TransitionError {
+                id: id.clone(),
+                from: inc.state,
+                to: *to,
+            }));
+        }
+        let mut up = Update::default();
+        for (kind, cause) in events {
+            up.events
+                .push(inc.event(now_ms, kind, cause, actor.clone()));
+        }
+        match to {
+            // Resolving ends what the incident inhibits and may notify: the full path.
+            Some((State::Resolved, cause)) => {
+                let mut moved = self.transition(id, State::Resolved, &cause, actor, now_ms)?;
+                up.events.append(&mut moved.events);
+                up.incidents = moved.incidents;
+            }
+            // Acting, verifying, escalated: still active, so no mute changes; skipping the
+            // re-mute of every incident keeps a 10,000-incident storm linear.
+            Some((to, cause)) => {
+                up.events.push(inc.transition(to, now_ms, cause, actor)?);
+                self.collect_changed(&mut up, &[]);
+            }
+            None => self.collect_changed(&mut up, &[]),
+        }
+        Ok(up)
+    }
+
     /// Adds a silence (or replaces one with the same id) and re-decides mutes.
     pub fn put_silence(&mut self, s: Silence, now_ms: i64) -> Result<Update, EngineError> {
         self.silences.put(s.clone())?;

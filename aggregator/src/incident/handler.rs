@@ -360,6 +360,37 @@ impl<S: IncidentStore> Incidents<S> {
             .ok_or_else(|| IncidentError::Engine(EngineError::NotActive(id.clone())))
     }
 
+    /// Appends healing's events to an active incident and optionally moves it, in one write;
+    /// returns the incident as written.
+    pub async fn annotate(
+        &self,
+        id: &IncidentId,
+        events: Vec<(selfheal_core::incident::EventKind, String)>,
+        to: Option<(State, String)>,
+    ) -> Result<Incident, IncidentError> {
+        let mut engine = self.inner.engine.lock().await;
+        self.resync(&mut engine).await?;
+        let up = engine.annotate(id, events, to, Actor::Healer, self.now_ms())?;
+        self.write(&mut engine, &up).await?;
+        self.refresh_gauges(&engine);
+        up.incidents
+            .into_iter()
+            .find(|i| &i.id == id)
+            .ok_or_else(|| IncidentError::Engine(EngineError::NotActive(id.clone())))
+    }
+
+    /// Copies of the active incidents `keep` selects (healing's view; the filter runs under
+    /// the lock so only the selected ones are cloned).
+    pub async fn select(&self, mut keep: impl FnMut(&Incident) -> bool) -> Vec<Incident> {
+        let engine = self.inner.engine.lock().await;
+        engine.active().filter(|i| keep(i)).cloned().collect()
+    }
+
+    /// An active incident, by id.
+    pub async fn active(&self, id: &IncidentId) -> Option<Incident> {
+        self.inner.engine.lock().await.get(id).cloned()
+    }
+
     /// Creates or replaces a silence.
     pub async fn put_silence(&self, s: Silence) -> Result<Silence, IncidentError> {
         let mut engine = self.inner.engine.lock().await;

@@ -9,6 +9,11 @@
 //! | seen id | `SEEN#<bucket_ms>` | id, 32 hex | `commit` |
 //! | bucket index | `BUCKETS` | bucket_ms, 16 digits | |
 //! | commit marker | `COMMIT` | commit id | `at_ms` |
+//! | heal action | `ACT` | request id (`<incident>/<step>`) | `doc`, `incident`, `intent_at_ms`, `finished` |
+//!
+//! An action's intent is a PutItem conditional on `attribute_not_exists(pk)`: of two writers
+//! (a crashed aggregator's retry, a second replica) exactly one records it, and the other
+//! reads the stored record instead.
 //!
 //! Incident ids sort by opening time, so one Query on `INC`, newest first, pages the list; the
 //! filters are applied to the documents read (the incident partition holds incidents within
@@ -23,7 +28,9 @@
 //! one batch) spans several transactions; a crash between them can leave early incidents
 //! updated whose ids are not committed, the one case where a replay can count twice.
 
-use super::{Counts, IncidentStore, Page, Pruned, Query, StoreError, corrupt};
+use super::{
+    ActionRecord, ActionStore, Counts, IncidentStore, Page, Pruned, Query, StoreError, corrupt,
+};
 use crate::incident::dedup::SeenId;
 use crate::incident::{Snapshot, Update};
 use aws_sdk_dynamodb::Client;
@@ -503,5 +510,94 @@ impl IncidentStore for DynamoStore {
             .collect();
         self.delete_keys(old_commits).await?;
         Ok(pruned)
+    }
+}
+
+fn action_item(r: &ActionRecord) -> Item {
+    let mut it = key("ACT", r.request_id.as_str());
+    it.insert("doc".into(), s(json(r)));
+    it.insert("incident".into(), s(r.incident.as_str()));
+    it.insert("intent_at_ms".into(), n(r.intent_at_ms));
+    it.insert("finished".into(), AttributeValue::Bool(r.is_finished()));
+    it
+}
+
+impl DynamoStore {
+    async fn all_actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut v: Vec<ActionRecord> = self
+            .query("ACT", None, None, false, None)
+            .await?
+            .iter()
+            .map(|it| doc("action", it))
+            .collect::<Result<_, _>>()?;
+        v.sort_by(|a, b| (a.intent_at_ms, &a.request_id).cmp(&(b.intent_at_ms, &b.request_id)));
+        Ok(v)
+    }
+}
+
+impl ActionStore for DynamoStore {
+    async fn insert_intent(&self, record: &ActionRecord) -> Result<bool, StoreError> {
+        let r = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(action_item(record)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(dy("insert intent")(e)),
+        }
+    }
+
+    async fn update_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(action_item(record)))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await
+            .map_err(dy("update action"))?;
+        Ok(())
+    }
+
+    async fn action(&self, request_id: &str) -> Result<Option<ActionRecord>, StoreError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key("ACT", request_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dy("get action"))?;
+        r.item().map(|it| doc("action", it)).transpose()
+    }
+
+    async fn actions_since(&self, since_ms: i64) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut v = self.all_actions().await?;
+        v.retain(|r| r.intent_at_ms >= since_ms);
+        Ok(v)
+    }
+
+    async fn unfinished_actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut v = self.all_actions().await?;
+        v.retain(|r| !r.is_finished());
+        Ok(v)
+    }
+
+    async fn actions_of(&self, incident: &IncidentId) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut v = self.all_actions().await?;
+        v.retain(|r| &r.incident == incident);
+        v.sort_by_key(|r| r.step);
+        Ok(v)
     }
 }

@@ -12,6 +12,14 @@
 //!
 //! The store also keeps silences, and prunes: resolved incidents and their events past the
 //! retention, expired silences past it, seen-id buckets past the dedup window.
+//!
+//! Healing's records live beside them behind the sibling trait [`ActionStore`]: one
+//! [`ActionRecord`] per action, keyed by its idempotency key `<incident>/<step>`, inserted with a
+//! conditional write (SQLite: a primary-key insert that does nothing on conflict; DynamoDB:
+//! `attribute_not_exists(pk)`) *before* the action is sent, and updated with its outcome,
+//! verification and restore after. An intent without an outcome after a restart is an action
+//! that may or may not have reached the cluster: it is re-sent with the same request id, which
+//! the executor recognises.
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -19,6 +27,7 @@ pub mod sqlite;
 use crate::incident::Snapshot;
 use crate::incident::Update;
 use selfheal_core::Family;
+use selfheal_core::action::{ActionError, ActionOutcome, ActionRequest};
 use selfheal_core::incident::{Event, Incident, IncidentId, Severity, Silence, State};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -277,6 +286,162 @@ impl IncidentStore for AnyStore {
     }
     async fn prune(&self, before_ms: i64, seen_before_ms: i64) -> Result<Pruned, StoreError> {
         dispatch!(self, s => s.prune(before_ms, seen_before_ms))
+    }
+}
+
+/// What an executor answered, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedOutcome {
+    /// When the answer was recorded, unix ms.
+    pub at_ms: i64,
+    /// The answer.
+    pub result: Result<ActionOutcome, ActionError>,
+}
+
+/// A verification's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedVerification {
+    /// When it was decided, unix ms.
+    pub at_ms: i64,
+    /// Whether the workload's anomalies stopped. `None`: not judged (the incident was closed by
+    /// a person, or the action failed); not counted in the efficacy.
+    pub healed: Option<bool>,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// A value held by an action, to be put back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedRestore {
+    /// When it is due, unix ms.
+    pub due_at_ms: i64,
+    /// The value to put back.
+    pub previous: i32,
+    /// Once handled: what happened (restored by `<incident>/2`, or why it was left alone).
+    pub done: Option<String>,
+}
+
+/// One healing action: intent, outcome, verification and restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// The idempotency key, `<incident>/<step>` (also `request.request_id`).
+    pub request_id: String,
+    /// The incident.
+    pub incident: IncidentId,
+    /// The step: 1 the playbook's action, 2 its restore.
+    pub step: u32,
+    /// The playbook that planned it.
+    pub playbook: String,
+    /// The executor that carries it out (`dry-run`, `kube`, `heal-api`).
+    pub executor: String,
+    /// Whether it was only recorded.
+    pub dry_run: bool,
+    /// The request, exactly as sent (re-sent unchanged after a crash).
+    pub request: ActionRequest,
+    /// When the intent was recorded, unix ms.
+    pub intent_at_ms: i64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The executor's answer, once it gave one.
+    pub outcome: Option<RecordedOutcome>,
+    /// Step 1: the verification.
+    pub verification: Option<RecordedVerification>,
+    /// Step 1 of a holding playbook: the restore.
+    pub restore: Option<RecordedRestore>,
+}
+
+impl ActionRecord {
+    /// Whether nothing more will happen to it: answered, and (step 1) verified and restored.
+    pub fn is_finished(&self) -> bool {
+        self.outcome.is_some()
+            && (self.step != 1 || self.verification.is_some())
+            && self.restore.as_ref().is_none_or(|r| r.done.is_some())
+    }
+}
+
+/// Verified actions per playbook: the efficacy figure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Efficacy {
+    /// Actions verified healed.
+    pub healed: u64,
+    /// Actions verified not healed.
+    pub not_healed: u64,
+}
+
+impl Efficacy {
+    /// The share verified healed; `None` before any verification.
+    pub fn share(&self) -> Option<f64> {
+        let n = self.healed + self.not_healed;
+        (n > 0).then(|| self.healed as f64 / n as f64)
+    }
+}
+
+/// Efficacy per playbook over `records`.
+pub fn efficacy(records: &[ActionRecord]) -> BTreeMap<String, Efficacy> {
+    let mut out: BTreeMap<String, Efficacy> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.step == 1) {
+        match r.verification.as_ref().and_then(|v| v.healed) {
+            Some(true) => out.entry(r.playbook.clone()).or_default().healed += 1,
+            Some(false) => out.entry(r.playbook.clone()).or_default().not_healed += 1,
+            None => {}
+        }
+    }
+    out
+}
+
+/// Where healing's action records are kept: beside the incidents, in the same store.
+pub trait ActionStore: Send + Sync + 'static {
+    /// Records an intent unless one with the same key exists: `true` when this call wrote it,
+    /// `false` when it was there already (a re-decision after a crash; the caller then follows
+    /// the stored one).
+    fn insert_intent(
+        &self,
+        record: &ActionRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Writes the record's new outcome, verification or restore (the intent exists).
+    fn update_action(
+        &self,
+        record: &ActionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// One record.
+    fn action(
+        &self,
+        request_id: &str,
+    ) -> impl Future<Output = Result<Option<ActionRecord>, StoreError>> + Send;
+    /// Records whose intent is at or after `since_ms`, oldest first.
+    fn actions_since(
+        &self,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<ActionRecord>, StoreError>> + Send;
+    /// Records not [`ActionRecord::is_finished`], oldest first: what the controller resumes.
+    fn unfinished_actions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ActionRecord>, StoreError>> + Send;
+    /// An incident's records, by step.
+    fn actions_of(
+        &self,
+        incident: &IncidentId,
+    ) -> impl Future<Output = Result<Vec<ActionRecord>, StoreError>> + Send;
+}
+
+impl ActionStore for AnyStore {
+    async fn insert_intent(&self, record: &ActionRecord) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.insert_intent(record))
+    }
+    async fn update_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.update_action(record))
+    }
+    async fn action(&self, request_id: &str) -> Result<Option<ActionRecord>, StoreError> {
+        dispatch!(self, s => s.action(request_id))
+    }
+    async fn actions_since(&self, since_ms: i64) -> Result<Vec<ActionRecord>, StoreError> {
+        dispatch!(self, s => s.actions_since(since_ms))
+    }
+    async fn unfinished_actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
+        dispatch!(self, s => s.unfinished_actions())
+    }
+    async fn actions_of(&self, incident: &IncidentId) -> Result<Vec<ActionRecord>, StoreError> {
+        dispatch!(self, s => s.actions_of(incident))
     }
 }
 

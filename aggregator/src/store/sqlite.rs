@@ -9,7 +9,9 @@
 //! behind a mutex (one writer is all SQLite allows anyway; WAL lets readers of the file, such
 //! as `sqlite3` by hand, read during writes).
 
-use super::{Counts, IncidentStore, Page, Pruned, Query, StoreError, corrupt};
+use super::{
+    ActionRecord, ActionStore, Counts, IncidentStore, Page, Pruned, Query, StoreError, corrupt,
+};
 use crate::incident::dedup::SeenId;
 use crate::incident::{Snapshot, Update};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -52,6 +54,17 @@ const MIGRATIONS: &[&str] = &[
         id BLOB NOT NULL,
         PRIMARY KEY (bucket_ms, id)
     ) WITHOUT ROWID;",
+    // 2: healing's action records, keyed by idempotency key.
+    "CREATE TABLE actions (
+        request_id TEXT PRIMARY KEY,
+        incident TEXT NOT NULL,
+        intent_at_ms INTEGER NOT NULL,
+        finished INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX actions_incident ON actions (incident);
+    CREATE INDEX actions_intent_at ON actions (intent_at_ms);
+    CREATE INDEX actions_unfinished ON actions (finished) WHERE finished = 0;",
 ];
 
 /// The SQLite store.
@@ -445,6 +458,11 @@ impl IncidentStore for SqliteStore {
             let silences = tx
                 .execute("DELETE FROM silences WHERE ends_at_ms < ?1", [before_ms])
                 .map_err(sq("prune silences"))?;
+            tx.execute(
+                "DELETE FROM actions WHERE finished = 1 AND intent_at_ms < ?1",
+                [before_ms],
+            )
+            .map_err(sq("prune actions"))?;
             let seen_ids = tx
                 .execute(
                     "DELETE FROM seen_ids WHERE bucket_ms < ?1",
@@ -457,6 +475,88 @@ impl IncidentStore for SqliteStore {
                 silences: silences as u64,
                 seen_ids: seen_ids as u64,
             })
+        })
+        .await
+    }
+}
+
+fn actions_where(
+    c: &mut Connection,
+    sql_where: &str,
+    arg: rusqlite::types::Value,
+) -> Result<Vec<ActionRecord>, StoreError> {
+    let mut st = c
+        .prepare_cached(&format!(
+            "SELECT doc FROM actions WHERE {sql_where} ORDER BY intent_at_ms, request_id"
+        ))
+        .map_err(sq("actions"))?;
+    let rows = st
+        .query_map([arg], |r| r.get::<_, String>(0))
+        .map_err(sq("actions"))?;
+    let mut out = Vec::new();
+    for d in rows {
+        out.push(parse("action", &d.map_err(sq("actions"))?)?);
+    }
+    Ok(out)
+}
+
+impl ActionStore for SqliteStore {
+    async fn insert_intent(&self, record: &ActionRecord) -> Result<bool, StoreError> {
+        let r = record.clone();
+        self.with(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO actions (request_id, incident, intent_at_ms, finished, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
+                )
+                .map_err(sq("prepare intent"))?
+                .execute(params![
+                    r.request_id,
+                    r.incident.as_str(),
+                    r.intent_at_ms,
+                    r.is_finished(),
+                    to_json(&r)
+                ])
+                .map_err(sq("insert intent"))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn update_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.with(move |c| {
+            c.prepare_cached("UPDATE actions SET finished = ?2, doc = ?3 WHERE request_id = ?1")
+                .map_err(sq("prepare action"))?
+                .execute(params![r.request_id, r.is_finished(), to_json(&r)])
+                .map_err(sq("update action"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn action(&self, request_id: &str) -> Result<Option<ActionRecord>, StoreError> {
+        let id = request_id.to_owned();
+        self.with(move |c| Ok(actions_where(c, "request_id = ?1", id.into())?.pop()))
+            .await
+    }
+
+    async fn actions_since(&self, since_ms: i64) -> Result<Vec<ActionRecord>, StoreError> {
+        self.with(move |c| actions_where(c, "intent_at_ms >= ?1", since_ms.into()))
+            .await
+    }
+
+    async fn unfinished_actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
+        self.with(|c| actions_where(c, "finished = ?1", 0_i64.into()))
+            .await
+    }
+
+    async fn actions_of(&self, incident: &IncidentId) -> Result<Vec<ActionRecord>, StoreError> {
+        let id = incident.0.clone();
+        self.with(move |c| {
+            let mut v = actions_where(c, "incident = ?1", id.into())?;
+            v.sort_by_key(|r| r.step);
+            Ok(v)
         })
         .await
     }

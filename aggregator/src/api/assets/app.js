@@ -113,8 +113,18 @@ async function listView() {
     el("thead", {}, el("tr", {}, ["id", "state", "severity", "family", "workload / node", "anomalies", "affected", "peak / threshold", "updated", "muted"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows));
   const more = data.next ? el("p", {}, el("a", { href: "/incidents?" + new URLSearchParams(Object.assign(Object.fromEntries(params), { after: data.next })) }, "next page →")) : null;
-  main.replaceChildren(el("h1", {}, "Incidents"), counts, form,
+  main.replaceChildren(el("h1", {}, "Incidents"), counts, await efficacyView(), form,
     rows.length ? table : el("p", { class: "muted", id: "empty" }, "No incident matches."), more);
+}
+
+// Healing's efficacy per playbook (share of verified actions that healed); nothing when
+// healing is off or nothing was verified yet.
+async function efficacyView() {
+  let eff;
+  try { eff = await api("/api/v1/heal/efficacy"); } catch (_) { return el("span", {}); }
+  const chips = Object.entries(eff.playbooks || {}).map(([name, e]) =>
+    el("span", { class: "chip", "data-playbook": name }, name + " " + (e.share === null ? "–" : Math.round(e.share * 100) + " %") + " (" + e.healed + "/" + (e.healed + e.not_healed) + " healed)"));
+  return chips.length ? el("div", { class: "counts", id: "efficacy" }, el("span", { class: "muted" }, "healing efficacy: "), ...chips) : el("span", {});
 }
 
 function sparkline(series, w, h) {
@@ -135,6 +145,18 @@ function sparkline(series, w, h) {
   return svg;
 }
 
+function actionText(r) {
+  const t = r.target.namespace + "/" + r.target.kind + "/" + r.target.name;
+  const a = r.action;
+  switch (a.kind) {
+    case "scale": return "scale " + t + " " + a.from + " → " + a.to + " replicas";
+    case "rollout_restart": return "rollout restart " + t;
+    case "delete_pod": return "delete pod " + a.pod + " of " + t;
+    case "set_hpa_min_replicas": return "set HPA " + a.hpa + " minReplicas " + a.from + " → " + a.to + " (" + t + ")";
+    default: return a.kind + " " + t;
+  }
+}
+
 function describe(ev) {
   const k = ev.kind;
   switch (k.type) {
@@ -146,6 +168,13 @@ function describe(ev) {
     case "unmuted": return "no longer " + mutedText(k.was);
     case "notified": return "notification: " + k.reason;
     case "notification_suppressed": return "notification " + k.reason + " held back: " + mutedText(k.by);
+    case "heal_decided": return "heal: " + k.playbook + ": " + k.decision;
+    case "heal_refused": return "heal refused by " + k.guardrail + ": " + k.reason + (k.retry_at_ms ? " (again at " + fmtTime(k.retry_at_ms) + ")" : "");
+    case "action_intent": return (k.dry_run ? "dry-run: would " : "") + actionText(k.request) + " via " + k.executor + " [" + k.request_id + "]";
+    case "action_applied": return "applied [" + k.request_id + "]: " + k.outcome.detail;
+    case "action_failed": return "failed [" + k.request_id + "]: " + k.error.kind + ": " + k.error.message;
+    case "verification_started": return "verifying [" + k.request_id + "] until " + fmtTime(k.until_ms);
+    case "verified": return "verification [" + k.request_id + "]: " + (k.healed ? "healed" : "not healed") + ": " + k.detail;
     default: return k.type;
   }
 }
