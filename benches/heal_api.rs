@@ -119,9 +119,23 @@ fn latency() {
     openssl(
         d,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", "server.key", "-out", "server.crt", "-days", "1", "-subj", "/CN=heal-api",
-            "-addext", "subjectAltName=IP:127.0.0.1",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=heal-api",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
         ],
     );
     std::fs::write(d.join("keys"), format!("k1 {}\n", "07".repeat(32))).expect("keys");

@@ -86,7 +86,10 @@ impl Executor for Recording {
     async fn observe(&self, t: &Target) -> Result<WorkloadState, ActionError> {
         let s = self.state.lock().expect("lock");
         if *t != s.0.target {
-            return Err(ActionError::new(ActionErrorKind::NotFound, "no such workload"));
+            return Err(ActionError::new(
+                ActionErrorKind::NotFound,
+                "no such workload",
+            ));
         }
         Ok(s.0.clone())
     }
@@ -94,7 +97,10 @@ impl Executor for Recording {
     async fn apply(&self, req: &ActionRequest) -> Result<ActionOutcome, ActionError> {
         let mut s = self.state.lock().expect("lock");
         if req.target != s.0.target {
-            return Err(ActionError::new(ActionErrorKind::NotFound, "no such workload"));
+            return Err(ActionError::new(
+                ActionErrorKind::NotFound,
+                "no such workload",
+            ));
         }
         if s.0.last_request_id.as_deref() == Some(req.request_id.as_str()) {
             return Ok(ActionOutcome {
@@ -111,7 +117,10 @@ impl Executor for Recording {
             ));
         }
         let Action::Scale { to, .. } = req.action else {
-            return Err(ActionError::new(ActionErrorKind::Invalid, "the double only scales"));
+            return Err(ActionError::new(
+                ActionErrorKind::Invalid,
+                "the double only scales",
+            ));
         };
         s.1 += 1;
         s.0.replicas = to;
@@ -133,15 +142,34 @@ fn openssl(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it.
 fn certificates(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=heal-api-test-ca"]);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=heal-api-test-ca",
+    ]);
     openssl(dir, &ca);
     std::fs::write(
         dir.join("server.ext"),
@@ -150,13 +178,33 @@ fn certificates(dir: &Path) {
     .expect("ext");
     let mut req = vec!["req"];
     req.extend(ec);
-    req.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=heal-api"]);
+    req.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=heal-api",
+    ]);
     openssl(dir, &req);
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
         ],
     );
 }
@@ -299,7 +347,13 @@ fn every_refusal_answers_its_status_is_audited_and_reaches_no_executor() {
     std::fs::write(d.join("keys"), format!("k1 {K1}\n")).expect("keys");
     let exec = Recording::new();
     rt.block_on(async {
-        let srv = Server::start(d, &format!("file = \"{}/keys\"", d.display()), "", exec.clone()).await;
+        let srv = Server::start(
+            d,
+            &format!("file = \"{}/keys\"", d.display()),
+            "",
+            exec.clone(),
+        )
+        .await;
         let http = client(d);
         let k1 = key("k1", K1);
         let good = serde_json::to_vec(&scale_to(5, exec.version(), "inc-1/1")).expect("json");
@@ -314,7 +368,18 @@ fn every_refusal_answers_its_status_is_audited_and_reaches_no_executor() {
         let at = tampered.iter().position(|b| *b == b'5').expect("a 5");
         tampered[at] = b'9';
         let replay_nonce = nonce();
-        let (s, _) = post(&http, &srv, Some(&k1), ACTIONS_PATH, ACTIONS_PATH, b"{}", b"{}", now(), &replay_nonce).await;
+        let (s, _) = post(
+            &http,
+            &srv,
+            Some(&k1),
+            ACTIONS_PATH,
+            ACTIONS_PATH,
+            b"{}",
+            b"{}",
+            now(),
+            &replay_nonce,
+        )
+        .await;
         assert_eq!(s, 400, "signed but not an action: malformed JSON");
         let ns_body = {
             let mut r = scale_to(5, exec.version(), "inc-1/2");
@@ -340,25 +405,171 @@ fn every_refusal_answers_its_status_is_audited_and_reaches_no_executor() {
         ))
         .expect("json");
         let oversized = vec![b' '; 8192];
-        type Case<'a> = (&'a str, Option<&'a Key>, &'a str, &'a [u8], &'a [u8], i64, u16, &'a str);
+        type Case<'a> = (
+            &'a str,
+            Option<&'a Key>,
+            &'a str,
+            &'a [u8],
+            &'a [u8],
+            i64,
+            u16,
+            &'a str,
+        );
         let cases: Vec<Case> = vec![
-            ("unsigned", None, ACTIONS_PATH, &good, &good, now(), 401, "unsigned"),
-            ("wrong key", Some(&wrong), ACTIONS_PATH, &good, &good, now(), 401, "bad_signature"),
-            ("unknown key id", Some(&unknown), ACTIONS_PATH, &good, &good, now(), 401, "unknown_key"),
-            ("tampered body", Some(&k1), ACTIONS_PATH, &tampered, &good, now(), 401, "bad_signature"),
-            ("tampered path", Some(&k1), "/v1/observe", &good, &good, now(), 401, "bad_signature"),
-            ("stale timestamp", Some(&k1), ACTIONS_PATH, &good, &good, now() - 61, 401, "stale_timestamp"),
-            ("future timestamp", Some(&k1), ACTIONS_PATH, &good, &good, now() + 61, 401, "future_timestamp"),
-            ("disallowed namespace", Some(&k1), ACTIONS_PATH, &ns_body, &ns_body, now(), 403, "namespace_not_allowed"),
-            ("disallowed action", Some(&k1), ACTIONS_PATH, &action_body, &action_body, now(), 403, "action_not_allowed"),
-            ("a step over max_step", Some(&k1), ACTIONS_PATH, &big_scale, &big_scale, now(), 422, "out_of_bounds"),
-            ("over max_replicas", Some(&k1), ACTIONS_PATH, &over_max, &over_max, now(), 422, "out_of_bounds"),
-            ("stale resourceVersion", Some(&k1), ACTIONS_PATH, &stale, &stale, now(), 409, "conflict"),
-            ("oversized body", Some(&k1), ACTIONS_PATH, &oversized, &oversized, now(), 413, "body_too_large"),
-            ("malformed JSON", Some(&k1), ACTIONS_PATH, b"{\"request_id\":", b"{\"request_id\":", now(), 400, "malformed_json"),
+            (
+                "unsigned",
+                None,
+                ACTIONS_PATH,
+                &good,
+                &good,
+                now(),
+                401,
+                "unsigned",
+            ),
+            (
+                "wrong key",
+                Some(&wrong),
+                ACTIONS_PATH,
+                &good,
+                &good,
+                now(),
+                401,
+                "bad_signature",
+            ),
+            (
+                "unknown key id",
+                Some(&unknown),
+                ACTIONS_PATH,
+                &good,
+                &good,
+                now(),
+                401,
+                "unknown_key",
+            ),
+            (
+                "tampered body",
+                Some(&k1),
+                ACTIONS_PATH,
+                &tampered,
+                &good,
+                now(),
+                401,
+                "bad_signature",
+            ),
+            (
+                "tampered path",
+                Some(&k1),
+                "/v1/observe",
+                &good,
+                &good,
+                now(),
+                401,
+                "bad_signature",
+            ),
+            (
+                "stale timestamp",
+                Some(&k1),
+                ACTIONS_PATH,
+                &good,
+                &good,
+                now() - 61,
+                401,
+                "stale_timestamp",
+            ),
+            (
+                "future timestamp",
+                Some(&k1),
+                ACTIONS_PATH,
+                &good,
+                &good,
+                now() + 61,
+                401,
+                "future_timestamp",
+            ),
+            (
+                "disallowed namespace",
+                Some(&k1),
+                ACTIONS_PATH,
+                &ns_body,
+                &ns_body,
+                now(),
+                403,
+                "namespace_not_allowed",
+            ),
+            (
+                "disallowed action",
+                Some(&k1),
+                ACTIONS_PATH,
+                &action_body,
+                &action_body,
+                now(),
+                403,
+                "action_not_allowed",
+            ),
+            (
+                "a step over max_step",
+                Some(&k1),
+                ACTIONS_PATH,
+                &big_scale,
+                &big_scale,
+                now(),
+                422,
+                "out_of_bounds",
+            ),
+            (
+                "over max_replicas",
+                Some(&k1),
+                ACTIONS_PATH,
+                &over_max,
+                &over_max,
+                now(),
+                422,
+                "out_of_bounds",
+            ),
+            (
+                "stale resourceVersion",
+                Some(&k1),
+                ACTIONS_PATH,
+                &stale,
+                &stale,
+                now(),
+                409,
+                "conflict",
+            ),
+            (
+                "oversized body",
+                Some(&k1),
+                ACTIONS_PATH,
+                &oversized,
+                &oversized,
+                now(),
+                413,
+                "body_too_large",
+            ),
+            (
+                "malformed JSON",
+                Some(&k1),
+                ACTIONS_PATH,
+                b"{\"request_id\":",
+                b"{\"request_id\":",
+                now(),
+                400,
+                "malformed_json",
+            ),
         ];
         for (what, k, path, body, signed_body, ts, want, reason) in cases {
-            let (status, answer) = post(&http, &srv, k, path, ACTIONS_PATH, body, signed_body, ts, &nonce()).await;
+            let (status, answer) = post(
+                &http,
+                &srv,
+                k,
+                path,
+                ACTIONS_PATH,
+                body,
+                signed_body,
+                ts,
+                &nonce(),
+            )
+            .await;
             assert_eq!(status, want, "{what}: {answer}");
             assert_eq!(answer["error"], reason, "{what}");
             let last = srv.audit().pop().expect("an audit line");
@@ -368,23 +579,59 @@ fn every_refusal_answers_its_status_is_audited_and_reaches_no_executor() {
             assert_eq!(exec.writes(), 0, "{what} reached the executor");
         }
         // A replayed nonce: the first use was accepted by the signature check.
-        let (s, a) = post(&http, &srv, Some(&k1), ACTIONS_PATH, ACTIONS_PATH, b"{}", b"{}", now(), &replay_nonce).await;
+        let (s, a) = post(
+            &http,
+            &srv,
+            Some(&k1),
+            ACTIONS_PATH,
+            ACTIONS_PATH,
+            b"{}",
+            b"{}",
+            now(),
+            &replay_nonce,
+        )
+        .await;
         assert_eq!((s, a["error"].as_str()), (401, Some("replayed_nonce")));
         assert_eq!(exec.writes(), 0);
         // The audit log names the key once it was verified, and the target once read.
         let audit = srv.audit();
-        let ns = audit.iter().find(|r| r.reason == "namespace_not_allowed").expect("ns line");
+        let ns = audit
+            .iter()
+            .find(|r| r.reason == "namespace_not_allowed")
+            .expect("ns line");
         assert_eq!(ns.key_id.as_deref(), Some("k1"));
-        assert_eq!(ns.target.as_deref(), Some("kube-system/Deployment/checkout"));
+        assert_eq!(
+            ns.target.as_deref(),
+            Some("kube-system/Deployment/checkout")
+        );
         assert_eq!(ns.action.as_deref(), Some("scale"));
-        assert!(audit.iter().find(|r| r.reason == "unsigned").is_some_and(|r| r.key_id.is_none()));
-        // The refusals are on /metrics.
-        let metrics = http.get(srv.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
         assert!(
-            metrics.contains("selfheal_heal_api_requests_total{decision=\"refused\",reason=\"bad_signature\"} 3"),
+            audit
+                .iter()
+                .find(|r| r.reason == "unsigned")
+                .is_some_and(|r| r.key_id.is_none())
+        );
+        // The refusals are on /metrics.
+        let metrics = http
+            .get(srv.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains(
+                "selfheal_heal_api_requests_total{decision=\"refused\",reason=\"bad_signature\"} 3"
+            ),
             "{metrics}"
         );
-        let health = http.get(srv.url("/healthz")).send().await.expect("healthz").status();
+        let health = http
+            .get(srv.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status();
         assert_eq!(health, 200);
         srv.shutdown().await;
     });
@@ -419,12 +666,19 @@ fn a_signed_scale_request_scales_once_and_its_replay_after_a_restart_is_refused(
         let out = remote.apply(&req).await.expect("scaled");
         assert!(!out.already_applied);
         assert_eq!(exec.writes(), 1);
-        assert_eq!(remote.observe(&target()).await.expect("observe").replicas, 5);
+        assert_eq!(
+            remote.observe(&target()).await.expect("observe").replicas,
+            5
+        );
         // The client re-sending the same action (its answer lost): recognised, not re-applied.
         let again = remote.apply(&req).await.expect("recognised");
         assert!(again.already_applied);
         assert_eq!(exec.writes(), 1);
-        let accepted = srv.audit().into_iter().find(|r| r.reason == "applied").expect("audited");
+        let accepted = srv
+            .audit()
+            .into_iter()
+            .find(|r| r.reason == "applied")
+            .expect("audited");
         assert_eq!(accepted.request_id.as_deref(), Some("inc-7/1"));
         assert_eq!(accepted.decision, "accepted");
         // A conflict is returned as such, not retried.
@@ -437,7 +691,18 @@ fn a_signed_scale_request_scales_once_and_its_replay_after_a_restart_is_refused(
         srv.shutdown().await;
         let srv = Server::start(d, &keys_line, "", exec.clone()).await;
         let http = client(d);
-        let (s, a) = post(&http, &srv, Some(&key("k1", K1)), ACTIONS_PATH, ACTIONS_PATH, &body, &body, now(), "replay-after-restart-0001").await;
+        let (s, a) = post(
+            &http,
+            &srv,
+            Some(&key("k1", K1)),
+            ACTIONS_PATH,
+            ACTIONS_PATH,
+            &body,
+            &body,
+            now(),
+            "replay-after-restart-0001",
+        )
+        .await;
         assert_eq!((s, a["error"].as_str()), (409, Some("conflict")));
         assert_eq!(exec.writes(), 1);
         srv.shutdown().await;
@@ -447,7 +712,18 @@ fn a_signed_scale_request_scales_once_and_its_replay_after_a_restart_is_refused(
 /// Whether a signed observe with `k` is accepted.
 async fn accepted(http: &reqwest::Client, srv: &Server, k: &Key, n: &str) -> (u16, String) {
     let body = serde_json::to_vec(&target()).expect("json");
-    let (s, a) = post(http, srv, Some(k), "/v1/observe", "/v1/observe", &body, &body, now(), n).await;
+    let (s, a) = post(
+        http,
+        srv,
+        Some(k),
+        "/v1/observe",
+        "/v1/observe",
+        &body,
+        &body,
+        now(),
+        n,
+    )
+    .await;
     (s, a["error"].as_str().unwrap_or("").to_owned())
 }
 
@@ -463,24 +739,40 @@ fn keys_rotate_through_the_secret_file_without_a_restart() {
     rt.block_on(async {
         let srv = Server::start(d, &format!("file = \"{}/keys\"", d.display()), "", exec).await;
         let http = client(d);
-        assert_eq!(accepted(&http, &srv, &k1, "rotation-nonce-0001").await.0, 200);
-        assert_eq!(accepted(&http, &srv, &k2, "rotation-nonce-0002").await, (401, "unknown_key".into()));
+        assert_eq!(
+            accepted(&http, &srv, &k1, "rotation-nonce-0001").await.0,
+            200
+        );
+        assert_eq!(
+            accepted(&http, &srv, &k2, "rotation-nonce-0002").await,
+            (401, "unknown_key".into())
+        );
         // Rotation: the new key first, the old one still valid.
         std::fs::write(d.join("keys"), format!("k2 {K2}\nk1 {K1}\n")).expect("keys");
         let mut i = 10;
         loop {
             i += 1;
-            if accepted(&http, &srv, &k2, &format!("rotation-nonce-{i:04}")).await.0 == 200 {
+            if accepted(&http, &srv, &k2, &format!("rotation-nonce-{i:04}"))
+                .await
+                .0
+                == 200
+            {
                 break;
             }
             assert!(i < 300, "k2 not accepted after the file changed");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(accepted(&http, &srv, &k1, "rotation-nonce-0003").await.0, 200);
+        assert_eq!(
+            accepted(&http, &srv, &k1, "rotation-nonce-0003").await.0,
+            200
+        );
         // A broken file keeps the keys in use.
         std::fs::write(d.join("keys"), "k3 not-hex\n").expect("keys");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(accepted(&http, &srv, &k2, "rotation-nonce-0004").await.0, 200);
+        assert_eq!(
+            accepted(&http, &srv, &k2, "rotation-nonce-0004").await.0,
+            200
+        );
         // The rotation ends: the old key is refused.
         std::fs::write(d.join("keys"), format!("k2 {K2}\n")).expect("keys");
         let mut i = 500;
@@ -494,9 +786,22 @@ fn keys_rotate_through_the_secret_file_without_a_restart() {
             assert!(i < 800, "k1 still accepted");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(accepted(&http, &srv, &k2, "rotation-nonce-0005").await.0, 200);
-        let metrics = http.get(srv.url("/metrics")).send().await.expect("m").text().await.expect("t");
-        assert!(metrics.contains("selfheal_heal_api_key_reloads_total{outcome=\"error\"}"), "{metrics}");
+        assert_eq!(
+            accepted(&http, &srv, &k2, "rotation-nonce-0005").await.0,
+            200
+        );
+        let metrics = http
+            .get(srv.url("/metrics"))
+            .send()
+            .await
+            .expect("m")
+            .text()
+            .await
+            .expect("t");
+        assert!(
+            metrics.contains("selfheal_heal_api_key_reloads_total{outcome=\"error\"}"),
+            "{metrics}"
+        );
         srv.shutdown().await;
     });
 }
@@ -529,7 +834,8 @@ fn keys_come_from_secrets_manager_on_moto_and_rotate_there() {
         // client comes from the standard chain: IRSA, the region, the endpoint).
         let keys_line = "secrets_manager_id = \"selfheal/heal-api\"";
         let s = settings(d, keys_line, "");
-        let loader = selfheal_heal_api::keys::KeyLoader::secrets_manager(sm.clone(), "selfheal/heal-api");
+        let loader =
+            selfheal_heal_api::keys::KeyLoader::secrets_manager(sm.clone(), "selfheal/heal-api");
         let (stop, rx) = tokio::sync::watch::channel(false);
         let running = server::start_with_keys(&s, Recording::new(), loader, rx)
             .await
@@ -542,7 +848,10 @@ fn keys_come_from_secrets_manager_on_moto_and_rotate_there() {
         };
         let http = client(d);
         let (k1, k2) = (key("k1", K1), key("k2", K2));
-        assert_eq!(accepted(&http, &srv, &k1, "secrets-nonce-00001").await.0, 200);
+        assert_eq!(
+            accepted(&http, &srv, &k1, "secrets-nonce-00001").await.0,
+            200
+        );
         sm.put_secret_value()
             .secret_id("selfheal/heal-api")
             .secret_string(format!("k2 {K2}\nk1 {K1}\n"))
@@ -552,13 +861,20 @@ fn keys_come_from_secrets_manager_on_moto_and_rotate_there() {
         let mut i = 10;
         loop {
             i += 1;
-            if accepted(&http, &srv, &k2, &format!("secrets-nonce-{i:05}")).await.0 == 200 {
+            if accepted(&http, &srv, &k2, &format!("secrets-nonce-{i:05}"))
+                .await
+                .0
+                == 200
+            {
                 break;
             }
             assert!(i < 300, "k2 not accepted after the secret changed");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(accepted(&http, &srv, &k1, "secrets-nonce-00002").await.0, 200);
+        assert_eq!(
+            accepted(&http, &srv, &k1, "secrets-nonce-00002").await.0,
+            200
+        );
         srv.shutdown().await;
     });
 }

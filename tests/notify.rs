@@ -27,9 +27,11 @@ fn now_ms() -> i64 {
 }
 
 /// What a receiver got: (Authorization header, body).
+type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
 #[derive(Clone, Default)]
 struct Receiver {
-    got: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    got: Received,
     /// Requests to answer 503 before accepting.
     fail_first: Arc<AtomicU32>,
     requests: Arc<AtomicU32>,
@@ -37,8 +39,7 @@ struct Receiver {
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
     r.requests.fetch_add(1, Ordering::SeqCst);
-    if r
-        .fail_first
+    if r.fail_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
     {
@@ -156,7 +157,8 @@ fn storm(rt: &tokio::runtime::Runtime, port: u16, id_base: u128) {
     let t0 = now_ms() - 10_000;
     let frames: Vec<Vec<u8>> = (0..50)
         .map(|i| {
-            let e = checkout_cpu_anomaly(id_base + i, t0 + i as i64 * 100, 0, (i % 5) as usize, 0.9);
+            let e =
+                checkout_cpu_anomaly(id_base + i, t0 + i as i64 * 100, 0, (i % 5) as usize, 0.9);
             encode_wire(&e).expect("encode")
         })
         .collect();
@@ -165,7 +167,10 @@ fn storm(rt: &tokio::runtime::Runtime, port: u16, id_base: u128) {
         reqwest::Client::new()
             .post(format!("http://127.0.0.1:{port}/v1/ingest"))
             .bearer_auth(INGEST_TOKEN)
-            .header(reqwest::header::CONTENT_TYPE, selfheal_core::batch::CONTENT_TYPE)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                selfheal_core::batch::CONTENT_TYPE,
+            )
             .body(body)
             .send()
             .await
@@ -193,7 +198,10 @@ fn stop(mut child: KillOnDrop) {
             assert!(st.success(), "aggregator exited with {st}");
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -232,9 +240,14 @@ timeout_secs = 2
         None,
     );
     storm(&rt, port, 1 << 64);
-    let got = recv.wait_for("opened delivered", |b| b.iter().any(|b| moment(b) == "opened"));
+    let got = recv.wait_for("opened delivered", |b| {
+        b.iter().any(|b| moment(b) == "opened")
+    });
     let opened = got.iter().find(|b| moment(b) == "opened").expect("opened");
-    assert!(recv.requests.load(Ordering::SeqCst) >= 4, "three failures, then the delivery");
+    assert!(
+        recv.requests.load(Ordering::SeqCst) >= 4,
+        "three failures, then the delivery"
+    );
     assert_eq!(opened["status"], "firing");
     assert_eq!(opened["version"], "4");
     assert_eq!(opened["receiver"], "oncall");
@@ -242,7 +255,10 @@ timeout_secs = 2
     assert_eq!(alert["labels"]["namespace"], "shop");
     assert_eq!(alert["labels"]["alertname"], "SelfhealIncident");
     assert_eq!(opened["selfheal"]["pods"], 5);
-    let id = opened["selfheal"]["incident"].as_str().expect("id").to_owned();
+    let id = opened["selfheal"]["incident"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     assert_eq!(
         alert["generatorURL"],
         format!("http://127.0.0.1:{port}/incidents/{id}")
@@ -252,7 +268,10 @@ timeout_secs = 2
         Some(format!("Bearer {HOOK_TOKEN}").as_str())
     );
     assert_eq!(
-        metric(port, "selfheal_aggregator_notify_attempts_total{channel=\"oncall\",outcome=\"retryable\"}"),
+        metric(
+            port,
+            "selfheal_aggregator_notify_attempts_total{channel=\"oncall\",outcome=\"retryable\"}"
+        ),
         3.0
     );
     // A person resolves it: the resolved message follows.
@@ -262,8 +281,13 @@ timeout_secs = 2
         .arg("--token-file")
         .arg(dir.path().join("api-token"));
     stdout_of(&mut cli);
-    let got = recv.wait_for("resolved delivered", |b| b.iter().any(|b| moment(b) == "resolved"));
-    let resolved = got.iter().find(|b| moment(b) == "resolved").expect("resolved");
+    let got = recv.wait_for("resolved delivered", |b| {
+        b.iter().any(|b| moment(b) == "resolved")
+    });
+    let resolved = got
+        .iter()
+        .find(|b| moment(b) == "resolved")
+        .expect("resolved");
     assert_eq!(resolved["status"], "resolved");
     assert_eq!(resolved["alerts"][0]["status"], "resolved");
     assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
@@ -277,7 +301,10 @@ timeout_secs = 2
     );
     assert_eq!(delivered, got.len() as f64);
     assert_eq!(
-        metric(port, "selfheal_aggregator_notify_messages_total{channel=\"oncall\",outcome=\"dropped\"}"),
+        metric(
+            port,
+            "selfheal_aggregator_notify_messages_total{channel=\"oncall\",outcome=\"dropped\"}"
+        ),
         0.0
     );
     stop(agg);
@@ -335,16 +362,25 @@ region = "us-east-1"
     let got = recv.wait_for("SNS notification", |b| {
         b.iter().any(|n| n["Type"] == "Notification")
     });
-    let n = got.iter().find(|n| n["Type"] == "Notification").expect("one");
+    let n = got
+        .iter()
+        .find(|n| n["Type"] == "Notification")
+        .expect("one");
     assert_eq!(n["TopicArn"], arn.as_str());
     let subject = n["Subject"].as_str().expect("subject");
     assert!(subject.starts_with("[FIRING:"), "{subject}");
     let body: Value = serde_json::from_str(n["Message"].as_str().expect("message")).expect("JSON");
     assert_eq!(body["receiver"], "seed");
     assert_eq!(body["selfheal"]["moment"], "opened");
-    assert_eq!(body["alerts"][0]["labels"]["workload"], "Deployment/checkout");
     assert_eq!(
-        metric(port, "selfheal_aggregator_notify_messages_total{channel=\"seed\",outcome=\"delivered\"}"),
+        body["alerts"][0]["labels"]["workload"],
+        "Deployment/checkout"
+    );
+    assert_eq!(
+        metric(
+            port,
+            "selfheal_aggregator_notify_messages_total{channel=\"seed\",outcome=\"delivered\"}"
+        ),
         1.0
     );
     stop(agg);
