@@ -112,7 +112,8 @@ impl Default for KeysConfig {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AllowConfig {
-    /// Namespaces whose workloads may be acted on.
+    /// Namespaces whose workloads may be acted on. Empty (the shipped manifest's default)
+    /// refuses every request; the server logs `HealApiNoNamespacesAllowed` at start.
     pub namespaces: Vec<String>,
     /// Action kinds (`scale`, `rollout_restart`, `delete_pod`, `set_hpa_min_replicas`).
     pub actions: Vec<ActionKind>,
@@ -300,12 +301,9 @@ impl HealApiConfig {
         if let Some(u) = &self.keys.endpoint_url {
             config::http_url("keys.endpoint_url", u)?;
         }
-        if self.allow.namespaces.is_empty() {
-            return Err(invalid(
-                "allow.namespaces",
-                "must list at least one namespace: nothing is allowed unless listed",
-            ));
-        }
+        // An empty list is a valid, closed door: the shipped manifest leaves it empty and an
+        // overlay opens namespaces (with the Role bound in each). The server warns at start and
+        // refuses every action with namespace_not_allowed.
         for ns in &self.allow.namespaces {
             let ok = !ns.is_empty()
                 && ns.len() <= 63
@@ -366,5 +364,87 @@ impl HealApiConfig {
                 600.0,
             )?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    }
+
+    fn minimal() -> HealApiConfig {
+        let mut c = HealApiConfig::default();
+        c.tls.cert_file = "/tls/tls.crt".into();
+        c.tls.key_file = "/tls/tls.key".into();
+        c.keys.file = Some("/keys".into());
+        c.allow.namespaces = vec!["shop".into()];
+        c.allow.actions = vec![ActionKind::Scale];
+        c
+    }
+
+    #[test]
+    fn the_shipped_manifest_loads_and_allows_no_namespace() {
+        let path = manifest("daemonset/heal-api/heal-api.toml");
+        let s = HealApiConfig::load(Some(&path))
+            .expect("daemonset/heal-api/heal-api.toml parses")
+            .validate()
+            .expect("daemonset/heal-api/heal-api.toml validates");
+        assert_eq!(s.listen_addr, "0.0.0.0:8443".parse().expect("addr"));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(s.audit, AuditTarget::Stdout);
+        assert_eq!(s.keys, KeySource::File("/etc/selfheal-hmac/keys".into()));
+        assert_eq!(s.tls.cert_file, Path::new("/etc/selfheal-tls/tls.crt"));
+        assert!(s.policy.namespaces.is_empty());
+        assert_eq!(s.policy.actions.len(), 4);
+        assert_eq!(s.policy.bounds, BoundsConfig::default());
+    }
+
+    #[test]
+    fn the_overlay_opens_its_namespace() {
+        let path = manifest("daemonset/overlays/heal-namespace/heal-api.toml");
+        let s = HealApiConfig::load(Some(&path))
+            .expect("overlay parses")
+            .validate()
+            .expect("overlay validates");
+        assert_eq!(s.policy.namespaces, BTreeSet::from(["shop".to_string()]));
+    }
+
+    #[test]
+    fn an_empty_namespace_list_is_accepted_but_bad_names_are_not() {
+        let mut c = minimal();
+        c.allow.namespaces.clear();
+        assert!(
+            c.validate()
+                .expect("empty is valid")
+                .policy
+                .namespaces
+                .is_empty()
+        );
+        let mut c = minimal();
+        c.allow.namespaces = vec!["Shop_1".into()];
+        let e = c.validate().expect_err("not a namespace name").to_string();
+        assert!(e.contains("allow.namespaces"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_action_list_is_refused() {
+        let mut c = minimal();
+        c.allow.actions.clear();
+        let e = c.validate().expect_err("no actions").to_string();
+        assert!(e.contains("allow.actions"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[allow]\nnamespace = [\"shop\"]\n").expect("write");
+        assert!(matches!(
+            HealApiConfig::load(Some(&f)),
+            Err(ConfigError::Parse(_))
+        ));
     }
 }

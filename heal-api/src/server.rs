@@ -721,5 +721,13 @@ pub async fn start_with_keys<E: Executor>(
     ));
     let keys = tokio::spawn(loader.watch(ring, settings.keys_reload, metrics, shutdown));
     tracing::info!(%addr, "HealApiListening");
+    if settings.policy.namespaces.is_empty() {
+        // Valid (the shipped manifest is closed until an overlay opens namespaces), but an
+        // operator who forgot the overlay should see why every action is refused.
+        tracing::warn!(
+            reason = "allow.namespaces is empty: every action is refused",
+            "HealApiNoNamespacesAllowed"
+        );
+    }
     Ok(Running { addr, server, keys })
 }
