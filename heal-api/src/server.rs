@@ -3,7 +3,7 @@
 //! recording double in tests.
 //!
 //! Routes (both POST, both signed, see [`crate::sign`]):
-//! - `/v1/actions`: an [`ActionRequest`] → 200 with the [`ActionOutcome`];
+//! - `/v1/actions`: an [`ActionRequest`] → 200 with the [`selfheal_core::action::ActionOutcome`];
 //! - `/v1/observe`: a [`Target`] → 200 with its [`selfheal_core::action::WorkloadState`];
 //! - plus `/metrics` and `/healthz` (unsigned, read-only).
 //!
