@@ -479,9 +479,10 @@ fn an_agent_killed_during_an_outage_replays_its_spool_when_restarted() {
 
 #[test]
 fn the_daemonset_configmap_is_a_valid_agent_config_forwarding_to_kinesis() {
-    let yaml =
-        std::fs::read_to_string(crate::support::repo_root().join("daemonset/configmap.yaml"))
-            .expect("configmap");
+    let yaml = std::fs::read_to_string(
+        crate::support::repo_root().join("daemonset/system/configmap.yaml"),
+    )
+    .expect("configmap");
     // The TOML block under `agent.toml: |`, de-indented.
     let toml: String = yaml
         .split_once("agent.toml: |\n")

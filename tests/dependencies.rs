@@ -1,13 +1,13 @@
 //! What the dependency graph must not hold: the issue-10 split is only real while the trainer
-//! compiles none of the aggregator's service stack.
+//! compiles none of the aggregator's service stack, nor the heal executor's Kubernetes client.
 
 use std::process::Command;
 
 /// `cargo tree -p selfheal-model-export` (normal edges, the features the trainer itself
-/// enables) holds no aggregator, axum or Kinesis crate: the trainer reads the lake through
-/// `selfheal-lake`, not through the aggregator.
+/// enables) holds no aggregator, axum, Kinesis or Kubernetes-client crate: the trainer reads the
+/// lake through `selfheal-lake`, not through the aggregator, and never acts on a cluster.
 #[test]
-fn the_trainer_depends_on_no_aggregator_axum_or_kinesis_crate() {
+fn the_trainer_depends_on_no_aggregator_axum_kinesis_or_kube_crate() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +39,11 @@ fn the_trainer_depends_on_no_aggregator_axum_or_kinesis_crate() {
         "axum",
         "axum-core",
         "aws-sdk-kinesis",
+        "selfheal-heal-api",
+        "kube",
+        "kube-client",
+        "kube-core",
+        "k8s-openapi",
     ] {
         assert!(
             !crates.contains(&banned),

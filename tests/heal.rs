@@ -416,3 +416,95 @@ fn a_sigkill_between_intent_and_outcome_then_a_restart_acts_once() {
     assert_eq!(agg.incidents("").incidents.len(), 1, "no second incident");
     agg.stop();
 }
+
+#[test]
+fn with_the_kube_executor_a_cpu_storm_scales_the_deployment_on_the_api_double_once() {
+    use crate::support::kube_double::{KubeDouble, deployments};
+    use selfheal_core::action::REQUEST_ID_ANNOTATION;
+    let rt = runtime();
+    let moto = Moto::start();
+    let kinesis = kinesis_client(&moto.endpoint());
+    rt.block_on(create_stream(&kinesis, "records", 1));
+    let double = KubeDouble::start();
+    double
+        .store()
+        .add_deployment_with_pods("shop", "checkout", 3);
+    let dir = tempfile::tempdir().expect("dir");
+    let token = write_file(dir.path(), "kube-token", "heal-token");
+    let heal = format!(
+        "executor = \"kube\"\n[heal.kube]\ntimeout_secs = 5\n[heal.kube.connection]\nsource = \"url\"\nurl = \"{}\"\ntoken_file = \"{}\"\n",
+        double.url(),
+        token.display()
+    );
+    let policy = format!("dry_run = false\n{FAST_VERIFY}");
+    let agg = start(dir.path(), &moto, free_port(), &policy, &heal);
+    rt.block_on(put(
+        &kinesis,
+        "records",
+        &workload_storm(5 << 64, now_ms() - 2_000, Family::Cpu, "shop", "checkout"),
+    ));
+    agg.wait("the incident verifying", Duration::from_secs(60), |a| {
+        of(a, "Deployment/checkout")
+            .first()
+            .is_some_and(|i| i.state == State::Verifying)
+    });
+    let inc = of(&agg, "Deployment/checkout").remove(0);
+    let evs = events(&agg, &inc);
+    let (from, to) = evs
+        .iter()
+        .find_map(|e| match e {
+            EventKind::ActionIntent {
+                dry_run: false,
+                request,
+                ..
+            } => match request.action {
+                Action::Scale { from, to } => Some((from, to)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a real scale intent on the timeline: {evs:?}"));
+    // Decided on what the API server said (3 replicas), not on the pods the anomalies named.
+    assert_eq!(from, 3);
+    assert!(to > 3, "scaled out: {from} → {to}");
+    // Nothing went to the dry-run log: the double got the action.
+    assert!(log_entries(dir.path()).is_empty());
+    let stored = double
+        .store()
+        .get(&deployments(), "shop", "checkout")
+        .expect("checkout stored");
+    assert_eq!(stored["spec"]["replicas"], to);
+    assert_eq!(
+        stored["metadata"]["annotations"][REQUEST_ID_ANNOTATION],
+        format!("{}/1", inc.id)
+    );
+    let scales: Vec<_> = double
+        .store()
+        .writes()
+        .into_iter()
+        .filter(|w| {
+            (200..300).contains(&w.status)
+                && w.path
+                    .split('?')
+                    .next()
+                    .is_some_and(|p| p.ends_with("/scale"))
+        })
+        .collect();
+    assert_eq!(scales.len(), 1, "one scale write: {scales:?}");
+    // The real kubectl sees the new replica count.
+    let out = double.kubectl(&[
+        "get",
+        "deploy",
+        "checkout",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), to.to_string());
+}

@@ -19,5 +19,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod keys;
+pub mod kube;
 pub mod server;
 pub mod sign;

@@ -13,9 +13,20 @@
 //!
 //! The store is keyed by group/version/resource/namespace/name and outlives the server: tests
 //! [`KubeDouble::stop`] it mid-watch (every connection is cut, as when an API server dies) and
-//! [`KubeDouble::restart`] it on the same port with the same objects. Only pods are registered
-//! today; adding `apps/v1` deployments means one more [`ResourceDef`] in [`resources`], and the
-//! scale subresource or PATCH a new arm in [`handle`].
+//! [`KubeDouble::restart`] it on the same port with the same objects.
+//!
+//! What healing touches is served too, with kube-apiserver's write semantics (`writes`):
+//! `apps/v1` Deployments, StatefulSets and ReplicaSets with their `scale` subresource
+//! (`autoscaling/v1` Scale: GET, PUT, PATCH), `autoscaling/v2` HorizontalPodAutoscalers (and
+//! `autoscaling/v1`, converted, which is what kubectl 1.32's `autoscale` creates), create /
+//! replace / patch (JSON merge, strategic merge, JSON patch; `patch`) / delete, resourceVersion
+//! and uid preconditions answered with a 409 Conflict `Status`, `metadata.generation` bumped on
+//! spec changes. Every write received is logged ([`Store::writes`]: method, path, body, the
+//! status answered), so a test can assert that a refused action never reached the API; faults
+//! are injected with [`Store::fail_next`]. Nothing runs controllers unless asked:
+//! [`Store::complete_rollout`] finishes one rollout (status catches up with spec, as the
+//! deployment controller would), [`Store::set_auto_rollout`] does it after every write.
+//! `tests/kube_double.rs` proves these with the real `kubectl`.
 
 #![allow(dead_code)]
 
@@ -31,6 +42,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
+
+mod patch;
+mod tables;
+mod writes;
+
+use tables::to_table;
+use writes::{convert_out, storage_def};
 
 /// A resource the double serves.
 #[derive(Debug, Clone)]
@@ -53,6 +71,10 @@ pub struct ResourceDef {
     pub field_labels: &'static [&'static str],
     /// Verbs in discovery.
     pub verbs: &'static [&'static str],
+    /// Serves the `scale` subresource (`autoscaling/v1` Scale).
+    pub scale: bool,
+    /// `status` is a subresource: writes to the main resource keep the stored status.
+    pub status: bool,
 }
 
 impl ResourceDef {
@@ -65,8 +87,34 @@ impl ResourceDef {
     }
 }
 
-/// The resources served. Later work adds `apps/v1` deployments here.
+/// The resources served.
 pub fn resources() -> Vec<ResourceDef> {
+    let workload = |plural, singular, kind, short_names| ResourceDef {
+        group: "apps",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced: true,
+        short_names,
+        field_labels: &[],
+        verbs: WRITE_VERBS,
+        scale: true,
+        status: true,
+    };
+    let hpa = |version| ResourceDef {
+        group: "autoscaling",
+        version,
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        kind: "HorizontalPodAutoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        field_labels: &[],
+        verbs: WRITE_VERBS,
+        scale: false,
+        status: true,
+    };
     vec![
         ResourceDef {
             group: "",
@@ -78,6 +126,8 @@ pub fn resources() -> Vec<ResourceDef> {
             short_names: &["ns"],
             field_labels: &["status.phase"],
             verbs: READ_VERBS,
+            scale: false,
+            status: true,
         },
         ResourceDef {
             group: "",
@@ -97,7 +147,9 @@ pub fn resources() -> Vec<ResourceDef> {
                 "status.podIP",
                 "status.nominatedNodeName",
             ],
-            verbs: READ_VERBS,
+            verbs: POD_VERBS,
+            scale: false,
+            status: true,
         },
         ResourceDef {
             group: "authentication.k8s.io",
@@ -109,11 +161,24 @@ pub fn resources() -> Vec<ResourceDef> {
             short_names: &[],
             field_labels: &[],
             verbs: &["create"],
+            scale: false,
+            status: false,
         },
+        workload("deployments", "deployment", "Deployment", &["deploy"]),
+        workload("statefulsets", "statefulset", "StatefulSet", &["sts"]),
+        workload("replicasets", "replicaset", "ReplicaSet", &["rs"]),
+        // v2 first: it is the group's preferred version, as on a real cluster.
+        hpa("v2"),
+        hpa("v1"),
     ]
 }
 
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
+/// Pods: read, and delete (healing's DeletePod); the double creates them only from tests.
+const POD_VERBS: &[&str] = &["delete", "get", "list", "watch"];
+const WRITE_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 /// `POST .../tokenreviews`: what kube-apiserver answers (201 with the review's status), for the
 /// tokens issued with [`Store::issue_token`]. A token issued for other audiences than the
@@ -250,6 +315,45 @@ pub struct Store {
     requests: Mutex<Vec<String>>,
     /// Service-account tokens a TokenReview authenticates.
     issued: Mutex<HashMap<String, IssuedToken>>,
+    /// Every write received (not TokenReviews, which store nothing), in order.
+    writes: Mutex<Vec<Write>>,
+    /// Injected failures, consumed in order of registration.
+    faults: Mutex<Vec<Fault>>,
+    /// Finish every workload rollout right after each write, as controllers would.
+    auto_rollout: std::sync::atomic::AtomicBool,
+}
+
+/// One write the double received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: String,
+    /// The path and query, e.g. `/apis/apps/v1/namespaces/default/deployments/web/scale`.
+    pub path: String,
+    /// The request's `Content-Type` (the patch type of a PATCH).
+    pub content_type: String,
+    /// The request body as sent.
+    pub body: String,
+    /// The status code the double answered.
+    pub status: u16,
+}
+
+impl Write {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A failure to answer instead of serving a request.
+#[derive(Debug, Clone)]
+struct Fault {
+    /// The method it applies to (`None`: any).
+    method: Option<String>,
+    /// A substring of the request path.
+    path_contains: String,
+    code: u16,
+    remaining: usize,
 }
 
 /// A projected service-account token, as the API server knows it.
@@ -265,6 +369,11 @@ pub struct IssuedToken {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kinds whose `metadata.generation` the API server maintains.
+fn has_generation(def: &ResourceDef) -> bool {
+    def.group == "apps" || def.group == "autoscaling"
 }
 
 fn meta(obj: &Value, field: &str) -> String {
@@ -284,6 +393,9 @@ impl Store {
             issued: Mutex::new(HashMap::new()),
             kubelet_node: kubelet_node.to_owned(),
             requests: Mutex::new(Vec::new()),
+            writes: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            auto_rollout: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -357,17 +469,35 @@ impl Store {
                 md["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
             }
             None => {
-                if md.get("uid").is_none() {
+                if md
+                    .get("uid")
+                    .is_none_or(|u| u.as_str().is_none_or(str::is_empty))
+                {
                     inner.uid_counter += 1;
                     md["uid"] = json!(format!(
                         "00000000-0000-4000-8000-{:012x}",
                         inner.uid_counter
                     ));
                 }
-                if md.get("creationTimestamp").is_none() {
+                if md.get("creationTimestamp").is_none_or(Value::is_null) {
                     md["creationTimestamp"] = json!(rfc3339(now_secs()));
                 }
             }
+        }
+        // The generation counts spec changes, as the API server keeps it for workloads.
+        if has_generation(def) {
+            let generation = match &existing {
+                None => md.get("generation").and_then(Value::as_i64).unwrap_or(1),
+                Some(old) => {
+                    let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    if old.get("spec") == obj.get("spec") {
+                        g
+                    } else {
+                        g + 1
+                    }
+                }
+            };
+            obj["metadata"]["generation"] = json!(generation);
         }
         obj["kind"] = json!(def.kind);
         obj["apiVersion"] = json!(def.api_version());
@@ -379,6 +509,125 @@ impl Store {
         };
         self.record(inner, kind, def, obj.clone());
         obj
+    }
+
+    /// Finishes the rollout of workload `name` as its controller would once the pods are up:
+    /// `status` catches up with `spec` (observed generation, every replica updated, ready and
+    /// available; a StatefulSet's current revision becomes its update revision). A no-op when
+    /// it is already finished; `None` when there is no such object.
+    pub fn complete_rollout(
+        &self,
+        def: &ResourceDef,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let mut inner = lock(&self.inner);
+        self.finish_rollout_locked(&mut inner, def, namespace, name)
+    }
+
+    /// When on, every write through the API finishes the written workload's rollout at once
+    /// (a second version, as the controller's status update is a write of its own).
+    pub fn set_auto_rollout(&self, on: bool) {
+        self.auto_rollout
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn settle_locked(&self, inner: &mut Inner, def: &ResourceDef, ns: &str, name: &str) {
+        if self.auto_rollout.load(std::sync::atomic::Ordering::SeqCst) {
+            self.finish_rollout_locked(inner, def, ns, name);
+        }
+    }
+
+    fn finish_rollout_locked(
+        &self,
+        inner: &mut Inner,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let key = (
+            def.group.to_owned(),
+            def.version.to_owned(),
+            def.plural.to_owned(),
+            ns.to_owned(),
+            name.to_owned(),
+        );
+        let current = inner.objects.get(&key)?.clone();
+        if def.group != "apps" {
+            return Some(current);
+        }
+        let replicas = current
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let mut obj = current.clone();
+        let st = &mut obj["status"];
+        if !st.is_object() {
+            *st = json!({});
+        }
+        st["observedGeneration"] = current["metadata"]["generation"].clone();
+        st["replicas"] = json!(replicas);
+        st["readyReplicas"] = json!(replicas);
+        st["availableReplicas"] = json!(replicas);
+        match def.kind {
+            "Deployment" => {
+                st["updatedReplicas"] = json!(replicas);
+                st["conditions"] = json!([
+                    {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                     "message": "Deployment has minimum availability."},
+                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                     "message": format!("ReplicaSet \"{name}\" has successfully progressed.")},
+                ]);
+            }
+            "StatefulSet" => {
+                st["updatedReplicas"] = json!(replicas);
+                st["currentReplicas"] = json!(replicas);
+                let rev = st.get("updateRevision").cloned().unwrap_or_else(|| {
+                    json!(format!("{name}-rev{}", current["metadata"]["generation"]))
+                });
+                st["updateRevision"] = rev.clone();
+                st["currentRevision"] = rev;
+            }
+            _ => {
+                st["fullyLabeledReplicas"] = json!(replicas);
+            }
+        }
+        if obj == current {
+            return Some(current);
+        }
+        Some(self.put_locked(inner, def, obj))
+    }
+
+    /// Every write received so far (POST, PUT, PATCH, DELETE; TokenReviews aside), in order,
+    /// whatever was answered.
+    pub fn writes(&self) -> Vec<Write> {
+        lock(&self.writes).clone()
+    }
+
+    /// Answers the next `times` requests whose method is `method` (`None`: any) and whose path
+    /// contains `path_contains` with a `code` failure `Status` instead of serving them
+    /// (403 Forbidden, 409 Conflict, 429 TooManyRequests, 500 InternalError, 503 ServiceUnavailable, ...).
+    /// A faulted write is still logged in [`Store::writes`]: it reached the API.
+    pub fn fail_next(&self, method: Option<&str>, path_contains: &str, code: u16, times: usize) {
+        lock(&self.faults).push(Fault {
+            method: method.map(str::to_owned),
+            path_contains: path_contains.to_owned(),
+            code,
+            remaining: times,
+        });
+    }
+
+    fn take_fault(&self, method: &str, path: &str) -> Option<u16> {
+        let mut faults = lock(&self.faults);
+        let f = faults.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method.as_deref().is_none_or(|m| m == method)
+                && path.contains(&f.path_contains)
+        })?;
+        f.remaining -= 1;
+        let code = f.code;
+        faults.retain(|f| f.remaining > 0);
+        Some(code)
     }
 
     /// Changes an existing object in place through `f`; `None` when it does not exist.
@@ -573,6 +822,35 @@ impl KubeDouble {
         }
     }
 
+    /// The real `kubectl` (/usr/bin/kubectl) pointed at this double with a bearer token,
+    /// isolated from any kubeconfig or discovery cache on the machine; its output.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        const KUBECTL: &str = "/usr/bin/kubectl";
+        assert!(
+            std::path::Path::new(KUBECTL).is_file(),
+            "{KUBECTL} not found: run scripts/test.sh, which installs the test tools"
+        );
+        let home = tempfile::tempdir().expect("kubectl home");
+        std::process::Command::new(KUBECTL)
+            .env_clear()
+            .env("HOME", home.path())
+            .env("KUBECONFIG", home.path().join("no-kubeconfig"))
+            .args([
+                "--server",
+                &self.url(),
+                "--token",
+                "x",
+                "--request-timeout=10s",
+            ])
+            .arg(format!(
+                "--cache-dir={}",
+                home.path().join("cache").display()
+            ))
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
     /// Serves again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
@@ -592,6 +870,151 @@ pub fn pods() -> ResourceDef {
     resource("", "pods")
 }
 
+/// The apps/v1 deployments resource.
+pub fn deployments() -> ResourceDef {
+    resource("apps", "deployments")
+}
+
+/// The apps/v1 statefulsets resource.
+pub fn statefulsets() -> ResourceDef {
+    resource("apps", "statefulsets")
+}
+
+/// The apps/v1 replicasets resource.
+pub fn replicasets() -> ResourceDef {
+    resource("apps", "replicasets")
+}
+
+/// The autoscaling/v2 horizontalpodautoscalers resource (the stored version).
+pub fn hpas() -> ResourceDef {
+    resource_version("autoscaling", "v2", "horizontalpodautoscalers")
+}
+
+/// A rolled-out `apps/v1` Deployment `namespace/name` of `replicas` pods labelled
+/// `app=<name>`, with two containers (`app`, `sidecar`), as `kubectl get -o json` shows one.
+pub fn deployment_object(namespace: &str, name: &str, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "generation": 1,
+                     "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+            "template": pod_template(name),
+        },
+        "status": {
+            "observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": replicas, "availableReplicas": replicas,
+            "conditions": [
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+            ],
+        },
+    })
+}
+
+/// A rolled-out `apps/v1` StatefulSet `namespace/name` of `replicas` pods.
+pub fn statefulset_object(namespace: &str, name: &str, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace, "generation": 1,
+                     "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas, "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+            "podManagementPolicy": "OrderedReady",
+            "template": pod_template(name),
+        },
+        "status": {
+            "observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas,
+            "currentReplicas": replicas, "updatedReplicas": replicas,
+            "availableReplicas": replicas,
+            "currentRevision": format!("{name}-5d8f7c9b4"), "updateRevision": format!("{name}-5d8f7c9b4"),
+        },
+    })
+}
+
+/// An `autoscaling/v2` HPA `namespace/name` on the Deployment `target`, CPU at 70%.
+pub fn hpa_object(namespace: &str, name: &str, target: &str, min: i64, max: i64) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min, "maxReplicas": max,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70}}}],
+        },
+        "status": {"currentReplicas": min, "desiredReplicas": min},
+    })
+}
+
+fn pod_template(app: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"app": app}},
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "registry.example/app:1.4.2",
+                 "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                 "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}},
+                {"name": "sidecar", "image": "registry.example/proxy:2.1"},
+            ],
+            "restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
+        },
+    })
+}
+
+impl Store {
+    /// A rolled-out Deployment with its ReplicaSet and `replicas` running pods on `node-a`,
+    /// owner references as the controllers set them. Returns the stored Deployment.
+    pub fn add_deployment_with_pods(&self, namespace: &str, name: &str, replicas: i64) -> Value {
+        let deploy = self.put(&deployments(), deployment_object(namespace, name, replicas));
+        let hash = "7c5b9d8f6";
+        let rs_name = format!("{name}-{hash}");
+        let controller = |kind: &str, of: &Value| {
+            json!([{"apiVersion": "apps/v1", "kind": kind, "name": meta(of, "name"),
+                    "uid": meta(of, "uid"), "controller": true, "blockOwnerDeletion": true}])
+        };
+        let mut rs = json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": rs_name, "namespace": namespace,
+                         "labels": {"app": name, "pod-template-hash": hash},
+                         "ownerReferences": controller("Deployment", &deploy)},
+            "spec": {"replicas": replicas,
+                     "selector": {"matchLabels": {"app": name, "pod-template-hash": hash}},
+                     "template": pod_template(name)},
+            "status": {"replicas": replicas, "readyReplicas": replicas,
+                       "availableReplicas": replicas, "fullyLabeledReplicas": replicas,
+                       "observedGeneration": 1},
+        });
+        rs["spec"]["template"]["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+        let rs = self.put(&replicasets(), rs);
+        for i in 0..replicas {
+            self.put(
+                &pods(),
+                json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("{rs_name}-p{i:03}"), "namespace": namespace,
+                                 "labels": {"app": name, "pod-template-hash": hash},
+                                 "ownerReferences": controller("ReplicaSet", &rs)},
+                    "spec": {"nodeName": "node-a",
+                             "containers": [{"name": "app", "image": "registry.example/app:1.4.2"},
+                                            {"name": "sidecar", "image": "registry.example/proxy:2.1"}]},
+                    "status": {"phase": "Running", "podIP": format!("10.0.0.{}", 10 + i),
+                               "containerStatuses": [
+                                   {"name": "app", "ready": true, "restartCount": 0, "state": {"running": {}}},
+                                   {"name": "sidecar", "ready": true, "restartCount": 0, "state": {"running": {}}}]},
+                }),
+            );
+        }
+        deploy
+    }
+}
+
 /// The core/v1 namespaces resource.
 pub fn namespaces() -> ResourceDef {
     resource("", "namespaces")
@@ -601,6 +1024,13 @@ fn resource(group: &str, plural: &str) -> ResourceDef {
     resources()
         .into_iter()
         .find(|r| r.group == group && r.plural == plural)
+        .expect("resource registered")
+}
+
+fn resource_version(group: &str, version: &str, plural: &str) -> ResourceDef {
+    resources()
+        .into_iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
         .expect("resource registered")
 }
 
@@ -688,12 +1118,45 @@ async fn handle(
     {
         return token_review(&store, req).await;
     }
-    if req.method() != axum::http::Method::GET {
-        return status_error(
-            405,
-            "MethodNotAllowed",
-            format!("the server does not allow this method on the requested resource: {path}"),
-        );
+    let method = req.method().clone();
+    let fault = store.take_fault(method.as_str(), &path);
+    if method != axum::http::Method::GET {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        // kube-apiserver's request body limit.
+        let (body, response) = match axum::body::to_bytes(req.into_body(), 3 << 20).await {
+            Ok(body) => {
+                let response = match fault {
+                    Some(code) => injected(code, &path),
+                    None => write_request(&store, &method, &path, &content_type, &body),
+                };
+                (body, response)
+            }
+            Err(e) => (
+                Bytes::new(),
+                status_error(413, "RequestEntityTooLarge", format!("request body: {e}")),
+            ),
+        };
+        lock(&store.writes).push(Write {
+            method: method.to_string(),
+            path: path_and_query,
+            content_type,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status: response.status().as_u16(),
+        });
+        return response;
+    }
+    if let Some(code) = fault {
+        return injected(code, &path);
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let defs = resources();
@@ -732,6 +1195,101 @@ async fn handle(
     }
 }
 
+/// An injected failure, with the `Status` the API server would send for its code.
+fn injected(code: u16, path: &str) -> Response {
+    let (reason, message) = match code {
+        401 => ("Unauthorized", "Unauthorized".to_owned()),
+        403 => (
+            "Forbidden",
+            format!(
+                "forbidden: User \"system:serviceaccount:selfheal:selfheal\" cannot access {path}"
+            ),
+        ),
+        404 => (
+            "NotFound",
+            "the server could not find the requested resource".to_owned(),
+        ),
+        409 => (
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {path}: {}",
+                "the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        ),
+        422 => ("Invalid", format!("{path} is invalid")),
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please try again later.".to_owned(),
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".to_owned(),
+        ),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted".to_owned(),
+        ),
+        _ => (
+            "InternalError",
+            format!("Internal error occurred: injected failure on {path}"),
+        ),
+    };
+    status_error(code, reason, message)
+}
+
+/// Routes a write to `writes`.
+fn write_request(
+    store: &Store,
+    method: &axum::http::Method,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return writes::not_found_path(),
+    };
+    let Some((namespace, plural, name, sub)) = parse_resource_path(rest) else {
+        return writes::not_found_path();
+    };
+    let defs = resources();
+    let Some(def) = defs
+        .iter()
+        .find(|d| d.group == group && d.version == version && d.plural == plural)
+    else {
+        return writes::not_found_path();
+    };
+    writes::write(
+        store,
+        &writes::WriteReq {
+            method,
+            def,
+            namespace,
+            name,
+            sub,
+            content_type,
+            body,
+        },
+    )
+}
+
+/// `[namespaces/NS/]PLURAL[/NAME[/SUBRESOURCE]]`.
+type ResourcePath<'a> = (Option<&'a str>, &'a str, Option<&'a str>, Option<&'a str>);
+
+fn parse_resource_path<'a>(rest: &[&'a str]) -> Option<ResourcePath<'a>> {
+    Some(match rest {
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
+        ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, Some(*name), Some(*sub)),
+        [plural] => (None, *plural, None, None),
+        [plural, name] => (None, *plural, Some(*name), None),
+        [plural, name, sub] => (None, *plural, Some(*name), Some(*sub)),
+        _ => return None,
+    })
+}
+
 fn api_group_list(defs: &[ResourceDef]) -> Value {
     let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for d in defs.iter().filter(|d| !d.group.is_empty()) {
@@ -754,17 +1312,31 @@ fn api_group_list(defs: &[ResourceDef]) -> Value {
 }
 
 fn resource_list(defs: &[ResourceDef], group: &str, version: &str) -> Response {
-    let resources: Vec<Value> = defs
+    let mut resources: Vec<Value> = Vec::new();
+    for d in defs
         .iter()
         .filter(|d| d.group == group && d.version == version)
-        .map(|d| {
-            json!({
-                "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced,
-                "kind": d.kind, "verbs": d.verbs,
-                "shortNames": d.short_names, "categories": ["all"],
-            })
-        })
-        .collect();
+    {
+        resources.push(json!({
+            "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced,
+            "kind": d.kind, "verbs": d.verbs,
+            "shortNames": d.short_names, "categories": ["all"],
+        }));
+        if d.scale {
+            // kubectl scale finds the Scale's group and version here.
+            resources.push(json!({
+                "name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if d.status {
+            resources.push(json!({
+                "name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "kind": d.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
     if resources.is_empty() {
         return status_error(
             404,
@@ -792,18 +1364,8 @@ fn resource_request(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Response {
-    let (namespace, plural, name) = match rest {
-        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
-        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
-        [plural] => (None, *plural, None),
-        [plural, name] => (None, *plural, Some(*name)),
-        _ => {
-            return status_error(
-                404,
-                "NotFound",
-                "the server could not find the requested resource".into(),
-            );
-        }
+    let Some((namespace, plural, name, sub)) = parse_resource_path(rest) else {
+        return writes::not_found_path();
     };
     let Some(def) = defs
         .iter()
@@ -817,18 +1379,22 @@ fn resource_request(
     };
     let table = wants_table(headers);
     if let Some(name) = name {
-        return match store.get(def, namespace.unwrap_or_default(), name) {
-            Some(obj) if table => json_response(StatusCode::OK, &to_table(def, &[obj])),
-            Some(obj) => json_response(StatusCode::OK, &obj),
-            None => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": format!("{} \"{name}\" not found", def.plural),
-                    "reason": "NotFound", "details": {"name": name, "kind": def.plural}, "code": 404,
-                }),
-            ),
+        let found = store
+            .get(&storage_def(def), namespace.unwrap_or_default(), name)
+            .map(|o| convert_out(def, o));
+        return match (found, sub) {
+            (Some(obj), Some("scale")) if def.scale => {
+                json_response(StatusCode::OK, &writes::scale_of(&obj))
+            }
+            (Some(obj), Some("status")) if def.status => json_response(StatusCode::OK, &obj),
+            (Some(_), Some(_)) => writes::not_found_path(),
+            (Some(obj), None) if table => json_response(StatusCode::OK, &to_table(def, &[obj])),
+            (Some(obj), None) => json_response(StatusCode::OK, &obj),
+            (None, _) => writes::not_found(def, name),
         };
+    }
+    if sub.is_some() {
+        return writes::not_found_path();
     }
     let filter = match Filter::parse(def, query) {
         Ok(f) => f,
@@ -837,7 +1403,8 @@ fn resource_request(
     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return watch(store, def, namespace, filter, query, table);
     }
-    let (items, rv) = store.list(def, namespace, &filter);
+    let (items, rv) = store.list(&storage_def(def), namespace, &filter);
+    let items: Vec<Value> = items.into_iter().map(|o| convert_out(def, o)).collect();
     if table {
         let mut t = to_table(def, &items);
         t["metadata"] = json!({"resourceVersion": rv.to_string()});
@@ -910,7 +1477,8 @@ fn watch(
         match since.parse::<u64>() {
             // No version (or "0"): the current state as synthetic ADDED events, then changes.
             Err(_) | Ok(0) => {
-                let (items, rv) = list_locked(&inner, &def, namespace.as_deref(), &filter);
+                let (items, rv) =
+                    list_locked(&inner, &storage_def(&def), namespace.as_deref(), &filter);
                 let backlog: Vec<(u64, &'static str, Value)> =
                     items.into_iter().map(|o| (rv, "ADDED", o)).collect();
                 (live, backlog, None)
@@ -937,10 +1505,12 @@ fn watch(
     let group = def.group.to_owned();
     let plural = def.plural;
     let line = move |kind: &str, obj: &Value| -> Bytes {
-        let object = if table && kind != "ERROR" && kind != "BOOKMARK" {
-            to_table(&def, std::slice::from_ref(obj))
-        } else {
+        let object = if kind == "ERROR" || kind == "BOOKMARK" {
             obj.clone()
+        } else if table {
+            to_table(&def, &[convert_out(&def, obj.clone())])
+        } else {
+            convert_out(&def, obj.clone())
         };
         let mut s = json!({"type": kind, "object": object}).to_string();
         s.push('\n');
@@ -1142,130 +1712,6 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("as=Table"))
-}
-
-fn to_table(def: &ResourceDef, objs: &[Value]) -> Value {
-    let col = |name: &str, ty: &str, priority: u8, desc: &str| {
-        json!({"name": name, "type": ty, "format": if name == "Name" {"name"} else {""},
-               "description": desc, "priority": priority})
-    };
-    let pods = def.kind == "Pod";
-    let columns = if pods {
-        vec![
-            col(
-                "Name",
-                "string",
-                0,
-                "Name must be unique within a namespace.",
-            ),
-            col(
-                "Ready",
-                "string",
-                0,
-                "The aggregate readiness state of this pod for accepting traffic.",
-            ),
-            col(
-                "Status",
-                "string",
-                0,
-                "The aggregate status of the containers in this pod.",
-            ),
-            col(
-                "Restarts",
-                "string",
-                0,
-                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
-            ),
-            col(
-                "Age",
-                "string",
-                0,
-                "CreationTimestamp is a timestamp representing the server time when this object was created.",
-            ),
-            col("IP", "string", 1, "The IP address assigned to the pod"),
-            col(
-                "Node",
-                "string",
-                1,
-                "The name of the node to which the pod is assigned",
-            ),
-        ]
-    } else {
-        vec![
-            col(
-                "Name",
-                "string",
-                0,
-                "Name must be unique within a namespace.",
-            ),
-            col(
-                "Age",
-                "string",
-                0,
-                "CreationTimestamp is a timestamp representing the server time when this object was created.",
-            ),
-        ]
-    };
-    let rows: Vec<Value> = objs
-        .iter()
-        .map(|o| {
-            let name = meta(o, "name");
-            let age = age(&meta(o, "creationTimestamp"));
-            let cells = if pods {
-                let statuses = o
-                    .pointer("/status/containerStatuses")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let total = o
-                    .pointer("/spec/containers")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len);
-                let ready = statuses.iter().filter(|s| s["ready"] == json!(true)).count();
-                let restarts: u64 = statuses
-                    .iter()
-                    .map(|s| s["restartCount"].as_u64().unwrap_or(0))
-                    .sum();
-                let reason = statuses
-                    .iter()
-                    .find_map(|s| {
-                        s.pointer("/state/waiting/reason")
-                            .or_else(|| s.pointer("/state/terminated/reason"))
-                            .and_then(Value::as_str)
-                    })
-                    .or_else(|| o.pointer("/status/phase").and_then(Value::as_str))
-                    .unwrap_or("Unknown");
-                let reason = if o.pointer("/metadata/deletionTimestamp").is_some() {
-                    "Terminating"
-                } else {
-                    reason
-                };
-                json!([
-                    name,
-                    format!("{ready}/{total}"),
-                    reason,
-                    restarts.to_string(),
-                    age,
-                    o.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>"),
-                    o.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("<none>"),
-                ])
-            } else {
-                json!([name, age])
-            };
-            let mut partial = o["metadata"].clone();
-            if let Some(m) = partial.as_object_mut() {
-                m.remove("managedFields");
-            }
-            json!({
-                "cells": cells,
-                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": partial},
-            })
-        })
-        .collect();
-    json!({
-        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
-        "columnDefinitions": columns, "rows": rows,
-    })
 }
 
 fn now_secs() -> i64 {

@@ -4,6 +4,7 @@
 //! at start, so a bad one stops the aggregator naming the field.
 
 use crate::policy::{PolicyError, PolicySource};
+use selfheal_heal_api::kube::KubeConfig;
 use selfheal_runtime::config::FieldError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub struct HealConfig {
     /// Milliseconds the dry-run executor takes to answer after recording, as a real API would
     /// (rehearsals and crash tests; 0 by default).
     pub dry_run_latency_ms: u64,
+    /// `[heal.kube]`: where the `kube` executor finds the API server (default: the pod's
+    /// service account). Read only with `executor = "kube"`.
+    pub kube: KubeConfig,
 }
 
 impl Default for HealConfig {
@@ -57,6 +61,7 @@ impl Default for HealConfig {
             policy_poll_secs: 2.0,
             dry_run_log: None,
             dry_run_latency_ms: 0,
+            kube: KubeConfig::default(),
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct HealSettings {
     pub dry_run_log: PathBuf,
     /// The dry-run executor's answer delay.
     pub dry_run_latency: Duration,
+    /// The kube executor's connection, validated (used with [`ExecutorKind::Kube`]).
+    pub kube: KubeConfig,
 }
 
 /// A `[heal]` that cannot be used.
@@ -95,10 +102,14 @@ impl HealConfig {
         use selfheal_runtime::config::{millis, secs};
         match self.executor {
             ExecutorKind::DryRun => {}
-            // The seam for the kube and heal-API executors (issue 13, other branches): until
-            // they are wired into `heal::executor::AnyExecutor`, asking for one is refused
-            // rather than silently running dry.
-            ExecutorKind::Kube | ExecutorKind::HealApi => {
+            ExecutorKind::Kube => self
+                .kube
+                .validate()
+                .map_err(|e| FieldError::new("heal.kube", format!("{}: {}", e.field, e.reason)))?,
+            // The remote heal API's client (issue 14) is not wired into
+            // `heal::executor::AnyExecutor` yet: asking for it is refused rather than silently
+            // running dry.
+            ExecutorKind::HealApi => {
                 return Err(FieldError::new(
                     "heal.executor",
                     format!(
@@ -129,6 +140,7 @@ impl HealConfig {
                 .clone()
                 .unwrap_or_else(|| data_dir.join("heal").join("dry-run.jsonl")),
             dry_run_latency: Duration::from_millis(self.dry_run_latency_ms),
+            kube: self.kube.clone(),
         })
     }
 }

@@ -163,8 +163,10 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         &self.metrics
     }
 
-    fn executor_for(&self, p: &Policy) -> AnyExecutor {
-        if p.dry_run {
+    /// The dry-run executor when `dry_run` (a dry-run policy, or a record made under one),
+    /// else the configured one.
+    fn executor_for(&self, dry_run: bool) -> AnyExecutor {
+        if dry_run {
             AnyExecutor::DryRun(Arc::clone(&self.dry))
         } else {
             self.executor.clone()
@@ -182,7 +184,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         let mem = self.mem.lock().await;
         let steps = mem.steps.get(id).copied().unwrap_or(0);
         let now = self.incidents.now_ms();
-        let exec = self.executor_for(&policy);
+        let exec = self.executor_for(policy.dry_run);
         let mut observed = None;
         loop {
             let w = World {
@@ -276,7 +278,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         stats: &mut TickStats,
     ) {
         let now = self.incidents.now_ms();
-        let exec = self.executor_for(policy);
+        let exec = self.executor_for(policy.dry_run);
         let mut observed = None;
         let decision = loop {
             let w = World {
@@ -425,7 +427,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         stats: &mut TickStats,
     ) {
         let now = self.incidents.now_ms();
-        let exec = self.executor_for(policy);
+        let exec = self.executor_for(policy.dry_run);
         let record = ActionRecord {
             request_id: plan.request.request_id.clone(),
             incident: inc.id.clone(),
@@ -532,11 +534,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         mut record: ActionRecord,
         stats: &mut TickStats,
     ) {
-        let exec = if record.dry_run {
-            AnyExecutor::DryRun(Arc::clone(&self.dry))
-        } else {
-            self.executor.clone()
-        };
+        let exec = self.executor_for(record.dry_run);
         if record.dry_run {
             // A re-send after a restart may find the dry-run's view empty: seed it from the
             // request, so its version check passes as it did the first time.
@@ -888,11 +886,7 @@ impl<S: IncidentStore + ActionStore + Clone> Healer<S> {
         let Some(rs) = r.restore.clone() else {
             return;
         };
-        let exec = if r.dry_run {
-            AnyExecutor::DryRun(Arc::clone(&self.dry))
-        } else {
-            self.executor.clone()
-        };
+        let exec = self.executor_for(r.dry_run);
         let state = match exec.observe(&r.request.target).await {
             Ok(s) => s,
             Err(e) if e.kind == ActionErrorKind::NotFound => {
@@ -1022,6 +1016,9 @@ pub enum StartError {
     /// The action records could not be read.
     #[error(transparent)]
     Restore(#[from] HealError),
+    /// The kube executor could not be set up (configuration, credentials, client).
+    #[error("cannot set up the kube executor")]
+    Kube(#[from] selfheal_heal_api::kube::KubeSetupError),
 }
 
 /// Starts the controller on `incidents`: registers its metrics (and the policy's), returns its
@@ -1035,10 +1032,15 @@ pub async fn start(
         Some(&settings.dry_run_log),
         settings.dry_run_latency,
     )?);
-    // The only executor in this build; `HealConfig::validate` refuses `kube` and `heal-api`
-    // until they join `AnyExecutor` (the seam is there, named).
-    debug_assert_eq!(settings.executor, super::config::ExecutorKind::DryRun);
-    let executor = AnyExecutor::DryRun(Arc::clone(&dry));
+    let executor = match settings.executor {
+        super::config::ExecutorKind::Kube => AnyExecutor::Kube(Arc::new(
+            selfheal_heal_api::kube::KubeExecutor::connect(&settings.kube).await?,
+        )),
+        // `HealConfig::validate` refuses `heal-api` until its client joins `AnyExecutor`.
+        super::config::ExecutorKind::DryRun | super::config::ExecutorKind::HealApi => {
+            AnyExecutor::DryRun(Arc::clone(&dry))
+        }
+    };
     let metrics = Arc::new(HealMetrics::default());
     {
         let r = registry.sub_registry_with_prefix("heal");

@@ -1,13 +1,14 @@
 //! [`AnyExecutor`]: the executor chosen by `heal.executor`, dispatching to one implementation of
-//! [`Executor`]. Only the dry-run executor is in this build; the kube executor
-//! (`selfheal_heal_api::kube::KubeExecutor`) and the remote heal-API client are written on their
-//! own branches and join here as variants (`Kube(..)`, `HealApi(..)`), with
-//! [`crate::heal::config::ExecutorKind`] already naming them and refusing them until then.
+//! [`Executor`]: dry-run (the default) or the Kubernetes API directly
+//! ([`selfheal_heal_api::kube::KubeExecutor`], the same code the heal API server runs). The
+//! remote heal-API client joins as a third variant; [`crate::heal::config::ExecutorKind`]
+//! names it and refuses it until then.
 
 use super::dry_run::DryRunExecutor;
 use selfheal_core::action::{
     ActionError, ActionOutcome, ActionRequest, Executor, Target, WorkloadState,
 };
+use selfheal_heal_api::kube::KubeExecutor;
 use std::sync::Arc;
 
 /// The configured executor.
@@ -15,6 +16,8 @@ use std::sync::Arc;
 pub enum AnyExecutor {
     /// Records only.
     DryRun(Arc<DryRunExecutor>),
+    /// The Kubernetes API, through the `kube` crate.
+    Kube(Arc<KubeExecutor>),
 }
 
 impl AnyExecutor {
@@ -23,6 +26,7 @@ impl AnyExecutor {
     pub fn assume(&self, target: &Target, replicas: i32) {
         match self {
             AnyExecutor::DryRun(d) => d.assume(target, replicas),
+            AnyExecutor::Kube(_) => {}
         }
     }
 }
@@ -31,18 +35,21 @@ impl Executor for AnyExecutor {
     fn name(&self) -> &'static str {
         match self {
             AnyExecutor::DryRun(d) => d.name(),
+            AnyExecutor::Kube(k) => k.name(),
         }
     }
 
     async fn observe(&self, target: &Target) -> Result<WorkloadState, ActionError> {
         match self {
             AnyExecutor::DryRun(d) => d.observe(target).await,
+            AnyExecutor::Kube(k) => k.observe(target).await,
         }
     }
 
     async fn apply(&self, req: &ActionRequest) -> Result<ActionOutcome, ActionError> {
         match self {
             AnyExecutor::DryRun(d) => d.apply(req).await,
+            AnyExecutor::Kube(k) => k.apply(req).await,
         }
     }
 }
