@@ -22,10 +22,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+pub(crate) const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+pub(crate) const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
-fn key(id: &str, hex_secret: &str) -> Key {
+pub(crate) fn key(id: &str, hex_secret: &str) -> Key {
     Key::new(id, hex::decode(hex_secret).expect("hex")).expect("key")
 }
 
@@ -150,7 +150,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it.
-fn certificates(dir: &Path) {
+pub(crate) fn certificates(dir: &Path) {
     let ec = [
         "-newkey",
         "ec",
@@ -709,6 +709,16 @@ fn a_signed_scale_request_scales_once_and_its_replay_after_a_restart_is_refused(
     });
 }
 
+async fn metrics_text(http: &reqwest::Client, srv: &Server) -> String {
+    http.get(srv.url("/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics text")
+}
+
 /// Whether a signed observe with `k` is accepted.
 async fn accepted(http: &reqwest::Client, srv: &Server, k: &Key, n: &str) -> (u16, String) {
     let body = serde_json::to_vec(&target()).expect("json");
@@ -768,7 +778,17 @@ fn keys_rotate_through_the_secret_file_without_a_restart() {
         );
         // A broken file keeps the keys in use.
         std::fs::write(d.join("keys"), "k3 not-hex\n").expect("keys");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !metrics_text(&http, &srv)
+            .await
+            .contains("selfheal_heal_api_key_reloads_total{outcome=\"error\"}")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broken key file was not reloaded within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(
             accepted(&http, &srv, &k2, "rotation-nonce-0004").await.0,
             200
@@ -790,14 +810,7 @@ fn keys_rotate_through_the_secret_file_without_a_restart() {
             accepted(&http, &srv, &k2, "rotation-nonce-0005").await.0,
             200
         );
-        let metrics = http
-            .get(srv.url("/metrics"))
-            .send()
-            .await
-            .expect("m")
-            .text()
-            .await
-            .expect("t");
+        let metrics = metrics_text(&http, &srv).await;
         assert!(
             metrics.contains("selfheal_heal_api_key_reloads_total{outcome=\"error\"}"),
             "{metrics}"
