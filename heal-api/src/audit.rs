@@ -87,6 +87,20 @@ impl AuditLog {
         self.errors.clone()
     }
 
+    /// Makes every line written so far durable (the file's data synced to disk; stdout
+    /// flushed): called at shutdown, after the last request was answered, so the trail of a
+    /// stopped heal API survives a node crash right after it.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let mut sink = match self.sink.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        match &mut *sink {
+            Sink::Stdout => std::io::stdout().lock().flush(),
+            Sink::File(f) => f.sync_data(),
+        }
+    }
+
     /// Appends `rec` as one line.
     pub fn write(&self, rec: &AuditRecord) {
         let mut line = match serde_json::to_vec(rec) {

@@ -19,9 +19,12 @@
 //! min_replicas = 1
 //! max_replicas = 20
 //! max_step = 4
+//! [kube]                      # the Kubernetes API the actions go to (default: in-cluster)
+//! timeout_secs = 10
 //! ```
 
 use crate::keys::KeySource;
+use crate::kube::KubeConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use selfheal_core::action::ActionKind;
@@ -66,6 +69,8 @@ pub struct HealApiConfig {
     pub allow: AllowConfig,
     /// Bounds on replica counts.
     pub bounds: BoundsConfig,
+    /// `[kube]`: where the actions are carried out (default: the pod's service account).
+    pub kube: KubeConfig,
 }
 
 /// `[tls]`.
@@ -160,6 +165,7 @@ impl Default for HealApiConfig {
             keys: KeysConfig::default(),
             allow: AllowConfig::default(),
             bounds: BoundsConfig::default(),
+            kube: KubeConfig::default(),
         }
     }
 }
@@ -196,6 +202,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// The Kubernetes API connection, validated (field names `kube.*`).
+    pub kube: KubeConfig,
 }
 
 /// What a request may ask, and how often.
@@ -333,6 +341,7 @@ impl HealApiConfig {
                 ),
             ));
         }
+        self.kube.validate()?;
         if b.max_step < 1 {
             return Err(invalid(
                 "bounds.max_step",
@@ -363,6 +372,7 @@ impl HealApiConfig {
                 self.request_timeout_secs,
                 600.0,
             )?,
+            kube: self.kube,
         })
     }
 }
@@ -400,6 +410,25 @@ mod tests {
         assert!(s.policy.namespaces.is_empty());
         assert_eq!(s.policy.actions.len(), 4);
         assert_eq!(s.policy.bounds, BoundsConfig::default());
+        assert_eq!(s.kube, KubeConfig::default(), "in-cluster by default");
+    }
+
+    #[test]
+    fn a_bad_kube_section_names_its_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[keys]\nfile = \"/keys\"\n\
+             [allow]\nactions = [\"scale\"]\n\
+             [kube.connection]\nsource = \"url\"\nurl = \"http://10.0.0.1:6443\"\n",
+        )
+        .expect("write");
+        let e = HealApiConfig::load(Some(&f))
+            .expect("parses")
+            .validate()
+            .expect_err("plain http off loopback");
+        assert!(e.to_string().contains("kube.connection.url"), "{e}");
     }
 
     #[test]

@@ -624,6 +624,8 @@ pub struct Running {
     pub server: tokio::task::JoinHandle<()>,
     /// The key reload task.
     pub keys: tokio::task::JoinHandle<()>,
+    /// The audit log, to flush once the server has drained.
+    pub audit: Arc<AuditLog>,
 }
 
 /// Loads the keys, opens the audit log, binds and serves `executor` until `shutdown`.
@@ -674,11 +676,12 @@ pub async fn start_with_keys<E: Executor>(
         selfheal_runtime::conn::ReloadingTls::load(tls_settings.clone())
             .map_err(ServerError::Tls)?,
     );
+    let audit = Arc::new(audit);
     let api = Arc::new(Api::new(
         executor,
         settings.policy.clone(),
         ring.clone(),
-        Arc::new(audit),
+        Arc::clone(&audit),
         Arc::clone(&metrics),
     ));
     let app = selfheal_runtime::server::AdminServer::new(Arc::new(registry))
@@ -729,5 +732,10 @@ pub async fn start_with_keys<E: Executor>(
             "HealApiNoNamespacesAllowed"
         );
     }
-    Ok(Running { addr, server, keys })
+    Ok(Running {
+        addr,
+        server,
+        keys,
+        audit,
+    })
 }
