@@ -13,6 +13,7 @@ mod detect;
 mod forward;
 mod heal;
 mod heal_api;
+mod heal_api_bin;
 mod heal_kube;
 mod heal_store;
 mod incidents;
