@@ -45,6 +45,8 @@ enum Command {
     Silences(selfheal_aggregator::api::cli::SilencesArgs),
     /// What healing would do about an incident (through an aggregator's API).
     Heal(selfheal_aggregator::heal::cli::HealArgs),
+    /// Serve the signed heal API in the cluster: carry out the aggregator's actions.
+    HealApi(selfheal_heal_api::cli::HealApiArgs),
     /// Train, score, evaluate and publish models.
     #[command(subcommand)]
     Model(selfheal_model_export::cli::ModelCommand),
@@ -93,5 +95,6 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Incidents(args) => selfheal_aggregator::api::cli::incidents_main(args),
         Command::Silences(args) => selfheal_aggregator::api::cli::silences_main(args),
         Command::Heal(args) => selfheal_aggregator::heal::cli::main(args),
+        Command::HealApi(args) => selfheal_heal_api::cli::main(args),
     }
 }
