@@ -136,7 +136,11 @@ mod tests {
     #[test]
     fn a_zero_capacity_ring_keeps_nothing() {
         let mut ring = FlightRing::new(Family::Memory, 0);
-        let m = Family::Memory.metrics().next().into_iter().map(|m| (m, 1.0));
+        let m = Family::Memory
+            .metrics()
+            .next()
+            .into_iter()
+            .map(|m| (m, 1.0));
         ring.push(&record(1, Family::Memory, &m.collect::<Vec<_>>()));
         assert_eq!(ring.len(), 0);
         assert!(ring.records("node-a", &Subject::Node).is_empty());

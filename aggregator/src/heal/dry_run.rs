@@ -388,7 +388,10 @@ mod tests {
         let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
         let (current, previous) = (lines(&log), lines(&rotated(&log)));
         assert!(current >= 1 && previous >= 1, "{current} + {previous}");
-        assert!(current + previous < sent.len(), "the oldest generation was dropped");
+        assert!(
+            current + previous < sent.len(),
+            "the oldest generation was dropped"
+        );
         let kept = current + previous;
         // Restarted: the requests of both files are recognised, an older one is not.
         let ex2 = DryRunExecutor::open(Some(&log), Duration::ZERO)
@@ -396,7 +399,11 @@ mod tests {
             .rotating_at(1000);
         ex2.assume(&t(), 1);
         for req in &sent[sent.len() - kept..] {
-            assert!(ex2.apply(req).await.expect("resend").already_applied, "{}", req.request_id);
+            assert!(
+                ex2.apply(req).await.expect("resend").already_applied,
+                "{}",
+                req.request_id
+            );
         }
         let g = ex2.inner.lock().expect("lock");
         assert!(!g.ledger.knows(&sent[0].request_id));
