@@ -32,6 +32,9 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole loop on this machine: the agent, the aggregator (ingest, lake, incidents,
+    /// dry-run healing) and the incident page, in one data directory.
+    Up(selfheal_up::cli::UpArgs),
     /// Run the node agent: collect, normalize, score and forward.
     Agent(selfheal_agent::cli::AgentArgs),
     /// Read the agents' stream into the data lake (and, later, incidents and healing).
@@ -42,6 +45,8 @@ enum Command {
     Silences(selfheal_aggregator::api::cli::SilencesArgs),
     /// What healing would do about an incident (through an aggregator's API).
     Heal(selfheal_aggregator::heal::cli::HealArgs),
+    /// Serve the signed heal API in the cluster: carry out the aggregator's actions.
+    HealApi(selfheal_heal_api::cli::HealApiArgs),
     /// Train, score, evaluate and publish models.
     #[command(subcommand)]
     Model(selfheal_model_export::cli::ModelCommand),
@@ -50,9 +55,10 @@ enum Command {
     Chaos(selfheal_chaos::cli::ChaosCommand),
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("SELFHEAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("SELFHEAL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     // Logs go to stderr: stdout belongs to commands that print records.
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
@@ -63,7 +69,13 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `up` talks to a person on its terminal with its own progress lines: its logs default to
+    // warnings and errors (`SELFHEAL_LOG=info` shows them all).
+    let default_level = match cli.command {
+        Command::Up(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -79,12 +91,14 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Up(args) => selfheal_up::cli::main(args),
         Command::Agent(args) => selfheal_agent::cli::main(args),
         Command::Aggregator(args) => selfheal_aggregator::cli::main(args),
         Command::Model(cmd) => selfheal_model_export::cli::main(cmd),
         Command::Incidents(args) => selfheal_aggregator::api::cli::incidents_main(args),
         Command::Silences(args) => selfheal_aggregator::api::cli::silences_main(args),
         Command::Heal(args) => selfheal_aggregator::heal::cli::main(args),
+        Command::HealApi(args) => selfheal_heal_api::cli::main(args),
         Command::Chaos(cmd) => selfheal_chaos::cli::main(cmd),
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 /// Starts an aggregator on `moto` with `policy` as its policy file and `heal` extra `[heal]`
 /// lines.
-fn start(dir: &Path, moto: &Moto, port: u16, policy: &str, heal: &str) -> Agg {
+pub(crate) fn start(dir: &Path, moto: &Moto, port: u16, policy: &str, heal: &str) -> Agg {
     write_file(dir, "policy.toml", policy);
     let cfg = config(dir, port, "records");
     let mut text = std::fs::read_to_string(&cfg).expect("config");
@@ -39,7 +39,13 @@ fn start(dir: &Path, moto: &Moto, port: u16, policy: &str, heal: &str) -> Agg {
 }
 
 /// `rounds` × 3 nodes × 5 pods of `family` anomalies of Deployment `ns/name`, at `t0`.
-fn workload_storm(id_base: u128, t0: i64, family: Family, ns: &str, name: &str) -> Vec<Envelope> {
+pub(crate) fn workload_storm(
+    id_base: u128,
+    t0: i64,
+    family: Family,
+    ns: &str,
+    name: &str,
+) -> Vec<Envelope> {
     let mut out = Vec::new();
     for round in 0..4 {
         for node in 0..3 {
@@ -83,12 +89,12 @@ fn log_entries(dir: &Path) -> Vec<DryRunEntry> {
         .collect()
 }
 
-fn events(agg: &Agg, inc: &Incident) -> Vec<EventKind> {
+pub(crate) fn events(agg: &Agg, inc: &Incident) -> Vec<EventKind> {
     let show: ShowBody = agg.get_json(&format!("/api/v1/incidents/{}", inc.id));
     show.events.into_iter().map(|e| e.kind).collect()
 }
 
-fn of(agg: &Agg, workload: &str) -> Vec<Incident> {
+pub(crate) fn of(agg: &Agg, workload: &str) -> Vec<Incident> {
     agg.incidents(&format!("workload={workload}")).incidents
 }
 
@@ -101,7 +107,7 @@ fn refusal(evs: &[EventKind]) -> Option<(String, String)> {
     })
 }
 
-const FAST_VERIFY: &str = "[verify]\nwindow_secs = 5\nsettle_secs = 2\n";
+pub(crate) const FAST_VERIFY: &str = "[verify]\nwindow_secs = 5\nsettle_secs = 2\n";
 
 #[test]
 fn a_cpu_storm_is_one_scale_then_cooldown_and_verification_both_ways() {

@@ -19,7 +19,7 @@ fn chromium() -> PathBuf {
 
 /// Runs headless Chromium on `url` with `extra` args and a fresh profile; returns (stdout,
 /// stderr).
-fn browse(url: &str, extra: &[&str]) -> (String, String) {
+pub(crate) fn browse(url: &str, extra: &[&str]) -> (String, String) {
     let profile_dir = tempfile::tempdir().expect("profile");
     let profile = profile_dir.path();
     let out = Command::new(chromium())
@@ -55,7 +55,7 @@ fn browse(url: &str, extra: &[&str]) -> (String, String) {
     )
 }
 
-fn console_errors(stderr: &str) -> Vec<&str> {
+pub(crate) fn console_errors(stderr: &str) -> Vec<&str> {
     stderr
         .lines()
         .filter(|l| {

@@ -49,6 +49,8 @@ pub struct AggregatorConfig {
     pub lake: LakeConfig,
     /// The incident pipeline, its store, API and page.
     pub incidents: crate::incident::config::IncidentsConfig,
+    /// Where incidents are notified (webhooks, SNS); none by default.
+    pub notify: crate::notify::NotifyConfig,
     /// The healing controller (its policy is `heal.policy_file`).
     pub heal: crate::heal::config::HealConfig,
 }
@@ -263,6 +265,7 @@ impl Default for AggregatorConfig {
             batch: BatchConfig::default(),
             lake: LakeConfig::default(),
             incidents: crate::incident::config::IncidentsConfig::default(),
+            notify: crate::notify::NotifyConfig::default(),
             heal: crate::heal::config::HealConfig::default(),
         }
     }
@@ -359,6 +362,8 @@ pub struct Settings {
     pub lake_s3: S3Options,
     /// The incident pipeline, unless `incidents.enabled = false`.
     pub incidents: Option<crate::incident::config::Validated>,
+    /// `[notify]`, when a channel is configured (it needs the incident pipeline).
+    pub notify: Option<crate::notify::NotifySettings>,
     /// The healing controller, unless `heal.enabled = false` (or incidents are off).
     pub heal: Option<crate::heal::config::HealSettings>,
 }
@@ -479,6 +484,17 @@ impl AggregatorConfig {
         } else {
             None
         };
+        let notify = self.notify.validate()?;
+        let notify = match (notify.any(), &incidents) {
+            (false, _) => None,
+            (true, Some(_)) => Some(notify),
+            (true, None) => {
+                return Err(invalid(
+                    "notify",
+                    "channels are configured but incidents.enabled = false: nothing to notify",
+                ));
+            }
+        };
         let heal = if self.heal.enabled && incidents.is_some() {
             Some(self.heal.validate(&data_dir).map_err(ConfigError::Heal)?)
         } else {
@@ -487,6 +503,7 @@ impl AggregatorConfig {
         Ok(Settings {
             listen_addr,
             incidents,
+            notify,
             heal,
             shutdown_grace: secs("shutdown_grace_secs", self.shutdown_grace_secs, 600.0)?,
             health_max_age: secs("health_max_age_secs", self.health_max_age_secs, 86_400.0)?,

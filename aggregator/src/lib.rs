@@ -12,6 +12,8 @@
 //!   [`incident`] groups and deduplicates anomalies into incidents (severity, Alertmanager
 //!   timing, silences, inhibition, lifecycle) and keeps them in its [`store`] (SQLite or
 //!   DynamoDB); [`api`] serves them (`/api/v1`, the page, and the `incidents`/`silences` CLI).
+//! - [`notify`] sends the incidents' notification moments (opened, updated, repeat, escalated,
+//!   resolved) to webhooks (Alertmanager's payload) and SNS topics, queued and retried.
 //! - [`policy`] decides what to do about an incident (playbooks, guardrails, a pure
 //!   `reconcile`); [`heal`] carries it out exactly once through an executor (dry-run by
 //!   default), verifies it and keeps the efficacy per playbook.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod heal;
 pub mod incident;
 pub mod lake;
+pub mod notify;
 pub mod pipeline;
 pub mod policy;
 pub mod run;

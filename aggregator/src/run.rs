@@ -69,6 +69,9 @@ pub enum RunError {
     /// The incident pipeline could not start (its store, or the API token file).
     #[error("cannot start the incident pipeline")]
     Incidents(#[source] crate::incident::handler::StartError),
+    /// A notification channel could not be set up.
+    #[error("cannot set up notifications")]
+    Notify(#[source] crate::notify::NotifyError),
     /// The healing controller could not start (its dry-run log, its action records).
     #[error("cannot start the healing controller")]
     Heal(#[source] crate::heal::controller::StartError),
@@ -102,6 +105,18 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
             started.incidents.clone(),
         )));
         extras.routes = started.routes;
+        if let Some(n) = &settings.notify {
+            let (notifier, workers) = crate::notify::start(n, &mut registry)
+                .await
+                .map_err(RunError::Notify)?;
+            started.incidents.notify_with(notifier);
+            // Supervised like the readers; at shutdown it flushes its queues within
+            // notify.flush_timeout_secs.
+            extras.tasks.push((
+                "notifier".into(),
+                Box::new(move |stop| Box::pin(workers.run(stop))),
+            ));
+        }
         if let Some(heal) = &settings.heal {
             let (routes, tasks) =
                 crate::heal::controller::start(started.incidents.clone(), heal, &mut registry)

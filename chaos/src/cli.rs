@@ -2,7 +2,7 @@
 //! progress lines); the work is in [`crate::fault`] and [`crate::schedule`].
 
 use crate::fault::{self, Ended, FaultSpec, Placement, RunningFault};
-use crate::instance::{self, Instance};
+use selfheal_runtime::instance::{self, Instance, InstanceError};
 use crate::schedule::Schedule;
 use crate::worker::WorkerArgs;
 use anyhow::{Context, bail};
@@ -175,23 +175,16 @@ fn resolve(p: &PlaceArgs) -> anyhow::Result<Resolved> {
              `selfheal chaos run` injects faults into pods it lays out on this machine"
         );
     }
-    let data_dir = match &p.data_dir {
-        Some(d) => d.clone(),
-        None => instance::default_data_dir()
-            .context("no --data-dir, and neither $XDG_DATA_HOME nor $HOME is set")?,
-    };
-    match instance::read_instance(&data_dir) {
-        Ok(Some(i)) if i.is_running() => report_instance(&i),
-        Ok(Some(_)) => tracing::warn!(
-            event = "ChaosNoInstance", data_dir = %data_dir.display(),
-            "the instance.json there names a process that is not running; labels and the pod \
-             file are written all the same"
-        ),
-        Ok(None) => tracing::warn!(
-            event = "ChaosNoInstance", data_dir = %data_dir.display(),
-            "no local instance runs on this data directory (start one with `selfheal up`); \
-             labels and the pod file are written all the same"
-        ),
+    let data_dir = instance::data_dir(p.data_dir.as_deref()).context("the data directory")?;
+    match Instance::find(&data_dir) {
+        Ok(i) => report_instance(&i),
+        Err(e @ (InstanceError::NotRunning { .. } | InstanceError::Stale { .. })) => {
+            tracing::warn!(
+                event = "ChaosNoInstance", data_dir = %data_dir.display(), reason = %e,
+                "no local instance runs on this data directory (start one with `selfheal up`); \
+                 labels and the pod file are written all the same"
+            )
+        }
         Err(e) => return Err(e).context("the local instance"),
     }
     let pods_dir = data_dir.join("pods");
@@ -220,8 +213,8 @@ fn resolve(p: &PlaceArgs) -> anyhow::Result<Resolved> {
 fn report_instance(i: &Instance) {
     tracing::info!(
         event = "ChaosInstanceFound",
-        api_url = i.api_url.as_deref().unwrap_or("?"),
-        pid = i.pid.unwrap_or(0),
+        api_url = %i.api_url,
+        pid = i.pid,
         "reporting to the local instance"
     );
 }

@@ -12,9 +12,10 @@
 //! Modules: [`cgroup`] (the pod's cgroups, their limits and removal), [`pod`] (the Pod JSON),
 //! [`worker`] (the fault workloads, run as `selfheal chaos worker` inside the cgroup),
 //! [`fault`] (one run: caps, start, the restart loop, the clean stop), [`schedule`] (a series
-//! of runs with quiet gaps), [`instance`] (the data directory and the local instance), [`label_file`] (the label
-//! windows file `model train --labels` reads), and
-//! [`cli`], the binary's edge.
+//! of runs with quiet gaps), [`label_file`] (the label windows file `model train --labels`
+//! reads), and
+//! [`cli`], the binary's edge. The data directory and the running local instance are
+//! `selfheal_runtime::instance`'s, shared with `selfheal up`.
 //!
 //! Why a crate and not a module of the trainer: this code starts processes, creates cgroups and
 //! handles signals on the machine it runs on, none of which the trainer does, and the scorecard
@@ -24,7 +25,6 @@
 pub mod cgroup;
 pub mod cli;
 pub mod fault;
-pub mod instance;
 pub mod label_file;
 pub mod pod;
 pub mod schedule;

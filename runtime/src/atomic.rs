@@ -49,11 +49,28 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteError> {
     write_with(path, |f| f.write_all(bytes))
 }
 
+/// Replaces `path` with `bytes`, durably, readable and writable by its owner only (mode 0600
+/// from its creation, so a secret is never readable by anyone else, not even while empty).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteError> {
+    use std::os::unix::fs::PermissionsExt;
+    write_mode(path, std::fs::Permissions::from_mode(0o600), |f| {
+        f.write_all(bytes)
+    })
+}
+
 /// Replaces `path` with what `fill` writes into the (empty, temporary) file, durably: for
 /// content streamed by an encoder instead of held in memory. If `fill` fails, `path` is left
 /// as it was and the temporary file is removed.
 pub fn write_with(
     path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), AtomicWriteError> {
+    write_mode(path, default_permissions(), fill)
+}
+
+fn write_mode(
+    path: &Path,
+    permissions: std::fs::Permissions,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<(), AtomicWriteError> {
     let dir = parent(path);
@@ -65,7 +82,7 @@ pub fn write_with(
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
-        .permissions(default_permissions())
+        .permissions(permissions)
         .tempfile_in(dir)
         .map_err(io("creating a temporary file in", dir))?;
     fill(tmp.as_file_mut()).map_err(io("writing", tmp.path()))?;
@@ -165,6 +182,18 @@ mod tests {
         assert_eq!(names(&tmp.path().join("a/b")), ["checkpoint"]);
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o644, 0o644, "readable like File::create: {mode:o}");
+    }
+
+    #[test]
+    fn a_private_write_is_owner_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("token");
+        write(&path, b"public").expect("write");
+        write_private(&path, b"secret").expect("private write replaces");
+        assert_eq!(std::fs::read(&path).expect("read"), b"secret");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(names(tmp.path()), ["token"]);
     }
 
     #[test]

@@ -333,6 +333,9 @@ pub async fn serve(
             http.timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024);
+            // Handlers that audit or rate-limit by client read the peer from the request
+            // (`axum::extract::ConnectInfo<SocketAddr>`), as under `axum::serve`.
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = TowerToHyperService::new(app);
             let result = match acceptor {
                 None => {

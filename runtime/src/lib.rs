@@ -10,6 +10,8 @@
 //!
 //! Behind features, so a consumer compiles only what it uses:
 //! - `fs` — `atomic`: temp-then-rename writes that fsync the file and the directory.
+//! - `instance` — `instance`: the local instance's data directory and `instance.json`, by
+//!   which `selfheal up` is found by the commands that talk to it.
 //! - `service` — `shutdown` (SIGTERM/SIGINT fanned out on one watch channel), `backoff`
 //!   (exponential, capped, jittered), `server` (the admin server: `/metrics`, `/healthz`), and
 //!   `config::http_url` (also alone as `http`).
@@ -31,6 +33,8 @@ pub mod config;
 #[cfg(feature = "tls")]
 pub mod conn;
 pub mod frame;
+#[cfg(feature = "instance")]
+pub mod instance;
 pub mod s3url;
 #[cfg(feature = "service")]
 pub mod server;

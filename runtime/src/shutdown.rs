@@ -63,13 +63,27 @@ impl ShutdownTrigger {
     /// first signal and exits the process on the second (see the module docs). Fails when a
     /// handler cannot be installed; panics outside a tokio runtime, as tokio's `signal` does.
     pub fn on_signals(&self) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        self.on_signals_with(|_| {})
+    }
+
+    /// [`ShutdownTrigger::on_signals`], calling `before_exit` when a second signal forces the
+    /// exit: for what a clean stop would have undone and a forced one must not leave behind
+    /// (`selfheal up` removes its `instance.json`, so nothing points at a stopped instance).
+    pub fn on_signals_with(
+        &self,
+        before_exit: impl FnOnce(Signal) + Send + 'static,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         use tokio::signal::unix::{SignalKind, signal};
         let term = signal(SignalKind::terminate())?;
         let int = signal(SignalKind::interrupt())?;
         let trigger = self.clone();
         Ok(tokio::spawn(async move {
             let signals = OsSignals { term, int };
-            drive(signals, &trigger, |s| std::process::exit(s.exit_status())).await;
+            drive(signals, &trigger, |s| {
+                before_exit(s);
+                std::process::exit(s.exit_status())
+            })
+            .await;
         }))
     }
 }

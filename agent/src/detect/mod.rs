@@ -24,14 +24,17 @@
 //! carries a [`DetectError::reason`], the label of the poller's refusal counter.
 //!
 //! [`SeriesDetector`] keeps, per (subject, family) series, a [`FeatureExtractor`], an [`AlarmState`] and
-//! a ring of the last raw records (the flight recorder). Each cycle it scores every series of a
+//! a ring of the last raw records (the flight recorder, kept as columns, see `ring.rs`). Each cycle it scores every series of a
 //! family in one batch and turns k-of-n alarms into [`Anomaly`] values. A series stays anomalous
 //! while `k` alarms remain in its window, and each such cycle's anomaly copies the whole ring:
 //! `benches/detect.rs` measures a quiet 200-pod cycle at ~0.9 ms and one where every pod is
 //! anomalous at ~13 ms, almost all of it those copies.
 
+mod ring;
 mod stage;
 pub use stage::DetectStage;
+
+use ring::FlightRing;
 
 use crate::score::{AlarmState, ScoreError, Scorer};
 use selfheal_core::family::{Family, Metric};
@@ -42,7 +45,7 @@ use selfheal_core::signature::{
     SIGNATURE_FILE, Signed, SuccessionError, VerifyingKey, check_succession,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -559,7 +562,7 @@ struct Series {
     alarm: AlarmState,
     /// What the alarm state was made from: rule, threshold, ordinary and spike scores (bits).
     alarm_key: (AlarmRule, u64, Option<u64>, Option<u64>),
-    ring: VecDeque<Record>,
+    ring: FlightRing,
 }
 
 /// What one cycle of detection produced.
@@ -657,7 +660,7 @@ impl SeriesDetector {
                     extractor: FeatureExtractor::new(spec.clone()),
                     alarm: scorer.alarm_state(),
                     alarm_key,
-                    ring: VecDeque::with_capacity(self.window_records),
+                    ring: FlightRing::new(family, self.window_records),
                 });
                 if series.extractor.spec() != spec {
                     series.extractor = FeatureExtractor::new(spec.clone());
@@ -666,12 +669,7 @@ impl SeriesDetector {
                     series.alarm = scorer.alarm_state();
                     series.alarm_key = alarm_key;
                 }
-                if series.ring.len() == self.window_records {
-                    series.ring.pop_front();
-                }
-                if self.window_records > 0 {
-                    series.ring.push_back((*r).clone());
-                }
+                series.ring.push(r);
                 signals.clear();
                 // The model's signals by name, in its order; a metric the record lacks is NaN:
                 // the extractor imputes it.
@@ -719,7 +717,7 @@ impl SeriesDetector {
                         model_version: manifest.version.clone(),
                         top_features: top_features(spec, names, &f),
                         features: f,
-                        window: series.ring.iter().cloned().collect(),
+                        window: series.ring.records(&r.node, &r.subject),
                     });
                 }
             }

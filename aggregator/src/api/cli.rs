@@ -1,6 +1,8 @@
 //! `selfheal incidents ...` and `selfheal silences ...`: the API's command-line client (the
 //! binary's edge, so anyhow). Human tables by default, `--json` for scripts; `--url` (or
-//! `SELFHEAL_URL`) points at an aggregator, by default a local one.
+//! `SELFHEAL_URL`) points at an aggregator; without it, the local instance `selfheal up` runs
+//! (found through its `instance.json`, whose API token is then used unless `--token-file` says
+//! otherwise), and a clear error when none is running.
 
 use super::{ListBody, NewSilence, ShowBody, SilenceView};
 use anyhow::{Context, bail};
@@ -9,20 +11,22 @@ use selfheal_core::incident::{Event, EventKind, Incident, MutedBy, Silence};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// The default API address: a local aggregator's `listen_addr`.
-pub const DEFAULT_URL: &str = "http://127.0.0.1:9478";
-
 /// Where the API is.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// The aggregator's base URL.
-    #[arg(long, global = true, env = "SELFHEAL_URL", default_value = DEFAULT_URL)]
-    pub url: String,
+    /// The aggregator's base URL; default: the local instance `selfheal up` runs.
+    #[arg(long, global = true, env = "SELFHEAL_URL")]
+    pub url: Option<String>,
+    /// The local instance's data directory, where its `instance.json` is (without --url);
+    /// default: $XDG_DATA_HOME/selfheal, else ~/.local/share/selfheal.
+    #[arg(long, global = true, env = "SELFHEAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
     /// The file holding the API token (the aggregator's `incidents.api_token_file`), sent as a
-    /// bearer token; acknowledge, resolve and silence changes need it.
+    /// bearer token; acknowledge, resolve and silence changes need it. Default with the local
+    /// instance: its own.
     #[arg(long, global = true, env = "SELFHEAL_API_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
 }
@@ -147,22 +151,37 @@ struct Client {
     token: Option<String>,
 }
 
+/// The API to talk to: `url` when given, else the running local instance of `data_dir` (the
+/// default data directory without it). The instance comes back too, for its token file.
+pub fn api_target(
+    url: Option<&str>,
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(String, Option<selfheal_runtime::instance::Instance>)> {
+    use selfheal_runtime::instance::{self, Instance};
+    if let Some(u) = url {
+        return Ok((u.trim_end_matches('/').to_owned(), None));
+    }
+    let dir = instance::data_dir(data_dir)?;
+    let inst = Instance::find(&dir)?;
+    Ok((inst.api_url.trim_end_matches('/').to_owned(), Some(inst)))
+}
+
 impl Client {
     fn new(t: &Target) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
             .context("cannot build the HTTP client")?;
-        let token = t
+        let (base, inst) = api_target(t.url.as_deref(), t.data_dir.as_deref())?;
+        let token_file = t
             .token_file
+            .clone()
+            .or_else(|| inst.map(|i| i.api_token_file));
+        let token = token_file
             .as_deref()
             .map(super::auth::read_token_file)
             .transpose()?;
-        Ok(Client {
-            http,
-            base: t.url.trim_end_matches('/').to_owned(),
-            token,
-        })
+        Ok(Client { http, base, token })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {

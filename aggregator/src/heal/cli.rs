@@ -4,7 +4,6 @@
 //! nothing.
 
 use super::api::PlanBody;
-use crate::api::cli::DEFAULT_URL;
 use crate::policy::Decision;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -13,9 +12,13 @@ use std::process::ExitCode;
 /// `selfheal heal`.
 #[derive(Debug, Args)]
 pub struct HealArgs {
-    /// The aggregator's base URL.
-    #[arg(long, global = true, env = "SELFHEAL_URL", default_value = DEFAULT_URL)]
-    pub url: String,
+    /// The aggregator's base URL; default: the local instance `selfheal up` runs.
+    #[arg(long, global = true, env = "SELFHEAL_URL")]
+    pub url: Option<String>,
+    /// The local instance's data directory (without --url); default:
+    /// $XDG_DATA_HOME/selfheal, else ~/.local/share/selfheal.
+    #[arg(long, global = true, env = "SELFHEAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Print JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -38,10 +41,8 @@ pub fn main(args: HealArgs) -> anyhow::Result<ExitCode> {
     if !(id.len() == 20 && id.bytes().all(|b| b.is_ascii_hexdigit())) {
         bail!("{id:?} is not an incident id (20 hex digits)");
     }
-    let url = format!(
-        "{}/api/v1/incidents/{id}/plan",
-        args.url.trim_end_matches('/')
-    );
+    let (base, _) = crate::api::cli::api_target(args.url.as_deref(), args.data_dir.as_deref())?;
+    let url = format!("{base}/api/v1/incidents/{id}/plan");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1019,6 +1019,12 @@ pub enum StartError {
     /// The kube executor could not be set up (configuration, credentials, client).
     #[error("cannot set up the kube executor")]
     Kube(#[from] selfheal_heal_api::kube::KubeSetupError),
+    /// The heal API's signing keys could not be loaded at start.
+    #[error("cannot load the heal API signing keys ([heal.heal_api.keys])")]
+    HealApiKeys(#[source] selfheal_heal_api::keys::KeysError),
+    /// The heal API client could not be built (its CA bundle, TLS).
+    #[error("cannot set up the heal API client ([heal.heal_api])")]
+    HealApiClient(#[source] selfheal_heal_api::client::ClientError),
 }
 
 /// Starts the controller on `incidents`: registers its metrics (and the policy's), returns its
@@ -1032,12 +1038,18 @@ pub async fn start(
         Some(&settings.dry_run_log),
         settings.dry_run_latency,
     )?);
-    let executor = match settings.executor {
-        super::config::ExecutorKind::Kube => AnyExecutor::Kube(Arc::new(
+    let mut key_reloader = None;
+    let executor = match (settings.executor, &settings.heal_api) {
+        (super::config::ExecutorKind::Kube, _) => AnyExecutor::Kube(Arc::new(
             selfheal_heal_api::kube::KubeExecutor::connect(&settings.kube).await?,
         )),
-        // `HealConfig::validate` refuses `heal-api` until its client joins `AnyExecutor`.
-        super::config::ExecutorKind::DryRun | super::config::ExecutorKind::HealApi => {
+        (super::config::ExecutorKind::HealApi, Some(remote)) => {
+            let (exec, reloader) = remote_executor(remote, registry).await?;
+            key_reloader = Some(reloader);
+            AnyExecutor::HealApi(Arc::new(exec))
+        }
+        // `HealConfig::validate` gives `heal_api` settings whenever the executor is `heal-api`.
+        (super::config::ExecutorKind::DryRun | super::config::ExecutorKind::HealApi, _) => {
             AnyExecutor::DryRun(Arc::clone(&dry))
         }
     };
@@ -1062,7 +1074,7 @@ pub async fn start(
     let poll = settings.policy_poll;
     let policy = Arc::clone(&settings.policy);
     let h = Arc::clone(&healer);
-    let tasks: Vec<(String, crate::run::ServiceTask)> = vec![
+    let mut tasks: Vec<(String, crate::run::ServiceTask)> = vec![
         (
             "heal controller".into(),
             Box::new(move |stop| Box::pin(h.run(interval, stop))),
@@ -1072,5 +1084,46 @@ pub async fn start(
             Box::new(move |stop| Box::pin(policy.watch(poll, stop))),
         ),
     ];
+    if let Some(reloader) = key_reloader {
+        tasks.push(("heal API key reloader".into(), reloader));
+    }
     Ok((routes, tasks))
+}
+
+/// The remote executor on `remote`, with its keys loaded (fatal at start, so a missing Secret
+/// stops the aggregator rather than failing every action), and the task that re-reads them so a
+/// rotation needs no restart. Key reloads are on `/metrics` as
+/// `selfheal_aggregator_heal_api_client_key_reloads_total{outcome}` (and `..._keys`).
+async fn remote_executor(
+    remote: &super::config::RemoteExecutorSettings,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<
+    (
+        selfheal_heal_api::client::RemoteExecutor,
+        crate::run::ServiceTask,
+    ),
+    StartError,
+> {
+    use selfheal_heal_api::keys::{KeyLoader, Keyring};
+    let mut loader = KeyLoader::new(remote.keys.clone()).await;
+    let keys = loader.load().await.map_err(StartError::HealApiKeys)?;
+    tracing::info!(url = %remote.client.base_url, keys = ?keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), "HealApiClientReady");
+    let metrics = Arc::new(selfheal_heal_api::server::Metrics::default());
+    metrics.keys.set(keys.len() as i64);
+    let ring = Keyring::new(keys);
+    {
+        let r = registry.sub_registry_with_prefix("heal_api_client");
+        r.register("keys", "Heal API signing keys in use", metrics.keys.clone());
+        r.register(
+            "key_reloads",
+            "Heal API signing key reloads by outcome",
+            metrics.key_reloads.clone(),
+        );
+    }
+    let exec = selfheal_heal_api::client::RemoteExecutor::new(remote.client.clone(), ring.clone())
+        .map_err(StartError::HealApiClient)?;
+    let every = remote.keys_reload;
+    let task: crate::run::ServiceTask =
+        Box::new(move |stop| Box::pin(loader.watch(ring, every, metrics, stop)));
+    Ok((exec, task))
 }

@@ -4,6 +4,12 @@
 //! updated by every request it records), so a rehearsal decides on the same numbers a real run
 //! would, and it recognises a request id already in its log as `already_applied`, as the real
 //! executors recognise their annotation, so the exactly-once path is the same.
+//!
+//! The log rotates at [`ROTATE_AT_BYTES`]: the full file becomes `<log>.1` (replacing the one
+//! before) and a new file starts, and the ids of the rotated file are still recognised. A resend
+//! comes minutes after the first try (a crash between sending and recording the outcome), so two
+//! generations of ~100,000 requests each cover it with room to spare, and disk and memory stay
+//! bounded on an aggregator that rehearses for months.
 
 use selfheal_core::action::{
     Action, ActionError, ActionErrorKind, ActionOutcome, ActionRequest, Executor, ObjectVersion,
@@ -25,18 +31,63 @@ pub struct DryRunEntry {
     pub request: ActionRequest,
 }
 
+/// Size at which the dry-run log rotates (see the module docs).
+pub const ROTATE_AT_BYTES: u64 = 32 << 20;
+
 #[derive(Debug, Default)]
 struct Inner {
     workloads: HashMap<Target, WorkloadState>,
+    ledger: Ledger,
+}
+
+/// What the log holds.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Request ids in the current log file.
     recorded: HashSet<String>,
+    /// Request ids in the rotated file (`<log>.1`).
+    previous: HashSet<String>,
+    /// Bytes in the current log file.
+    log_bytes: u64,
+}
+
+impl Ledger {
+    fn knows(&self, request_id: &str) -> bool {
+        self.recorded.contains(request_id) || self.previous.contains(request_id)
+    }
 }
 
 /// The dry-run executor.
 #[derive(Debug)]
 pub struct DryRunExecutor {
     log: Option<PathBuf>,
+    rotate_at: u64,
     latency: Duration,
     inner: Mutex<Inner>,
+}
+
+/// `<log>.1`, where the log rotates to.
+fn rotated(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// The request ids in one log file (none when it does not exist) and its size. A torn last line
+/// (a crash mid-write) is skipped: its request was not answered, so it is re-sent and recorded
+/// again in full.
+fn read_ids(path: &Path) -> std::io::Result<(HashSet<String>, u64)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<DryRunEntry>(l).ok())
+                .map(|e| e.request.request_id)
+                .collect(),
+            text.len() as u64,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((HashSet::new(), 0)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Why the dry-run log could not be opened.
@@ -69,26 +120,21 @@ impl DryRunExecutor {
             if let Some(d) = p.parent() {
                 std::fs::create_dir_all(d).map_err(err)?;
             }
-            match std::fs::read_to_string(p) {
-                Ok(text) => {
-                    // A torn last line (a crash mid-write) is skipped: its request was not
-                    // answered, so it is re-sent and recorded again in full.
-                    for e in text
-                        .lines()
-                        .filter_map(|l| serde_json::from_str::<DryRunEntry>(l).ok())
-                    {
-                        inner.recorded.insert(e.request.request_id);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(err(e)),
-            }
+            (inner.ledger.previous, _) = read_ids(&rotated(p)).map_err(err)?;
+            (inner.ledger.recorded, inner.ledger.log_bytes) = read_ids(p).map_err(err)?;
         }
         Ok(DryRunExecutor {
             log: log.map(Path::to_owned),
+            rotate_at: ROTATE_AT_BYTES,
             latency,
             inner: Mutex::new(inner),
         })
+    }
+
+    /// Rotates the log at `bytes` instead of [`ROTATE_AT_BYTES`] (tests).
+    pub fn rotating_at(mut self, bytes: u64) -> DryRunExecutor {
+        self.rotate_at = bytes.max(1);
+        self
     }
 
     /// Seeds the simulated view of `target` with `replicas` (from the incident's pods) unless
@@ -106,26 +152,43 @@ impl DryRunExecutor {
         g.workloads.insert(state.target.clone(), state);
     }
 
-    fn record(&self, e: &DryRunEntry) -> Result<(), ActionError> {
+    /// Appends `e` to the log and syncs it (rotating first when the file is full), and adds its
+    /// request id to those recognised.
+    fn record(&self, g: &mut Ledger, e: &DryRunEntry) -> Result<(), ActionError> {
         let Some(p) = &self.log else {
+            g.recorded.insert(e.request.request_id.clone());
             return Ok(());
         };
-        let line = serde_json::to_string(e)
+        let unavailable = |e: &dyn std::fmt::Display| {
+            ActionError::new(
+                ActionErrorKind::Unavailable,
+                format!("dry-run log {}: {e}", p.display()),
+            )
+        };
+        if g.log_bytes >= self.rotate_at {
+            std::fs::rename(p, rotated(p)).map_err(|e| unavailable(&e))?;
+            if let Some(d) = p.parent() {
+                selfheal_runtime::atomic::sync_dir(d).map_err(|e| unavailable(&e))?;
+            }
+            g.previous = std::mem::take(&mut g.recorded);
+            g.log_bytes = 0;
+            tracing::info!(log = %p.display(), "DryRunLogRotated");
+        }
+        let mut line = serde_json::to_string(e)
             .map_err(|e| ActionError::new(ActionErrorKind::Invalid, e.to_string()))?;
+        line.push('\n');
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)?;
-            f.write_all(format!("{line}\n").as_bytes())?;
+            f.write_all(line.as_bytes())?;
             f.sync_data()
         };
-        write().map_err(|e| {
-            ActionError::new(
-                ActionErrorKind::Unavailable,
-                format!("dry-run log {}: {e}", p.display()),
-            )
-        })
+        write().map_err(|e| unavailable(&e))?;
+        g.log_bytes += line.len() as u64;
+        g.recorded.insert(e.request.request_id.clone());
+        Ok(())
     }
 }
 
@@ -177,7 +240,7 @@ impl Executor for DryRunExecutor {
         let version_after = {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let g = &mut *guard;
-            if g.recorded.contains(&req.request_id) {
+            if g.ledger.knows(&req.request_id) {
                 return Ok(ActionOutcome {
                     already_applied: true,
                     dry_run: true,
@@ -211,11 +274,11 @@ impl Executor for DryRunExecutor {
                     ),
                 ));
             }
-            self.record(&DryRunEntry {
+            let entry = DryRunEntry {
                 at_ms: now_ms(),
                 request: req.clone(),
-            })?;
-            g.recorded.insert(req.request_id.clone());
+            };
+            self.record(&mut g.ledger, &entry)?;
             match &req.action {
                 Action::Scale { to, .. } => {
                     w.replicas = *to;
@@ -296,5 +359,53 @@ mod tests {
         };
         let e = ex.apply(&stale).await.expect_err("stale");
         assert_eq!(e.kind, ActionErrorKind::Conflict);
+    }
+
+    #[tokio::test]
+    async fn the_log_rotates_and_a_restart_still_recognises_the_rotated_requests() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("dry-run.jsonl");
+        // An entry is a few hundred bytes: a 1000-byte file rotates every few requests.
+        let ex = DryRunExecutor::open(Some(&log), Duration::ZERO)
+            .expect("open")
+            .rotating_at(1000);
+        ex.assume(&t(), 1);
+        let mut sent = Vec::new();
+        for i in 0..12 {
+            let s = ex.observe(&t()).await.expect("observe");
+            let req = ActionRequest {
+                request_id: format!("i/{i}"),
+                target: t(),
+                expect: s.version.clone(),
+                action: Action::Scale {
+                    from: s.replicas,
+                    to: s.replicas + 1,
+                },
+            };
+            assert!(!ex.apply(&req).await.expect("apply").already_applied);
+            sent.push(req);
+        }
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        let (current, previous) = (lines(&log), lines(&rotated(&log)));
+        assert!(current >= 1 && previous >= 1, "{current} + {previous}");
+        assert!(
+            current + previous < sent.len(),
+            "the oldest generation was dropped"
+        );
+        let kept = current + previous;
+        // Restarted: the requests of both files are recognised, an older one is not.
+        let ex2 = DryRunExecutor::open(Some(&log), Duration::ZERO)
+            .expect("reopen")
+            .rotating_at(1000);
+        ex2.assume(&t(), 1);
+        for req in &sent[sent.len() - kept..] {
+            assert!(
+                ex2.apply(req).await.expect("resend").already_applied,
+                "{}",
+                req.request_id
+            );
+        }
+        let g = ex2.inner.lock().expect("lock");
+        assert!(!g.ledger.knows(&sent[0].request_id));
     }
 }

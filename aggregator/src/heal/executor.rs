@@ -1,13 +1,13 @@
 //! [`AnyExecutor`]: the executor chosen by `heal.executor`, dispatching to one implementation of
-//! [`Executor`]: dry-run (the default) or the Kubernetes API directly
-//! ([`selfheal_heal_api::kube::KubeExecutor`], the same code the heal API server runs). The
-//! remote heal-API client joins as a third variant; [`crate::heal::config::ExecutorKind`]
-//! names it and refuses it until then.
+//! [`Executor`]: dry-run (the default), the Kubernetes API directly
+//! ([`selfheal_heal_api::kube::KubeExecutor`], the same code the heal API server runs), or the
+//! signed heal API in the target cluster ([`selfheal_heal_api::client::RemoteExecutor`]).
 
 use super::dry_run::DryRunExecutor;
 use selfheal_core::action::{
     ActionError, ActionOutcome, ActionRequest, Executor, Target, WorkloadState,
 };
+use selfheal_heal_api::client::RemoteExecutor;
 use selfheal_heal_api::kube::KubeExecutor;
 use std::sync::Arc;
 
@@ -18,6 +18,8 @@ pub enum AnyExecutor {
     DryRun(Arc<DryRunExecutor>),
     /// The Kubernetes API, through the `kube` crate.
     Kube(Arc<KubeExecutor>),
+    /// The signed heal API, over HTTPS.
+    HealApi(Arc<RemoteExecutor>),
 }
 
 impl AnyExecutor {
@@ -26,7 +28,7 @@ impl AnyExecutor {
     pub fn assume(&self, target: &Target, replicas: i32) {
         match self {
             AnyExecutor::DryRun(d) => d.assume(target, replicas),
-            AnyExecutor::Kube(_) => {}
+            AnyExecutor::Kube(_) | AnyExecutor::HealApi(_) => {}
         }
     }
 }
@@ -36,6 +38,7 @@ impl Executor for AnyExecutor {
         match self {
             AnyExecutor::DryRun(d) => d.name(),
             AnyExecutor::Kube(k) => k.name(),
+            AnyExecutor::HealApi(r) => r.name(),
         }
     }
 
@@ -43,6 +46,7 @@ impl Executor for AnyExecutor {
         match self {
             AnyExecutor::DryRun(d) => d.observe(target).await,
             AnyExecutor::Kube(k) => k.observe(target).await,
+            AnyExecutor::HealApi(r) => r.observe(target).await,
         }
     }
 
@@ -50,6 +54,7 @@ impl Executor for AnyExecutor {
         match self {
             AnyExecutor::DryRun(d) => d.apply(req).await,
             AnyExecutor::Kube(k) => k.apply(req).await,
+            AnyExecutor::HealApi(r) => r.apply(req).await,
         }
     }
 }

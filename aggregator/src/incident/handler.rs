@@ -223,6 +223,8 @@ struct Shared<S> {
     clock: Arc<dyn Clock>,
     /// A write failed and the engine is ahead of the store.
     stale: AtomicBool,
+    /// Where durable notification moments go, once set.
+    notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 /// The shared handle on the incident pipeline.
@@ -261,10 +263,20 @@ impl<S: IncidentStore> Incidents<S> {
                 metrics,
                 clock,
                 stale: AtomicBool::new(false),
+                notifier: std::sync::OnceLock::new(),
             }),
         };
         me.refresh_gauges(&*me.inner.engine.lock().await);
         Ok(me)
+    }
+
+    /// Sends every notification moment from now on to `notifier` (opened, updated, repeat,
+    /// resolved, and moves to escalated), once its update is durable; see [`crate::notify`].
+    /// A second call is ignored.
+    pub fn notify_with(&self, notifier: crate::notify::Notifier) {
+        if self.inner.notifier.set(notifier).is_err() {
+            tracing::warn!("IncidentNotifierAlreadySet");
+        }
     }
 
     /// The store.
@@ -433,6 +445,9 @@ impl<S: IncidentStore> Incidents<S> {
 
     async fn write(&self, engine: &mut Engine, up: &Update) -> Result<(), StoreError> {
         let Err(e) = self.inner.store.apply(up).await else {
+            if let Some(n) = self.inner.notifier.get() {
+                n.enqueue(crate::notify::moments(up));
+            }
             return Ok(());
         };
         self.inner.metrics.store_errors.inc();
