@@ -2,13 +2,13 @@
 //! progress lines); the work is in [`crate::fault`] and [`crate::schedule`].
 
 use crate::fault::{self, Ended, FaultSpec, Placement, RunningFault};
-use selfheal_runtime::instance::{self, Instance, InstanceError};
 use crate::schedule::Schedule;
 use crate::worker::WorkerArgs;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use selfheal_lake::labels::{FaultKind, LabelWindow, write_label};
 use selfheal_lake::{LakeStore, S3Options};
+use selfheal_runtime::instance::{self, Instance, InstanceError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
