@@ -7,6 +7,7 @@
 //! object's version.
 
 use crate::support::moto::Moto;
+use crate::support::tls;
 use selfheal_core::action::{
     Action, ActionError, ActionErrorKind, ActionOutcome, ActionRequest, Executor, ObjectVersion,
     Target, WorkloadKind, WorkloadState,
@@ -18,7 +19,6 @@ use selfheal_heal_api::keys::Keyring;
 use selfheal_heal_api::server::{self, ACTIONS_PATH};
 use selfheal_heal_api::sign::{self, Key};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,77 +136,9 @@ impl Executor for Recording {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA and a server certificate for 127.0.0.1 signed by it.
 pub(crate) fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=heal-api-test-ca",
-    ]);
-    openssl(dir, &ca);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    let mut req = vec!["req"];
-    req.extend(ec);
-    req.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=heal-api",
-    ]);
-    openssl(dir, &req);
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
+    tls::certificates(dir, &[tls::SERVER]);
 }
 
 struct Server {

@@ -8,6 +8,7 @@ use crate::ingest::{NODE_A_TOKEN, NODE_B_TOKEN, token_file};
 use crate::lake::Aggregator;
 use crate::support::kube_double::{IssuedToken, KubeDouble};
 use crate::support::records::{node_a_wire, node_wire, now_ms};
+use crate::support::tls;
 use crate::support::{free_port, selfheal, write_file};
 use selfheal_core::batch::encode_batch;
 use serde_json::Value;
@@ -414,85 +415,6 @@ fn fastrand_id() -> u128 {
     u128::from(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
-/// Runs `openssl` with `args` in `dir`, failing the test on error.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=selfheal-test-ca",
-    ]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        ),
-        (
-            "client",
-            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-        ),
-    ] {
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let crt = format!("{name}.crt");
-        let extfile = format!("{name}.ext");
-        std::fs::write(dir.join(&extfile), ext).expect("ext file");
-        let mut req = vec!["req"];
-        req.extend(ec);
-        let subj = format!("/CN={name}");
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                &extfile,
-            ],
-        );
-    }
-}
-
 #[test]
 fn over_tls_with_client_certificates_the_agents_sink_posts_and_plain_or_anonymous_clients_fail() {
     use selfheal_agent::forward::Sink;
@@ -501,7 +423,7 @@ fn over_tls_with_client_certificates_the_agents_sink_posts_and_plain_or_anonymou
     let rt = runtime();
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path();
-    certificates(d);
+    tls::certificates(d, &[tls::SERVER, tls::CLIENT]);
     let port = free_port();
     let tls = format!(
         "{}[ingest.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",

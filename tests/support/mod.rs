@@ -9,6 +9,7 @@ pub mod kube_double;
 pub mod moto;
 pub mod netproxy;
 pub mod records;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
