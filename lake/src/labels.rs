@@ -132,9 +132,10 @@ pub enum LabelError {
     Invalid(String),
 }
 
-/// Writes `window` to the lake's `labels/` partition, durably (atomic in a directory, one
-/// PutObject in S3). Returns the key.
-pub async fn write_label(store: &LakeStore, window: &LabelWindow) -> Result<String, LabelError> {
+/// A window fit to store and to train on: a run id that makes a safe key, and an end no earlier
+/// than its start. Checked on write and again on read (the bucket may have been written by
+/// someone else).
+fn validate(window: &LabelWindow) -> Result<(), String> {
     let id_ok = !window.run_id.is_empty()
         && window.run_id.len() <= 64
         && window
@@ -142,17 +143,24 @@ pub async fn write_label(store: &LakeStore, window: &LabelWindow) -> Result<Stri
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !id_ok {
-        return Err(LabelError::Invalid(format!(
+        return Err(format!(
             "run id {:?} must be 1 to 64 letters, digits or '-'",
             window.run_id
-        )));
+        ));
     }
     if window.end_ms < window.start_ms {
-        return Err(LabelError::Invalid(format!(
+        return Err(format!(
             "run {} ends ({}) before it starts ({})",
             window.run_id, window.end_ms, window.start_ms
-        )));
+        ));
     }
+    Ok(())
+}
+
+/// Writes `window` to the lake's `labels/` partition, durably (atomic in a directory, one
+/// PutObject in S3). Returns the key.
+pub async fn write_label(store: &LakeStore, window: &LabelWindow) -> Result<String, LabelError> {
+    validate(window).map_err(LabelError::Invalid)?;
     let key = window.key();
     let mut bytes = serde_json::to_vec_pretty(window).map_err(|source| LabelError::Decode {
         key: key.clone(),
@@ -176,6 +184,7 @@ pub async fn read_labels(store: &LakeStore) -> Result<Vec<LabelWindow>, LabelErr
                 key: key.clone(),
                 source,
             })?;
+        validate(&w).map_err(|why| LabelError::Invalid(format!("{key}: {why}")))?;
         out.push(w);
     }
     out.sort_by(|a, b| (a.start_ms, &a.run_id).cmp(&(b.start_ms, &b.run_id)));
@@ -229,5 +238,19 @@ mod tests {
             .expect("put");
         let err = read_labels(&store).await.expect_err("junk");
         assert!(err.to_string().contains("junk.json"), "{err}");
+        std::fs::remove_file(tmp.path().join("labels/dt=2025-11-24/junk.json")).expect("rm");
+        // A window written by someone else that ends before it starts is refused on read.
+        let backwards = LabelWindow {
+            end_ms: 0,
+            ..window("c3", 1_764_000_000_000)
+        };
+        let text = serde_json::to_vec(&backwards).expect("json");
+        store
+            .put("labels/dt=2025-11-24/c3.json", text)
+            .await
+            .expect("put");
+        let err = read_labels(&store).await.expect_err("backwards");
+        assert!(err.to_string().contains("c3.json"), "{err}");
+        assert!(matches!(err, LabelError::Invalid(_)), "{err}");
     }
 }
